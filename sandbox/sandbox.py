@@ -1,0 +1,582 @@
+"""The local sandbox: a real Kubernetes control plane, kwok nodes, MLflow and the operator.
+
+    python sandbox/sandbox.py up        start what is not running, wait until all is ready
+    python sandbox/sandbox.py down      stop exactly the processes `up` started
+    python sandbox/sandbox.py status    one line per component
+    python sandbox/sandbox.py restart COMPONENT...   stop and start the named components
+
+Everything lives under `.sandbox/` (override with SANDBOX_DIR): `env`, `kubeconfig`,
+`pids/<component>.pid`, `logs/<component>.log`, the PKI, etcd's data and MLflow's store.
+Binaries come from `.sandbox/bin/`, which `sandbox/build-binaries.sh` fills from its cache.
+Ports are picked once, on the first `up`, and kept in `ports.json`, so that two checkouts
+can run a sandbox each on one machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pki import Pki, ensure_pki, write_kubeconfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = Path(os.environ.get("SANDBOX_DIR", ROOT / ".sandbox")).resolve()
+VENV = Path(os.environ.get("VENV", ROOT / ".venv")).resolve()
+BIN = STATE / "bin"
+PIDS = STATE / "pids"
+LOGS = STATE / "logs"
+KUBECONFIG = STATE / "kubeconfig"
+
+# The operator checks MLflow for drift at least this often in the sandbox (DESIGN: <= 15 s).
+SANDBOX_DRIFT_INTERVAL_SECONDS = 10
+NODE_COUNT = int(os.environ.get("SANDBOX_NODES", "2"))
+PORT_NAMES = (
+    "etcd-client", "etcd-peer", "kube-apiserver", "kube-controller-manager",
+    "kube-scheduler", "kwok", "mlflow", "operator-health", "operator-metrics",
+)
+# Components in start order; `down` stops them in reverse.
+ORDER = (
+    "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
+    "mlflow", "operator",
+)
+CRD_NAMES = (
+    "experiments.mlflow.operator.dev",
+    "trainingruns.mlflow.operator.dev",
+    "registeredmodels.mlflow.operator.dev",
+)
+
+
+class SandboxError(RuntimeError):
+    """A component failed to start or become ready; the message says which and why."""
+
+
+def log(message: str) -> None:
+    print(f"[sandbox] {message}", flush=True)
+
+
+# --------------------------------------------------------------------------- ports
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def load_ports() -> dict[str, int]:
+    path = STATE / "ports.json"
+    ports: dict[str, int] = json.loads(path.read_text()) if path.exists() else {}
+    taken = set(ports.values())
+    for name in PORT_NAMES:
+        if name not in ports:
+            port = _free_port()
+            while port in taken:
+                port = _free_port()
+            ports[name] = port
+            taken.add(port)
+    path.write_text(json.dumps(ports, indent=2) + "\n")
+    return ports
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _pid_file(name: str) -> Path:
+    return PIDS / f"{name}.pid"
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def running_pid(component: "Component") -> int | None:
+    """The PID of the component if the process in its pid file is still the one we started."""
+    path = _pid_file(component.name)
+    if not path.exists():
+        return None
+    try:
+        pid = int(path.read_text().strip())
+    except ValueError:
+        return None
+    cmdline = _cmdline(pid)
+    if not cmdline or component.marker not in " ".join(cmdline):
+        return None
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text().split(") ")[-1].split()[0]
+    except OSError:
+        return None
+    return None if status == "Z" else pid
+
+
+def stop(component: "Component", timeout: float = 15.0) -> bool:
+    """Stop the component's process group; returns whether anything was running."""
+    pid = running_pid(component)
+    path = _pid_file(component.name)
+    if pid is None:
+        path.unlink(missing_ok=True)
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and running_pid(component) is not None:
+        time.sleep(0.1)
+    if running_pid(component) is not None:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    path.unlink(missing_ok=True)
+    return True
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    if not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------- probes
+
+
+def _ssl_context(pki: Pki, client: str | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki.ca_cert))
+    if client:
+        context.load_cert_chain(str(pki.client_cert(client)), str(pki.client_key(client)))
+    return context
+
+
+def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as response:
+            return 200 <= response.status < 300
+    except (urllib.error.URLError, OSError, ssl.SSLError):
+        return False
+
+
+def insecure_https_ok(url: str) -> bool:
+    """Probe a component's self-signed /healthz (controller-manager, scheduler)."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return http_ok(url, context)
+
+
+# --------------------------------------------------------------------------- components
+
+
+@dataclass
+class Component:
+    name: str
+    argv: list[str]
+    ready: Callable[[], bool]
+    # A string found in the process's command line: tells our process from a recycled PID.
+    marker: str
+    env: dict[str, str] = field(default_factory=dict)
+    ready_timeout: float = 60.0
+
+    @property
+    def log_path(self) -> Path:
+        return LOGS / f"{self.name}.log"
+
+
+class Sandbox:
+    def __init__(self) -> None:
+        for directory in (STATE, BIN, PIDS, LOGS):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.ports = load_ports()
+        self.pki = Pki(STATE / "pki")
+        self.apiserver_url = f"https://127.0.0.1:{self.ports['kube-apiserver']}"
+        self.mlflow_url = f"http://127.0.0.1:{self.ports['mlflow']}"
+        self.components = {c.name: c for c in self._components()}
+
+    # ---- configuration
+
+    def _bin(self, name: str) -> str:
+        path = BIN / name
+        if not path.exists():
+            raise SandboxError(
+                f"{path} is missing: run `make binaries` (sandbox/build-binaries.sh) first"
+            )
+        return str(path)
+
+    def _kubeconfig(self, stem: str) -> Path:
+        return STATE / "pki" / f"{stem}.kubeconfig"
+
+    def _components(self) -> list[Component]:
+        p, pki = self.ports, self.pki
+        apiserver_ctx = lambda: _ssl_context(pki, "admin")  # noqa: E731
+        etcd_data = STATE / "etcd"
+        mlflow_dir = STATE / "mlflow"
+        common_control_plane = ["--v=1"]
+        return [
+            Component(
+                name="etcd",
+                argv=[
+                    str(BIN / "etcd"),
+                    "--name=sandbox",
+                    f"--data-dir={etcd_data}",
+                    f"--listen-client-urls=http://127.0.0.1:{p['etcd-client']}",
+                    f"--advertise-client-urls=http://127.0.0.1:{p['etcd-client']}",
+                    f"--listen-peer-urls=http://127.0.0.1:{p['etcd-peer']}",
+                    f"--initial-advertise-peer-urls=http://127.0.0.1:{p['etcd-peer']}",
+                    f"--initial-cluster=sandbox=http://127.0.0.1:{p['etcd-peer']}",
+                    "--quota-backend-bytes=4294967296",
+                    "--unsafe-no-fsync=true",
+                    "--log-level=warn",
+                ],
+                ready=lambda: http_ok(f"http://127.0.0.1:{p['etcd-client']}/health"),
+                marker=str(BIN / "etcd"),
+            ),
+            Component(
+                name="kube-apiserver",
+                argv=[
+                    str(BIN / "kube-apiserver"),
+                    f"--etcd-servers=http://127.0.0.1:{p['etcd-client']}",
+                    "--bind-address=127.0.0.1",
+                    "--advertise-address=127.0.0.1",
+                    f"--secure-port={p['kube-apiserver']}",
+                    f"--tls-cert-file={pki.apiserver_cert}",
+                    f"--tls-private-key-file={pki.apiserver_key}",
+                    f"--client-ca-file={pki.ca_cert}",
+                    f"--service-account-key-file={pki.sa_pub}",
+                    f"--service-account-signing-key-file={pki.sa_key}",
+                    "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                    "--service-cluster-ip-range=10.96.0.0/16",
+                    "--authorization-mode=Node,RBAC",
+                    "--enable-admission-plugins=NodeRestriction",
+                    "--allow-privileged=true",
+                    "--endpoint-reconciler-type=none",
+                    "--profiling=false",
+                    *common_control_plane,
+                ],
+                ready=lambda: http_ok(f"{self.apiserver_url}/readyz", apiserver_ctx()),
+                marker=str(BIN / "kube-apiserver"),
+            ),
+            Component(
+                name="kube-controller-manager",
+                argv=[
+                    str(BIN / "kube-controller-manager"),
+                    f"--kubeconfig={self._kubeconfig('kube-controller-manager')}",
+                    f"--authentication-kubeconfig={self._kubeconfig('kube-controller-manager')}",
+                    f"--authorization-kubeconfig={self._kubeconfig('kube-controller-manager')}",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={p['kube-controller-manager']}",
+                    f"--service-account-private-key-file={pki.sa_key}",
+                    f"--root-ca-file={pki.ca_cert}",
+                    f"--cluster-signing-cert-file={pki.ca_cert}",
+                    f"--cluster-signing-key-file={pki.ca_key}",
+                    "--use-service-account-credentials=true",
+                    "--controllers=*",
+                    "--leader-elect=false",
+                    "--profiling=false",
+                    *common_control_plane,
+                ],
+                ready=lambda: insecure_https_ok(
+                    f"https://127.0.0.1:{p['kube-controller-manager']}/healthz"
+                ),
+                marker=str(BIN / "kube-controller-manager"),
+            ),
+            Component(
+                name="kube-scheduler",
+                argv=[
+                    str(BIN / "kube-scheduler"),
+                    f"--kubeconfig={self._kubeconfig('kube-scheduler')}",
+                    f"--authentication-kubeconfig={self._kubeconfig('kube-scheduler')}",
+                    f"--authorization-kubeconfig={self._kubeconfig('kube-scheduler')}",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={p['kube-scheduler']}",
+                    "--leader-elect=false",
+                    "--profiling=false",
+                    *common_control_plane,
+                ],
+                ready=lambda: insecure_https_ok(f"https://127.0.0.1:{p['kube-scheduler']}/healthz"),
+                marker=str(BIN / "kube-scheduler"),
+            ),
+            Component(
+                name="kwok",
+                argv=[
+                    str(BIN / "kwok"),
+                    f"--kubeconfig={self._kubeconfig('kwok')}",
+                    f"--config={ROOT / 'sandbox' / 'kwok' / 'stages.yaml'}",
+                    "--manage-all-nodes=false",
+                    "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                    "--node-lease-duration-seconds=40",
+                    "--cidr=10.244.0.1/16",
+                    "--node-ip=10.240.0.1",
+                    f"--server-address=127.0.0.1:{p['kwok']}",
+                ],
+                ready=lambda: http_ok(f"http://127.0.0.1:{p['kwok']}/healthz"),
+                marker=str(BIN / "kwok"),
+            ),
+            Component(
+                name="mlflow",
+                argv=[
+                    str(VENV / "bin" / "mlflow"),
+                    "server",
+                    f"--backend-store-uri=sqlite:///{mlflow_dir / 'mlflow.db'}",
+                    f"--artifacts-destination={mlflow_dir / 'artifacts'}",
+                    "--serve-artifacts",
+                    "--host=127.0.0.1",
+                    f"--port={p['mlflow']}",
+                    "--workers=1",
+                ],
+                env={
+                    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                    "MLFLOW_DISABLE_TELEMETRY": "true",
+                },
+                # /health is exempt from MLflow's checks, so probe a real API path.
+                ready=lambda: http_ok(
+                    f"{self.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
+                ),
+                marker=str(VENV / "bin" / "mlflow"),
+                ready_timeout=120.0,
+            ),
+            Component(
+                name="operator",
+                argv=[
+                    str(VENV / "bin" / "mlflow-operator"),
+                    "run",
+                    "--all-namespaces",
+                    f"--tracking-uri={self.mlflow_url}",
+                    f"--drift-interval={SANDBOX_DRIFT_INTERVAL_SECONDS}",
+                    f"--health-port={p['operator-health']}",
+                    f"--metrics-port={p['operator-metrics']}",
+                    "--bind-address=127.0.0.1",
+                ],
+                env={"KUBECONFIG": str(KUBECONFIG)},
+                ready=lambda: http_ok(f"http://127.0.0.1:{p['operator-health']}/healthz"),
+                marker=str(VENV / "bin" / "mlflow-operator"),
+            ),
+        ]
+
+    # ---- lifecycle
+
+    def prepare(self) -> None:
+        ensure_pki(self.pki)
+        write_kubeconfig(KUBECONFIG, self.apiserver_url, self.pki, "admin", "sandbox-admin")
+        for stem, user in (
+            ("kube-controller-manager", "system:kube-controller-manager"),
+            ("kube-scheduler", "system:kube-scheduler"),
+            ("kwok", "kwok-controller"),
+        ):
+            write_kubeconfig(self._kubeconfig(stem), self.apiserver_url, self.pki, stem, user)
+        (STATE / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
+        self.write_env()
+
+    def write_env(self) -> None:
+        (STATE / "env").write_text(
+            f"export KUBECONFIG={KUBECONFIG}\n"
+            f"export MLFLOW_TRACKING_URI={self.mlflow_url}\n"
+            f"export PATH={BIN}:$PATH\n"
+        )
+
+    def start(self, name: str) -> bool:
+        """Start the component unless it is running; returns whether it was started."""
+        component = self.components[name]
+        if running_pid(component) is not None:
+            return False
+        executable = Path(component.argv[0])
+        if not executable.exists():
+            hint = "make venv" if VENV in executable.parents else "make binaries"
+            raise SandboxError(f"{name}: {executable} is missing: run `{hint}` first")
+        port = self._own_port(name)
+        if port is not None and _port_in_use(port):
+            raise SandboxError(
+                f"{name}: port {port} is taken by a process this sandbox did not start; "
+                f"stop it or delete {STATE / 'ports.json'} to pick new ports"
+            )
+        env = {**os.environ, **component.env}
+        with component.log_path.open("ab") as log_file:
+            log_file.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%S')} starting {name}\n".encode())
+            log_file.flush()
+            process = subprocess.Popen(
+                component.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=STATE,
+                env=env,
+                start_new_session=True,
+            )
+        _pid_file(name).write_text(f"{process.pid}\n")
+        return True
+
+    def _own_port(self, name: str) -> int | None:
+        return {
+            "etcd": self.ports["etcd-client"],
+            "kube-apiserver": self.ports["kube-apiserver"],
+            "kube-controller-manager": self.ports["kube-controller-manager"],
+            "kube-scheduler": self.ports["kube-scheduler"],
+            "kwok": self.ports["kwok"],
+            "mlflow": self.ports["mlflow"],
+            "operator": self.ports["operator-health"],
+        }.get(name)
+
+    def wait_ready(self, name: str) -> None:
+        component = self.components[name]
+        deadline = time.monotonic() + component.ready_timeout
+        while time.monotonic() < deadline:
+            if component.ready():
+                return
+            if running_pid(component) is None:
+                raise SandboxError(
+                    f"{name} exited during start-up; last lines of {component.log_path}:\n"
+                    f"{tail(component.log_path)}"
+                )
+            time.sleep(0.2)
+        raise SandboxError(
+            f"{name} was not ready within {component.ready_timeout:.0f}s; "
+            f"last lines of {component.log_path}:\n{tail(component.log_path)}"
+        )
+
+    def kubectl(self, *args: str, input_text: str | None = None) -> str:
+        result = subprocess.run(
+            [self._bin("kubectl"), f"--kubeconfig={KUBECONFIG}", *args],
+            input=input_text, capture_output=True, text=True, timeout=120,
+        )
+        if result.returncode != 0:
+            raise SandboxError(f"kubectl {' '.join(args)} failed:\n{result.stderr.strip()}")
+        return result.stdout
+
+    def ensure_nodes(self) -> None:
+        documents = [NODE_TEMPLATE.format(name=f"kwok-node-{i}") for i in range(NODE_COUNT)]
+        self.kubectl("apply", "--server-side", "--field-manager=sandbox", "-f", "-",
+                     input_text="---\n".join(documents))
+        self.kubectl("wait", "--for=condition=Ready", "node", "--all", "--timeout=60s")
+
+    def ensure_crds(self) -> None:
+        self.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=sandbox",
+                     "-f", str(ROOT / "crds"))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                     *[f"crd/{name}" for name in CRD_NAMES])
+
+    def ensure_default_service_account(self) -> None:
+        """Pods need the namespace's `default` ServiceAccount, which a controller creates."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                self.kubectl("get", "serviceaccount", "default", "-n", "default")
+                return
+            except SandboxError:
+                time.sleep(0.3)
+        raise SandboxError("the default ServiceAccount never appeared: is kube-controller-manager healthy?")
+
+    def up(self) -> None:
+        began = time.monotonic()
+        self.prepare()
+
+        started: set[str] = set()
+
+        def bring_up(*names: str) -> None:
+            started.update(name for name in names if self.start(name))
+            for name in names:
+                t0 = time.monotonic()
+                self.wait_ready(name)
+                if name in started:
+                    log(f"{name} ready ({time.monotonic() - began:.1f}s since start, {time.monotonic() - t0:.1f}s waiting)")
+                else:
+                    log(f"{name} already running")
+
+        # MLflow does not depend on the cluster: start it first so its slow start overlaps.
+        if self.start("mlflow"):
+            started.add("mlflow")
+        bring_up("etcd")
+        bring_up("kube-apiserver")
+        bring_up("kube-controller-manager", "kube-scheduler", "kwok")
+        self.ensure_crds()
+        self.ensure_nodes()
+        self.ensure_default_service_account()
+        bring_up("mlflow")
+        bring_up("operator")
+        log(f"sandbox ready in {time.monotonic() - began:.1f}s")
+        log(f"source {STATE / 'env'}")
+
+    def down(self) -> None:
+        for name in reversed(ORDER):
+            if stop(self.components[name]):
+                log(f"stopped {name}")
+
+    def status(self) -> int:
+        code = 0
+        for name in ORDER:
+            component = self.components[name]
+            pid = running_pid(component)
+            healthy = pid is not None and component.ready()
+            state = "ready" if healthy else ("starting/unhealthy" if pid else "stopped")
+            code = code if healthy else 1
+            print(f"{name:<24} {state:<20} pid={pid or '-'}  log={component.log_path}")
+        return code
+
+
+NODE_TEMPLATE = """apiVersion: v1
+kind: Node
+metadata:
+  name: {name}
+  annotations:
+    node.alpha.kubernetes.io/ttl: "0"
+    kwok.x-k8s.io/node: fake
+  labels:
+    kubernetes.io/arch: amd64
+    kubernetes.io/hostname: {name}
+    kubernetes.io/os: linux
+    kubernetes.io/role: agent
+    node-role.kubernetes.io/agent: ""
+    type: kwok
+spec: {{}}
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up")
+    sub.add_parser("down")
+    sub.add_parser("status")
+    restart = sub.add_parser("restart")
+    restart.add_argument("components", nargs="+", choices=ORDER)
+    args = parser.parse_args(argv)
+
+    sandbox = Sandbox()
+    try:
+        if args.command == "up":
+            sandbox.up()
+        elif args.command == "down":
+            sandbox.down()
+        elif args.command == "status":
+            return sandbox.status()
+        elif args.command == "restart":
+            for name in args.components:
+                stop(sandbox.components[name])
+            sandbox.up()
+    except SandboxError as error:
+        print(f"[sandbox] ERROR: {error}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Print what to look at once `make sandbox` is up (called by the Makefile)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = Path(os.environ.get("SANDBOX_DIR", ROOT / ".sandbox")).resolve()
+
+
+def main() -> None:
+    ports = json.loads((STATE / "ports.json").read_text())
+    kubectl = [str(STATE / "bin" / "kubectl"), f"--kubeconfig={STATE / 'kubeconfig'}"]
+    listing = subprocess.run([*kubectl, "get", "mlflow", "-A"], capture_output=True, text=True)
+    print()
+    print("The sandbox is up: a Kubernetes control plane with kwok nodes, MLflow and the operator.")
+    print()
+    print(listing.stdout or listing.stderr)
+    print("Next:")
+    print(f"  source {STATE / 'env'}            # kubectl, helm, KUBECONFIG, MLFLOW_TRACKING_URI")
+    print("  kubectl get mlflow -A                   # every Experiment, TrainingRun, RegisteredModel")
+    print("  kubectl describe experiments -A         # conditions and Events")
+    print(f"  open http://127.0.0.1:{ports['mlflow']}    # the MLflow UI")
+    print(f"  tail -f {STATE / 'logs' / 'operator.log'}")
+    print(f"  curl -s http://127.0.0.1:{ports['operator-metrics']}/metrics | grep mlflow_operator")
+    print("  make sandbox-down                       # stop everything the sandbox started")
+
+
+if __name__ == "__main__":
+    main()
