@@ -1,0 +1,60 @@
+# mlflow-operator: developer entry points. Everything a fresh machine needs is installed
+# from this repository's own files (pyproject.toml, constraints.txt, sandbox/build/*).
+
+PYTHON ?= python3
+VENV ?= .venv
+SANDBOX_DIR ?= .sandbox
+export VENV SANDBOX_DIR
+
+PY := $(VENV)/bin/python
+SANDBOX := $(PY) sandbox/sandbox.py
+KUBECTL := $(SANDBOX_DIR)/bin/kubectl --kubeconfig $(SANDBOX_DIR)/kubeconfig
+PYTEST_ARGS ?=
+
+.PHONY: help venv binaries sandbox-up sandbox-down sandbox sandbox-status sandbox-clean \
+        operator-restart test test-unit lint
+
+help:
+	@echo "make sandbox       bring up cluster + MLflow + operator, apply examples/, print what to look at"
+	@echo "make sandbox-up    bring up the sandbox (idempotent: starts only what is not running)"
+	@echo "make sandbox-down  stop exactly the processes the sandbox started"
+	@echo "make test          run the whole test suite against the sandbox"
+	@echo "make test-unit     run the tests that need no sandbox"
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+binaries:
+	sandbox/build-binaries.sh
+
+sandbox-up: venv binaries
+	$(SANDBOX) up
+
+sandbox-down:
+	@if [ -x $(PY) ]; then $(SANDBOX) down; else python3 sandbox/sandbox.py down; fi
+
+sandbox-status:
+	$(SANDBOX) status
+
+# Restart the operator alone, e.g. after changing its code (the venv install is editable).
+operator-restart: venv
+	$(SANDBOX) restart operator
+
+# Remove the sandbox's state (etcd data, MLflow store, PKI, logs) after stopping it.
+sandbox-clean: sandbox-down
+	rm -rf $(SANDBOX_DIR)
+
+sandbox: sandbox-up
+	$(KUBECTL) apply -f examples/
+	@$(PY) sandbox/whats_next.py
+
+test: sandbox-up
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(PY) -m pytest -m "not sandbox" $(PYTEST_ARGS)

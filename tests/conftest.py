@@ -1,0 +1,135 @@
+"""Shared fixtures. End-to-end tests run against the sandbox (`make sandbox-up`), the same
+cluster and MLflow server a developer uses; each test works in a namespace of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from helpers import wait_for  # noqa: E402
+
+
+@dataclass(frozen=True)
+class SandboxInfo:
+    state: Path
+    kubeconfig: Path
+    tracking_uri: str
+    ports: dict[str, int]
+
+    @property
+    def bin(self) -> Path:
+        return self.state / "bin"
+
+    def kubectl(self, *args: str, input_text: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(self.bin / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input_text, capture_output=True, text=True, timeout=120, check=check,
+        )
+
+    def sandbox(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(ROOT / "sandbox" / "sandbox.py"), *args],
+            capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
+        )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/e2e/" in str(item.path):
+            item.add_marker(pytest.mark.sandbox)
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> SandboxInfo:
+    """The running sandbox; brought up (idempotently) if something is not running."""
+    state = Path(os.environ.get("SANDBOX_DIR", ROOT / ".sandbox")).resolve()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "sandbox" / "sandbox.py"), "up"],
+        capture_output=True, text=True, timeout=600,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"sandbox up failed:\n{result.stdout}\n{result.stderr}")
+    ports = json.loads((state / "ports.json").read_text())
+    return SandboxInfo(
+        state=state,
+        kubeconfig=state / "kubeconfig",
+        tracking_uri=f"http://127.0.0.1:{ports['mlflow']}",
+        ports=ports,
+    )
+
+
+@pytest.fixture(scope="session")
+def api_client(sandbox: SandboxInfo):
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(sandbox.kubeconfig), client_configuration=configuration)
+    with client.ApiClient(configuration) as api:
+        yield api
+
+
+@pytest.fixture(scope="session")
+def core(api_client):
+    from kubernetes import client
+
+    return client.CoreV1Api(api_client)
+
+
+@pytest.fixture(scope="session")
+def batch(api_client):
+    from kubernetes import client
+
+    return client.BatchV1Api(api_client)
+
+
+@pytest.fixture(scope="session")
+def custom(api_client):
+    from kubernetes import client
+
+    return client.CustomObjectsApi(api_client)
+
+
+@pytest.fixture
+def namespace(core, request) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards (its objects go with it)."""
+    from kubernetes import client
+
+    base = request.node.name.lower().replace("_", "-")[:40].strip("-")
+    name = f"t-{base}-{uuid.uuid4().hex[:6]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    wait_for(
+        lambda: _has_default_sa(core, name), timeout=30,
+        message=f"default ServiceAccount in namespace {name}",
+    )
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
+
+
+def _has_default_sa(core, namespace: str) -> bool:
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        core.read_namespaced_service_account("default", namespace)
+        return True
+    except ApiException:
+        return False
+
+
+@pytest.fixture(scope="session")
+def mlflow_client(sandbox: SandboxInfo):
+    os.environ["MLFLOW_TRACKING_URI"] = sandbox.tracking_uri
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=sandbox.tracking_uri, registry_uri=sandbox.tracking_uri)
