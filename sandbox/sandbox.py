@@ -3,7 +3,8 @@
     python sandbox/sandbox.py up        start what is not running, wait until all is ready
     python sandbox/sandbox.py down      stop exactly the processes `up` started
     python sandbox/sandbox.py status    one line per component
-    python sandbox/sandbox.py restart COMPONENT...   stop and start the named components
+    python sandbox/sandbox.py stop COMPONENT...      stop the named components (e.g. to test an outage)
+    python sandbox/sandbox.py restart COMPONENT...   stop them and bring everything up again
 
 Everything lives under `.sandbox/` (override with SANDBOX_DIR): `env`, `kubeconfig`,
 `pids/<component>.pid`, `logs/<component>.log`, the PKI, etcd's data and MLflow's store.
@@ -558,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status")
     restart = sub.add_parser("restart")
     restart.add_argument("components", nargs="+", choices=ORDER)
+    stop_parser = sub.add_parser("stop")
+    stop_parser.add_argument("components", nargs="+", choices=ORDER)
     args = parser.parse_args(argv)
 
     sandbox = Sandbox()
@@ -568,6 +571,10 @@ def main(argv: list[str] | None = None) -> int:
             sandbox.down()
         elif args.command == "status":
             return sandbox.status()
+        elif args.command == "stop":
+            for name in args.components:
+                if stop(sandbox.components[name]):
+                    log(f"stopped {name}")
         elif args.command == "restart":
             for name in args.components:
                 stop(sandbox.components[name])

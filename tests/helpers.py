@@ -36,3 +36,85 @@ def stays(probe: Callable[[], bool], duration: float, interval: float = 0.25) ->
             return False
         time.sleep(interval)
     return True
+
+
+GROUP, VERSION = "mlflow.operator.dev", "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+class Objects:
+    """Create, read, patch and wait on the operator's custom resources in one namespace."""
+
+    def __init__(self, custom, namespace: str, plural: str, kind: str) -> None:
+        self.custom, self.namespace, self.plural, self.kind = custom, namespace, plural, kind
+
+    def create(self, name: str, spec: dict, labels: dict | None = None) -> dict:
+        body = {"apiVersion": API_VERSION, "kind": self.kind,
+                "metadata": {"name": name, "labels": labels or {}}, "spec": spec}
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, self.plural, body)
+
+    def get(self, name: str) -> dict:
+        return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, self.plural, name)
+
+    def exists(self, name: str) -> bool:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.get(name)
+            return True
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+
+    def patch_spec(self, name: str, spec: dict) -> dict:
+        return self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, self.plural, name, {"spec": spec}
+        )
+
+    def patch_status(self, name: str, status: dict) -> dict:
+        return self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, self.namespace, self.plural, name, {"status": status}
+        )
+
+    def delete(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, self.plural, name)
+
+    def condition(self, name: str, type_: str = "Ready") -> dict | None:
+        conditions = (self.get(name).get("status") or {}).get("conditions") or []
+        return next((c for c in conditions if c["type"] == type_), None)
+
+    def wait_ready(self, name: str, timeout: float = 60) -> dict:
+        def ready():
+            obj = self.get(name)
+            status = obj.get("status") or {}
+            if status.get("observedGeneration") != obj["metadata"]["generation"]:
+                return None
+            cond = next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), None)
+            return obj if cond and cond["status"] == "True" else None
+
+        return wait_for(ready, timeout=timeout, message=f"{self.kind} {name} to be Ready "
+                        f"(last Ready condition: {self._last_ready(name)})")
+
+    def wait_reason(self, name: str, reason: str, status: str = "False", timeout: float = 60) -> dict:
+        def has_reason():
+            cond = self.condition(name)
+            return cond if cond and cond["reason"] == reason and cond["status"] == status else None
+
+        return wait_for(has_reason, timeout=timeout, message=f"{self.kind} {name} Ready={status} reason {reason}")
+
+    def _last_ready(self, name: str) -> str:
+        try:
+            return str(self.condition(name))
+        except Exception as error:  # noqa: BLE001 - only for the failure message
+            return repr(error)
+
+
+def events_for(core, namespace: str, name: str) -> list:
+    """Events posted about the object `name` in `namespace`, oldest first."""
+    items = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+    return sorted(items, key=lambda e: (e.last_timestamp or e.event_time or e.metadata.creation_timestamp))
+
+
+def event_reasons(core, namespace: str, name: str) -> list[str]:
+    return [e.reason for e in events_for(core, namespace, name)]

@@ -27,7 +27,7 @@ def configure_environment(config: OperatorConfig) -> None:
     """
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(config.mlflow_max_retries)
-    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "0.5"
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"  # an int in MLflow
     os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0.5"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, config.mlflow_timeout)))
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):

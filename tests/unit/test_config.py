@@ -1,0 +1,36 @@
+"""Operator flags and their environment-variable fallbacks."""
+
+import argparse
+
+import pytest
+
+from mlflow_operator.config import add_run_arguments, config_from_args
+
+
+def parse(argv, env=None):
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    return config_from_args(parser.parse_args(argv), environ=env or {})
+
+
+def test_defaults_watch_all_namespaces():
+    config = parse([])
+    assert config.all_namespaces and config.namespaces == ()
+    assert config.drift_interval == 60
+
+
+def test_namespaces_from_flags_or_environment():
+    assert parse(["-n", "a", "-n", "b"]).namespaces == ("a", "b")
+    config = parse([], {"MLFLOW_OPERATOR_NAMESPACES": "x, y"})
+    assert config.namespaces == ("x", "y") and not config.all_namespaces
+
+
+def test_default_credentials_come_from_the_standard_mlflow_variables():
+    config = parse(["--tracking-uri", "http://m:5000/"], {"MLFLOW_TRACKING_TOKEN": "t"})
+    assert config.default_tracking_uri == "http://m:5000"
+    assert config.default_credentials.token == "t"
+
+
+def test_a_non_http_tracking_uri_is_refused():
+    with pytest.raises(SystemExit):
+        parse(["--tracking-uri", "sqlite:///x.db"])

@@ -1,0 +1,72 @@
+"""Which server and credentials an object uses, and what a Secret must contain."""
+
+import pytest
+
+from mlflow_operator.api.common import TrackingSpec
+from mlflow_operator.config import Credentials, OperatorConfig
+from mlflow_operator.logic.conditions import ReconcileProblem
+from mlflow_operator.logic.tracking import choose_target, credentials_from_secret
+
+DEFAULT = "http://mlflow.mlflow.svc:5000"
+
+
+def spec(**kwargs) -> TrackingSpec:
+    return TrackingSpec.model_validate(kwargs)
+
+
+def test_without_spec_tracking_the_default_server_and_operator_credentials_apply():
+    choice = choose_target(None, OperatorConfig(default_tracking_uri=DEFAULT))
+    assert (choice.uri, choice.secret_name, choice.use_operator_credentials) == (DEFAULT, None, True)
+
+
+def test_a_server_chosen_by_the_object_never_gets_the_operators_credentials():
+    choice = choose_target(spec(uri="https://other.example.com"), OperatorConfig(default_tracking_uri=DEFAULT))
+    assert choice.use_operator_credentials is False and choice.secret_name is None
+
+
+def test_secret_ref_wins_over_the_default_secret():
+    config = OperatorConfig(default_tracking_uri=DEFAULT, default_tracking_secret="shared")
+    assert choose_target(spec(secretRef={"name": "mine"}), config).secret_name == "mine"
+    assert choose_target(None, config).secret_name == "shared"
+
+
+def test_the_default_secret_is_not_used_for_another_server():
+    config = OperatorConfig(default_tracking_uri=DEFAULT, default_tracking_secret="shared")
+    assert choose_target(spec(uri="https://other.example.com"), config).secret_name is None
+
+
+def test_no_server_at_all_is_tracking_not_configured():
+    with pytest.raises(ReconcileProblem) as raised:
+        choose_target(None, OperatorConfig())
+    assert raised.value.outcome.reason == "TrackingNotConfigured"
+    assert raised.value.outcome.state == "stalled"
+
+
+def test_credentials_in_the_uri_are_rejected():
+    with pytest.raises(ReconcileProblem) as raised:
+        choose_target(spec(uri="https://bob:pw@mlflow.example.com"), OperatorConfig())
+    assert "must not contain credentials" in raised.value.outcome.message
+    assert "pw" not in raised.value.outcome.message
+
+
+def test_token_beats_basic_auth():
+    assert credentials_from_secret("ns", "s", {"token": "t", "username": "u", "password": "p"}) == Credentials(token="t")
+
+
+def test_basic_auth_needs_both_keys():
+    assert credentials_from_secret("ns", "s", {"username": "u", "password": "p"}) == Credentials("u", "p")
+    with pytest.raises(ReconcileProblem) as raised:
+        credentials_from_secret("ns", "s", {"username": "u"})
+    assert raised.value.outcome.reason == "InvalidSecret"
+
+
+def test_a_missing_secret_is_waited_for():
+    with pytest.raises(ReconcileProblem) as raised:
+        credentials_from_secret("ns", "creds", None)
+    assert raised.value.outcome.reason == "SecretNotFound"
+    assert raised.value.outcome.state == "progressing"
+
+
+def test_credentials_repr_hides_secrets():
+    text = repr(Credentials(username="u", password="hunter2", token="tok"))
+    assert "hunter2" not in text and "tok" not in text
