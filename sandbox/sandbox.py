@@ -437,17 +437,26 @@ class Sandbox:
             "operator": self.ports["operator-health"],
         }.get(name)
 
-    def wait_ready(self, name: str) -> None:
+    def wait_ready(self, name: str, attempts: int = 3) -> None:
+        """Wait for the component's health check. A component that exits while starting is
+        started again (kube-apiserver can lose a start-up race against a fresh etcd), at most
+        `attempts` times in all, and each exit is reported."""
         component = self.components[name]
         deadline = time.monotonic() + component.ready_timeout
+        attempt = 1
         while time.monotonic() < deadline:
             if component.ready():
                 return
             if running_pid(component) is None:
-                raise SandboxError(
-                    f"{name} exited during start-up; last lines of {component.log_path}:\n"
-                    f"{tail(component.log_path)}"
-                )
+                if attempt >= attempts:
+                    raise SandboxError(
+                        f"{name} exited during start-up {attempt} times; last lines of {component.log_path}:\n"
+                        f"{tail(component.log_path)}"
+                    )
+                log(f"{name} exited during start-up (attempt {attempt}/{attempts}); last lines of its log:\n"
+                    f"{tail(component.log_path, 5)}\n[sandbox] starting {name} again")
+                attempt += 1
+                self.start(name)
             time.sleep(0.2)
         raise SandboxError(
             f"{name} was not ready within {component.ready_timeout:.0f}s; "
