@@ -8,7 +8,7 @@ export VENV SANDBOX_DIR
 
 PY := $(VENV)/bin/python
 SANDBOX := $(PY) sandbox/sandbox.py
-KUBECTL := $(SANDBOX_DIR)/bin/kubectl --kubeconfig $(SANDBOX_DIR)/kubeconfig
+KUBECTL := $(SANDBOX_DIR)/bin/kubectl --kubeconfig $(SANDBOX_DIR)/kubeconfig --cache-dir $(SANDBOX_DIR)/kube-cache
 PYTEST_ARGS ?=
 
 .PHONY: help venv binaries sandbox-up sandbox-down sandbox sandbox-status sandbox-clean \
@@ -49,8 +49,11 @@ operator-restart: venv
 sandbox-clean: sandbox-down
 	rm -rf $(SANDBOX_DIR)
 
+# Apply the examples, then play the example TrainingRun's training container: its pod is
+# held on a kwok node while examples/churn/train.py runs locally with the pod's own env.
 sandbox: sandbox-up
 	$(KUBECTL) apply -f examples/
+	$(PY) sandbox/play_training.py default churn-rf-1 -- $(PY) -W ignore examples/churn/train.py
 	@$(PY) sandbox/whats_next.py
 
 test: sandbox-up

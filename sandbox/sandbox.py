@@ -392,6 +392,7 @@ class Sandbox:
         (STATE / "env").write_text(
             f"export KUBECONFIG={KUBECONFIG}\n"
             f"export MLFLOW_TRACKING_URI={self.mlflow_url}\n"
+            f"export KUBECACHEDIR={STATE / 'kube-cache'}\n"
             f"export PATH={BIN}:$PATH\n"
         )
 
@@ -465,7 +466,7 @@ class Sandbox:
 
     def kubectl(self, *args: str, input_text: str | None = None) -> str:
         result = subprocess.run(
-            [self._bin("kubectl"), f"--kubeconfig={KUBECONFIG}", *args],
+            [self._bin("kubectl"), f"--kubeconfig={KUBECONFIG}", f"--cache-dir={STATE / 'kube-cache'}", *args],
             input=input_text, capture_output=True, text=True, timeout=120,
         )
         if result.returncode != 0:

@@ -13,7 +13,7 @@ STATE = Path(os.environ.get("SANDBOX_DIR", ROOT / ".sandbox")).resolve()
 
 def main() -> None:
     ports = json.loads((STATE / "ports.json").read_text())
-    kubectl = [str(STATE / "bin" / "kubectl"), f"--kubeconfig={STATE / 'kubeconfig'}"]
+    kubectl = [str(STATE / "bin" / "kubectl"), f"--kubeconfig={STATE / 'kubeconfig'}", f"--cache-dir={STATE / 'kube-cache'}"]
     listing = subprocess.run([*kubectl, "get", "mlflow", "-A"], capture_output=True, text=True)
     print()
     print("The sandbox is up: a Kubernetes control plane with kwok nodes, MLflow and the operator.")

@@ -16,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "sandbox"))
 
 from helpers import wait_for  # noqa: E402
 
@@ -32,10 +33,14 @@ class SandboxInfo:
         return self.state / "bin"
 
     def kubectl(self, *args: str, input_text: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(self.bin / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
-            input=input_text, capture_output=True, text=True, timeout=120, check=check,
+        result = subprocess.run(
+            [str(self.bin / "kubectl"), f"--kubeconfig={self.kubeconfig}",
+             f"--cache-dir={self.state / 'kube-cache'}", *args],
+            input=input_text, capture_output=True, text=True, timeout=120,
         )
+        if check and result.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}")
+        return result
 
     def sandbox(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(

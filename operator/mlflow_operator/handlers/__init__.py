@@ -11,7 +11,7 @@ from mlflow_operator.api.common import GROUP, KINDS, VERSION
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.gateways.kubernetes import KubernetesGateway
 from mlflow_operator.gateways.mlflow import MlflowGateway
-from mlflow_operator.handlers import experiment
+from mlflow_operator.handlers import experiment, trainingrun
 from mlflow_operator.reconcilers.common import Services
 
 logger = logging.getLogger("mlflow_operator")
@@ -27,6 +27,7 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -
 
     @kopf.on.startup(registry=registry)
     async def start_services(memo: kopf.Memo, **_: Any) -> None:
+        memo["locks"] = {}
         memo["services"] = Services(
             config=config,
             mlflow=MlflowGateway(concurrency=config.mlflow_concurrency),
@@ -42,3 +43,4 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -
             services.kube.close()
 
     experiment.register(registry, config)
+    trainingrun.register(registry, config)

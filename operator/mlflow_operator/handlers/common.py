@@ -1,5 +1,11 @@
-"""What every kind's handlers share: one reconcile at a time per object, conditions,
-Events on transitions, metrics, and retries with backoff for problems that pass."""
+"""What every kind's handlers share: one reconcile at a time per object, from a fresh read,
+status written inside that critical section, Events on transitions, metrics, and retries
+with backoff for problems that pass.
+
+Status is written through the Kubernetes gateway rather than kopf's end-of-handler patch:
+a patch applied after the lock is released could overwrite what a later reconcile wrote
+(e.g. a Job event marking a run Succeeded, then an older "Running" patch landing).
+"""
 
 from __future__ import annotations
 
@@ -24,7 +30,6 @@ from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.tracking import TrackingError, TrackingUnauthorized
 
 Event = tuple[str, str, str]
-MAX_RETRY_DELAY = 120.0
 
 
 class Result(Protocol):
@@ -37,16 +42,22 @@ def services_of(memo: Any) -> Services:
     return memo["services"]
 
 
-def object_lock(memo: Any) -> asyncio.Lock:
-    """One reconcile at a time per object: change handlers and the drift timer share it."""
-    lock = memo.get("lock")
+def object_lock(memo: Any, uid: str) -> asyncio.Lock:
+    """One reconcile at a time per object, shared by its change handlers, its drift timer
+    and handlers of other resources (a Job's events reconcile its TrainingRun)."""
+    locks: dict[str, asyncio.Lock] = memo["locks"]
+    lock = locks.get(uid)
     if lock is None:
-        lock = memo["lock"] = asyncio.Lock()
+        lock = locks[uid] = asyncio.Lock()
     return lock
 
 
-def retry_delay(retry: int) -> float:
-    return min(MAX_RETRY_DELAY, 2.0 * (2 ** min(retry, 10)))
+def forget_object(memo: Any, uid: str) -> None:
+    memo["locks"].pop(uid, None)
+
+
+def retry_delay(retry: int, cap: float) -> float:
+    return min(cap, 2.0 * (2 ** min(retry, 10)))
 
 
 def outcome_for_error(error: Exception) -> Outcome:
@@ -69,39 +80,45 @@ def post_events(body: Any, events: list[Event]) -> None:
 def drift_check_due(body: Any, memo: Any) -> bool:
     """The timer leaves objects alone while a change handler owns them."""
     status = body.get("status") or {}
-    generation = body["metadata"].get("generation")
     if body["metadata"].get("deletionTimestamp"):
         return False
-    if status.get("observedGeneration") != generation:
+    if status.get("observedGeneration") != body["metadata"].get("generation"):
         return False
-    return not object_lock(memo).locked()
+    return not object_lock(memo, body["metadata"]["uid"]).locked()
 
 
 async def reconcile_and_report(
     *,
     kind: str,
+    plural: str,
     body: Any,
-    patch: kopf.Patch,
     memo: Any,
     logger: logging.Logger | logging.LoggerAdapter,
-    work: Callable[[], Awaitable[Result]],
-    retry: int = 0,
-    from_timer: bool = False,
+    work: Callable[[dict[str, Any]], Awaitable[Result]],
+    retry: int | None = None,
     managed_extra: tuple[str, ...] = (),
-) -> Outcome:
-    """Run `work` under the object's lock and write its outcome to status.
+) -> Outcome | None:
+    """Run `work` on a fresh copy of the object under its lock and write the outcome to status.
 
-    Transient failures are retried by kopf with exponential backoff (change handlers) or at
-    the next drift check (timer). A repeated failure is one Event, not one per attempt.
+    With `retry` (a kopf change handler), problems that pass are retried by kopf with
+    exponential backoff capped at the drift interval; without it (timer, watch of another
+    resource) the next trigger retries. A repeated failure posts one Event, not one per attempt.
+    Returns None when the object is gone.
     """
-    async with object_lock(memo):
+    services = services_of(memo)
+    metadata = body["metadata"]
+    namespace, name = metadata["namespace"], metadata["name"]
+    async with object_lock(memo, metadata["uid"]):
+        fresh = await services.kube.get_object(plural, namespace, name)
+        if fresh is None or fresh["metadata"]["uid"] != metadata["uid"]:
+            return None
         started = time.perf_counter()
-        status_before = dict(body.get("status") or {})
+        status_before = dict(fresh.get("status") or {})
         events: list[Event] = []
         status_update: dict[str, Any] = {}
         try:
-            result = await work()
-            outcome, status_update, events = result.outcome, result.status, list(result.events)
+            result = await work(fresh)
+            outcome, status_update, events = result.outcome, dict(result.status), list(result.events)
         except (ReconcileProblem, TrackingError, KubernetesError) as error:
             outcome = outcome_for_error(error)
         except Exception:
@@ -110,23 +127,28 @@ async def reconcile_and_report(
         finally:
             RECONCILE_DURATION.labels(kind=kind).observe(time.perf_counter() - started)
 
-        generation = body["metadata"].get("generation")
+        generation = fresh["metadata"].get("generation")
         conditions = apply_outcome(status_before.get("conditions"), outcome, generation,
                                    managed_extra=managed_extra)
-        for key, value in status_update.items():
-            patch.status[key] = value
-        patch.status["conditions"] = conditions
-        patch.status["observedGeneration"] = generation
+        status_update.update(conditions=conditions, observedGeneration=generation)
+        await services.kube.patch_status(plural, namespace, name, status_update)
         if not outcome.is_ready and changed_reason(status_before.get("conditions"), conditions):
-            events.append(("Warning", outcome.reason, outcome.message))
-        post_events(body, events)
+            kind_of_event = "Normal" if outcome.reason in _WAITING_ON_EVENTS else "Warning"
+            events.append((kind_of_event, outcome.reason, outcome.message))
+        post_events(fresh, events)
 
         if outcome.is_ready:
             RECONCILES.labels(kind=kind, outcome="success").inc()
-            logger.info("reconciled: %s", outcome.message)
-            return outcome
-        RECONCILES.labels(kind=kind, outcome="retry" if outcome.state == "progressing" else "stalled").inc()
-        logger.warning("%s: %s", outcome.reason, outcome.message)
-    if outcome.state == "progressing" and not from_timer:
-        raise kopf.TemporaryError(f"{outcome.reason}: {outcome.message}", delay=retry_delay(retry))
+            logger.info("%s: %s", outcome.reason, outcome.message)
+        else:
+            RECONCILES.labels(kind=kind, outcome=outcome.state).inc()
+            logger.warning("%s: %s", outcome.reason, outcome.message)
+    if outcome.state == "progressing" and retry is not None and outcome.reason not in _WAITING_ON_EVENTS:
+        raise kopf.TemporaryError(f"{outcome.reason}: {outcome.message}",
+                                  delay=retry_delay(retry, services.config.drift_interval))
     return outcome
+
+
+# Progress that another watch will report (a Job's pods starting, a run in progress):
+# no need for kopf to retry the change handler for these.
+_WAITING_ON_EVENTS = frozenset({"JobPending", "Running"})

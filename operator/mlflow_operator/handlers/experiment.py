@@ -11,6 +11,7 @@ from mlflow_operator.api.experiment import KIND, PLURAL
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.handlers.common import (
     drift_check_due,
+    forget_object,
     outcome_for_error,
     post_events,
     reconcile_and_report,
@@ -28,40 +29,41 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     @kopf.on.resume(id="reconcile", **resource)
     @kopf.on.create(id="reconcile", **resource)
     @kopf.on.update(id="reconcile", field="spec", **resource)
-    async def experiment_changed(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any,
-                                 retry: int, **_: Any) -> None:
-        await _reconcile(body, patch, memo, logger, retry=retry, from_timer=False)
+    async def experiment_changed(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
+        await _reconcile(body, memo, logger, retry=retry)
 
     @kopf.timer(id="drift", interval=config.drift_interval, initial_delay=config.drift_interval, **resource)
-    async def experiment_drift(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    async def experiment_drift(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
         if drift_check_due(body, memo):
-            await _reconcile(body, patch, memo, logger, retry=0, from_timer=True)
+            await _reconcile(body, memo, logger, retry=None)
 
     @kopf.on.delete(id="delete", timeout=DELETE_TIMEOUT_SECONDS, **resource)
     async def experiment_deleted(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
+        services = services_of(memo)
         try:
             event = await delete_experiment(
-                services_of(memo), ObjectIdentity.from_body(body), body.get("spec"), dict(body.get("status") or {})
+                services, ObjectIdentity.from_body(body), body.get("spec"), dict(body.get("status") or {})
             )
         except Exception as error:  # noqa: BLE001 - reported, then retried until the timeout
             outcome = outcome_for_error(error)
             if retry == 0:
                 post_events(body, [("Warning", "DeleteFailed", outcome.message)])
-            raise kopf.TemporaryError(f"deletionPolicy Delete: {outcome.message}", delay=retry_delay(retry))
+            raise kopf.TemporaryError(f"deletionPolicy Delete: {outcome.message}",
+                                      delay=retry_delay(retry, services.config.drift_interval))
         if event:
             post_events(body, [event])
             logger.info(event[2])
+        forget_object(memo, body["metadata"]["uid"])
 
 
-async def _reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any,
-                     retry: int, from_timer: bool) -> None:
+async def _reconcile(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int | None) -> None:
     services = services_of(memo)
     identity = ObjectIdentity.from_body(body)
 
-    async def work():
+    async def work(fresh: dict[str, Any]):
         return await reconcile_experiment(
-            services, identity, body.get("spec"), dict(body.get("status") or {}), drift_check=from_timer
+            services, identity, fresh.get("spec"), dict(fresh.get("status") or {}), drift_check=retry is None
         )
 
-    await reconcile_and_report(kind=KIND, body=body, patch=patch, memo=memo, logger=logger, work=work,
-                               retry=retry, from_timer=from_timer)
+    await reconcile_and_report(kind=KIND, plural=PLURAL, body=body, memo=memo, logger=logger, work=work,
+                               retry=retry)

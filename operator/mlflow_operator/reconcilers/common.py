@@ -24,6 +24,14 @@ class Services:
 
 async def resolve_target(services: Services, namespace: str, tracking: TrackingSpec | None) -> TrackingTarget:
     """The server and credentials for an object; Secrets only from the object's namespace."""
+    target, _ = await resolve_target_and_secret(services, namespace, tracking)
+    return target
+
+
+async def resolve_target_and_secret(
+    services: Services, namespace: str, tracking: TrackingSpec | None
+) -> tuple[TrackingTarget, str | None]:
+    """Like resolve_target, and also the name of the Secret the credentials came from."""
     choice = choose_target(tracking, services.config)
     if choice.secret_name:
         try:
@@ -38,4 +46,4 @@ async def resolve_target(services: Services, namespace: str, tracking: TrackingS
     else:
         credentials = TrackingTarget(choice.uri).credentials
     ui_url = services.config.ui_url if choice.uri == services.config.default_tracking_uri else None
-    return TrackingTarget(uri=choice.uri, credentials=credentials, ui_url=ui_url)
+    return TrackingTarget(uri=choice.uri, credentials=credentials, ui_url=ui_url), choice.secret_name

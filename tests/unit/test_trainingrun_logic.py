@@ -1,0 +1,122 @@
+"""TrainingRun decisions: the Job we build, how a Job's state reads, which run is ours."""
+
+import pytest
+
+from mlflow_operator.api.common import ObjectIdentity
+from mlflow_operator.api.trainingrun import TrainingRunSpec
+from mlflow_operator.config import Credentials
+from mlflow_operator.logic.conditions import ReconcileProblem
+from mlflow_operator.logic.trainingrun import (
+    CredentialSource,
+    JobState,
+    build_job,
+    canonical_run,
+    final_run_status,
+    param_env,
+    param_env_name,
+    phase_of,
+    pick_logged_model,
+    primary_metric_text,
+)
+from mlflow_operator.tracking import LoggedModelInfo, RunInfo
+
+ME = ObjectIdentity(kind="TrainingRun", namespace="ml", name="churn-1", uid="uid-1")
+
+
+def spec(**overrides) -> TrainingRunSpec:
+    body = {"experimentName": "e", "template": {"spec": {"containers": [
+        {"name": "train", "image": "img", "env": [{"name": "MLFLOW_RUN_ID", "value": "spoofed"},
+                                                   {"name": "OWN", "value": "$(MLFLOW_PARAM_LR)"}]}]}}}
+    body.update(overrides)
+    return TrainingRunSpec.parse(body)
+
+
+def test_param_keys_become_upper_case_env_names():
+    assert param_env_name("learning-rate") == "MLFLOW_PARAM_LEARNING_RATE"
+    assert param_env_name("n.estimators") == "MLFLOW_PARAM_N_ESTIMATORS"
+    assert param_env_name("batch size") == "MLFLOW_PARAM_BATCH_SIZE"
+
+
+def test_colliding_param_env_names_are_refused():
+    with pytest.raises(ReconcileProblem) as raised:
+        param_env({"a-b": "1", "A_B": "2"})
+    assert raised.value.outcome.reason == "InvalidSpec"
+
+
+def test_exactly_one_experiment_source_is_required():
+    with pytest.raises(ValueError):
+        TrainingRunSpec.parse({"template": {}})
+    with pytest.raises(ValueError):
+        TrainingRunSpec.parse({"template": {}, "experimentName": "a", "experimentRef": {"name": "b"}})
+
+
+def test_the_job_is_named_labelled_and_owned_after_the_training_run():
+    job = build_job(spec(), ME, "run-1", "7", "http://mlflow:5000", None)
+    assert job["metadata"]["name"] == "churn-1"
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert job["metadata"]["ownerReferences"][0]["controller"] is True
+    assert job["spec"]["template"]["metadata"]["labels"]["mlflow.operator.dev/run-id"] == "run-1"
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    assert job["spec"]["backoffLimit"] == 0
+
+
+def test_operator_env_comes_first_and_replaces_the_templates_own_entries():
+    job = build_job(spec(params={"lr": "0.1"}), ME, "run-1", "7", "http://mlflow:5000", None)
+    env = job["spec"]["template"]["spec"]["containers"][0]["env"]
+    names = [e["name"] for e in env]
+    assert names[:4] == ["MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID", "MLFLOW_DISABLE_TELEMETRY"]
+    assert names.count("MLFLOW_RUN_ID") == 1
+    assert {e["name"]: e.get("value") for e in env}["MLFLOW_RUN_ID"] == "run-1"
+    assert names.index("MLFLOW_PARAM_LR") < names.index("OWN")
+
+
+def test_credentials_are_secret_key_refs_never_values():
+    source = CredentialSource.for_secret("creds", Credentials(username="u", password="very-secret"))
+    job = build_job(spec(), ME, "run-1", "7", "http://mlflow:5000", source)
+    env = {e["name"]: e for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MLFLOW_TRACKING_PASSWORD"] == {
+        "name": "MLFLOW_TRACKING_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}}
+    assert "very-secret" not in repr(job)
+    token_source = CredentialSource.for_secret("creds", Credentials(token="t"))
+    assert token_source.keys == (("MLFLOW_TRACKING_TOKEN", "token"),)
+
+
+def state(**kwargs) -> JobState:
+    return JobState(uid="j", owner_uids=frozenset({"uid-1"}), **kwargs)
+
+
+def test_job_phases():
+    assert phase_of(state()) == "Pending"
+    assert phase_of(state(active=1, ready=1)) == "Running"
+    assert phase_of(state(active=0), previous_phase="Running") == "Running"  # between pod end and Complete
+    assert phase_of(state(finished=("Complete", "", ""))) == "Succeeded"
+    assert phase_of(state(finished=("Failed", "BackoffLimitExceeded", ""))) == "Failed"
+
+
+def test_the_run_status_comes_from_the_job_outcome():
+    assert final_run_status("Succeeded") == "FINISHED"
+    assert final_run_status("Failed") == "FAILED"
+
+
+def run(run_id: str, start: int, stage: str = "active") -> RunInfo:
+    return RunInfo(run_id, "7", "r", "RUNNING", stage, start, None)
+
+
+def test_the_oldest_active_run_is_ours_and_the_rest_duplicates():
+    ours, duplicates = canonical_run([run("b", 20), run("a", 10), run("c", 5, stage="deleted")])
+    assert ours.run_id == "a"
+    assert [d.run_id for d in duplicates] == ["b"]
+    assert canonical_run([run("c", 5, stage="deleted")]) == (None, [])
+
+
+def test_the_logged_model_is_picked_by_name_newest_first():
+    models = [LoggedModelInfo("m-1", "model", "r", "READY", 1), LoggedModelInfo("m-2", "model", "r", "READY", 2),
+              LoggedModelInfo("m-3", "other", "r", "READY", 3)]
+    assert pick_logged_model(models, "model").model_id == "m-2"
+    assert pick_logged_model(models, "missing") is None
+
+
+def test_primary_metric_text():
+    assert primary_metric_text({"acc": 0.91234567}, "acc") == "acc=0.912346"
+    assert primary_metric_text({"acc": 1.0}, "loss") is None
+    assert primary_metric_text({}, None) is None
