@@ -54,6 +54,8 @@ def build_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings.posting.reporting_component = "mlflow-operator"
     settings.posting.reporting_instance = os.environ.get("POD_NAME") or os.uname().nodename
     settings.posting.event_name_prefix = "mlflow-operator-"
+    # Events into a namespace being deleted are refused; do not retry them for long.
+    settings.posting.default_backoffs = (1, 3)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30

@@ -11,7 +11,7 @@ from mlflow_operator.api.common import GROUP, KINDS, VERSION
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.gateways.kubernetes import KubernetesGateway
 from mlflow_operator.gateways.mlflow import MlflowGateway
-from mlflow_operator.handlers import experiment, trainingrun
+from mlflow_operator.handlers import experiment, registeredmodel, trainingrun
 from mlflow_operator.reconcilers.common import Services
 
 logger = logging.getLogger("mlflow_operator")
@@ -44,3 +44,4 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -
 
     experiment.register(registry, config)
     trainingrun.register(registry, config)
+    registeredmodel.register(registry, config)

@@ -72,6 +72,17 @@ def outcome_for_error(error: Exception) -> Outcome:
     raise error
 
 
+def replace_maps(before: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch merges maps key by key: null out keys that a map in `update` no
+    longer has (a removed alias, a metric), so status maps are replaced, not accumulated."""
+    result = dict(update)
+    for key, value in update.items():
+        old = before.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            result[key] = {**{k: None for k in old if k not in value}, **value}
+    return result
+
+
 def post_events(body: Any, events: list[Event]) -> None:
     for type_, reason, message in events:
         kopf.event(body, type=type_, reason=reason, message=message[:1024])
@@ -131,9 +142,10 @@ async def reconcile_and_report(
         conditions = apply_outcome(status_before.get("conditions"), outcome, generation,
                                    managed_extra=managed_extra)
         status_update.update(conditions=conditions, observedGeneration=generation)
+        status_update = replace_maps(status_before, status_update)
         await services.kube.patch_status(plural, namespace, name, status_update)
         if not outcome.is_ready and changed_reason(status_before.get("conditions"), conditions):
-            kind_of_event = "Normal" if outcome.reason in _WAITING_ON_EVENTS else "Warning"
+            kind_of_event = "Normal" if outcome.reason in _NORMAL_PROGRESS else "Warning"
             events.append((kind_of_event, outcome.reason, outcome.message))
         post_events(fresh, events)
 
@@ -143,12 +155,14 @@ async def reconcile_and_report(
         else:
             RECONCILES.labels(kind=kind, outcome=outcome.state).inc()
             logger.warning("%s: %s", outcome.reason, outcome.message)
-    if outcome.state == "progressing" and retry is not None and outcome.reason not in _WAITING_ON_EVENTS:
+    if outcome.state == "progressing" and retry is not None and outcome.reason not in _RETRIED_ELSEWHERE:
         raise kopf.TemporaryError(f"{outcome.reason}: {outcome.message}",
                                   delay=retry_delay(retry, services.config.drift_interval))
     return outcome
 
 
-# Progress that another watch will report (a Job's pods starting, a run in progress):
-# no need for kopf to retry the change handler for these.
-_WAITING_ON_EVENTS = frozenset({"JobPending", "Running"})
+# Progress that is expected, not a problem: posted as Normal events.
+_NORMAL_PROGRESS = frozenset({"JobPending", "Running"})
+# Waits that a watch (a Job's events) or the drift timer (a version appearing) ends:
+# kopf need not retry the change handler for these.
+_RETRIED_ELSEWHERE = frozenset({"JobPending", "Running", "VersionNotFound"})
