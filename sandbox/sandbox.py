@@ -425,6 +425,13 @@ class Sandbox:
                 start_new_session=True,
             )
         _pid_file(name).write_text(f"{process.pid}\n")
+        # Until the child has exec'd, /proc shows our own command line; wait for the switch so
+        # that running_pid() cannot mistake a starting process for a dead one.
+        deadline = time.monotonic() + 10
+        while process.poll() is None and time.monotonic() < deadline:
+            if component.marker in " ".join(_cmdline(process.pid)):
+                break
+            time.sleep(0.01)
         return True
 
     def _own_port(self, name: str) -> int | None:
