@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -491,6 +492,9 @@ class Sandbox:
                      "-f", str(ROOT / "crds"))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                      *[f"crd/{name}" for name in CRD_NAMES])
+        # kubectl cached discovery before the CRDs existed, and does not refresh it to expand
+        # a category ("the server doesn't have a resource type mlflow"): drop the cache.
+        shutil.rmtree(STATE / "kube-cache" / "discovery", ignore_errors=True)
 
     def ensure_default_service_account(self) -> None:
         """Pods need the namespace's `default` ServiceAccount, which a controller creates."""
