@@ -11,7 +11,7 @@ SANDBOX := $(PY) sandbox/sandbox.py
 KUBECTL := $(SANDBOX_DIR)/bin/kubectl --kubeconfig $(SANDBOX_DIR)/kubeconfig --cache-dir $(SANDBOX_DIR)/kube-cache
 PYTEST_ARGS ?=
 
-.PHONY: help venv binaries sandbox-up sandbox-down sandbox sandbox-status sandbox-clean \
+.PHONY: chart-crds help venv binaries sandbox-up sandbox-down sandbox sandbox-status sandbox-clean \
         operator-restart test test-unit lint
 
 help:
@@ -58,6 +58,10 @@ sandbox: sandbox-up
 
 test: sandbox-up
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The chart ships copies of crds/ (Helm reads crds/ inside the chart); a test checks they match.
+chart-crds:
+	cp crds/*.yaml charts/mlflow-operator/crds/
 
 test-unit: venv
 	$(PY) -m pytest -m "not sandbox" $(PYTEST_ARGS)

@@ -22,11 +22,32 @@ MODULES=(
 
 command -v go >/dev/null || { echo "build-binaries: 'go' is not on PATH" >&2; exit 1; }
 
+# Version stamps, as the projects' own release builds set them (otherwise the API server
+# reports v0.0.0 and tools that check the cluster's version, like helm, refuse it).
+module_version() { awk -v m="$1" '$1 == m || ($1 == "require" && $2 == m) {print ($1 == "require" ? $3 : $2); exit}' "$2"; }
+ldflags_for() {
+  local module="$1" gomod="$ROOT/sandbox/build/$1/go.mod" v
+  case "$module" in
+    kubernetes)
+      v="$(module_version k8s.io/kubernetes "$gomod")"
+      local minor="${v#v1.}"; minor="${minor%%.*}"
+      local flags=""
+      for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        flags="$flags -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+        flags="$flags -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+      done
+      echo "$flags" ;;
+    helm) echo "-X helm.sh/helm/v3/internal/version.version=$(module_version helm.sh/helm/v3 "$gomod")" ;;
+    *) echo "" ;;
+  esac
+}
+
 for entry in "${MODULES[@]}"; do
   module="${entry%%:*}"
   packages="${entry#*:}"
   dir="$ROOT/sandbox/build/$module"
-  hash="$(cd "$dir" && cat go.mod go.sum $(ls *.go 2>/dev/null) | sha256sum | cut -c1-16)"
+  ldflags="-s -w $(ldflags_for "$module")"
+  hash="$( (cd "$dir" && cat go.mod go.sum $(ls *.go 2>/dev/null); echo "$ldflags") | sha256sum | cut -c1-16)"
   out="$CACHE/bin/$module-$hash"
   if [[ "$packages" == "." ]]; then names="$module"; else names=""; for p in $packages; do names="$names ${p##*/}"; done; fi
 
@@ -39,10 +60,10 @@ for entry in "${MODULES[@]}"; do
     rm -rf "$tmp"; mkdir -p "$tmp"
     logfile="$CACHE/bin/$module-build.log"
     if [[ "$packages" == "." ]]; then
-      cmd=(go build -trimpath -ldflags "-s -w" -o "$tmp/$module" .)
+      cmd=(go build -trimpath -ldflags "$ldflags" -o "$tmp/$module" .)
     else
       # shellcheck disable=SC2206
-      cmd=(go build -trimpath -ldflags "-s -w" -o "$tmp/" $packages)
+      cmd=(go build -trimpath -ldflags "$ldflags" -o "$tmp/" $packages)
     fi
     if ! (cd "$dir" && GOFLAGS=-mod=readonly "${cmd[@]}") >"$logfile" 2>&1; then
       echo "[build] FAILED: $module in $dir" >&2

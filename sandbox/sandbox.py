@@ -41,6 +41,13 @@ BIN = STATE / "bin"
 PIDS = STATE / "pids"
 LOGS = STATE / "logs"
 KUBECONFIG = STATE / "kubeconfig"
+# The operator runs as the Helm chart's ServiceAccount, with the chart's RBAC, through a
+# token from the TokenRequest API: a rule missing from the chart fails the tests.
+OPERATOR_KUBECONFIG = STATE / "operator.kubeconfig"
+OPERATOR_NAMESPACE = "mlflow-operator-system"
+OPERATOR_SERVICE_ACCOUNT = "mlflow-operator"
+OPERATOR_TOKEN_DURATION = "24h"
+CHART = ROOT / "charts" / "mlflow-operator"
 
 # The operator checks MLflow for drift at least this often in the sandbox (DESIGN: <= 15 s).
 SANDBOX_DRIFT_INTERVAL_SECONDS = 10
@@ -369,7 +376,7 @@ class Sandbox:
                     f"--metrics-port={p['operator-metrics']}",
                     "--bind-address=127.0.0.1",
                 ],
-                env={"KUBECONFIG": str(KUBECONFIG)},
+                env={"KUBECONFIG": str(OPERATOR_KUBECONFIG)},
                 ready=lambda: http_ok(f"http://127.0.0.1:{p['operator-health']}/healthz"),
                 marker=str(VENV / "bin" / "mlflow-operator"),
             ),
@@ -496,6 +503,46 @@ class Sandbox:
         # a category ("the server doesn't have a resource type mlflow"): drop the cache.
         shutil.rmtree(STATE / "kube-cache" / "discovery", ignore_errors=True)
 
+    def ensure_operator_identity(self) -> None:
+        """The chart's ServiceAccount and RBAC (cluster scope), and a kubeconfig with a fresh
+        token for it, for the operator process to use."""
+        self.kubectl("apply", "--server-side", "--field-manager=sandbox", "-f", "-",
+                     input_text=f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {OPERATOR_NAMESPACE}\n")
+        rendered = subprocess.run(
+            [self._bin("helm"), "template", OPERATOR_SERVICE_ACCOUNT, str(CHART), "--kube-version", "1.34.0",
+             "--namespace", OPERATOR_NAMESPACE, "--set", "mlflow.enabled=false",
+             "--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"],
+            capture_output=True, text=True, timeout=60,
+        )
+        if rendered.returncode != 0:
+            raise SandboxError(f"helm template of the chart's RBAC failed:\n{rendered.stderr}")
+        self.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=sandbox", "-f", "-",
+                     input_text=rendered.stdout)
+        token = self.kubectl("create", "token", OPERATOR_SERVICE_ACCOUNT, "-n", OPERATOR_NAMESPACE,
+                             f"--duration={OPERATOR_TOKEN_DURATION}").strip()
+        OPERATOR_KUBECONFIG.write_text(
+            f"""apiVersion: v1
+kind: Config
+clusters:
+- name: sandbox
+  cluster:
+    server: {self.apiserver_url}
+    certificate-authority: {self.pki.ca_cert}
+users:
+- name: {OPERATOR_SERVICE_ACCOUNT}
+  user:
+    token: {token}
+contexts:
+- name: sandbox
+  context:
+    cluster: sandbox
+    user: {OPERATOR_SERVICE_ACCOUNT}
+    namespace: {OPERATOR_NAMESPACE}
+current-context: sandbox
+"""
+        )
+        OPERATOR_KUBECONFIG.chmod(0o600)
+
     def ensure_default_service_account(self) -> None:
         """Pods need the namespace's `default` ServiceAccount, which a controller creates."""
         deadline = time.monotonic() + 30
@@ -533,6 +580,8 @@ class Sandbox:
         self.ensure_nodes()
         self.ensure_default_service_account()
         bring_up("mlflow")
+        if running_pid(self.components["operator"]) is None:
+            self.ensure_operator_identity()
         bring_up("operator")
         log(f"sandbox ready in {time.monotonic() - began:.1f}s")
         log(f"source {STATE / 'env'}")

@@ -45,6 +45,7 @@ class OperatorConfig:
     bind_address: str = "0.0.0.0"
     # kopf peering name for more than one replica; None runs standalone.
     peering: str | None = None
+    peering_priority: int | None = None
     log_format: str = "plain"
     verbose: bool = False
 
@@ -111,6 +112,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "(needs the KopfPeering CRDs); unset runs standalone",
     )
     parser.add_argument(
+        "--peering-priority", type=int, default=None,
+        help="this replica's peering priority (default: derived from the pod name, so replicas differ)",
+    )
+    parser.add_argument(
         "--log-format", choices=("plain", "json"), default=_env("LOG_FORMAT", "plain"),
         help="log line format (default plain)",
     )
@@ -145,6 +150,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         metrics_port=args.metrics_port,
         bind_address=args.bind_address,
         peering=args.peering or None,
+        peering_priority=args.peering_priority,
         log_format=args.log_format,
         verbose=args.verbose,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 
 import kopf
 
@@ -59,12 +60,25 @@ def build_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
+    # Watching only some namespaces, the operator may not list namespaces or CRDs (namespaced
+    # RBAC): serve the namespaces and resources known at start-up.
+    settings.scanning.disabled = not config.all_namespaces
     settings.peering.standalone = config.peering is None
     if config.peering:
         settings.peering.name = config.peering
         settings.peering.clusterwide = config.all_namespaces
         settings.peering.mandatory = True
+        settings.peering.priority = peering_priority(config)
     return settings
+
+
+def peering_priority(config: OperatorConfig) -> int:
+    """kopf pauses every peer when two share a priority, so each replica takes a distinct
+    one: given, or derived from its pod name (the highest one is active, the rest stand by)."""
+    if config.peering_priority is not None:
+        return config.peering_priority
+    identity = os.environ.get("POD_NAME") or os.uname().nodename
+    return zlib.crc32(identity.encode()) % 1_000_000
 
 
 def describe_scope(config: OperatorConfig) -> str:
@@ -83,11 +97,13 @@ def run_operator(config: OperatorConfig) -> None:
         __version__, ", ".join(KINDS), GROUP, VERSION, describe_scope(config),
         config.default_tracking_uri or "none (objects must set spec.tracking.uri)",
     )
+    settings = build_settings(config)
     kopf.run(
         registry=registry,
-        settings=build_settings(config),
+        settings=settings,
         standalone=config.peering is None,
         peering_name=config.peering,
+        priority=settings.peering.priority,
         clusterwide=config.all_namespaces,
         namespaces=list(config.namespaces),
         liveness_endpoint=f"http://{config.bind_address}:{config.health_port}/healthz",

@@ -1,0 +1,69 @@
+"""Types shared by the three kinds: API coordinates, tracking settings, ownership tags."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GROUP = "mlflow.operator.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KINDS = ("Experiment", "TrainingRun", "RegisteredModel")
+PLURALS = {"Experiment": "experiments", "TrainingRun": "trainingruns", "RegisteredModel": "registeredmodels"}
+
+# Tags on every MLflow entity the operator creates: which object owns it.
+TAG_NAMESPACE = "k8s.namespace"
+TAG_NAME = "k8s.name"
+TAG_UID = "k8s.uid"
+TAG_KIND = "k8s.kind"
+OWNERSHIP_TAGS = (TAG_NAMESPACE, TAG_NAME, TAG_UID, TAG_KIND)
+
+# MLflow's own tag for an entity's description ("note").
+NOTE_TAG = "mlflow.note.content"
+
+
+class Model(BaseModel):
+    """Base for spec models: camelCase aliases as in the CRDs, unknown fields ignored."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+
+class SecretRef(Model):
+    name: str
+
+
+class TrackingSpec(Model):
+    uri: str | None = None
+    secret_ref: SecretRef | None = Field(default=None, alias="secretRef")
+
+
+class ObjectIdentity(Model):
+    """Who an MLflow entity belongs to, as written in its ownership tags."""
+
+    kind: str
+    namespace: str
+    name: str
+    uid: str
+
+    @classmethod
+    def from_body(cls, body: Any) -> "ObjectIdentity":
+        metadata = body["metadata"]
+        return cls(kind=body["kind"], namespace=metadata["namespace"], name=metadata["name"], uid=metadata["uid"])
+
+    def tags(self) -> dict[str, str]:
+        return {TAG_NAMESPACE: self.namespace, TAG_NAME: self.name, TAG_UID: self.uid, TAG_KIND: self.kind}
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+def owner_of(tags: dict[str, str]) -> str | None:
+    """The uid an MLflow entity is owned by, or None if it carries no ownership tag."""
+    return tags.get(TAG_UID) or None
+
+
+def describe_owner(tags: dict[str, str]) -> str:
+    kind = tags.get(TAG_KIND, "object")
+    return f"{kind} {tags.get(TAG_NAMESPACE, '?')}/{tags.get(TAG_NAME, '?')} (uid {tags.get(TAG_UID, '?')})"

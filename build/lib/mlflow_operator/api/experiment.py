@@ -1,0 +1,30 @@
+"""Experiment: the typed spec, as the CRD in crds/experiments.yaml declares it."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from mlflow_operator.api.common import Model, TrackingSpec
+
+PLURAL = "experiments"
+KIND = "Experiment"
+
+
+class ExperimentSpec(Model):
+    name: str | None = Field(default=None, min_length=1, max_length=500)
+    description: str | None = Field(default=None, max_length=20000)
+    tags: dict[str, str] = Field(default_factory=dict)
+    artifact_location: str | None = Field(default=None, alias="artifactLocation")
+    deletion_policy: Literal["Retain", "Delete"] = Field(default="Retain", alias="deletionPolicy")
+    tracking: TrackingSpec | None = None
+
+    @classmethod
+    def parse(cls, spec: Any) -> "ExperimentSpec":
+        return cls.model_validate(dict(spec or {}))
+
+
+def default_experiment_name(namespace: str, name: str) -> str:
+    """MLflow name of an Experiment without spec.name: unique per cluster, readable in the UI."""
+    return f"{namespace}/{name}"

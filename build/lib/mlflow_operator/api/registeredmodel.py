@@ -1,0 +1,63 @@
+"""RegisteredModel: the typed spec, as the CRD in crds/registeredmodels.yaml declares it."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from mlflow_operator.api.common import Model, TrackingSpec
+
+PLURAL = "registeredmodels"
+KIND = "RegisteredModel"
+STAGES = ("None", "Staging", "Production", "Archived")
+
+
+def _version_text(value: Any) -> str:
+    """YAML users write versions as 4 or "4"; MLflow speaks strings."""
+    text = str(value).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{value!r} is not a version number")
+    return str(int(text))
+
+
+class VersionSpec(Model):
+    version: str
+    stage: Literal["None", "Staging", "Production", "Archived"] | None = None
+    description: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, value: Any) -> str:
+        return _version_text(value)
+
+
+class RegisteredModelSpec(Model):
+    name: str | None = Field(default=None, min_length=1, max_length=256)
+    description: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    aliases: dict[str, str] = Field(default_factory=dict)
+    versions: list[VersionSpec] = Field(default_factory=list)
+    archive_existing_versions: bool = Field(default=False, alias="archiveExistingVersions")
+    drift_policy: Literal["Enforce", "Observe"] = Field(default="Enforce", alias="driftPolicy")
+    deletion_policy: Literal["Retain", "Delete"] = Field(default="Retain", alias="deletionPolicy")
+    tracking: TrackingSpec | None = None
+
+    @field_validator("aliases", mode="before")
+    @classmethod
+    def _aliases(cls, value: Any) -> dict[str, str]:
+        return {str(alias): _version_text(version) for alias, version in dict(value or {}).items()}
+
+    @classmethod
+    def parse(cls, spec: Any) -> "RegisteredModelSpec":
+        parsed = cls.model_validate(dict(spec or {}))
+        if parsed.name and ("/" in parsed.name or ":" in parsed.name):
+            raise ValueError("name cannot contain '/' or ':'")
+        return parsed
+
+
+def default_model_name(name: str) -> str:
+    """MLflow name of a RegisteredModel without spec.name: its metadata.name (MLflow model
+    names cannot contain '/', so the namespace cannot be part of it as for experiments)."""
+    return name

@@ -1,0 +1,53 @@
+"""TrainingRun: the typed spec, as the CRD in crds/trainingruns.yaml declares it."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from mlflow_operator.api.common import Model, TrackingSpec
+
+PLURAL = "trainingruns"
+KIND = "TrainingRun"
+
+Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+# Labels on the Jobs the operator creates, so it can watch exactly those.
+LABEL_TRAINING_RUN = "mlflow.operator.dev/training-run"
+LABEL_RUN_ID = "mlflow.operator.dev/run-id"
+
+
+class ExperimentRef(Model):
+    name: str
+
+
+class RegisterModelSpec(Model):
+    name: str = Field(min_length=1, max_length=256)
+    artifact_path: str = Field(default="model", alias="artifactPath")
+    aliases: list[str] = Field(default_factory=list)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class TrainingRunSpec(Model):
+    experiment_ref: ExperimentRef | None = Field(default=None, alias="experimentRef")
+    experiment_name: str | None = Field(default=None, alias="experimentName")
+    run_name: str | None = Field(default=None, alias="runName")
+    description: str | None = None
+    params: dict[str, str] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
+    primary_metric: str | None = Field(default=None, alias="primaryMetric")
+    template: dict[str, Any]
+    backoff_limit: int = Field(default=0, alias="backoffLimit", ge=0)
+    active_deadline_seconds: int | None = Field(default=None, alias="activeDeadlineSeconds", ge=1)
+    ttl_seconds_after_finished: int | None = Field(default=None, alias="ttlSecondsAfterFinished", ge=0)
+    register_model: RegisterModelSpec | None = Field(default=None, alias="registerModel")
+    tracking: TrackingSpec | None = None
+
+    @classmethod
+    def parse(cls, spec: Any) -> "TrainingRunSpec":
+        parsed = cls.model_validate(dict(spec or {}))
+        if (parsed.experiment_ref is None) == (parsed.experiment_name is None):
+            raise ValueError("set exactly one of experimentRef or experimentName")
+        return parsed

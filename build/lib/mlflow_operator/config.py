@@ -1,0 +1,156 @@
+"""Operator-wide settings: command-line flags with environment-variable fallbacks.
+
+Every flag has an `MLFLOW_OPERATOR_*` variable so the Helm chart can set them from values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How to authenticate to an MLflow server. `repr` never shows the secret parts."""
+
+    username: str | None = field(default=None)
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.username or self.password or self.token)
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    namespaces: tuple[str, ...] = ()
+    all_namespaces: bool = True
+    # Tracking server used by objects without `spec.tracking.uri`.
+    default_tracking_uri: str | None = None
+    # Credentials the operator itself uses for the default server (from its own environment).
+    default_credentials: Credentials = Credentials()
+    # Name of a Secret, looked up in each object's own namespace, that TrainingRun Jobs
+    # and the operator use for the default server when `spec.tracking.secretRef` is not set.
+    default_tracking_secret: str | None = None
+    # Base URL of the MLflow UI for status links; defaults to the tracking URI.
+    ui_url: str | None = None
+    drift_interval: float = 60.0
+    mlflow_timeout: float = 10.0
+    mlflow_max_retries: int = 2
+    mlflow_concurrency: int = 8
+    health_port: int = 8081
+    metrics_port: int = 8080
+    bind_address: str = "0.0.0.0"
+    # kopf peering name for more than one replica; None runs standalone.
+    peering: str | None = None
+    peering_priority: int | None = None
+    log_format: str = "plain"
+    verbose: bool = False
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(f"MLFLOW_OPERATOR_{name}")
+    return value if value not in (None, "") else default
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n", "--namespace", action="append", dest="namespaces", default=None,
+        help="watch this namespace (repeatable); env MLFLOW_OPERATOR_NAMESPACES (comma-separated)",
+    )
+    scope.add_argument(
+        "-A", "--all-namespaces", action="store_true", default=None,
+        help="watch every namespace (the default when no namespace is given)",
+    )
+    parser.add_argument(
+        "--tracking-uri", default=_env("TRACKING_URI"),
+        help="default MLflow tracking server (http/https); env MLFLOW_OPERATOR_TRACKING_URI",
+    )
+    parser.add_argument(
+        "--tracking-secret-name", default=_env("TRACKING_SECRET_NAME"),
+        help="Secret (in each object's namespace) with credentials for the default server; "
+        "env MLFLOW_OPERATOR_TRACKING_SECRET_NAME",
+    )
+    parser.add_argument(
+        "--ui-url", default=_env("UI_URL"),
+        help="base URL of the MLflow UI for status links (default: the tracking URI)",
+    )
+    parser.add_argument(
+        "--drift-interval", type=float, default=float(_env("DRIFT_INTERVAL", "60")),
+        help="seconds between drift checks against MLflow (default 60)",
+    )
+    parser.add_argument(
+        "--mlflow-timeout", type=float, default=float(_env("MLFLOW_TIMEOUT", "10")),
+        help="seconds before one MLflow request times out (default 10)",
+    )
+    parser.add_argument(
+        "--mlflow-max-retries", type=int, default=int(_env("MLFLOW_MAX_RETRIES", "2")),
+        help="retries of one MLflow request on connection errors and 5xx (default 2)",
+    )
+    parser.add_argument(
+        "--mlflow-concurrency", type=int, default=int(_env("MLFLOW_CONCURRENCY", "8")),
+        help="MLflow requests in flight at once (default 8)",
+    )
+    parser.add_argument(
+        "--health-port", type=int, default=int(_env("HEALTH_PORT", "8081")),
+        help="port of the /healthz liveness and readiness endpoint (default 8081)",
+    )
+    parser.add_argument(
+        "--metrics-port", type=int, default=int(_env("METRICS_PORT", "8080")),
+        help="port of the Prometheus /metrics endpoint (default 8080; 0 disables it)",
+    )
+    parser.add_argument(
+        "--bind-address", default=_env("BIND_ADDRESS", "0.0.0.0"),
+        help="address the health and metrics endpoints listen on (default 0.0.0.0)",
+    )
+    parser.add_argument(
+        "--peering", default=_env("PEERING"),
+        help="kopf peering name, so that only one of several replicas is active "
+        "(needs the KopfPeering CRDs); unset runs standalone",
+    )
+    parser.add_argument(
+        "--peering-priority", type=int, default=None,
+        help="this replica's peering priority (default: derived from the pod name, so replicas differ)",
+    )
+    parser.add_argument(
+        "--log-format", choices=("plain", "json"), default=_env("LOG_FORMAT", "plain"),
+        help="log line format (default plain)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> OperatorConfig:
+    environ = dict(os.environ if environ is None else environ)
+    namespaces: list[str] = list(args.namespaces or [])
+    if not namespaces and not args.all_namespaces:
+        namespaces = [n.strip() for n in (environ.get("MLFLOW_OPERATOR_NAMESPACES") or "").split(",") if n.strip()]
+    if args.drift_interval <= 0:
+        raise SystemExit("--drift-interval must be positive")
+    if args.tracking_uri and not args.tracking_uri.startswith(("http://", "https://")):
+        raise SystemExit("--tracking-uri must be an http:// or https:// URL of an MLflow server")
+    return OperatorConfig(
+        namespaces=tuple(namespaces),
+        all_namespaces=not namespaces,
+        default_tracking_uri=(args.tracking_uri or None) and args.tracking_uri.rstrip("/"),
+        default_credentials=Credentials(
+            username=environ.get("MLFLOW_TRACKING_USERNAME") or None,
+            password=environ.get("MLFLOW_TRACKING_PASSWORD") or None,
+            token=environ.get("MLFLOW_TRACKING_TOKEN") or None,
+        ),
+        default_tracking_secret=args.tracking_secret_name or None,
+        ui_url=(args.ui_url or None) and args.ui_url.rstrip("/"),
+        drift_interval=args.drift_interval,
+        mlflow_timeout=args.mlflow_timeout,
+        mlflow_max_retries=args.mlflow_max_retries,
+        mlflow_concurrency=args.mlflow_concurrency,
+        health_port=args.health_port,
+        metrics_port=args.metrics_port,
+        bind_address=args.bind_address,
+        peering=args.peering or None,
+        peering_priority=args.peering_priority,
+        log_format=args.log_format,
+        verbose=args.verbose,
+    )

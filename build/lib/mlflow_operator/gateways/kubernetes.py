@@ -1,0 +1,165 @@
+"""The one place the operator's own logic calls the Kubernetes API.
+
+kopf watches and patches the custom resources it handles; everything else (Secrets, Jobs,
+Pods, reading another custom resource, writing status early) goes through here: the
+blocking official client in a bounded thread pool, with every call timed for /metrics.
+Secret values are returned to the caller and never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from mlflow_operator.api.common import GROUP, VERSION
+from mlflow_operator.metrics import KUBERNETES_REQUESTS
+
+T = TypeVar("T")
+REQUEST_TIMEOUT = 30
+
+
+class KubernetesError(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def _load_configuration() -> client.Configuration:
+    configuration = client.Configuration()
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=configuration)
+    else:
+        config.load_kube_config(client_configuration=configuration)
+    return configuration
+
+
+def _error(error: ApiException) -> KubernetesError:
+    import json
+
+    message = error.reason or ""
+    try:
+        message = json.loads(error.body or "{}").get("message") or message
+    except ValueError:
+        pass
+    return KubernetesError(error.status or 0, error.reason or "", message)
+
+
+class KubernetesGateway:
+    def __init__(self, concurrency: int = 8, configuration: client.Configuration | None = None) -> None:
+        self._api = client.ApiClient(configuration or _load_configuration())
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kube")
+        self.core = client.CoreV1Api(self._api)
+        self.batch = client.BatchV1Api(self._api)
+        self.custom = client.CustomObjectsApi(self._api)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._api.close()
+
+    async def _call(self, operation: str, fn: Callable[[], T]) -> T:
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await loop.run_in_executor(self._executor, fn)
+        except ApiException as error:
+            outcome = str(error.status)
+            raise _error(error) from None
+        finally:
+            KUBERNETES_REQUESTS.labels(operation=operation, outcome=outcome).observe(time.perf_counter() - started)
+
+    # ------------------------------------------------------------------ secrets
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The Secret's decoded data, or None if it does not exist."""
+        try:
+            secret = await self._call(
+                "read_secret",
+                lambda: self.core.read_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT),
+            )
+        except KubernetesError as error:
+            if error.status == 404:
+                return None
+            raise
+        data = {k: base64.b64decode(v).decode("utf-8", errors="replace") for k, v in (secret.data or {}).items()}
+        data.update(secret.string_data or {})
+        return data
+
+    # ------------------------------------------------------------------ custom resources
+
+    async def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._call(
+                f"get_{plural}",
+                lambda: self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural, name, _request_timeout=REQUEST_TIMEOUT
+                ),
+            )
+        except KubernetesError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patch the status subresource now (not at the end of the handler, as kopf does)."""
+        await self._call(
+            f"patch_{plural}_status",
+            lambda: self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural, name, {"status": status}, _request_timeout=REQUEST_TIMEOUT
+            ),
+        )
+
+    # ------------------------------------------------------------------ jobs and pods
+
+    async def get_job(self, namespace: str, name: str) -> client.V1Job | None:
+        try:
+            return await self._call(
+                "read_job",
+                lambda: self.batch.read_namespaced_job(name, namespace, _request_timeout=REQUEST_TIMEOUT),
+            )
+        except KubernetesError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def create_job(self, namespace: str, body: dict[str, Any], dry_run: bool = False) -> client.V1Job:
+        kwargs: dict[str, Any] = {"_request_timeout": REQUEST_TIMEOUT}
+        if dry_run:
+            kwargs["dry_run"] = "All"
+        return await self._call(
+            "create_job_dry_run" if dry_run else "create_job",
+            lambda: self.batch.create_namespaced_job(namespace, body, **kwargs),
+        )
+
+    async def delete_job(self, namespace: str, name: str, propagation: str = "Background") -> bool:
+        """Delete the Job and (by propagation) its pods; False if it was already gone."""
+        try:
+            await self._call(
+                "delete_job",
+                lambda: self.batch.delete_namespaced_job(
+                    name, namespace, propagation_policy=propagation, _request_timeout=REQUEST_TIMEOUT
+                ),
+            )
+            return True
+        except KubernetesError as error:
+            if error.status == 404:
+                return False
+            raise
+
+    async def list_pods(self, namespace: str, label_selector: str) -> list[client.V1Pod]:
+        result = await self._call(
+            "list_pods",
+            lambda: self.core.list_namespaced_pod(
+                namespace, label_selector=label_selector, _request_timeout=REQUEST_TIMEOUT
+            ),
+        )
+        return list(result.items)

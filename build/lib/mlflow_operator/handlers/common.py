@@ -1,0 +1,168 @@
+"""What every kind's handlers share: one reconcile at a time per object, from a fresh read,
+status written inside that critical section, Events on transitions, metrics, and retries
+with backoff for problems that pass.
+
+Status is written through the Kubernetes gateway rather than kopf's end-of-handler patch:
+a patch applied after the lock is released could overwrite what a later reconcile wrote
+(e.g. a Job event marking a run Succeeded, then an older "Running" patch landing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Awaitable, Callable, Protocol
+
+import kopf
+
+from mlflow_operator.gateways.kubernetes import KubernetesError
+from mlflow_operator.logic.conditions import (
+    Outcome,
+    ReconcileProblem,
+    apply_outcome,
+    changed_reason,
+    progressing,
+    stalled,
+)
+from mlflow_operator.metrics import RECONCILE_DURATION, RECONCILES
+from mlflow_operator.reconcilers.common import Services
+from mlflow_operator.tracking import TrackingError, TrackingUnauthorized
+
+Event = tuple[str, str, str]
+
+
+class Result(Protocol):
+    outcome: Outcome
+    status: dict[str, Any]
+    events: list[Event]
+
+
+def services_of(memo: Any) -> Services:
+    return memo["services"]
+
+
+def object_lock(memo: Any, uid: str) -> asyncio.Lock:
+    """One reconcile at a time per object, shared by its change handlers, its drift timer
+    and handlers of other resources (a Job's events reconcile its TrainingRun)."""
+    locks: dict[str, asyncio.Lock] = memo["locks"]
+    lock = locks.get(uid)
+    if lock is None:
+        lock = locks[uid] = asyncio.Lock()
+    return lock
+
+
+def forget_object(memo: Any, uid: str) -> None:
+    memo["locks"].pop(uid, None)
+
+
+def retry_delay(retry: int, cap: float) -> float:
+    return min(cap, 2.0 * (2 ** min(retry, 10)))
+
+
+def outcome_for_error(error: Exception) -> Outcome:
+    if isinstance(error, ReconcileProblem):
+        return error.outcome
+    if isinstance(error, TrackingUnauthorized):
+        return stalled(error.reason, f"the MLflow server refused the credentials: {error}")
+    if isinstance(error, TrackingError):
+        return progressing(error.reason, f"MLflow call failed, will retry: {error}")
+    if isinstance(error, KubernetesError):
+        return progressing("KubernetesError", f"Kubernetes API call failed, will retry: {error}")
+    raise error
+
+
+def replace_maps(before: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch merges maps key by key: null out keys that a map in `update` no
+    longer has (a removed alias, a metric), so status maps are replaced, not accumulated."""
+    result = dict(update)
+    for key, value in update.items():
+        old = before.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            result[key] = {**{k: None for k in old if k not in value}, **value}
+    return result
+
+
+def post_events(body: Any, events: list[Event]) -> None:
+    for type_, reason, message in events:
+        kopf.event(body, type=type_, reason=reason, message=message[:1024])
+
+
+def drift_check_due(body: Any, memo: Any) -> bool:
+    """The timer leaves objects alone while a change handler owns them."""
+    status = body.get("status") or {}
+    if body["metadata"].get("deletionTimestamp"):
+        return False
+    if status.get("observedGeneration") != body["metadata"].get("generation"):
+        return False
+    return not object_lock(memo, body["metadata"]["uid"]).locked()
+
+
+async def reconcile_and_report(
+    *,
+    kind: str,
+    plural: str,
+    body: Any,
+    memo: Any,
+    logger: logging.Logger | logging.LoggerAdapter,
+    work: Callable[[dict[str, Any]], Awaitable[Result]],
+    retry: int | None = None,
+    managed_extra: tuple[str, ...] = (),
+) -> Outcome | None:
+    """Run `work` on a fresh copy of the object under its lock and write the outcome to status.
+
+    With `retry` (a kopf change handler), problems that pass are retried by kopf with
+    exponential backoff capped at the drift interval; without it (timer, watch of another
+    resource) the next trigger retries. A repeated failure posts one Event, not one per attempt.
+    Returns None when the object is gone.
+    """
+    services = services_of(memo)
+    metadata = body["metadata"]
+    namespace, name = metadata["namespace"], metadata["name"]
+    async with object_lock(memo, metadata["uid"]):
+        fresh = await services.kube.get_object(plural, namespace, name)
+        if fresh is None or fresh["metadata"]["uid"] != metadata["uid"]:
+            return None
+        started = time.perf_counter()
+        status_before = dict(fresh.get("status") or {})
+        events: list[Event] = []
+        status_update: dict[str, Any] = {}
+        try:
+            result = await work(fresh)
+            outcome, status_update, events = result.outcome, dict(result.status), list(result.events)
+        except (ReconcileProblem, TrackingError, KubernetesError) as error:
+            outcome = outcome_for_error(error)
+        except Exception:
+            RECONCILES.labels(kind=kind, outcome="error").inc()
+            raise
+        finally:
+            RECONCILE_DURATION.labels(kind=kind).observe(time.perf_counter() - started)
+
+        generation = fresh["metadata"].get("generation")
+        conditions = apply_outcome(status_before.get("conditions"), outcome, generation,
+                                   managed_extra=managed_extra)
+        status_update.update(conditions=conditions, observedGeneration=generation)
+        status_update = replace_maps(status_before, status_update)
+        await services.kube.patch_status(plural, namespace, name, status_update)
+        if not outcome.is_ready and changed_reason(status_before.get("conditions"), conditions):
+            kind_of_event = "Normal" if outcome.reason in _NORMAL_PROGRESS else "Warning"
+            events.append((kind_of_event, outcome.reason, outcome.message))
+        post_events(fresh, events)
+
+        if outcome.is_ready:
+            RECONCILES.labels(kind=kind, outcome="success").inc()
+            logger.info("%s: %s", outcome.reason, outcome.message)
+        else:
+            RECONCILES.labels(kind=kind, outcome=outcome.state).inc()
+            logger.warning("%s: %s", outcome.reason, outcome.message)
+    if outcome.state == "progressing" and retry is not None and outcome.reason not in _RETRIED_ELSEWHERE:
+        raise kopf.TemporaryError(f"{outcome.reason}: {outcome.message}",
+                                  delay=retry_delay(retry, services.config.drift_interval))
+    return outcome
+
+
+# Progress that is expected, not a problem: posted as Normal events.
+_NORMAL_PROGRESS = frozenset({"JobPending", "Running"})
+# Waits that a watch (a Job's events) or the drift timer (a version appearing) ends:
+# kopf need not retry the change handler for these.
+_RETRIED_ELSEWHERE = frozenset({"JobPending", "Running", "VersionNotFound"})

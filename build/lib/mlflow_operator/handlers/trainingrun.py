@@ -1,0 +1,92 @@
+"""kopf wiring for TrainingRun: its own events, its Job's events (a watch, not a polling
+loop), a timer that refreshes live metrics, and deletion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from mlflow_operator.api.common import API_VERSION, GROUP, VERSION
+from mlflow_operator.api.trainingrun import KIND, LABEL_TRAINING_RUN, PLURAL
+from mlflow_operator.config import OperatorConfig
+from mlflow_operator.gateways.kubernetes import KubernetesError
+from mlflow_operator.handlers.common import (
+    drift_check_due,
+    forget_object,
+    object_lock,
+    outcome_for_error,
+    post_events,
+    reconcile_and_report,
+    retry_delay,
+    services_of,
+)
+from mlflow_operator.logic.conditions import ReconcileProblem
+from mlflow_operator.reconcilers.trainingrun import TrainingRunResult, kill_training_run, reconcile_training_run
+from mlflow_operator.tracking import TrackingError
+
+DELETE_TIMEOUT_SECONDS = 300
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    resource = dict(group=GROUP, version=VERSION, plural=PLURAL, registry=registry)
+
+    @kopf.on.resume(id="reconcile", **resource)
+    @kopf.on.create(id="reconcile", **resource)
+    @kopf.on.update(id="reconcile", field="spec", **resource)
+    async def training_run_changed(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
+        await _reconcile(body, memo, logger, retry=retry)
+
+    @kopf.timer(id="refresh", interval=config.drift_interval, initial_delay=config.drift_interval,
+                field="status.phase", value="Running", **resource)
+    async def training_run_refresh(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+        if drift_check_due(body, memo):
+            await _reconcile(body, memo, logger, retry=None, refresh_metrics=True)
+
+    @kopf.on.event("batch", "v1", "jobs", id="job", labels={LABEL_TRAINING_RUN: kopf.PRESENT}, registry=registry)
+    async def job_changed(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+        owner = next((ref for ref in body["metadata"].get("ownerReferences") or []
+                      if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION), None)
+        if owner is None:
+            return
+        training_run = await services_of(memo).kube.get_object(PLURAL, body["metadata"]["namespace"], owner["name"])
+        if training_run is None or training_run["metadata"]["uid"] != owner["uid"]:
+            return
+        if training_run["metadata"].get("deletionTimestamp"):
+            return
+        await _reconcile(training_run, memo, logger, retry=None)
+
+    @kopf.on.delete(id="delete", timeout=DELETE_TIMEOUT_SECONDS, **resource)
+    async def training_run_deleted(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
+        services = services_of(memo)
+        metadata = body["metadata"]
+        async with object_lock(memo, metadata["uid"]):
+            fresh = await services.kube.get_object(PLURAL, metadata["namespace"], metadata["name"]) or body
+            try:
+                event = await kill_training_run(services, fresh)
+            except (ReconcileProblem, TrackingError, KubernetesError) as error:
+                outcome = outcome_for_error(error)
+                if retry == 0:
+                    post_events(fresh, [("Warning", "DeleteFailed", outcome.message)])
+                raise kopf.TemporaryError(f"closing the run: {outcome.message}",
+                                          delay=retry_delay(retry, services.config.drift_interval))
+        if event:
+            post_events(fresh, [event])
+            logger.info(event[2])
+        forget_object(memo, metadata["uid"])
+
+
+async def _reconcile(body: Any, memo: kopf.Memo, logger: Any, retry: int | None,
+                     refresh_metrics: bool = False) -> None:
+    services = services_of(memo)
+
+    async def work(fresh: dict[str, Any]) -> TrainingRunResult:
+        try:
+            return await reconcile_training_run(services, fresh, refresh_metrics=refresh_metrics)
+        except (ReconcileProblem, TrackingError, KubernetesError) as error:
+            # Not started yet: still Pending, with the reason in the conditions.
+            pending = {} if (fresh.get("status") or {}).get("phase") else {"phase": "Pending"}
+            return TrainingRunResult(outcome_for_error(error), pending)
+
+    await reconcile_and_report(kind=KIND, plural=PLURAL, body=body, memo=memo, logger=logger, work=work,
+                               retry=retry)

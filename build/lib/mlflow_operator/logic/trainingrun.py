@@ -1,0 +1,251 @@
+"""TrainingRun decisions: the Job to create, what its state means, how to close the run.
+No I/O: the reconciler gathers state and executes."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow_operator.api.common import API_VERSION, NOTE_TAG, ObjectIdentity
+from mlflow_operator.api.trainingrun import LABEL_RUN_ID, LABEL_TRAINING_RUN, TrainingRunSpec
+from mlflow_operator.config import Credentials
+from mlflow_operator.logic.conditions import ReconcileProblem, stalled
+from mlflow_operator.tracking import LoggedModelInfo, RunInfo
+
+PARAM_ENV_PREFIX = "MLFLOW_PARAM_"
+# Environment the operator owns in every training container; a template's own entries
+# with these names are replaced, so the wiring cannot be broken by accident.
+OPERATOR_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID", "MLFLOW_DISABLE_TELEMETRY",
+                "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+PLACEHOLDER_RUN_ID = "0" * 32
+
+
+def param_env_name(key: str) -> str:
+    """`learning-rate` -> `MLFLOW_PARAM_LEARNING_RATE`: a valid, $(VAR)-expandable name."""
+    return PARAM_ENV_PREFIX + re.sub(r"[^A-Za-z0-9_]", "_", key).upper()
+
+
+def param_env(params: dict[str, str]) -> dict[str, str]:
+    """Env var name -> value for every param; two keys mapping to one name are a spec error."""
+    result: dict[str, str] = {}
+    origin: dict[str, str] = {}
+    for key in sorted(params):
+        name = param_env_name(key)
+        if name in result:
+            raise ReconcileProblem(stalled(
+                "InvalidSpec",
+                f"params {origin[name]!r} and {key!r} both become env var {name}; rename one of them",
+            ))
+        result[name], origin[name] = params[key], key
+    return result
+
+
+def run_name(spec: TrainingRunSpec, identity: ObjectIdentity) -> str:
+    return spec.run_name or identity.name
+
+
+def run_tags(spec: TrainingRunSpec, identity: ObjectIdentity, image: str | None) -> dict[str, str]:
+    tags = {**spec.tags, **identity.tags(), "k8s.job": identity.name}
+    if spec.description:
+        tags[NOTE_TAG] = spec.description
+    if image:
+        tags["k8s.image"] = image
+    return tags
+
+
+def first_image(template: dict[str, Any]) -> str | None:
+    containers = ((template.get("spec") or {}).get("containers")) or []
+    return containers[0].get("image") if containers else None
+
+
+@dataclass(frozen=True)
+class CredentialSource:
+    """Where a Job's containers read MLflow credentials from: a Secret, by reference only."""
+
+    secret_name: str
+    keys: tuple[tuple[str, str], ...]  # (env var, secret key)
+
+    @classmethod
+    def for_secret(cls, secret_name: str, credentials: Credentials) -> "CredentialSource":
+        if credentials.token:
+            return cls(secret_name, (("MLFLOW_TRACKING_TOKEN", "token"),))
+        return cls(secret_name, (("MLFLOW_TRACKING_USERNAME", "username"), ("MLFLOW_TRACKING_PASSWORD", "password")))
+
+
+def job_env(tracking_uri: str, experiment_id: str, run_id: str, params: dict[str, str],
+            credentials: CredentialSource | None) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "MLFLOW_TRACKING_URI", "value": tracking_uri},
+        {"name": "MLFLOW_EXPERIMENT_ID", "value": experiment_id},
+        {"name": "MLFLOW_RUN_ID", "value": run_id},
+        {"name": "MLFLOW_DISABLE_TELEMETRY", "value": "true"},
+    ]
+    if credentials:
+        env += [
+            {"name": var, "valueFrom": {"secretKeyRef": {"name": credentials.secret_name, "key": key}}}
+            for var, key in credentials.keys
+        ]
+    env += [{"name": name, "value": value} for name, value in sorted(param_env(params).items())]
+    return env
+
+
+def _with_env(container: dict[str, Any], env: list[dict[str, Any]]) -> dict[str, Any]:
+    ours = {e["name"] for e in env} | set(OPERATOR_ENV)
+    theirs = [e for e in container.get("env") or [] if e.get("name") not in ours]
+    # Ours first, so the template's own env entries can use $(MLFLOW_PARAM_...) too.
+    return {**container, "env": env + theirs}
+
+
+def build_job(
+    spec: TrainingRunSpec, identity: ObjectIdentity, run_id: str, experiment_id: str, tracking_uri: str,
+    credentials: CredentialSource | None,
+) -> dict[str, Any]:
+    """The batch/v1 Job for this TrainingRun, owned by it, named after it."""
+    template = copy.deepcopy(spec.template)
+    metadata = template.setdefault("metadata", {})
+    labels = {LABEL_TRAINING_RUN: identity.name, LABEL_RUN_ID: run_id}
+    metadata["labels"] = {**(metadata.get("labels") or {}), **labels}
+    pod_spec = template.setdefault("spec", {})
+    pod_spec.setdefault("restartPolicy", "Never")
+    env = job_env(tracking_uri, experiment_id, run_id, spec.params, credentials)
+    pod_spec["containers"] = [_with_env(c, env) for c in pod_spec.get("containers") or []]
+    job_spec: dict[str, Any] = {"backoffLimit": spec.backoff_limit, "template": template}
+    if spec.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = spec.ttl_seconds_after_finished
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": identity.name,
+            "namespace": identity.namespace,
+            "labels": {**labels, "app.kubernetes.io/managed-by": "mlflow-operator"},
+            "annotations": {"mlflow.operator.dev/experiment-id": experiment_id},
+            "ownerReferences": [{
+                "apiVersion": API_VERSION,
+                "kind": identity.kind,
+                "name": identity.name,
+                "uid": identity.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }],
+        },
+        "spec": job_spec,
+    }
+
+
+# --------------------------------------------------------------------------- job state
+
+
+@dataclass(frozen=True)
+class JobState:
+    uid: str
+    owner_uids: frozenset[str]
+    active: int = 0
+    ready: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    # (type, reason, message) of a final Complete/Failed condition that is True.
+    finished: tuple[str, str, str] | None = None
+    start_time: dt.datetime | None = None
+    completion_time: dt.datetime | None = None
+
+
+def job_state(job: Any) -> JobState:
+    """Read what matters from a kubernetes-client V1Job."""
+    status = job.status
+    finished = None
+    for condition in status.conditions or []:
+        if condition.type in ("Complete", "Failed") and condition.status == "True":
+            finished = (condition.type, condition.reason or "", condition.message or "")
+    finish_time = status.completion_time
+    if finished and finished[0] == "Failed":
+        finish_time = next((c.last_transition_time for c in status.conditions or []
+                            if c.type == "Failed" and c.status == "True"), None)
+    return JobState(
+        uid=job.metadata.uid,
+        owner_uids=frozenset(ref.uid for ref in job.metadata.owner_references or []),
+        active=status.active or 0,
+        ready=status.ready or 0,
+        succeeded=status.succeeded or 0,
+        failed=status.failed or 0,
+        finished=finished,
+        start_time=status.start_time,
+        completion_time=finish_time,
+    )
+
+
+def phase_of(job: JobState, previous_phase: str | None = None) -> str:
+    """Pending until a pod is ready, then Running until the Job's final condition. A Job
+    between pods (a retry, or the moment between a pod ending and Complete) stays Running."""
+    if job.finished:
+        return "Succeeded" if job.finished[0] == "Complete" else "Failed"
+    if job.ready > 0 or job.succeeded > 0 or job.failed > 0 or previous_phase == "Running":
+        return "Running"
+    return "Pending"
+
+
+def final_run_status(phase: str) -> str:
+    """MLflow's run status from the Job's outcome, never from what the container reported."""
+    return "FINISHED" if phase == "Succeeded" else "FAILED"
+
+
+def failure_message(job: JobState, pod_reasons: list[str]) -> str:
+    reason, message = (job.finished[1], job.finished[2]) if job.finished else ("", "")
+    text = f"Job failed: {reason or 'Failed'}"
+    if message:
+        text += f" ({message})"
+    if pod_reasons:
+        text += "; " + "; ".join(pod_reasons[:3])
+    return text
+
+
+# --------------------------------------------------------------------------- runs and models
+
+
+def canonical_run(runs: list[RunInfo]) -> tuple[RunInfo | None, list[RunInfo]]:
+    """The run this TrainingRun owns (the oldest active one tagged with its uid) and any
+    duplicates (a retried create_run POST can create two)."""
+    active = [r for r in runs if r.lifecycle_stage == "active"]
+    if not active:
+        return None, []
+    ordered = sorted(active, key=lambda r: (r.start_time or 0, r.run_id))
+    return ordered[0], ordered[1:]
+
+
+def pick_logged_model(models: list[LoggedModelInfo], artifact_path: str) -> LoggedModelInfo | None:
+    """The model the run logged under `artifact_path` (MLflow 3: the logged model's name);
+    the newest if the training code logged it more than once."""
+    named = [m for m in models if m.name == artifact_path]
+    if not named:
+        return None
+    return max(named, key=lambda m: (m.creation_timestamp or 0, m.model_id))
+
+
+def primary_metric_text(metrics: dict[str, float], name: str | None) -> str | None:
+    if not name or name not in metrics:
+        return None
+    return f"{name}={metrics[name]:.6g}"
+
+
+def millis(moment: dt.datetime | None) -> int | None:
+    return int(moment.timestamp() * 1000) if moment else None
+
+
+def rfc3339(moment: dt.datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class Closing:
+    """What closing a finished run produced, for status."""
+
+    run_status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    model_version: dict[str, str] | None = None

@@ -1,0 +1,155 @@
+"""Experiment reconciler: gathers MLflow's state, applies the logic's decisions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow_operator.api.common import ObjectIdentity
+from mlflow_operator.api.experiment import ExperimentSpec
+from mlflow_operator.logic import experiment as logic
+from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, ready, stalled
+from mlflow_operator.reconcilers.common import Services, resolve_target
+from mlflow_operator.tracking import AlreadyExists, ExperimentInfo, InvalidRequest, TrackingTarget
+
+Event = tuple[str, str, str]  # (type, reason, message)
+
+
+@dataclass
+class ExperimentResult:
+    outcome: Outcome
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+
+
+async def reconcile_experiment(
+    services: Services, identity: ObjectIdentity, raw_spec: Any, status: dict[str, Any], drift_check: bool = False,
+) -> ExperimentResult:
+    """Bring MLflow in line with the spec. Raises ReconcileProblem (known failure) or
+    TrackingError (MLflow failed); the caller turns both into conditions."""
+    try:
+        spec = ExperimentSpec.parse(raw_spec)
+    except ValueError as error:
+        raise ReconcileProblem(stalled("InvalidSpec", f"invalid spec: {error}")) from None
+    target = await resolve_target(services, identity.namespace, spec.tracking)
+    desired = logic.desired_experiment(spec, identity)
+    mlflow = services.mlflow
+    events: list[Event] = []
+
+    known_id = status.get("experimentId")
+    if known_id:
+        binding = logic.bind_known(await mlflow.get_experiment(target, known_id), known_id, identity)
+    else:
+        found = await mlflow.get_experiment_by_name(target, desired.name)
+        binding = logic.bind_by_name(found, desired.name, identity)
+
+    if binding.kind == "create":
+        experiment = await _create(services, target, desired, identity)
+        events.append(("Normal", "Created", f"created MLflow experiment {desired.name!r} (id {experiment.experiment_id})"))
+    else:
+        experiment = binding.experiment
+        assert experiment is not None
+        if binding.kind == "adopt":
+            mismatch = logic.artifact_location_mismatch(desired, experiment)
+            if mismatch:
+                raise ReconcileProblem(stalled("ArtifactLocationMismatch", mismatch))
+            events.append(("Normal", "Adopted",
+                           f"adopted existing MLflow experiment {experiment.name!r} (id {experiment.experiment_id})"))
+        elif binding.kind == "restore":
+            await mlflow.restore_experiment(target, experiment.experiment_id)
+            events.append(("Normal", "Restored",
+                           f"restored this object's deleted MLflow experiment (id {experiment.experiment_id})"))
+
+    previously_managed = set(status.get("managedTags") or [])
+    plan = logic.plan_updates(desired, experiment, previously_managed)
+    if plan.rename_to:
+        await _check_rename_target(services, target, experiment, plan.rename_to)
+    await _apply(services, target, experiment.experiment_id, plan)
+    if plan.changes and binding.kind == "use":
+        if drift_check:
+            events.append(("Normal", "DriftCorrected", f"MLflow was changed outside the operator: {plan.describe()}"))
+        else:
+            events.append(("Normal", "Updated", plan.describe()))
+
+    experiment_id = experiment.experiment_id
+    return ExperimentResult(
+        outcome=ready(f"MLflow experiment {desired.name!r} (id {experiment_id}) is in sync"),
+        status={
+            "experimentId": experiment_id,
+            "experimentName": desired.name,
+            "lifecycleStage": "active",
+            "artifactLocation": experiment.artifact_location,
+            "url": target.experiment_url(experiment_id),
+            "managedTags": desired.managed_keys,
+        },
+        events=events,
+    )
+
+
+async def _create(
+    services: Services, target: TrackingTarget, desired: logic.DesiredExperiment, identity: ObjectIdentity
+) -> ExperimentInfo:
+    tags = {**desired.tags, **desired.ownership}
+    try:
+        experiment_id = await services.mlflow.create_experiment(target, desired.name, desired.artifact_location, tags)
+    except AlreadyExists:
+        # Created meanwhile by someone else (or by a retried request of ours): decide again.
+        found = await services.mlflow.get_experiment_by_name(target, desired.name)
+        binding = logic.bind_by_name(found, desired.name, identity)
+        if binding.experiment is None:
+            raise
+        return binding.experiment
+    except InvalidRequest as error:
+        raise ReconcileProblem(stalled("InvalidSpec", f"MLflow rejected the experiment: {error}")) from None
+    created = await services.mlflow.get_experiment(target, experiment_id)
+    assert created is not None, f"experiment {experiment_id} vanished right after creation"
+    return created
+
+
+async def _check_rename_target(
+    services: Services, target: TrackingTarget, experiment: ExperimentInfo, new_name: str
+) -> None:
+    holder = await services.mlflow.get_experiment_by_name(target, new_name)
+    if holder is not None and holder.experiment_id != experiment.experiment_id:
+        state = "a deleted" if holder.deleted else "another"
+        raise ReconcileProblem(stalled(
+            "NameConflict",
+            f"cannot rename MLflow experiment {experiment.experiment_id} to {new_name!r}: {state} experiment "
+            f"(id {holder.experiment_id}) has that name",
+        ))
+
+
+async def _apply(services: Services, target: TrackingTarget, experiment_id: str, plan: logic.Plan) -> None:
+    mlflow = services.mlflow
+    for change in plan.changes:
+        try:
+            if change.action == "rename":
+                await mlflow.rename_experiment(target, experiment_id, change.value)
+            elif change.action == "set_tag":
+                await mlflow.set_experiment_tag(target, experiment_id, change.key, change.value)
+            else:
+                await mlflow.delete_experiment_tag(target, experiment_id, change.key)
+        except InvalidRequest as error:
+            raise ReconcileProblem(stalled(
+                "InvalidSpec", f"MLflow rejected {logic.describe_tag(change.key) if change.key else 'the rename'}: {error}"
+            )) from None
+
+
+async def delete_experiment(
+    services: Services, identity: ObjectIdentity, raw_spec: Any, status: dict[str, Any]
+) -> Event | None:
+    """Apply deletionPolicy when the object is deleted. Returns an Event to post, if any."""
+    spec = ExperimentSpec.parse(raw_spec)
+    experiment_id = status.get("experimentId")
+    if spec.deletion_policy != "Delete" or not experiment_id:
+        return None
+    target = await resolve_target(services, identity.namespace, spec.tracking)
+    experiment = await services.mlflow.get_experiment(target, experiment_id)
+    if experiment is None or experiment.deleted:
+        return None
+    owner = experiment.tags.get("k8s.uid")
+    if owner and owner != identity.uid:
+        return ("Warning", "DeleteSkipped",
+                f"MLflow experiment {experiment_id} is owned by another object; left in place")
+    await services.mlflow.delete_experiment(target, experiment_id)
+    return ("Normal", "Deleted", f"soft-deleted MLflow experiment {experiment.name!r} (id {experiment_id})")

@@ -1,0 +1,145 @@
+"""RegisteredModel reconciler: the registry follows the spec; the status mirrors the registry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow_operator.api.common import TAG_UID, ObjectIdentity
+from mlflow_operator.api.registeredmodel import RegisteredModelSpec
+from mlflow_operator.logic import registeredmodel as logic
+from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
+from mlflow_operator.reconcilers.common import Services, resolve_target
+from mlflow_operator.tracking import AlreadyExists, InvalidRequest, TrackingTarget
+
+Event = tuple[str, str, str]
+VERSION_NOT_FOUND = "VersionNotFound"
+DRIFTED = "Drifted"
+EXTRA_CONDITIONS = (VERSION_NOT_FOUND, DRIFTED)
+
+
+@dataclass
+class RegisteredModelResult:
+    outcome: Outcome
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+
+
+def parse_spec(raw_spec: Any) -> RegisteredModelSpec:
+    try:
+        return RegisteredModelSpec.parse(raw_spec)
+    except ValueError as error:
+        raise ReconcileProblem(stalled("InvalidSpec", f"invalid spec: {error}")) from None
+
+
+async def reconcile_registered_model(
+    services: Services, fresh: dict[str, Any], drift_check: bool = False
+) -> RegisteredModelResult:
+    identity = ObjectIdentity.from_body(fresh)
+    status = dict(fresh.get("status") or {})
+    spec = parse_spec(fresh.get("spec"))
+    target = await resolve_target(services, identity.namespace, spec.tracking)
+    desired = logic.desired_model(spec, identity)
+    mlflow = services.mlflow
+    events: list[Event] = []
+
+    model = await mlflow.get_registered_model(target, desired.name)
+    kind = logic.bind(model, desired.name, identity, known=status.get("modelName") == desired.name)
+    if kind == "create":
+        try:
+            model = await mlflow.create_registered_model(
+                target, desired.name, {**desired.tags, **desired.ownership}, desired.description
+            )
+            events.append(("Normal", "Created", f"created registered model {desired.name!r}"))
+        except AlreadyExists:  # created meanwhile by someone else: decide again
+            model = await mlflow.get_registered_model(target, desired.name)
+            kind = logic.bind(model, desired.name, identity, known=False)
+        except InvalidRequest as error:
+            raise ReconcileProblem(stalled("InvalidSpec", f"MLflow rejected the model: {error}")) from None
+    elif kind == "adopt":
+        events.append(("Normal", "Adopted", f"adopted existing registered model {desired.name!r}"))
+    assert model is not None
+
+    versions = await mlflow.model_versions(target, desired.name)
+    plan = logic.plan(desired, model, versions, logic.Managed.from_status(status))
+    extra: dict[str, tuple[str, str, str]] = {}
+    # Changes that waited for a declared version to appear are the spec's, not drift.
+    waiting = set(status.get("missingVersions") or ())
+    pending = [c for c in plan.changes if c.target_version in waiting]
+    drift = [c for c in plan.changes if c.target_version not in waiting]
+    if pending:
+        await _apply(services, target, desired, logic.Plan(pending))
+        events.append(("Normal", "Updated", "set " + logic.Plan(pending).describe() + " (the version now exists)"))
+    if drift and drift_check and spec.drift_policy == "Observe" and kind == "use":
+        text = logic.Plan(drift).describe()
+        extra[DRIFTED] = ("True", "DriftDetected", f"MLflow differs from the spec: {text}")
+        previous = next((c for c in status.get("conditions") or [] if c.get("type") == DRIFTED), None)
+        if not previous or previous.get("message") != extra[DRIFTED][2]:
+            events.append(("Warning", "DriftDetected", f"MLflow differs from the spec (driftPolicy Observe): {text}"))
+    elif drift:
+        await _apply(services, target, desired, logic.Plan(drift))
+        if kind == "use":
+            text = logic.Plan(drift).describe()
+            events.append(("Normal", "DriftCorrected", f"MLflow was changed outside the operator; restored {text}")
+                          if drift_check else ("Normal", "Updated", f"set {text}"))
+    if plan.changes:
+        model = await mlflow.get_registered_model(target, desired.name) or model
+        versions = await mlflow.model_versions(target, desired.name)
+
+    view = logic.status_view(model, versions)
+    # What this object declares (and exists) is what it may later remove, drift or not.
+    status_update = {**view, **logic.managed_status(plan.managed), "url": target.model_url(desired.name),
+                     "missingVersions": sorted(plan.missing, key=int) or None}
+    if plan.missing:
+        message = plan.describe_missing()
+        extra[VERSION_NOT_FOUND] = ("True", VERSION_NOT_FOUND, message)
+        outcome = progressing(VERSION_NOT_FOUND, message, **extra)
+    elif DRIFTED in extra:
+        outcome = ready(f"registered model {desired.name!r} observed; drift left in place (driftPolicy Observe)",
+                        "DriftDetected", **extra)
+    else:
+        outcome = ready(f"registered model {desired.name!r} is in sync ({len(versions)} versions)")
+    return RegisteredModelResult(outcome, status_update, events)
+
+
+async def _apply(services: Services, target: TrackingTarget, desired: logic.DesiredModel, plan: logic.Plan) -> None:
+    mlflow, name = services.mlflow, desired.name
+    for change in plan.changes:
+        try:
+            if change.action == "set_description":
+                await mlflow.update_registered_model_description(target, name, change.value)
+            elif change.action == "set_tag":
+                await mlflow.set_registered_model_tag(target, name, change.key, change.value)
+            elif change.action == "delete_tag":
+                await mlflow.delete_registered_model_tag(target, name, change.key)
+            elif change.action == "set_alias":
+                await mlflow.set_alias(target, name, change.key, change.value)
+            elif change.action == "delete_alias":
+                await mlflow.delete_alias(target, name, change.key)
+            elif change.action == "transition":
+                await mlflow.transition_stage(target, name, change.version, change.value, desired.archive_existing)
+            elif change.action == "set_version_description":
+                await mlflow.update_model_version_description(target, name, change.version, change.value)
+            elif change.action == "set_version_tag":
+                await mlflow.set_model_version_tag(target, name, change.version, change.key, change.value)
+            else:
+                await mlflow.delete_model_version_tag(target, name, change.version, change.key)
+        except InvalidRequest as error:
+            raise ReconcileProblem(stalled("InvalidSpec", f"MLflow rejected {change.describe()}: {error}")) from None
+
+
+async def delete_registered_model(services: Services, body: dict[str, Any]) -> Event | None:
+    """deletionPolicy Delete removes the registered model and every version (a hard delete)."""
+    identity = ObjectIdentity.from_body(body)
+    spec = parse_spec(body.get("spec"))
+    if spec.deletion_policy != "Delete":
+        return None
+    name = logic.desired_model(spec, identity).name
+    target = await resolve_target(services, identity.namespace, spec.tracking)
+    model = await services.mlflow.get_registered_model(target, name)
+    if model is None:
+        return None
+    if model.tags.get(TAG_UID) != identity.uid:
+        return ("Warning", "DeleteSkipped", f"registered model {name!r} is not owned by this object; left in place")
+    await services.mlflow.delete_registered_model(target, name)
+    return ("Normal", "Deleted", f"deleted registered model {name!r} and all its versions from MLflow")

@@ -1,0 +1,111 @@
+"""Process-level wiring: environment, logging, kopf settings, metrics, and the run loop."""
+
+from __future__ import annotations
+
+import logging
+import os
+import zlib
+
+import kopf
+
+from mlflow_operator import __version__, metrics
+from mlflow_operator.api.common import GROUP, KINDS, VERSION
+from mlflow_operator.config import OperatorConfig
+from mlflow_operator.handlers import register_handlers
+
+logger = logging.getLogger("mlflow_operator")
+
+# Annotation prefix for kopf's own bookkeeping, so it never clutters `.status`.
+BOOKKEEPING_PREFIX = GROUP
+FINALIZER = f"{GROUP}/finalizer"
+
+
+def configure_environment(config: OperatorConfig) -> None:
+    """Set the MLflow client's process-wide knobs before any client is created.
+
+    The credentials the operator was started with are kept in `config` and removed from the
+    environment, so the MLflow client can never send them to a server they were not meant for.
+    """
+    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(config.mlflow_max_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"  # an int in MLflow
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0.5"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, config.mlflow_timeout)))
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        os.environ.pop(name, None)
+
+
+def configure_logging(config: OperatorConfig) -> None:
+    log_format = kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL
+    kopf.configure(verbose=config.verbose, log_format=log_format, log_prefix=True)
+    # The HTTP libraries log request lines (with URLs) at DEBUG; keep them out even in -v.
+    for noisy in ("urllib3", "kubernetes.client.rest", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def build_settings(config: OperatorConfig) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=BOOKKEEPING_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=BOOKKEEPING_PREFIX, key="last-handled-configuration"
+    )
+    # Only events the operator posts on purpose, under its own name.
+    settings.posting.level = logging.INFO
+    settings.posting.reporting_component = "mlflow-operator"
+    settings.posting.reporting_instance = os.environ.get("POD_NAME") or os.uname().nodename
+    settings.posting.event_name_prefix = "mlflow-operator-"
+    # Events into a namespace being deleted are refused; do not retry them for long.
+    settings.posting.default_backoffs = (1, 3)
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 30
+    # Watching only some namespaces, the operator may not list namespaces or CRDs (namespaced
+    # RBAC): serve the namespaces and resources known at start-up.
+    settings.scanning.disabled = not config.all_namespaces
+    settings.peering.standalone = config.peering is None
+    if config.peering:
+        settings.peering.name = config.peering
+        settings.peering.clusterwide = config.all_namespaces
+        settings.peering.mandatory = True
+        settings.peering.priority = peering_priority(config)
+    return settings
+
+
+def peering_priority(config: OperatorConfig) -> int:
+    """kopf pauses every peer when two share a priority, so each replica takes a distinct
+    one: given, or derived from its pod name (the highest one is active, the rest stand by)."""
+    if config.peering_priority is not None:
+        return config.peering_priority
+    identity = os.environ.get("POD_NAME") or os.uname().nodename
+    return zlib.crc32(identity.encode()) % 1_000_000
+
+
+def describe_scope(config: OperatorConfig) -> str:
+    return "all namespaces" if config.all_namespaces else "namespaces " + ", ".join(config.namespaces)
+
+
+def run_operator(config: OperatorConfig) -> None:
+    configure_environment(config)
+    configure_logging(config)
+    metrics.serve(config.metrics_port, config.bind_address)
+
+    registry = kopf.OperatorRegistry()
+    register_handlers(registry, config)
+    logger.info(
+        "mlflow-operator %s watching %s (%s/%s) in %s; default tracking server: %s",
+        __version__, ", ".join(KINDS), GROUP, VERSION, describe_scope(config),
+        config.default_tracking_uri or "none (objects must set spec.tracking.uri)",
+    )
+    settings = build_settings(config)
+    kopf.run(
+        registry=registry,
+        settings=settings,
+        standalone=config.peering is None,
+        peering_name=config.peering,
+        priority=settings.peering.priority,
+        clusterwide=config.all_namespaces,
+        namespaces=list(config.namespaces),
+        liveness_endpoint=f"http://{config.bind_address}:{config.health_port}/healthz",
+        memo=kopf.Memo(config=config),
+    )

@@ -1,0 +1,140 @@
+"""What the operator knows about an MLflow server and its entities, without MLflow's types.
+
+The gateway (gateways/mlflow.py) turns MLflow client objects into these snapshots and MLflow
+exceptions into these errors, so the reconcile logic can be tested with plain values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from mlflow_operator.config import Credentials
+
+
+@dataclass(frozen=True)
+class TrackingTarget:
+    """One MLflow server and the credentials to use with it."""
+
+    uri: str
+    credentials: Credentials = Credentials()
+    # Base URL for links in status; the tracking URI when unset.
+    ui_url: str | None = None
+
+    @property
+    def ui(self) -> str:
+        return (self.ui_url or self.uri).rstrip("/")
+
+    def experiment_url(self, experiment_id: str) -> str:
+        return f"{self.ui}/#/experiments/{experiment_id}"
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        return f"{self.ui}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    def model_url(self, name: str) -> str:
+        return f"{self.ui}/#/models/{name}"
+
+
+def uri_problem(uri: str) -> str | None:
+    """Why a tracking URI cannot be used, or None when it can."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"tracking URI {uri!r} must be an http:// or https:// URL of an MLflow server"
+    if parts.username or parts.password:
+        return "tracking URI must not contain credentials: put them in a Secret and set spec.tracking.secretRef"
+    return None
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class TrackingError(Exception):
+    """An MLflow call failed. `reason` is the condition reason to show for it."""
+
+    reason = "TrackingError"
+
+
+class TrackingUnavailable(TrackingError):
+    """The server could not be reached, timed out, or failed (5xx): try again later."""
+
+    reason = "TrackingUnavailable"
+
+
+class TrackingUnauthorized(TrackingError):
+    """The server refused the credentials (401/403)."""
+
+    reason = "TrackingUnauthorized"
+
+
+class NotFound(TrackingError):
+    reason = "NotFound"
+
+
+class AlreadyExists(TrackingError):
+    reason = "AlreadyExists"
+
+
+class InvalidRequest(TrackingError):
+    """MLflow rejected the request as invalid (400): retrying the same request will not help."""
+
+    reason = "InvalidRequest"
+
+
+# --------------------------------------------------------------------------- snapshots
+
+
+@dataclass(frozen=True)
+class ExperimentInfo:
+    experiment_id: str
+    name: str
+    lifecycle_stage: str
+    artifact_location: str | None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def deleted(self) -> bool:
+        return self.lifecycle_stage == "deleted"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    run_id: str
+    experiment_id: str
+    run_name: str | None
+    status: str
+    lifecycle_stage: str
+    start_time: int | None
+    end_time: int | None
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LoggedModelInfo:
+    model_id: str
+    name: str
+    source_run_id: str | None
+    status: str
+    creation_timestamp: int | None
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    name: str
+    version: str
+    stage: str
+    description: str
+    source: str | None
+    run_id: str | None
+    status: str
+    aliases: tuple[str, ...] = ()
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RegisteredModelInfo:
+    name: str
+    description: str
+    tags: dict[str, str] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)

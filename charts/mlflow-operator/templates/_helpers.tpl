@@ -1,0 +1,77 @@
+{{/* Full name of the release's objects. */}}
+{{- define "mlflow-operator.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mlflow-operator.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "mlflow-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "mlflow-operator.serviceAccountName" -}}
+{{- default (include "mlflow-operator.fullname" .) .Values.serviceAccount.name -}}
+{{- end -}}
+
+{{- define "mlflow-operator.mlflowName" -}}
+{{- printf "%s-mlflow" (include "mlflow-operator.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "mlflow-operator.mlflowSelectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: mlflow
+{{- end -}}
+
+{{/* The default tracking server: tracking.uri, else the embedded server's Service. */}}
+{{- define "mlflow-operator.trackingUri" -}}
+{{- if .Values.tracking.uri -}}
+{{- .Values.tracking.uri -}}
+{{- else if .Values.mlflow.enabled -}}
+{{- printf "http://%s.%s.svc:%d" (include "mlflow-operator.mlflowName" .) .Release.Namespace (int .Values.mlflow.port) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "mlflow-operator.peering" -}}
+{{- if gt (int .Values.replicaCount) 1 -}}{{ include "mlflow-operator.fullname" . }}{{- end -}}
+{{- end -}}
+
+{{/* Rules for the namespaced resources the operator reads and writes. */}}
+{{- define "mlflow-operator.namespacedRules" -}}
+- apiGroups: [mlflow.operator.dev]
+  resources: [experiments, trainingruns, registeredmodels]
+  verbs: [get, list, watch, patch]
+- apiGroups: [mlflow.operator.dev]
+  resources: [experiments/status, trainingruns/status, registeredmodels/status]
+  verbs: [get, patch]
+# Jobs are created with ownerReferences.blockOwnerDeletion, which needs this.
+- apiGroups: [mlflow.operator.dev]
+  resources: [trainingruns/finalizers]
+  verbs: [update]
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, list, watch, create, delete]
+# Pods are listed only to report why a training Job failed.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+# Credentials named by spec.tracking.secretRef, in the object's own namespace.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}

@@ -1,0 +1,224 @@
+"""The Helm chart against the sandbox: lint, render both RBAC modes and have the API server
+validate them, install it, and run the operator under the chart's ServiceAccount and
+namespaced RBAC through a TrainingRun's whole life.
+
+(The sandbox's own operator already runs under the chart's cluster-scope ServiceAccount and
+RBAC for every other test; see sandbox.py `ensure_operator_identity`.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import Objects, wait_for
+from play_training import play
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "mlflow-operator"
+KUBE_VERSION = "1.34.0"
+TRAINER = [sys.executable, "-W", "ignore", str(Path(__file__).parent / "trainers" / "log_model.py")]
+
+
+def helm(sandbox, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(sandbox.bin / "helm"), f"--kubeconfig={sandbox.kubeconfig}", *args],
+                            capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed: {result.stdout}\n{result.stderr}")
+    return result
+
+
+def render(sandbox, release: str, namespace: str, *sets: str) -> str:
+    args = ["template", release, str(CHART), "--kube-version", KUBE_VERSION, "--namespace", namespace]
+    for item in sets:
+        args += ["--set", item]
+    return helm(sandbox, *args).stdout
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_chart_lints_strictly(sandbox):
+    helm(sandbox, "lint", "--strict", str(CHART))
+    helm(sandbox, "lint", "--strict", str(CHART), "--set", "watch.scope=namespaces",
+         "--set", "watch.namespaces={a,b}", "--set", "replicaCount=2")
+
+
+def test_values_outside_the_schema_are_refused(sandbox):
+    result = helm(sandbox, "template", "x", str(CHART), "--kube-version", KUBE_VERSION, "--set", "replicas=2",
+                  check=False)
+    assert result.returncode != 0 and "additional properties 'replicas' not allowed" in result.stderr
+    result = helm(sandbox, "template", "x", str(CHART), "--kube-version", KUBE_VERSION,
+                  "--set", "watch.scope=namespaces", check=False)
+    assert "list them in watch.namespaces" in result.stderr
+
+
+def test_cluster_scope_rendering_is_accepted_by_the_api_server(sandbox, namespace):
+    manifest = render(sandbox, f"dry-{uuid.uuid4().hex[:6]}", namespace)
+    result = sandbox.kubectl("apply", "--dry-run=server", "-f", "-", input_text=manifest)
+    kinds = sorted(line.split()[0].split("/")[0] for line in result.stdout.splitlines())
+    assert kinds == sorted([
+        "clusterrole.rbac.authorization.k8s.io", "clusterrolebinding.rbac.authorization.k8s.io",
+        "deployment.apps", "deployment.apps", "persistentvolumeclaim", "service", "service", "serviceaccount",
+    ])
+
+
+def test_namespaced_scope_with_peering_is_accepted_by_the_api_server(sandbox, namespace, core):
+    from kubernetes import client
+
+    other = f"{namespace[:50]}-b"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=other)))
+    try:
+        manifest = render(sandbox, f"dry-{uuid.uuid4().hex[:6]}", namespace, "watch.scope=namespaces",
+                          f"watch.namespaces={{{namespace},{other}}}", "replicaCount=2")
+        documents = [d for d in yaml.safe_load_all(manifest) if d]
+        crds = [d for d in documents if d["kind"] == "CustomResourceDefinition"]
+        assert sorted(c["metadata"]["name"] for c in crds) == ["clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"]
+        # Objects of kopf's peering kinds can only be validated once their CRDs exist.
+        sandbox.kubectl("apply", "--server-side", "-f", "-", input_text=yaml.safe_dump_all(crds))
+        sandbox.kubectl("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=30s")
+        rest = [d for d in documents if d["kind"] != "CustomResourceDefinition"]
+        result = sandbox.kubectl("apply", "--dry-run=server", "-f", "-", input_text=yaml.safe_dump_all(rest))
+        assert result.stdout.count("role.rbac.authorization.k8s.io/") == 2
+        assert result.stdout.count("rolebinding.rbac.authorization.k8s.io/") == 2
+        assert result.stdout.count("kopfpeering.kopf.dev/") == 2
+        deployment = next(d for d in rest if d["kind"] == "Deployment" and "operator" in d["spec"]["template"]
+                          ["metadata"]["labels"]["app.kubernetes.io/component"])
+        args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert f"--namespace={namespace}" in args and f"--namespace={other}" in args
+        assert any(a.startswith("--peering=") for a in args)
+    finally:
+        core.delete_namespace(other)
+
+
+def test_helm_install_brings_up_the_operator_and_mlflow_deployments(sandbox, namespace, api_client):
+    from kubernetes import client
+
+    release = f"inst-{uuid.uuid4().hex[:6]}"
+    # The sandbox has no storage provisioner, so the embedded server keeps its data in an emptyDir.
+    helm(sandbox, "install", release, str(CHART), "--namespace", namespace, "--wait", "--timeout", "120s",
+         "--set", "mlflow.persistence.enabled=false")
+    try:
+        apps = client.AppsV1Api(api_client)
+        deployments = {d.metadata.name: d for d in apps.list_namespaced_deployment(namespace).items}
+        assert set(deployments) == {f"{release}-mlflow-operator", f"{release}-mlflow-operator-mlflow"}
+        for deployment in deployments.values():
+            assert deployment.status.available_replicas == 1
+        operator = deployments[f"{release}-mlflow-operator"].spec.template.spec
+        container = operator.containers[0]
+        assert container.security_context.read_only_root_filesystem is True
+        assert container.security_context.allow_privilege_escalation is False
+        assert operator.security_context.run_as_non_root is True
+        assert container.liveness_probe.http_get.path == "/healthz"
+        assert f"--tracking-uri=http://{release}-mlflow-operator-mlflow.{namespace}.svc:5000" in container.args
+        mlflow_args = deployments[f"{release}-mlflow-operator-mlflow"].spec.template.spec.containers[0].args
+        hosts = next(a for a in mlflow_args if a.startswith("--allowed-hosts=")).split("=", 1)[1].split(",")
+        assert f"{release}-mlflow-operator-mlflow.{namespace}.svc:*" in hosts
+        assert "--workers=1" in mlflow_args
+    finally:
+        helm(sandbox, "uninstall", release, "--namespace", namespace, "--wait")
+
+
+def test_the_sandbox_operator_runs_as_the_charts_service_account(sandbox, api_client):
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(sandbox.state / "operator.kubeconfig"), client_configuration=configuration)
+    with client.ApiClient(configuration) as api:
+        review = client.AuthenticationV1Api(api).create_self_subject_review(client.V1SelfSubjectReview())
+    assert review.status.user_info.username == "system:serviceaccount:mlflow-operator-system:mlflow-operator"
+
+
+@pytest.mark.parametrize(
+    "verb, resource, group, allowed",
+    [
+        ("create", "jobs", "batch", True),
+        ("get", "secrets", "", True),
+        ("list", "secrets", "", False),
+        ("create", "pods", "", False),
+        ("delete", "pods", "", False),
+        ("update", "trainingruns/finalizers", "mlflow.operator.dev", True),
+        ("delete", "experiments", "mlflow.operator.dev", False),
+        ("create", "secrets", "", False),
+    ],
+)
+def test_the_charts_cluster_role_grants_what_the_operator_uses_and_no_more(api_client, verb, resource, group, allowed):
+    from kubernetes import client
+
+    name, _, subresource = resource.partition("/")
+    review = client.AuthorizationV1Api(api_client).create_subject_access_review(client.V1SubjectAccessReview(
+        spec=client.V1SubjectAccessReviewSpec(
+            user="system:serviceaccount:mlflow-operator-system:mlflow-operator",
+            resource_attributes=client.V1ResourceAttributes(
+                namespace="default", verb=verb, resource=name, subresource=subresource or None, group=group),
+        )))
+    assert review.status.allowed is allowed
+
+
+def test_namespaced_rbac_runs_a_training_run_lifecycle(sandbox, namespace, custom, core, mlflow_client, tmp_path):
+    """The chart's namespaced Roles, and only them, are enough for a whole TrainingRun."""
+    release = f"ns-{uuid.uuid4().hex[:6]}"
+    manifest = render(sandbox, release, namespace, "watch.scope=namespaces", f"watch.namespaces={{{namespace}}}",
+                      "mlflow.enabled=false")
+    rbac = [d for d in yaml.safe_load_all(manifest) if d and d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+    sandbox.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(rbac))
+    service_account = next(d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount")
+    token = sandbox.kubectl("create", "token", service_account, "-n", namespace, "--duration=1h").stdout.strip()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "s", "cluster": {"server": f"https://127.0.0.1:{sandbox.ports['kube-apiserver']}",
+                                               "certificate-authority": str(sandbox.state / "pki" / "ca.crt")}}],
+        "users": [{"name": "op", "user": {"token": token}}],
+        "contexts": [{"name": "s", "context": {"cluster": "s", "user": "op"}}],
+        "current-context": "s",
+    }))
+    health = free_port()
+    log_path = tmp_path / "operator.log"
+    stopped = sandbox.sandbox("stop", "operator")
+    assert stopped.returncode == 0, stopped.stderr
+    process = None
+    try:
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                [str(ROOT / ".venv" / "bin" / "mlflow-operator"), "run", f"--namespace={namespace}",
+                 f"--tracking-uri={sandbox.tracking_uri}", "--drift-interval=5", f"--health-port={health}",
+                 "--metrics-port=0", "--bind-address=127.0.0.1"],
+                env={**os.environ, "KUBECONFIG": str(kubeconfig)}, stdout=log, stderr=subprocess.STDOUT,
+            )
+        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2).status == 200,
+                 timeout=30, message="the namespaced operator to be healthy")
+        experiments = Objects(custom, namespace, "experiments", "Experiment")
+        runs = Objects(custom, namespace, "trainingruns", "TrainingRun")
+        experiments.create("exp", {})
+        experiments.wait_ready("exp")
+        model = f"ns-model-{uuid.uuid4().hex[:6]}"
+        runs.create("run", {"experimentRef": {"name": "exp"}, "registerModel": {"name": model},
+                            "template": {"metadata": {"annotations": {"sandbox.mlflow.operator.dev/hold": "true"}},
+                                         "spec": {"containers": [{"name": "t", "image": "trainer:1"}]}}})
+        assert play(namespace, "run", TRAINER + ["--model-name", "model", "--metric", "acc=0.5"]) == 0
+        status = runs.wait_ready("run")["status"]
+        assert status["modelVersion"]["version"] == "1"
+        runs.delete("run")
+        wait_for(lambda: not runs.exists("run"), timeout=30, message="the TrainingRun to be deleted")
+        text = log_path.read_text()
+        assert "Forbidden" not in text and "forbidden" not in text, text[-3000:]
+    finally:
+        if process:
+            process.terminate()
+            process.wait(timeout=30)
+        restarted = sandbox.sandbox("up")
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
