@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
+from urllib.parse import urlsplit
 
 from mlflow.entities import ExperimentTag, Param, RunTag, ViewType
 from mlflow.entities.model_registry import ModelVersionTag, RegisteredModelTag
@@ -47,10 +49,35 @@ _INVALID = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE", "MALFORME
 _UNAUTHORIZED = {"UNAUTHENTICATED", "PERMISSION_DENIED", "CUSTOMER_UNAUTHORIZED"}
 
 
+_TRANSPORT_FAILURE = re.compile(r"API request to (?P<url>\S+) failed with (?:timeout )?exception (?P<cause>.*)", re.S)
+
+
+def _transport_summary(message: str) -> str | None:
+    """A short reason for a request that never got an answer, instead of urllib3's chain."""
+    match = _TRANSPORT_FAILURE.search(message)
+    if not match:
+        return None
+    parts = urlsplit(match.group("url"))
+    server, cause = f"{parts.scheme}://{parts.netloc}", match.group("cause")
+    if "Connection refused" in cause:
+        return f"cannot connect to {server}: connection refused"
+    if "timed out" in cause or "Timeout" in cause:
+        return f"no answer from {server} in time"
+    if "Name or service not known" in cause or "NameResolutionError" in cause or "nodename nor servname" in cause:
+        return f"cannot resolve the host of {server}"
+    if "too many 5" in cause or "ResponseError" in cause:
+        return f"{server} kept answering with server errors (5xx)"
+    if "SSL" in cause or "CERTIFICATE" in cause:
+        return f"TLS failed with {server}: {cause.splitlines()[0][:300]}"
+    return f"request to {server} failed: {cause.splitlines()[0][:300]}"
+
+
 def translate(error: Exception) -> TrackingError:
     """Map an MLflow (or transport) exception to the operator's error types."""
     if isinstance(error, TrackingError):
         return error
+    if isinstance(error, MlflowException) and (summary := _transport_summary(str(error.message))):
+        return TrackingUnavailable(summary)
     if isinstance(error, MlflowException):
         code = error.error_code or ""
         status = error.get_http_status_code()
