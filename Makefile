@@ -11,7 +11,7 @@ SANDBOX := $(PY) sandbox/sandbox.py
 KUBECTL := $(SANDBOX_DIR)/bin/kubectl --kubeconfig $(SANDBOX_DIR)/kubeconfig --cache-dir $(SANDBOX_DIR)/kube-cache
 PYTEST_ARGS ?=
 
-.PHONY: chart-crds help venv binaries sandbox-up sandbox-down sandbox sandbox-status sandbox-clean \
+.PHONY: bench chart-crds help venv binaries sandbox-up sandbox-down sandbox sandbox-status sandbox-clean \
         operator-restart test test-unit lint
 
 help:
@@ -62,6 +62,10 @@ test: sandbox-up
 # The chart ships copies of crds/ (Helm reads crds/ inside the chart); a test checks they match.
 chart-crds:
 	cp crds/*.yaml charts/mlflow-operator/crds/
+
+# Measure reconcile latency, MLflow call latency, memory and idle CPU in the sandbox.
+bench: sandbox-up
+	$(PY) benchmarks/run.py
 
 test-unit: venv
 	$(PY) -m pytest -m "not sandbox" $(PYTEST_ARGS)

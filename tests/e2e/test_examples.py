@@ -29,5 +29,8 @@ def test_the_gitops_overlay_builds_and_passes_server_side_validation(sandbox, co
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name="ml-production")))
     except ApiException as error:
         assert error.status == 409
-    result = sandbox.kubectl("apply", "--dry-run=server", "-f", "-", input_text=built)
-    assert result.stdout.count("(server dry run)") == 2
+    try:
+        result = sandbox.kubectl("apply", "--dry-run=server", "-f", "-", input_text=built)
+        assert result.stdout.count("(server dry run)") == 2
+    finally:
+        core.delete_namespace("ml-production")
