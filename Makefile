@@ -11,7 +11,7 @@ SANDBOX := $(PY) sandbox/sandbox.py
 KUBECTL := $(SANDBOX_DIR)/bin/kubectl --kubeconfig $(SANDBOX_DIR)/kubeconfig --cache-dir $(SANDBOX_DIR)/kube-cache
 PYTEST_ARGS ?=
 
-.PHONY: bench chart-crds help venv binaries sandbox-up sandbox-down sandbox sandbox-status sandbox-clean \
+.PHONY: bench chart-crds lint help venv binaries sandbox-up sandbox-down sandbox sandbox-status sandbox-clean \
         operator-restart test test-unit lint
 
 help:
@@ -56,8 +56,11 @@ sandbox: sandbox-up
 	$(PY) sandbox/play_training.py default churn-rf-1 -- $(PY) -W ignore examples/churn/train.py
 	@$(PY) sandbox/whats_next.py
 
-test: sandbox-up
+test: lint sandbox-up
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check operator sandbox tests benchmarks scripts examples
 
 # The chart ships copies of crds/ (Helm reads crds/ inside the chart); a test checks they match.
 chart-crds:

@@ -8,12 +8,10 @@ RBAC for every other test; see sandbox.py `ensure_operator_identity`.)
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from pathlib import Path

@@ -14,6 +14,9 @@ import logging
 import time
 from typing import Any, Awaitable, Callable, Protocol
 
+from mlflow_operator.api.common import GROUP, VERSION
+from mlflow_operator.config import OperatorConfig
+
 import kopf
 
 from mlflow_operator.gateways.kubernetes import KubernetesError
@@ -166,3 +169,57 @@ _NORMAL_PROGRESS = frozenset({"JobPending", "Running"})
 # Waits that a watch (a Job's events) or the drift timer (a version appearing) ends:
 # kopf need not retry the change handler for these.
 _RETRIED_ELSEWHERE = frozenset({"JobPending", "Running", "VersionNotFound"})
+
+
+DELETE_TIMEOUT_SECONDS = 600
+
+
+def register_synced_kind(
+    registry: kopf.OperatorRegistry,
+    config: OperatorConfig,
+    *,
+    kind: str,
+    plural: str,
+    reconcile: Callable[[Services, dict[str, Any], bool], Awaitable[Result]],
+    delete: Callable[[Services, dict[str, Any]], Awaitable[Event | None]],
+    managed_extra: tuple[str, ...] = (),
+) -> None:
+    """Handlers for a kind kept in sync with an MLflow entity (Experiment, RegisteredModel):
+    reconcile on create/update/resume, check drift on a timer, apply deletionPolicy."""
+    resource = dict(group=GROUP, version=VERSION, plural=plural, registry=registry)
+
+    async def run(body: Any, memo: Any, logger: Any, retry: int | None) -> None:
+        services = services_of(memo)
+
+        async def work(fresh: dict[str, Any]) -> Result:
+            return await reconcile(services, fresh, retry is None)
+
+        await reconcile_and_report(kind=kind, plural=plural, body=body, memo=memo, logger=logger, work=work,
+                                   retry=retry, managed_extra=managed_extra)
+
+    @kopf.on.resume(id="reconcile", **resource)
+    @kopf.on.create(id="reconcile", **resource)
+    @kopf.on.update(id="reconcile", field="spec", **resource)
+    async def changed(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
+        await run(body, memo, logger, retry)
+
+    @kopf.timer(id="drift", interval=config.drift_interval, initial_delay=config.drift_interval, **resource)
+    async def drift(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+        if drift_check_due(body, memo):
+            await run(body, memo, logger, None)
+
+    @kopf.on.delete(id="delete", timeout=DELETE_TIMEOUT_SECONDS, **resource)
+    async def deleted(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
+        services = services_of(memo)
+        try:
+            event = await delete(services, body)
+        except (ReconcileProblem, TrackingError, KubernetesError) as error:
+            outcome = outcome_for_error(error)
+            if retry == 0:
+                post_events(body, [("Warning", "DeleteFailed", outcome.message)])
+            raise kopf.TemporaryError(f"deletionPolicy Delete: {outcome.message}",
+                                      delay=retry_delay(retry, services.config.drift_interval)) from error
+        if event:
+            post_events(body, [event])
+            logger.info(event[2])
+        forget_object(memo, body["metadata"]["uid"])

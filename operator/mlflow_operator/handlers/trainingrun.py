@@ -25,7 +25,7 @@ from mlflow_operator.logic.conditions import ReconcileProblem
 from mlflow_operator.reconcilers.trainingrun import TrainingRunResult, kill_training_run, reconcile_training_run
 from mlflow_operator.tracking import TrackingError
 
-DELETE_TIMEOUT_SECONDS = 300
+DELETE_TIMEOUT_SECONDS = 300  # a run still going is closed quickly or not at all
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
@@ -69,7 +69,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
                 if retry == 0:
                     post_events(fresh, [("Warning", "DeleteFailed", outcome.message)])
                 raise kopf.TemporaryError(f"closing the run: {outcome.message}",
-                                          delay=retry_delay(retry, services.config.drift_interval))
+                                          delay=retry_delay(retry, services.config.drift_interval)) from error
         if event:
             post_events(fresh, [event])
             logger.info(event[2])

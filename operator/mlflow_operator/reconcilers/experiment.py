@@ -22,13 +22,13 @@ class ExperimentResult:
     events: list[Event] = field(default_factory=list)
 
 
-async def reconcile_experiment(
-    services: Services, identity: ObjectIdentity, raw_spec: Any, status: dict[str, Any], drift_check: bool = False,
-) -> ExperimentResult:
+async def reconcile_experiment(services: Services, fresh: dict[str, Any], drift_check: bool = False) -> ExperimentResult:
     """Bring MLflow in line with the spec. Raises ReconcileProblem (known failure) or
     TrackingError (MLflow failed); the caller turns both into conditions."""
+    identity = ObjectIdentity.from_body(fresh)
+    status = dict(fresh.get("status") or {})
     try:
-        spec = ExperimentSpec.parse(raw_spec)
+        spec = ExperimentSpec.parse(fresh.get("spec"))
     except ValueError as error:
         raise ReconcileProblem(stalled("InvalidSpec", f"invalid spec: {error}")) from None
     target = await resolve_target(services, identity.namespace, spec.tracking)
@@ -135,11 +135,11 @@ async def _apply(services: Services, target: TrackingTarget, experiment_id: str,
             )) from None
 
 
-async def delete_experiment(
-    services: Services, identity: ObjectIdentity, raw_spec: Any, status: dict[str, Any]
-) -> Event | None:
+async def delete_experiment(services: Services, body: dict[str, Any]) -> Event | None:
     """Apply deletionPolicy when the object is deleted. Returns an Event to post, if any."""
-    spec = ExperimentSpec.parse(raw_spec)
+    identity = ObjectIdentity.from_body(body)
+    status = dict(body.get("status") or {})
+    spec = ExperimentSpec.parse(body.get("spec"))
     experiment_id = status.get("experimentId")
     if spec.deletion_policy != "Delete" or not experiment_id:
         return None
