@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -218,5 +219,112 @@ def test_namespaced_rbac_runs_a_training_run_lifecycle(sandbox, namespace, custo
         if process:
             process.terminate()
             process.wait(timeout=30)
+        restarted = sandbox.sandbox("up")
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+
+
+def test_the_embedded_servers_allowed_hosts_accept_its_service_names_and_refuse_others(sandbox, tmp_path):
+    """Run MLflow with exactly the arguments the chart gives the embedded server (paths and
+    port made local) and check its Host-header allowlist with real requests."""
+    manifest = render(sandbox, "hosts", "ml-platform")
+    deployment = next(d for d in yaml.safe_load_all(manifest) if d and d["kind"] == "Deployment"
+                      and d["metadata"]["name"].endswith("-mlflow"))
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    port = free_port()
+    local = {"--backend-store-uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+             "--artifacts-destination": str(tmp_path / "artifacts"), "--host": "127.0.0.1", "--port": str(port)}
+    args = [f"{a.split('=', 1)[0]}={local[a.split('=', 1)[0]]}" if a.split("=", 1)[0] in local else a
+            for a in container["args"]]
+    assert container["command"] == ["mlflow", "server"]
+    env = {**os.environ, **{e["name"]: e["value"] for e in container["env"]}, "HOME": str(tmp_path)}
+    log = (tmp_path / "mlflow.log").open("w")
+    server = subprocess.Popen([str(ROOT / ".venv" / "bin" / "mlflow"), "server", *args], env=env,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def status_for(host: str) -> int:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search?max_results=1",
+                                         headers={"Host": host})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    try:
+        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200,
+                 timeout=120, message="the embedded server's command to start")
+        service = "hosts-mlflow-operator-mlflow"
+        for host in (f"{service}:5000", f"{service}.ml-platform:5000", f"{service}.ml-platform.svc:5000",
+                     f"{service}.ml-platform.svc.cluster.local:5000", "10.244.3.7:5000", f"localhost:{port}"):
+            assert status_for(host) == 200, host
+        assert status_for("evil.example.com:5000") == 403
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(timeout=30)
+
+
+def test_two_peered_replicas_work_one_at_a_time(sandbox, namespace, custom, tmp_path):
+    """replicaCount > 1: kopf peering under the chart's namespaced RBAC keeps one replica
+    active; when it stops, the standby takes over."""
+    release = f"peer-{uuid.uuid4().hex[:6]}"
+    manifest = render(sandbox, release, namespace, "watch.scope=namespaces", f"watch.namespaces={{{namespace}}}",
+                      "mlflow.enabled=false", "replicaCount=2")
+    documents = [d for d in yaml.safe_load_all(manifest) if d]
+    crds = [d for d in documents if d["kind"] == "CustomResourceDefinition"]
+    sandbox.kubectl("apply", "--server-side", "-f", "-", input_text=yaml.safe_dump_all(crds))
+    sandbox.kubectl("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=30s")
+    keep = [d for d in documents if d["kind"] in ("ServiceAccount", "Role", "RoleBinding", "KopfPeering")]
+    sandbox.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(keep))
+    peering = next(d["metadata"]["name"] for d in keep if d["kind"] == "KopfPeering")
+    service_account = next(d["metadata"]["name"] for d in keep if d["kind"] == "ServiceAccount")
+    token = sandbox.kubectl("create", "token", service_account, "-n", namespace, "--duration=1h").stdout.strip()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "s", "cluster": {"server": f"https://127.0.0.1:{sandbox.ports['kube-apiserver']}",
+                                               "certificate-authority": str(sandbox.state / "pki" / "ca.crt")}}],
+        "users": [{"name": "op", "user": {"token": token}}],
+        "contexts": [{"name": "s", "context": {"cluster": "s", "user": "op"}}],
+        "current-context": "s",
+    }))
+
+    def start(name: str, priority: int) -> tuple[subprocess.Popen, Path, int]:
+        health, log_path = free_port(), tmp_path / f"{name}.log"
+        process = subprocess.Popen(
+            [str(ROOT / ".venv" / "bin" / "mlflow-operator"), "run", f"--namespace={namespace}",
+             f"--tracking-uri={sandbox.tracking_uri}", f"--peering={peering}", f"--peering-priority={priority}",
+             f"--health-port={health}", "--metrics-port=0", "--bind-address=127.0.0.1", "--drift-interval=5"],
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)}, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2).status == 200,
+                 timeout=30, message=f"operator {name} to be healthy")
+        return process, log_path, health
+
+    experiments = Objects(custom, namespace, "experiments", "Experiment")
+    stopped = sandbox.sandbox("stop", "operator")
+    assert stopped.returncode == 0, stopped.stderr
+    processes = []
+    try:
+        active, active_log, _ = start("active", 200)
+        processes.append(active)
+        standby, standby_log, _ = start("standby", 100)
+        processes.append(standby)
+        # kopf starts a peered operator paused until it has seen the peers: the standby never
+        # un-pauses while the higher-priority replica is alive.
+        experiments.create("first", {})
+        experiments.wait_ready("first")
+        assert "[{}/first]".format(namespace) in active_log.read_text()
+        assert "[{}/first]".format(namespace) not in standby_log.read_text()
+        active.terminate()  # a graceful exit removes its peering record at once
+        active.wait(timeout=30)
+        wait_for(lambda: "Resuming operations after the pause" in standby_log.read_text(), timeout=60,
+                 message="the standby replica to take over")
+        experiments.create("second", {})
+        experiments.wait_ready("second")
+        assert "[{}/second]".format(namespace) in standby_log.read_text()
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=30)
         restarted = sandbox.sandbox("up")
         assert restarted.returncode == 0, restarted.stdout + restarted.stderr
