@@ -49,17 +49,18 @@ OPERATOR_SERVICE_ACCOUNT = "mlflow-operator"
 OPERATOR_TOKEN_DURATION = "24h"
 CHART = ROOT / "charts" / "mlflow-operator"
 
+AUTH_ADMIN = "admin"
 # The operator checks MLflow for drift at least this often in the sandbox (DESIGN: <= 15 s).
 SANDBOX_DRIFT_INTERVAL_SECONDS = 10
 NODE_COUNT = int(os.environ.get("SANDBOX_NODES", "2"))
 PORT_NAMES = (
     "etcd-client", "etcd-peer", "kube-apiserver", "kube-controller-manager",
-    "kube-scheduler", "kwok", "mlflow", "operator-health", "operator-metrics",
+    "kube-scheduler", "kwok", "mlflow", "mlflow-auth", "operator-health", "operator-metrics",
 )
 # Components in start order; `down` stops them in reverse.
 ORDER = (
     "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
-    "mlflow", "operator",
+    "mlflow", "mlflow-auth", "operator",
 )
 CRD_NAMES = (
     "experiments.mlflow.operator.dev",
@@ -183,6 +184,21 @@ def http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
         with urllib.request.urlopen(url, timeout=2, context=context) as response:
             return 200 <= response.status < 300
     except (urllib.error.URLError, OSError, ssl.SSLError):
+        return False
+
+
+def basic_auth_ok(url: str, username: str, password_file: Path) -> bool:
+    """Probe an MLflow server that requires basic auth, with the sandbox's admin account."""
+    import base64
+
+    if not password_file.exists():
+        return False
+    token = base64.b64encode(f"{username}:{password_file.read_text().strip()}".encode()).decode()
+    request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
         return False
 
 
@@ -361,7 +377,34 @@ class Sandbox:
                 ready=lambda: http_ok(
                     f"{self.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
                 ),
-                marker=str(VENV / "bin" / "mlflow"),
+                marker=f"--port={p['mlflow']}",
+                ready_timeout=120.0,
+            ),
+            Component(
+                # A second server that requires basic auth, so that credentials from Secrets are
+                # tested against a server that checks them.
+                name="mlflow-auth",
+                argv=[
+                    str(VENV / "bin" / "mlflow"),
+                    "server",
+                    "--app-name=basic-auth",
+                    f"--backend-store-uri=sqlite:///{STATE / 'mlflow-auth' / 'mlflow.db'}",
+                    f"--artifacts-destination={STATE / 'mlflow-auth' / 'artifacts'}",
+                    "--serve-artifacts",
+                    "--host=127.0.0.1",
+                    f"--port={p['mlflow-auth']}",
+                    "--workers=1",
+                ],
+                env={
+                    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                    "MLFLOW_DISABLE_TELEMETRY": "true",
+                    "MLFLOW_AUTH_CONFIG_PATH": str(STATE / "mlflow-auth" / "basic_auth.ini"),
+                },
+                ready=lambda: basic_auth_ok(
+                    f"http://127.0.0.1:{p['mlflow-auth']}/api/2.0/mlflow/experiments/search?max_results=1",
+                    AUTH_ADMIN, STATE / "mlflow-auth" / "admin-password",
+                ),
+                marker=f"--port={p['mlflow-auth']}",
                 ready_timeout=120.0,
             ),
             Component(
@@ -378,7 +421,7 @@ class Sandbox:
                 ],
                 env={"KUBECONFIG": str(OPERATOR_KUBECONFIG)},
                 ready=lambda: http_ok(f"http://127.0.0.1:{p['operator-health']}/healthz"),
-                marker=str(VENV / "bin" / "mlflow-operator"),
+                marker=f"--health-port={p['operator-health']}",
             ),
         ]
 
@@ -394,7 +437,30 @@ class Sandbox:
         ):
             write_kubeconfig(self._kubeconfig(stem), self.apiserver_url, self.pki, stem, user)
         (STATE / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
+        self.prepare_auth_server()
         self.write_env()
+
+    def prepare_auth_server(self) -> None:
+        """Admin password and CSRF key made once per sandbox; the auth database in .sandbox."""
+        import secrets
+
+        auth = STATE / "mlflow-auth"
+        (auth / "artifacts").mkdir(parents=True, exist_ok=True)
+        for name in ("admin-password", "csrf-key"):
+            path = auth / name
+            if not path.exists():
+                path.write_text(secrets.token_urlsafe(18) + "\n")
+                path.chmod(0o600)
+        (auth / "basic_auth.ini").write_text(
+            "[mlflow]\n"
+            "default_permission = READ\n"
+            f"database_uri = sqlite:///{auth / 'basic_auth.db'}\n"
+            f"admin_username = {AUTH_ADMIN}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        component = self.components["mlflow-auth"]
+        component.env["MLFLOW_AUTH_ADMIN_PASSWORD"] = (auth / "admin-password").read_text().strip()
+        component.env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = (auth / "csrf-key").read_text().strip()
 
     def write_env(self) -> None:
         (STATE / "env").write_text(
@@ -450,6 +516,7 @@ class Sandbox:
             "kube-scheduler": self.ports["kube-scheduler"],
             "kwok": self.ports["kwok"],
             "mlflow": self.ports["mlflow"],
+            "mlflow-auth": self.ports["mlflow-auth"],
             "operator": self.ports["operator-health"],
         }.get(name)
 
@@ -571,15 +638,16 @@ current-context: sandbox
                     log(f"{name} already running")
 
         # MLflow does not depend on the cluster: start it first so its slow start overlaps.
-        if self.start("mlflow"):
-            started.add("mlflow")
+        for server in ("mlflow", "mlflow-auth"):
+            if self.start(server):
+                started.add(server)
         bring_up("etcd")
         bring_up("kube-apiserver")
         bring_up("kube-controller-manager", "kube-scheduler", "kwok")
         self.ensure_crds()
         self.ensure_nodes()
         self.ensure_default_service_account()
-        bring_up("mlflow")
+        bring_up("mlflow", "mlflow-auth")
         if running_pid(self.components["operator"]) is None:
             self.ensure_operator_identity()
         bring_up("operator")

@@ -29,6 +29,15 @@ class SandboxInfo:
     ports: dict[str, int]
 
     @property
+    def auth_tracking_uri(self) -> str:
+        """The sandbox's second MLflow server, which requires basic auth."""
+        return f"http://127.0.0.1:{self.ports['mlflow-auth']}"
+
+    @property
+    def auth_admin_password(self) -> str:
+        return (self.state / "mlflow-auth" / "admin-password").read_text().strip()
+
+    @property
     def bin(self) -> Path:
         return self.state / "bin"
 

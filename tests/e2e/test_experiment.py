@@ -4,6 +4,7 @@ update, rename, drift, deletion, outages, credentials and admission-time validat
 from __future__ import annotations
 
 import json
+import os
 import socket
 import uuid
 
@@ -309,3 +310,45 @@ def test_the_drift_check_leaves_a_healthy_experiment_alone(experiments, core, na
     experiments.create("calm", {"tags": {"a": "b"}})
     experiments.wait_ready("calm")
     assert stays(lambda: "DriftCorrected" not in event_reasons(core, namespace, "calm"), duration=12, interval=1)
+
+
+# --------------------------------------------------------------------------- a server that checks credentials
+
+
+def basic_auth_secret(core, namespace: str, name: str, username: str, password: str) -> None:
+    core.create_namespaced_secret(namespace, client.V1Secret(
+        metadata=client.V1ObjectMeta(name=name), string_data={"username": username, "password": password}))
+
+
+def test_credentials_from_the_secret_authenticate_to_a_server_that_checks_them(experiments, core, namespace,
+                                                                                sandbox):
+    from mlflow import MlflowClient
+
+    basic_auth_secret(core, namespace, "admin-creds", "admin", sandbox.auth_admin_password)
+    experiments.create("authed", {"tracking": {"uri": sandbox.auth_tracking_uri,
+                                               "secretRef": {"name": "admin-creds"}}})
+    status = experiments.wait_ready("authed")["status"]
+    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = "admin", sandbox.auth_admin_password
+    try:
+        experiment = MlflowClient(sandbox.auth_tracking_uri).get_experiment(status["experimentId"])
+    finally:
+        del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
+    assert experiment.name == f"{namespace}/authed"
+    assert status["url"].startswith(sandbox.auth_tracking_uri)
+
+
+def test_refused_credentials_are_tracking_unauthorized_until_the_secret_is_fixed(experiments, core, namespace,
+                                                                               sandbox):
+    basic_auth_secret(core, namespace, "bad-creds", "admin", "not-the-password")
+    experiments.create("refused", {"tracking": {"uri": sandbox.auth_tracking_uri,
+                                                "secretRef": {"name": "bad-creds"}}})
+    experiments.wait_reason("refused", "TrackingUnauthorized")
+    assert experiments.condition("refused", "Stalled")["status"] == "True"
+    core.patch_namespaced_secret("bad-creds", namespace, {"stringData": {"password": sandbox.auth_admin_password}})
+    experiments.wait_ready("refused", timeout=DRIFT_WAIT)
+
+
+def test_a_server_without_credentials_refuses_the_operators_defaults(experiments, sandbox):
+    """An object that names another server never gets the operator's own credentials."""
+    experiments.create("anonymous", {"tracking": {"uri": sandbox.auth_tracking_uri}})
+    experiments.wait_reason("anonymous", "TrackingUnauthorized")

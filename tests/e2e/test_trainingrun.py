@@ -441,3 +441,18 @@ def test_kubectl_get_shows_phase_run_id_experiment_and_metric(runs, ready_experi
     assert out[0].split() == ["NAME", "PHASE", "RUN", "ID", "EXPERIMENT", "METRIC", "AGE"]
     row = out[1].split()
     assert row[:5] == ["cols", "Succeeded", run_id, f"{namespace}/exp", "acc=0.875"]
+
+
+def test_a_job_authenticates_with_the_secret_it_references(runs, namespace, core, sandbox):
+    """Against the sandbox's basic-auth server: the operator logs in with the Secret, and the
+    training code, given only secretKeyRefs, logs in with the same Secret's values."""
+    core.create_namespaced_secret(namespace, client.V1Secret(
+        metadata=client.V1ObjectMeta(name="admin-creds"),
+        string_data={"username": "admin", "password": sandbox.auth_admin_password}))
+    runs.create("authed", {"experimentName": unique("authed"),
+                           "tracking": {"uri": sandbox.auth_tracking_uri, "secretRef": {"name": "admin-creds"}},
+                           "template": template()})
+    run_id = wait_phase(runs, "authed", "Running")["status"]["runId"]
+    assert play(namespace, "authed", TRAINER + ["--metric", "acc=0.75"]) == 0
+    status = wait_phase(runs, "authed", "Succeeded")["status"]
+    assert status["runId"] == run_id and status["metrics"] == {"acc": 0.75}
