@@ -328,3 +328,16 @@ def test_two_peered_replicas_work_one_at_a_time(sandbox, namespace, custom, tmp_
                 process.wait(timeout=30)
         restarted = sandbox.sandbox("up")
         assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+
+
+def test_the_service_monitor_selects_the_metrics_service(sandbox):
+    """The ServiceMonitor kind is the Prometheus Operator's and not installed in the sandbox,
+    so this checks the rendering only: its selector matches the metrics Service."""
+    documents = [d for d in yaml.safe_load_all(render(sandbox, "mon", "ml", "metrics.serviceMonitor.enabled=true",
+                                                      "metrics.serviceMonitor.labels.release=prometheus")) if d]
+    monitor = next(d for d in documents if d["kind"] == "ServiceMonitor")
+    service = next(d for d in documents if d["kind"] == "Service" and d["metadata"]["name"].endswith("-metrics"))
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"] == "metrics"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
