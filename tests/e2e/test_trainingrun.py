@@ -456,3 +456,47 @@ def test_a_job_authenticates_with_the_secret_it_references(runs, namespace, core
     assert play(namespace, "authed", TRAINER + ["--metric", "acc=0.75"]) == 0
     status = wait_phase(runs, "authed", "Succeeded")["status"]
     assert status["runId"] == run_id and status["metrics"] == {"acc": 0.75}
+
+
+def test_a_registration_that_failed_is_retried_even_after_the_job_is_gone(runs, ready_experiment, namespace,
+                                                                          mlflow_client, batch):
+    """ModelNotFound first; then the model appears in the run and the finished Job has been
+    removed (as ttlSecondsAfterFinished would): the next check registers it."""
+    name = unique("late")
+    runs.create("late", spec(registerModel={"name": name}))
+    assert play(namespace, "late", TRAINER) == 0
+    runs.wait_reason("late", "ModelNotFound")
+    run_id = runs.get("late")["status"]["runId"]
+    batch.delete_namespaced_job("late", namespace, propagation_policy="Background")
+    import mlflow
+    import mlflow.pyfunc
+
+    from trainers.log_model import Doubler
+
+    mlflow.set_tracking_uri(mlflow_client.tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pyfunc.log_model(name="model", python_model=Doubler())
+    mlflow_client.set_terminated(run_id, "FINISHED")
+    # Nothing else happens to the object: the operator's timer tries the registration again.
+    status = runs.wait_ready("late", timeout=60)["status"]
+    assert status["modelVersion"]["name"] == name
+    assert mlflow_client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_an_mlflow_outage_when_the_job_ends_is_retried_until_the_run_is_closed(runs, ready_experiment, namespace,
+                                                                               core, sandbox, mlflow_client):
+    runs.create("outage", spec())
+    run_id = wait_phase(runs, "outage", "Running")["status"]["runId"]
+    stopped = sandbox.sandbox("stop", "mlflow")
+    assert stopped.returncode == 0, stopped.stderr
+    try:
+        pod = core.list_namespaced_pod(namespace, label_selector="job-name=outage").items[0]
+        core.patch_namespaced_pod(pod.metadata.name, namespace,
+                                  {"metadata": {"annotations": {"sandbox.mlflow.operator.dev/finish": "failed"}}})
+        runs.wait_reason("outage", "TrackingUnavailable", timeout=60)
+    finally:
+        restarted = sandbox.sandbox("up")
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    status = wait_phase(runs, "outage", "Failed", timeout=60)["status"]
+    assert status["runStatus"] == "FAILED"
+    assert mlflow_client.get_run(run_id).info.status == "FAILED"

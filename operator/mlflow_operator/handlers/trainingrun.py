@@ -22,7 +22,13 @@ from mlflow_operator.handlers.common import (
     services_of,
 )
 from mlflow_operator.logic.conditions import ReconcileProblem
-from mlflow_operator.reconcilers.trainingrun import TrainingRunResult, kill_training_run, reconcile_training_run
+from mlflow_operator.reconcilers.trainingrun import (
+    TrainingRunResult,
+    is_closed,
+    kill_training_run,
+    parse_spec,
+    reconcile_training_run,
+)
 from mlflow_operator.tracking import TrackingError
 
 DELETE_TIMEOUT_SECONDS = 300  # a run still going is closed quickly or not at all
@@ -38,8 +44,10 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         await _reconcile(body, memo, logger, retry=retry)
 
     @kopf.timer(id="refresh", interval=config.drift_interval, initial_delay=config.drift_interval,
-                field="status.phase", value="Running", **resource)
+                when=not_closed, **resource)
     async def training_run_refresh(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+        """Live metrics while Running, and another try at whatever is left after the Job's
+        last event (closing the run or registering the model after an MLflow outage)."""
         if drift_check_due(body, memo):
             await _reconcile(body, memo, logger, retry=None, refresh_metrics=True)
 
@@ -74,6 +82,13 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             post_events(fresh, [event])
             logger.info(event[2])
         forget_object(memo, metadata["uid"])
+
+
+def not_closed(body: kopf.Body, **_: Any) -> bool:
+    try:
+        return not is_closed(parse_spec(body.get("spec")), dict(body.get("status") or {}))
+    except ReconcileProblem:
+        return False  # an invalid spec waits for a change, not for the timer
 
 
 async def _reconcile(body: Any, memo: kopf.Memo, logger: Any, retry: int | None,

@@ -94,6 +94,14 @@ async def reconcile_training_run(
         return TrainingRunResult(outcome_of_closed(status))
     ctx = Context(services, identity, spec, status)
 
+    if status.get("phase") == "Succeeded" and status.get("runStatus") == "FINISHED" and status.get("runId"):
+        # Only the registration is left (it failed before); the Job may be gone (ttl) by now.
+        events: list[Event] = []
+        version = await _register(ctx, await _resolve(ctx), status["runId"], events)
+        message = f"MLflow run {status['runId']} FINISHED; registered {version['uri']}"
+        events.append(("Normal", "Succeeded", message))
+        return TrainingRunResult(ready(message, "Succeeded"), {"modelVersion": version}, events)
+
     if status.get("runId") and status.get("jobUid"):
         job = await services.kube.get_job(identity.namespace, identity.name)
         if job is not None and job.metadata.uid == status["jobUid"]:
@@ -103,7 +111,7 @@ async def reconcile_training_run(
             return await _close(ctx, await _resolve(ctx), state)
 
     resolved = await _resolve(ctx)
-    events: list[Event] = []
+    events = []
     run = await _ensure_run(ctx, resolved, events)
     job = await _ensure_job(ctx, resolved, run, events)
     if job is None:  # deleted by someone after it was created
