@@ -5,15 +5,33 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("SANDBOX_DIR", ROOT / ".sandbox")).resolve()
 
 
+def settle(kubectl: list[str], timeout: float = 45) -> None:
+    """Give the example a moment: the run closes and registers its model, and the
+    RegisteredModel sees version 1 at its next drift check."""
+    deadline = time.monotonic() + timeout
+    print("Waiting for the example TrainingRun to finish and the RegisteredModel to see its version...")
+    while time.monotonic() < deadline:
+        phase = subprocess.run([*kubectl, "get", "trainingrun", "churn-rf-1", "-n", "default", "-o",
+                                "jsonpath={.status.phase}"], capture_output=True, text=True).stdout
+        ready = subprocess.run([*kubectl, "get", "registeredmodel", "churn-model", "-n", "default", "-o",
+                                "jsonpath={.status.conditions[?(@.type=='Ready')].status}"],
+                               capture_output=True, text=True).stdout
+        if phase in ("Succeeded", "Failed") and ready == "True":
+            return
+        time.sleep(1)
+
+
 def main() -> None:
     ports = json.loads((STATE / "ports.json").read_text())
     kubectl = [str(STATE / "bin" / "kubectl"), f"--kubeconfig={STATE / 'kubeconfig'}", f"--cache-dir={STATE / 'kube-cache'}"]
+    settle(kubectl)
     listing = subprocess.run([*kubectl, "get", "mlflow", "-A"], capture_output=True, text=True)
     print()
     print("The sandbox is up: a Kubernetes control plane with kwok nodes, MLflow and the operator.")
