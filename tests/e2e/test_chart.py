@@ -50,6 +50,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def token_kubeconfig(sandbox, service_account: str, namespace: str, path: Path) -> Path:
+    """A kubeconfig that authenticates as the ServiceAccount with a TokenRequest token."""
+    token = sandbox.kubectl("create", "token", service_account, "-n", namespace, "--duration=1h").stdout.strip()
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "s", "cluster": {"server": f"https://127.0.0.1:{sandbox.ports['kube-apiserver']}",
+                                               "certificate-authority": str(sandbox.state / "pki" / "ca.crt")}}],
+        "users": [{"name": "op", "user": {"token": token}}],
+        "contexts": [{"name": "s", "context": {"cluster": "s", "user": "op"}}],
+        "current-context": "s",
+    }))
+    return path
+
+
 def test_the_chart_lints_strictly(sandbox):
     helm(sandbox, "lint", "--strict", str(CHART))
     helm(sandbox, "lint", "--strict", str(CHART), "--set", "watch.scope=namespaces",
@@ -175,16 +189,7 @@ def test_namespaced_rbac_runs_a_training_run_lifecycle(sandbox, namespace, custo
     rbac = [d for d in yaml.safe_load_all(manifest) if d and d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
     sandbox.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(rbac))
     service_account = next(d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount")
-    token = sandbox.kubectl("create", "token", service_account, "-n", namespace, "--duration=1h").stdout.strip()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "s", "cluster": {"server": f"https://127.0.0.1:{sandbox.ports['kube-apiserver']}",
-                                               "certificate-authority": str(sandbox.state / "pki" / "ca.crt")}}],
-        "users": [{"name": "op", "user": {"token": token}}],
-        "contexts": [{"name": "s", "context": {"cluster": "s", "user": "op"}}],
-        "current-context": "s",
-    }))
+    kubeconfig = token_kubeconfig(sandbox, service_account, namespace, tmp_path / "kubeconfig")
     health = free_port()
     log_path = tmp_path / "operator.log"
     stopped = sandbox.sandbox("stop", "operator")
@@ -277,16 +282,7 @@ def test_two_peered_replicas_work_one_at_a_time(sandbox, namespace, custom, tmp_
     sandbox.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(keep))
     peering = next(d["metadata"]["name"] for d in keep if d["kind"] == "KopfPeering")
     service_account = next(d["metadata"]["name"] for d in keep if d["kind"] == "ServiceAccount")
-    token = sandbox.kubectl("create", "token", service_account, "-n", namespace, "--duration=1h").stdout.strip()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "s", "cluster": {"server": f"https://127.0.0.1:{sandbox.ports['kube-apiserver']}",
-                                               "certificate-authority": str(sandbox.state / "pki" / "ca.crt")}}],
-        "users": [{"name": "op", "user": {"token": token}}],
-        "contexts": [{"name": "s", "context": {"cluster": "s", "user": "op"}}],
-        "current-context": "s",
-    }))
+    kubeconfig = token_kubeconfig(sandbox, service_account, namespace, tmp_path / "kubeconfig")
 
     def start(name: str, priority: int) -> tuple[subprocess.Popen, Path, int]:
         health, log_path = free_port(), tmp_path / f"{name}.log"
