@@ -55,6 +55,25 @@ def _env(name: str, default: str | None = None) -> str | None:
     return value if value not in (None, "") else default
 
 
+def _number(kind: type, minimum: float, maximum: float | None = None):
+    """An argparse type: a number in range, with a message that says which range."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+            raise argparse.ArgumentTypeError(f"{text} must be {bound}")
+        return value
+
+    return parse
+
+
+_POSITIVE_SECONDS = _number(float, 0.001)
+_PORT = _number(int, 0, 65535)
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument(
@@ -79,27 +98,27 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="base URL of the MLflow UI for status links (default: the tracking URI)",
     )
     parser.add_argument(
-        "--drift-interval", type=float, default=float(_env("DRIFT_INTERVAL", "60")),
+        "--drift-interval", type=_POSITIVE_SECONDS, default=_env("DRIFT_INTERVAL", "60"),
         help="seconds between drift checks against MLflow (default 60)",
     )
     parser.add_argument(
-        "--mlflow-timeout", type=float, default=float(_env("MLFLOW_TIMEOUT", "10")),
+        "--mlflow-timeout", type=_number(float, 1), default=_env("MLFLOW_TIMEOUT", "10"),
         help="seconds before one MLflow request times out (default 10)",
     )
     parser.add_argument(
-        "--mlflow-max-retries", type=int, default=int(_env("MLFLOW_MAX_RETRIES", "2")),
+        "--mlflow-max-retries", type=_number(int, 0, 10), default=_env("MLFLOW_MAX_RETRIES", "2"),
         help="retries of one MLflow request on connection errors and 5xx (default 2)",
     )
     parser.add_argument(
-        "--mlflow-concurrency", type=int, default=int(_env("MLFLOW_CONCURRENCY", "8")),
+        "--mlflow-concurrency", type=_number(int, 1, 64), default=_env("MLFLOW_CONCURRENCY", "8"),
         help="MLflow requests in flight at once (default 8)",
     )
     parser.add_argument(
-        "--health-port", type=int, default=int(_env("HEALTH_PORT", "8081")),
+        "--health-port", type=_number(int, 1, 65535), default=_env("HEALTH_PORT", "8081"),
         help="port of the /healthz liveness and readiness endpoint (default 8081)",
     )
     parser.add_argument(
-        "--metrics-port", type=int, default=int(_env("METRICS_PORT", "8080")),
+        "--metrics-port", type=_PORT, default=_env("METRICS_PORT", "8080"),
         help="port of the Prometheus /metrics endpoint (default 8080; 0 disables it)",
     )
     parser.add_argument(
@@ -127,10 +146,12 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
     namespaces: list[str] = list(args.namespaces or [])
     if not namespaces and not args.all_namespaces:
         namespaces = [n.strip() for n in (environ.get("MLFLOW_OPERATOR_NAMESPACES") or "").split(",") if n.strip()]
-    if args.drift_interval <= 0:
-        raise SystemExit("--drift-interval must be positive")
-    if args.tracking_uri and not args.tracking_uri.startswith(("http://", "https://")):
-        raise SystemExit("--tracking-uri must be an http:// or https:// URL of an MLflow server")
+    from mlflow_operator.tracking import uri_problem  # tracking imports this module
+
+    for flag, uri in (("--tracking-uri", args.tracking_uri), ("--ui-url", args.ui_url)):
+        problem = uri and uri_problem(uri)
+        if problem:
+            raise SystemExit(f"{flag}: {problem}")
     return OperatorConfig(
         namespaces=tuple(namespaces),
         all_namespaces=not namespaces,

@@ -34,3 +34,22 @@ def test_default_credentials_come_from_the_standard_mlflow_variables():
 def test_a_non_http_tracking_uri_is_refused():
     with pytest.raises(SystemExit):
         parse(["--tracking-uri", "sqlite:///x.db"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--drift-interval", "0"], "--drift-interval: 0 must be at least"),
+    (["--drift-interval", "soon"], "'soon' is not a number"),
+    (["--mlflow-concurrency", "0"], "--mlflow-concurrency: 0 must be between 1 and 64"),
+    (["--health-port", "70000"], "must be between 1 and 65535"),
+    (["--mlflow-max-retries", "-1"], "must be between 0 and 10"),
+])
+def test_out_of_range_flags_are_refused_with_the_range(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_credentials_in_the_tracking_uri_are_refused():
+    with pytest.raises(SystemExit) as raised:
+        parse(["--tracking-uri", "https://bob:pw@mlflow.example.com"])
+    assert "must not contain credentials" in str(raised.value) and "pw" not in str(raised.value)
