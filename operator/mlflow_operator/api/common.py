@@ -10,14 +10,12 @@ GROUP = "mlflow.operator.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KINDS = ("Experiment", "TrainingRun", "RegisteredModel")
-PLURALS = {"Experiment": "experiments", "TrainingRun": "trainingruns", "RegisteredModel": "registeredmodels"}
 
 # Tags on every MLflow entity the operator creates: which object owns it.
 TAG_NAMESPACE = "k8s.namespace"
 TAG_NAME = "k8s.name"
 TAG_UID = "k8s.uid"
 TAG_KIND = "k8s.kind"
-OWNERSHIP_TAGS = (TAG_NAMESPACE, TAG_NAME, TAG_UID, TAG_KIND)
 
 # MLflow's own tag for an entity's description ("note").
 NOTE_TAG = "mlflow.note.content"

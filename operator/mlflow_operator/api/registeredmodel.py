@@ -10,7 +10,6 @@ from mlflow_operator.api.common import Model, TrackingSpec
 
 PLURAL = "registeredmodels"
 KIND = "RegisteredModel"
-STAGES = ("None", "Staging", "Production", "Archived")
 
 
 def _version_text(value: Any) -> str:

@@ -244,9 +244,6 @@ class MlflowGateway:
     async def set_run_tag(self, target: TrackingTarget, run_id: str, key: str, value: str) -> None:
         await self._call(target, "set_tag", lambda s: s.tracking.set_tag(run_id, RunTag(key, value)))
 
-    async def delete_run_tag(self, target: TrackingTarget, run_id: str, key: str) -> None:
-        await self._call(target, "delete_tag", lambda s: s.tracking.delete_tag(run_id, key))
-
     async def set_run_status(
         self, target: TrackingTarget, run_id: str, status: str, end_time_ms: int | None, run_name: str | None = None
     ) -> None:
@@ -347,13 +344,6 @@ class MlflowGateway:
                 break
         infos = [_model_version(v) for v in versions if v.name == name]
         return sorted(infos, key=lambda v: int(v.version))
-
-    async def get_model_version(self, target: TrackingTarget, name: str, version: str) -> ModelVersionInfo | None:
-        try:
-            mv = await self._call(target, "get_model_version", lambda s: s.registry.get_model_version(name, version))
-        except NotFound:
-            return None
-        return _model_version(mv)
 
     async def create_model_version(
         self, target: TrackingTarget, name: str, source: str, run_id: str | None, model_id: str | None,

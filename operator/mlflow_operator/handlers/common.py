@@ -126,6 +126,8 @@ async def reconcile_and_report(
         fresh = await services.kube.get_object(plural, namespace, name)
         if fresh is None or fresh["metadata"]["uid"] != metadata["uid"]:
             return None
+        if fresh["metadata"].get("deletionTimestamp"):
+            return None  # the delete handler owns it now
         started = time.perf_counter()
         status_before = dict(fresh.get("status") or {})
         events: list[Event] = []
@@ -148,7 +150,7 @@ async def reconcile_and_report(
         status_update = replace_maps(status_before, status_update)
         await services.kube.patch_status(plural, namespace, name, status_update)
         if not outcome.is_ready and changed_reason(status_before.get("conditions"), conditions):
-            kind_of_event = "Normal" if outcome.reason in _NORMAL_PROGRESS else "Warning"
+            kind_of_event = "Normal" if outcome.expected else "Warning"
             events.append((kind_of_event, outcome.reason, outcome.message))
         post_events(fresh, events)
 
@@ -158,17 +160,10 @@ async def reconcile_and_report(
         else:
             RECONCILES.labels(kind=kind, outcome=outcome.state).inc()
             logger.warning("%s: %s", outcome.reason, outcome.message)
-    if outcome.state == "progressing" and retry is not None and outcome.reason not in _RETRIED_ELSEWHERE:
+    if outcome.state == "progressing" and retry is not None and not outcome.awaited:
         raise kopf.TemporaryError(f"{outcome.reason}: {outcome.message}",
                                   delay=retry_delay(retry, services.config.drift_interval))
     return outcome
-
-
-# Progress that is expected, not a problem: posted as Normal events.
-_NORMAL_PROGRESS = frozenset({"JobPending", "Running"})
-# Waits that a watch (a Job's events) or the drift timer (a version appearing) ends:
-# kopf need not retry the change handler for these.
-_RETRIED_ELSEWHERE = frozenset({"JobPending", "Running", "VersionNotFound"})
 
 
 DELETE_TIMEOUT_SECONDS = 600
@@ -210,16 +205,35 @@ def register_synced_kind(
 
     @kopf.on.delete(id="delete", timeout=DELETE_TIMEOUT_SECONDS, **resource)
     async def deleted(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
-        services = services_of(memo)
+        await delete_and_report(plural=plural, body=body, memo=memo, logger=logger, retry=retry,
+                                delete=delete, what="deletionPolicy Delete")
+
+
+async def delete_and_report(
+    *,
+    plural: str,
+    body: Any,
+    memo: Any,
+    logger: logging.Logger | logging.LoggerAdapter,
+    retry: int,
+    delete: Callable[[Services, dict[str, Any]], Awaitable[Event | None]],
+    what: str,
+) -> None:
+    """Run a kind's deletion step under the object's lock, on a fresh read. A failure is one
+    Warning Event, then kopf retries with backoff until the handler's timeout."""
+    services = services_of(memo)
+    metadata = body["metadata"]
+    async with object_lock(memo, metadata["uid"]):
+        fresh = await services.kube.get_object(plural, metadata["namespace"], metadata["name"]) or body
         try:
-            event = await delete(services, body)
+            event = await delete(services, fresh)
         except (ReconcileProblem, TrackingError, KubernetesError) as error:
             outcome = outcome_for_error(error)
             if retry == 0:
-                post_events(body, [("Warning", "DeleteFailed", outcome.message)])
-            raise kopf.TemporaryError(f"deletionPolicy Delete: {outcome.message}",
+                post_events(fresh, [("Warning", "DeleteFailed", outcome.message)])
+            raise kopf.TemporaryError(f"{what}: {outcome.message}",
                                       delay=retry_delay(retry, services.config.drift_interval)) from error
-        if event:
-            post_events(body, [event])
-            logger.info(event[2])
-        forget_object(memo, body["metadata"]["uid"])
+    if event:
+        post_events(fresh, [event])
+        logger.info(event[2])
+    forget_object(memo, metadata["uid"])

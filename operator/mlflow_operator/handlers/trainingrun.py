@@ -12,13 +12,10 @@ from mlflow_operator.api.trainingrun import KIND, LABEL_TRAINING_RUN, PLURAL
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.handlers.common import (
+    delete_and_report,
     drift_check_due,
-    forget_object,
-    object_lock,
     outcome_for_error,
-    post_events,
     reconcile_and_report,
-    retry_delay,
     services_of,
 )
 from mlflow_operator.logic.conditions import ReconcileProblem
@@ -57,31 +54,16 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
                       if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION), None)
         if owner is None:
             return
-        training_run = await services_of(memo).kube.get_object(PLURAL, body["metadata"]["namespace"], owner["name"])
-        if training_run is None or training_run["metadata"]["uid"] != owner["uid"]:
-            return
-        if training_run["metadata"].get("deletionTimestamp"):
-            return
-        await _reconcile(training_run, memo, logger, retry=None)
+        # Enough to find the owner: the reconcile reads it fresh (and skips it if it is gone,
+        # replaced, or being deleted).
+        owner_ref = {"metadata": {"namespace": body["metadata"]["namespace"], "name": owner["name"],
+                                  "uid": owner["uid"]}}
+        await _reconcile(owner_ref, memo, logger, retry=None)
 
     @kopf.on.delete(id="delete", timeout=DELETE_TIMEOUT_SECONDS, **resource)
     async def training_run_deleted(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
-        services = services_of(memo)
-        metadata = body["metadata"]
-        async with object_lock(memo, metadata["uid"]):
-            fresh = await services.kube.get_object(PLURAL, metadata["namespace"], metadata["name"]) or body
-            try:
-                event = await kill_training_run(services, fresh)
-            except (ReconcileProblem, TrackingError, KubernetesError) as error:
-                outcome = outcome_for_error(error)
-                if retry == 0:
-                    post_events(fresh, [("Warning", "DeleteFailed", outcome.message)])
-                raise kopf.TemporaryError(f"closing the run: {outcome.message}",
-                                          delay=retry_delay(retry, services.config.drift_interval)) from error
-        if event:
-            post_events(fresh, [event])
-            logger.info(event[2])
-        forget_object(memo, metadata["uid"])
+        await delete_and_report(plural=PLURAL, body=body, memo=memo, logger=logger, retry=retry,
+                                delete=kill_training_run, what="closing the run")
 
 
 def not_closed(body: kopf.Body, **_: Any) -> bool:

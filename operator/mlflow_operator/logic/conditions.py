@@ -30,6 +30,10 @@ class Outcome:
     message: str
     # Further condition types to set, e.g. {"VersionNotFound": ("True", reason, message)}.
     extra: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    # Progress that something else continues (a watch, the drift timer): kopf need not retry.
+    awaited: bool = False
+    # Progress that is expected rather than a problem: its Event is Normal, not Warning.
+    expected: bool = False
 
     @property
     def is_ready(self) -> bool:
@@ -40,8 +44,9 @@ def ready(message: str, reason: str = "Reconciled", **extra: tuple[str, str, str
     return Outcome("ready", reason, message, dict(extra))
 
 
-def progressing(reason: str, message: str, **extra: tuple[str, str, str]) -> Outcome:
-    return Outcome("progressing", reason, message, dict(extra))
+def progressing(reason: str, message: str, *, awaited: bool = False, expected: bool = False,
+                **extra: tuple[str, str, str]) -> Outcome:
+    return Outcome("progressing", reason, message, dict(extra), awaited=awaited, expected=expected)
 
 
 def stalled(reason: str, message: str, **extra: tuple[str, str, str]) -> Outcome:

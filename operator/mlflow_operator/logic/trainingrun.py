@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from mlflow_operator.api.common import API_VERSION, NOTE_TAG, ObjectIdentity
@@ -240,12 +240,3 @@ def rfc3339(moment: dt.datetime | None) -> str | None:
     if moment is None:
         return None
     return moment.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-@dataclass
-class Closing:
-    """What closing a finished run produced, for status."""
-
-    run_status: str
-    metrics: dict[str, float] = field(default_factory=dict)
-    model_version: dict[str, str] | None = None

@@ -93,7 +93,8 @@ async def reconcile_registered_model(
     if plan.missing:
         message = plan.describe_missing()
         extra[VERSION_NOT_FOUND] = ("True", VERSION_NOT_FOUND, message)
-        outcome = progressing(VERSION_NOT_FOUND, message, **extra)
+        # The drift timer looks for the version again.
+        outcome = progressing(VERSION_NOT_FOUND, message, awaited=True, **extra)
     elif DRIFTED in extra:
         outcome = ready(f"registered model {desired.name!r} observed; drift left in place (driftPolicy Observe)",
                         "DriftDetected", **extra)

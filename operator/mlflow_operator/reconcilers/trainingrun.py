@@ -309,7 +309,8 @@ async def _ensure_job(ctx: Context, resolved: Resolved, run: RunInfo, events: li
             else:
                 raise
     if job is None:
-        raise ReconcileProblem(progressing("JobPending", "the Job disappeared while it was being created"))
+        raise ReconcileProblem(progressing("JobPending", "the Job disappeared while it was being created",
+                                                awaited=True, expected=True))
     if identity.uid not in {ref.uid for ref in job.metadata.owner_references or []}:
         raise ReconcileProblem(stalled(
             "JobConflict", f"a Job named {identity.name!r} exists and is not owned by this TrainingRun"
@@ -335,10 +336,11 @@ async def _in_progress(ctx: Context, state: logic.JobState, refresh_metrics: boo
             update["primaryMetric"] = logic.primary_metric_text(run.metrics, ctx.spec.primary_metric)
     run_id = ctx.status.get("runId")
     if phase == "Running":
-        return TrainingRunResult(progressing("Running", f"MLflow run {run_id} is running in Job {ctx.identity.name}"),
-                                 update)
-    return TrainingRunResult(progressing("JobPending", f"Job {ctx.identity.name} is waiting for its pod to run"),
-                             update)
+        # The Job's events and the refresh timer carry it on from here.
+        return TrainingRunResult(progressing("Running", f"MLflow run {run_id} is running in Job {ctx.identity.name}",
+                                             awaited=True, expected=True), update)
+    return TrainingRunResult(progressing("JobPending", f"Job {ctx.identity.name} is waiting for its pod to run",
+                                         awaited=True, expected=True), update)
 
 
 # --------------------------------------------------------------------------- closing
