@@ -56,7 +56,11 @@ NODE_COUNT = int(os.environ.get("SANDBOX_NODES", "2"))
 PORT_NAMES = (
     "etcd-client", "etcd-peer", "kube-apiserver", "kube-controller-manager",
     "kube-scheduler", "kwok", "mlflow", "mlflow-auth", "operator-health", "operator-metrics",
+    # Allowlisted for tests that play a tracking server of their own (tests/e2e/test_tenancy.py).
+    "test-server", "test-server-2",
 )
+# Servers the sandbox's operator may call besides its default one.
+ALLOWED_SERVER_PORTS = ("mlflow-auth", "test-server", "test-server-2")
 # Components in start order; `down` stops them in reverse.
 ORDER = (
     "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
@@ -414,6 +418,7 @@ class Sandbox:
                     "run",
                     "--all-namespaces",
                     f"--tracking-uri={self.mlflow_url}",
+                    *(f"--allowed-tracking-server=http://127.0.0.1:{p[name]}" for name in ALLOWED_SERVER_PORTS),
                     f"--drift-interval={SANDBOX_DRIFT_INTERVAL_SECONDS}",
                     f"--health-port={p['operator-health']}",
                     f"--metrics-port={p['operator-metrics']}",

@@ -9,18 +9,7 @@ import argparse
 import os
 from dataclasses import dataclass, field
 
-
-@dataclass(frozen=True)
-class Credentials:
-    """How to authenticate to an MLflow server. `repr` never shows the secret parts."""
-
-    username: str | None = field(default=None)
-    password: str | None = field(default=None, repr=False)
-    token: str | None = field(default=None, repr=False)
-
-    @property
-    def empty(self) -> bool:
-        return not (self.username or self.password or self.token)
+from mlflow_operator.servers import Allowlist, Credentials, uri_problem
 
 
 @dataclass(frozen=True)
@@ -29,6 +18,9 @@ class OperatorConfig:
     all_namespaces: bool = True
     # Tracking server used by objects without `spec.tracking.uri`.
     default_tracking_uri: str | None = None
+    # Servers objects may name in spec.tracking.uri besides the default one; nothing is
+    # ever sent to any other server.
+    allowed_tracking_servers: tuple[str, ...] = ()
     # Credentials the operator itself uses for the default server (from its own environment).
     default_credentials: Credentials = Credentials()
     # Name of a Secret, looked up in each object's own namespace, that TrainingRun Jobs
@@ -48,6 +40,10 @@ class OperatorConfig:
     peering_priority: int | None = None
     log_format: str = "plain"
     verbose: bool = False
+    allowlist: Allowlist = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allowlist", Allowlist.of(self.default_tracking_uri, self.allowed_tracking_servers))
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -87,6 +83,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tracking-uri", default=_env("TRACKING_URI"),
         help="default MLflow tracking server (http/https); env MLFLOW_OPERATOR_TRACKING_URI",
+    )
+    parser.add_argument(
+        "--allowed-tracking-server", action="append", dest="allowed_tracking_servers", default=None,
+        metavar="URI",
+        help="an MLflow server objects may name in spec.tracking.uri (repeatable; scheme, host and port "
+        "are compared; the default server is always allowed); env MLFLOW_OPERATOR_ALLOWED_TRACKING_SERVERS "
+        "(comma-separated)",
     )
     parser.add_argument(
         "--tracking-secret-name", default=_env("TRACKING_SECRET_NAME"),
@@ -146,9 +149,13 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
     namespaces: list[str] = list(args.namespaces or [])
     if not namespaces and not args.all_namespaces:
         namespaces = [n.strip() for n in (environ.get("MLFLOW_OPERATOR_NAMESPACES") or "").split(",") if n.strip()]
-    from mlflow_operator.tracking import uri_problem  # tracking imports this module
-
-    for flag, uri in (("--tracking-uri", args.tracking_uri), ("--ui-url", args.ui_url)):
+    allowed: list[str] = list(args.allowed_tracking_servers or [])
+    if not allowed:
+        allowed = [u.strip() for u in (environ.get("MLFLOW_OPERATOR_ALLOWED_TRACKING_SERVERS") or "").split(",")
+                   if u.strip()]
+    checked = [("--tracking-uri", args.tracking_uri), ("--ui-url", args.ui_url)]
+    checked += [("--allowed-tracking-server", uri) for uri in allowed]
+    for flag, uri in checked:
         problem = uri and uri_problem(uri)
         if problem:
             raise SystemExit(f"{flag}: {problem}")
@@ -156,6 +163,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         namespaces=tuple(namespaces),
         all_namespaces=not namespaces,
         default_tracking_uri=(args.tracking_uri or None) and args.tracking_uri.rstrip("/"),
+        allowed_tracking_servers=tuple(uri.rstrip("/") for uri in allowed),
         default_credentials=Credentials(
             username=environ.get("MLFLOW_TRACKING_USERNAME") or None,
             password=environ.get("MLFLOW_TRACKING_PASSWORD") or None,

@@ -41,6 +41,9 @@ def configure_logging(config: OperatorConfig) -> None:
     # The HTTP libraries log request lines (with URLs) at DEBUG; keep them out even in -v.
     for noisy in ("urllib3", "kubernetes.client.rest", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The MLflow client logs parts of server replies (e.g. an unknown error code) as warnings;
+    # no reply of a server ever reaches the operator's log. The gateway reports every failure.
+    logging.getLogger("mlflow").setLevel(logging.CRITICAL)
 
 
 def build_settings(config: OperatorConfig) -> kopf.OperatorSettings:

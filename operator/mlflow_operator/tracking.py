@@ -7,9 +7,8 @@ exceptions into these errors, so the reconcile logic can be tested with plain va
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
-from mlflow_operator.config import Credentials
+from mlflow_operator.servers import Credentials
 
 
 @dataclass(frozen=True)
@@ -35,16 +34,6 @@ class TrackingTarget:
         return f"{self.ui}/#/models/{name}"
 
 
-def uri_problem(uri: str) -> str | None:
-    """Why a tracking URI cannot be used, or None when it can."""
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"tracking URI {uri!r} must be an http:// or https:// URL of an MLflow server"
-    if parts.username or parts.password:
-        return "tracking URI must not contain credentials: put them in a Secret and set spec.tracking.secretRef"
-    return None
-
-
 # --------------------------------------------------------------------------- errors
 
 
@@ -64,6 +53,13 @@ class TrackingUnauthorized(TrackingError):
     """The server refused the credentials (401/403)."""
 
     reason = "TrackingUnauthorized"
+
+
+class TrackingRejected(TrackingError):
+    """The server refused the request (another 4xx) or answered something that is not
+    MLflow's API: sending the same request again will not help."""
+
+    reason = "TrackingRejected"
 
 
 class NotFound(TrackingError):

@@ -53,3 +53,17 @@ def test_credentials_in_the_tracking_uri_are_refused():
     with pytest.raises(SystemExit) as raised:
         parse(["--tracking-uri", "https://bob:pw@mlflow.example.com"])
     assert "must not contain credentials" in str(raised.value) and "pw" not in str(raised.value)
+
+
+def test_allowed_tracking_servers_from_flags_or_environment():
+    config = parse(["--tracking-uri", "http://m:5000", "--allowed-tracking-server", "https://a.example.com/"])
+    assert config.allowed_tracking_servers == ("https://a.example.com",)
+    assert config.allowlist.allows("https://a.example.com/x") and config.allowlist.allows("http://m:5000")
+    config = parse([], {"MLFLOW_OPERATOR_ALLOWED_TRACKING_SERVERS": "https://a.example.com, http://b:80"})
+    assert config.allowlist.allows("http://b") and not config.allowlist.allows("http://c")
+
+
+def test_an_allowlist_entry_with_a_query_is_refused():
+    with pytest.raises(SystemExit) as raised:
+        parse(["--allowed-tracking-server", "http://a.example.com/?x=1"])
+    assert "--allowed-tracking-server" in str(raised.value)

@@ -43,8 +43,18 @@ def test_no_experiment_of_that_name_means_create():
     assert bind_by_name(None, "ml/churn", ME).kind == "create"
 
 
-def test_untagged_experiment_is_adopted():
-    assert bind_by_name(experiment(), "ml/churn", ME).kind == "adopt"
+def test_an_experiment_created_outside_the_operator_is_adopted_only_with_spec_adopt():
+    assert reason_of(lambda: bind_by_name(experiment(), "ml/churn", ME)) == "Conflict"
+    assert bind_by_name(experiment(), "ml/churn", ME, adopt=True).kind == "adopt"
+
+
+def test_an_experiment_this_namespace_owns_with_no_object_is_adopted():
+    assert bind_by_name(experiment(tags={"k8s.namespace": "ml"}), "ml/churn", ME).kind == "adopt"
+
+
+def test_another_namespaces_experiment_is_a_conflict_even_with_spec_adopt():
+    found = experiment(tags={"k8s.namespace": "other-team"})
+    assert reason_of(lambda: bind_by_name(found, "ml/churn", ME, adopt=True)) == "Conflict"
 
 
 def test_our_own_experiment_is_used_and_our_deleted_one_restored():
@@ -58,7 +68,7 @@ def test_experiment_owned_by_another_object_is_a_conflict():
 
 def test_untagged_deleted_experiment_blocks_the_name():
     found = experiment(stage="deleted")
-    assert reason_of(lambda: bind_by_name(found, "ml/churn", ME)) == "NameTakenByDeletedExperiment"
+    assert reason_of(lambda: bind_by_name(found, "ml/churn", ME, adopt=True)) == "NameTakenByDeletedExperiment"
 
 
 def test_known_experiment_deleted_by_hand_is_reported():

@@ -83,7 +83,11 @@ def test_undeclared_fields_are_left_alone():
 def test_binding_rules():
     assert bind(None, "churn", ME, known=False) == "create"
     assert bind(model(), "churn", ME, known=True) == "use"
-    assert bind(RegisteredModelInfo("churn", "", {}, {}), "churn", ME, known=False) == "adopt"
+    assert bind(RegisteredModelInfo("churn", "", {}, {}), "churn", ME, known=False, adopt=True) == "adopt"
+    assert bind(RegisteredModelInfo("churn", "", {"k8s.namespace": ME.namespace}, {}), "churn", ME,
+                known=False) == "adopt"
+    with pytest.raises(ReconcileProblem):
+        bind(RegisteredModelInfo("churn", "", {}, {}), "churn", ME, known=False)
     with pytest.raises(ReconcileProblem) as raised:
         bind(RegisteredModelInfo("churn", "", {"k8s.uid": "other"}, {}), "churn", ME, known=False)
     assert raised.value.outcome.reason == "Conflict"

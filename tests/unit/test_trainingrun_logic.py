@@ -4,14 +4,16 @@ import pytest
 
 from mlflow_operator.api.common import ObjectIdentity
 from mlflow_operator.api.trainingrun import TrainingRunSpec
-from mlflow_operator.config import Credentials
+from mlflow_operator.servers import Credentials
 from mlflow_operator.logic.conditions import ReconcileProblem
 from mlflow_operator.logic.trainingrun import (
+    JOB_FINALIZER,
     CredentialSource,
     JobState,
     build_job,
     canonical_run,
     final_run_status,
+    job_outcome,
     param_env,
     param_env_name,
     phase_of,
@@ -96,6 +98,30 @@ def test_job_phases():
 def test_the_run_status_comes_from_the_job_outcome():
     assert final_run_status("Succeeded") == "FINISHED"
     assert final_run_status("Failed") == "FAILED"
+    assert final_run_status("Failed", "JobDeleted") == "KILLED"
+
+
+def test_the_job_carries_the_finalizer_that_keeps_its_outcome():
+    job = build_job(spec(), ME, "r1", "7", "http://m", None)
+    assert job["metadata"]["finalizers"] == [JOB_FINALIZER]
+
+
+def test_a_finished_job_that_is_being_deleted_keeps_its_outcome():
+    ended = job_outcome(state(finished=("Complete", "", ""), deleting=True), "churn-1", [])
+    assert (ended.phase, ended.reason) == ("Succeeded", "Succeeded")
+    assert state(finished=("Complete", "", ""), deleting=True).ended
+
+
+def test_a_job_deleted_before_it_finished_cut_the_run_short():
+    ended = job_outcome(state(active=1, deleting=True), "churn-1", [])
+    assert (ended.phase, ended.reason) == ("Failed", "JobDeleted")
+    assert final_run_status(ended.phase, ended.reason) == "KILLED"
+
+
+def test_a_failed_job_names_the_failing_pod():
+    ended = job_outcome(state(finished=("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff")),
+                        "churn-1", ["pod churn-1-abc container train exited with code 3 (Error)"])
+    assert ended.reason == "BackoffLimitExceeded" and "exited with code 3" in ended.message
 
 
 def run(run_id: str, start: int, stage: str = "active") -> RunInfo:
@@ -107,6 +133,11 @@ def test_the_oldest_active_run_is_ours_and_the_rest_duplicates():
     assert ours.run_id == "a"
     assert [d.run_id for d in duplicates] == ["b"]
     assert canonical_run([run("c", 5, stage="deleted")]) == (None, [])
+
+
+def test_the_run_a_job_was_started_for_wins_over_an_older_one():
+    ours, duplicates = canonical_run([run("old", 1), run("in-job", 2)], in_job="in-job")
+    assert ours.run_id == "in-job" and [d.run_id for d in duplicates] == ["old"]
 
 
 def test_the_logged_model_is_picked_by_name_newest_first():

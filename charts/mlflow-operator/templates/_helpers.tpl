@@ -60,14 +60,16 @@ app.kubernetes.io/component: mlflow
 - apiGroups: [mlflow.operator.dev]
   resources: [trainingruns/finalizers]
   verbs: [update]
+# patch: to remove the operator's finalizer once a Job's outcome is recorded.
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, delete]
+  verbs: [get, list, watch, create, delete, patch]
 # Pods are listed only to report why a training Job failed.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
-# Credentials named by spec.tracking.secretRef, in the object's own namespace.
+# Credentials named by spec.tracking.secretRef, in the object's own namespace; only Secrets
+# labelled mlflow.operator.dev/credentials=true are used. No list or watch.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]

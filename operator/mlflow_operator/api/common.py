@@ -55,13 +55,3 @@ class ObjectIdentity(Model):
     @property
     def ref(self) -> str:
         return f"{self.kind} {self.namespace}/{self.name}"
-
-
-def owner_of(tags: dict[str, str]) -> str | None:
-    """The uid an MLflow entity is owned by, or None if it carries no ownership tag."""
-    return tags.get(TAG_UID) or None
-
-
-def describe_owner(tags: dict[str, str]) -> str:
-    kind = tags.get(TAG_KIND, "object")
-    return f"{kind} {tags.get(TAG_NAMESPACE, '?')}/{tags.get(TAG_NAME, '?')} (uid {tags.get(TAG_UID, '?')})"

@@ -18,6 +18,7 @@ class ExperimentSpec(Model):
     tags: dict[str, str] = Field(default_factory=dict)
     artifact_location: str | None = Field(default=None, alias="artifactLocation")
     deletion_policy: Literal["Retain", "Delete"] = Field(default="Retain", alias="deletionPolicy")
+    adopt: bool = False
     tracking: TrackingSpec | None = None
 
     @classmethod

@@ -41,6 +41,7 @@ class RegisteredModelSpec(Model):
     archive_existing_versions: bool = Field(default=False, alias="archiveExistingVersions")
     drift_policy: Literal["Enforce", "Observe"] = Field(default="Enforce", alias="driftPolicy")
     deletion_policy: Literal["Retain", "Delete"] = Field(default="Retain", alias="deletionPolicy")
+    adopt: bool = False
     tracking: TrackingSpec | None = None
 
     @field_validator("aliases", mode="before")

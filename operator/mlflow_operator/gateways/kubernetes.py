@@ -13,6 +13,7 @@ import base64
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, Callable, TypeVar
 
 from kubernetes import client, config
@@ -23,6 +24,15 @@ from mlflow_operator.metrics import KUBERNETES_REQUESTS
 
 T = TypeVar("T")
 REQUEST_TIMEOUT = 30
+# A Secret's owner consents to the operator using it by labelling it so.
+CREDENTIALS_LABEL = f"{GROUP}/credentials"
+
+
+@dataclass(frozen=True)
+class CredentialsSecret:
+    name: str
+    opted_in: bool
+    data: dict[str, str] = field(repr=False)
 
 
 class KubernetesError(Exception):
@@ -79,8 +89,9 @@ class KubernetesGateway:
 
     # ------------------------------------------------------------------ secrets
 
-    async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
-        """The Secret's decoded data, or None if it does not exist."""
+    async def read_credentials_secret(self, namespace: str, name: str) -> CredentialsSecret | None:
+        """The Secret, or None if it does not exist. Its values are decoded only when it carries
+        the opt-in label; otherwise the caller gets its name and labels and nothing else."""
         try:
             secret = await self._call(
                 "read_secret",
@@ -90,9 +101,11 @@ class KubernetesGateway:
             if error.status == 404:
                 return None
             raise
+        labels = dict(secret.metadata.labels or {})
+        if labels.get(CREDENTIALS_LABEL) != "true":
+            return CredentialsSecret(name=name, opted_in=False, data={})
         data = {k: base64.b64decode(v).decode("utf-8", errors="replace") for k, v in (secret.data or {}).items()}
-        data.update(secret.string_data or {})
-        return data
+        return CredentialsSecret(name=name, opted_in=True, data=data)
 
     # ------------------------------------------------------------------ custom resources
 
@@ -109,14 +122,31 @@ class KubernetesGateway:
                 return None
             raise
 
-    async def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Merge-patch the status subresource now (not at the end of the handler, as kopf does)."""
-        await self._call(
-            f"patch_{plural}_status",
-            lambda: self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, plural, name, {"status": status}, _request_timeout=REQUEST_TIMEOUT
+    async def list_objects(self, plural: str, namespace: str) -> list[dict[str, Any]]:
+        result = await self._call(
+            f"list_{plural}",
+            lambda: self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, _request_timeout=REQUEST_TIMEOUT
             ),
         )
+        return list(result.get("items") or [])
+
+    async def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any],
+                           resource_version: str | None = None) -> str:
+        """Merge-patch the status subresource now (not at the end of the handler, as kopf does).
+
+        With `resource_version`, the write applies only to that version of the object (409
+        otherwise), so a decision made on a stale read never lands. Returns the new version."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        result = await self._call(
+            f"patch_{plural}_status",
+            lambda: self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural, name, body, _request_timeout=REQUEST_TIMEOUT
+            ),
+        )
+        return str(result["metadata"]["resourceVersion"])
 
     # ------------------------------------------------------------------ jobs and pods
 
@@ -154,6 +184,30 @@ class KubernetesGateway:
             if error.status == 404:
                 return False
             raise
+
+    async def remove_job_finalizer(self, namespace: str, name: str, finalizer: str) -> None:
+        """Take `finalizer` off the Job (a no-op if it is gone or does not carry it). A JSON
+        patch that tests the list first, so another controller's finalizer is never lost."""
+        for _ in range(5):
+            job = await self.get_job(namespace, name)
+            finalizers = list((job.metadata.finalizers if job else None) or [])
+            if job is None or finalizer not in finalizers:
+                return
+            patch = [{"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+                     {"op": "replace", "path": "/metadata/finalizers",
+                      "value": [f for f in finalizers if f != finalizer]}]
+            try:
+                await self._call(
+                    "patch_job",
+                    lambda p=patch: self.batch.patch_namespaced_job(name, namespace, p, _request_timeout=REQUEST_TIMEOUT),
+                )
+                return
+            except KubernetesError as error:
+                if error.status == 404:
+                    return
+                if error.status not in (409, 422):  # 422: the test failed, the list changed
+                    raise
+        raise KubernetesError(409, "Conflict", f"Job {name} kept changing while its finalizer was removed")
 
     async def list_pods(self, namespace: str, label_selector: str) -> list[client.V1Pod]:
         result = await self._call(

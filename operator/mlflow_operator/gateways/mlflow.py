@@ -25,6 +25,7 @@ from mlflow.store.tracking.rest_store import RestStore as TrackingRestStore
 from mlflow.utils.rest_utils import MlflowHostCreds
 
 from mlflow_operator.metrics import MLFLOW_REQUESTS
+from mlflow_operator.servers import Origin, describe_origin, origin_of
 from mlflow_operator.tracking import (
     AlreadyExists,
     ExperimentInfo,
@@ -35,6 +36,7 @@ from mlflow_operator.tracking import (
     RegisteredModelInfo,
     RunInfo,
     TrackingError,
+    TrackingRejected,
     TrackingTarget,
     TrackingUnauthorized,
     TrackingUnavailable,
@@ -47,13 +49,15 @@ _NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "ENDPOINT_NOT_FOUND"}
 _ALREADY_EXISTS = {"RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"}
 _INVALID = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE", "MALFORMED_REQUEST", "RESOURCE_CONFLICT"}
 _UNAUTHORIZED = {"UNAUTHENTICATED", "PERMISSION_DENIED", "CUSTOMER_UNAUTHORIZED"}
-
+_RETRYABLE_STATUS = {408, 425, 429}
 
 _TRANSPORT_FAILURE = re.compile(r"API request to (?P<url>\S+) failed with (?:timeout )?exception (?P<cause>.*)", re.S)
+_STATUS_IN_MESSAGE = re.compile(r"failed with error code (?P<status>\d{3}) ")
 
 
 def _transport_summary(message: str) -> str | None:
-    """A short reason for a request that never got an answer, instead of urllib3's chain."""
+    """A short reason for a request that never got an answer, instead of urllib3's chain.
+    Only fixed phrases are kept from the cause: nothing the server sent is repeated."""
     match = _TRANSPORT_FAILURE.search(message)
     if not match:
         return None
@@ -68,30 +72,73 @@ def _transport_summary(message: str) -> str | None:
     if "too many 5" in cause or "ResponseError" in cause:
         return f"{server} kept answering with server errors (5xx)"
     if "SSL" in cause or "CERTIFICATE" in cause:
-        return f"TLS failed with {server}: {cause.splitlines()[0][:300]}"
-    return f"request to {server} failed: {cause.splitlines()[0][:300]}"
+        verify = " (certificate verify failed)" if "CERTIFICATE_VERIFY_FAILED" in cause else ""
+        return f"TLS failed with {server}{verify}"
+    if "RemoteDisconnected" in cause or "Connection aborted" in cause or "reset by peer" in cause:
+        return f"{server} closed the connection without an answer"
+    return f"request to {server} failed before an answer"
 
 
-def translate(error: Exception) -> TrackingError:
-    """Map an MLflow (or transport) exception to the operator's error types."""
+def _known_code(error: MlflowException) -> str:
+    """MLflow's error code name; only names from MLflow's own enum ever get here."""
+    code = str(error.error_code or "")
+    return code if code.replace("_", "").isalnum() and code.isupper() else "INTERNAL_ERROR"
+
+
+def translate(error: Exception, operation: str = "request", server: str = "the MLflow server") -> TrackingError:
+    """Map an MLflow (or transport) exception to the operator's error types.
+
+    The message names the operation, the HTTP status and MLflow's error code, and never
+    repeats what the server sent (its reply could be anything, e.g. another service's
+    credentials behind a redirect or a proxy)."""
     if isinstance(error, TrackingError):
         return error
-    if isinstance(error, MlflowException) and (summary := _transport_summary(str(error.message))):
+    if not isinstance(error, MlflowException):
+        return TrackingUnavailable(f"{operation} on {server} failed ({type(error).__name__})")
+    text = str(error.message) if hasattr(error, "message") else str(error)
+    summary = _transport_summary(text)
+    if summary:
         return TrackingUnavailable(summary)
-    if isinstance(error, MlflowException):
-        code = error.error_code or ""
-        status = error.get_http_status_code()
-        message = error.message if hasattr(error, "message") else str(error)
-        if code in _NOT_FOUND or status == 404:
-            return NotFound(message)
-        if code in _ALREADY_EXISTS:
-            return AlreadyExists(message)
-        if code in _UNAUTHORIZED or status in (401, 403):
-            return TrackingUnauthorized(message)
-        if code in _INVALID or status == 400:
-            return InvalidRequest(message)
-        return TrackingUnavailable(message)
-    return TrackingUnavailable(f"{type(error).__name__}: {error}")
+    code = _known_code(error)
+    status_match = _STATUS_IN_MESSAGE.search(text)
+    status = int(status_match.group("status")) if status_match else error.get_http_status_code()
+    if "successful but the response body was not" in text:
+        return TrackingRejected(f"{server} answered {operation} with HTTP 200 but not with MLflow's JSON; "
+                                "is the tracking URI an MLflow server?")
+    answered = f"{server} answered {operation} with HTTP {status} ({code})"
+    if code in _NOT_FOUND or status == 404:
+        return NotFound(f"{answered}, expected 200")
+    if code in _ALREADY_EXISTS:
+        return AlreadyExists(f"{answered}: it exists already")
+    if code in _UNAUTHORIZED or status in (401, 403):
+        return TrackingUnauthorized(f"{answered}: check the credentials Secret")
+    if code in _INVALID or status == 400:
+        return InvalidRequest(f"{answered}: the request was refused as invalid")
+    if status >= 500 or status in _RETRYABLE_STATUS:
+        return TrackingUnavailable(f"{answered}, expected 200")
+    return TrackingRejected(f"{answered}, expected 200")
+
+
+def filter_literal(value: str) -> str | None:
+    """`value` as a string literal in an MLflow filter, or None if it cannot be one.
+
+    MLflow's filter parser has no escapes: it strips one pair of quotes and keeps the rest
+    as it is. So a value is quoted with whichever quote it does not contain."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    return None
+
+
+def model_name_filter(name: str) -> str:
+    """A filter that finds every version of `name` (and perhaps more, to be filtered after)."""
+    literal = filter_literal(name)
+    if literal is not None:
+        return f"name = {literal}"
+    # Both quotes in the name: ask for the names that share its longest expressible prefix.
+    prefix = name[: min(name.index("'"), name.index('"'))]
+    return f"name LIKE '{prefix}%'"
 
 
 @dataclass
@@ -101,14 +148,28 @@ class _Stores:
 
 
 class MlflowGateway:
-    """Async facade over MLflow's REST stores, one pair of stores per tracking target."""
+    """Async facade over MLflow's REST stores, one pair of stores per tracking target.
+
+    Each server gets its own thread pool of `concurrency` threads: a server that stops
+    answering ties up only its own threads, never another tenant's. Servers are bounded by
+    the allowlist, so the pools are too."""
 
     def __init__(self, concurrency: int = 8) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="mlflow")
+        self._concurrency = concurrency
+        self._executors: dict[Origin, ThreadPoolExecutor] = {}
         self._stores: dict[TrackingTarget, _Stores] = {}
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        for executor in self._executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    def _executor_for(self, origin: Origin) -> ThreadPoolExecutor:
+        executor = self._executors.get(origin)
+        if executor is None:
+            executor = self._executors[origin] = ThreadPoolExecutor(
+                max_workers=self._concurrency, thread_name_prefix=f"mlflow-{origin[1]}:{origin[2]}"
+            )
+        return executor
 
     def _stores_for(self, target: TrackingTarget) -> _Stores:
         stores = self._stores.get(target)
@@ -129,16 +190,18 @@ class MlflowGateway:
 
     async def _call(self, target: TrackingTarget, operation: str, fn: Callable[[_Stores], T]) -> T:
         stores = self._stores_for(target)
+        origin = origin_of(target.uri)
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         outcome = "ok"
         try:
-            return await loop.run_in_executor(self._executor, fn, stores)
+            return await loop.run_in_executor(self._executor_for(origin), fn, stores)
         except Exception as error:  # noqa: BLE001 - translated and re-raised
-            translated = translate(error)
+            translated = translate(error, operation, describe_origin(origin))
             outcome = translated.reason
             if translated is not error:
-                raise translated from error
+                # Not chained: the original message may hold the server's reply.
+                raise translated from None
             raise
         finally:
             MLFLOW_REQUESTS.labels(operation=operation, outcome=outcome).observe(time.perf_counter() - started)
@@ -193,12 +256,14 @@ class MlflowGateway:
         self, target: TrackingTarget, experiment_id: str, key: str, value: str
     ) -> list[RunInfo]:
         """Every run (active or deleted) in the experiment whose tag `key` equals `value`, oldest first."""
-        escaped = value.replace("'", "\\'")
+        literal = filter_literal(value)
+        if literal is None:
+            raise TrackingRejected(f"tag value {value!r} cannot be searched for in MLflow (it has both quotes)")
         runs = await self._call(
             target, "search_runs",
             lambda s: s.tracking.search_runs(
                 experiment_ids=[experiment_id],
-                filter_string=f"tags.`{key}` = '{escaped}'",
+                filter_string=f"tags.`{key}` = {literal}",
                 run_view_type=ViewType.ALL,
                 max_results=100,
                 order_by=["attributes.start_time ASC"],
@@ -259,11 +324,11 @@ class MlflowGateway:
         self, target: TrackingTarget, experiment_id: str, run_id: str
     ) -> list[LoggedModelInfo]:
         """Models the run logged (MLflow 3 logged models live beside, not inside, the run)."""
-        escaped = run_id.replace("'", "\\'")
+        literal = filter_literal(run_id) or "''"
         models = await self._call(
             target, "search_logged_models",
             lambda s: s.tracking.search_logged_models(
-                experiment_ids=[experiment_id], filter_string=f"source_run_id = '{escaped}'", max_results=100,
+                experiment_ids=[experiment_id], filter_string=f"source_run_id = {literal}", max_results=100,
             ),
         )
         return [
@@ -328,14 +393,14 @@ class MlflowGateway:
 
     async def model_versions(self, target: TrackingTarget, name: str) -> list[ModelVersionInfo]:
         """Every version of the model, lowest number first (paging through all of them)."""
-        escaped = name.replace("'", "\\'")
+        name_filter = model_name_filter(name)
         versions: list[Any] = []
         token: str | None = None
         while True:
             page = await self._call(
                 target, "search_model_versions",
                 lambda s, t=token: s.registry.search_model_versions(
-                    filter_string=f"name = '{escaped}'", max_results=200_000, page_token=t
+                    filter_string=name_filter, max_results=200_000, page_token=t
                 ),
             )
             versions.extend(page)

@@ -10,6 +10,7 @@ a patch applied after the lock is released could overwrite what a later reconcil
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import time
 from typing import Any, Awaitable, Callable, Protocol
@@ -29,8 +30,8 @@ from mlflow_operator.logic.conditions import (
     stalled,
 )
 from mlflow_operator.metrics import RECONCILE_DURATION, RECONCILES
-from mlflow_operator.reconcilers.common import Services
-from mlflow_operator.tracking import TrackingError, TrackingUnauthorized
+from mlflow_operator.reconcilers.common import Services, StatusWriter
+from mlflow_operator.tracking import TrackingError, TrackingUnauthorized, TrackingUnavailable
 
 Event = tuple[str, str, str]
 
@@ -68,8 +69,11 @@ def outcome_for_error(error: Exception) -> Outcome:
         return error.outcome
     if isinstance(error, TrackingUnauthorized):
         return stalled(error.reason, f"the MLflow server refused the credentials: {error}")
-    if isinstance(error, TrackingError):
+    if isinstance(error, TrackingUnavailable):
         return progressing(error.reason, f"MLflow call failed, will retry: {error}")
+    if isinstance(error, TrackingError):
+        # The server understood and refused (4xx): the same request will not succeed later.
+        return stalled(error.reason, f"MLflow refused a request: {error}")
     if isinstance(error, KubernetesError):
         return progressing("KubernetesError", f"Kubernetes API call failed, will retry: {error}")
     raise error
@@ -101,6 +105,9 @@ def drift_check_due(body: Any, memo: Any) -> bool:
     return not object_lock(memo, body["metadata"]["uid"]).locked()
 
 
+STALE_READ_ATTEMPTS = 5
+
+
 async def reconcile_and_report(
     *,
     kind: str,
@@ -108,12 +115,14 @@ async def reconcile_and_report(
     body: Any,
     memo: Any,
     logger: logging.Logger | logging.LoggerAdapter,
-    work: Callable[[dict[str, Any]], Awaitable[Result]],
+    work: Callable[[dict[str, Any], StatusWriter], Awaitable[Result]],
     retry: int | None = None,
     managed_extra: tuple[str, ...] = (),
 ) -> Outcome | None:
     """Run `work` on a fresh copy of the object under its lock and write the outcome to status.
 
+    Every status write carries the resourceVersion of the read it was decided on; when the
+    object changed meanwhile (409), the reconcile starts again from a fresh read.
     With `retry` (a kopf change handler), problems that pass are retried by kopf with
     exponential backoff capped at the drift interval; without it (timer, watch of another
     resource) the next trigger retries. A repeated failure posts one Event, not one per attempt.
@@ -121,52 +130,75 @@ async def reconcile_and_report(
     """
     services = services_of(memo)
     metadata = body["metadata"]
-    namespace, name = metadata["namespace"], metadata["name"]
     async with object_lock(memo, metadata["uid"]):
-        fresh = await services.kube.get_object(plural, namespace, name)
-        if fresh is None or fresh["metadata"]["uid"] != metadata["uid"]:
+        for attempt in range(STALE_READ_ATTEMPTS):
+            try:
+                outcome = await _reconcile_once(kind, plural, metadata, services, logger, work, managed_extra)
+                break
+            except KubernetesError as error:
+                if error.status != 409 or attempt == STALE_READ_ATTEMPTS - 1:
+                    raise
+                logger.info("status changed while reconciling; reconciling again from a fresh read")
+        if outcome is None:
             return None
-        if fresh["metadata"].get("deletionTimestamp"):
-            return None  # the delete handler owns it now
-        started = time.perf_counter()
-        status_before = dict(fresh.get("status") or {})
-        events: list[Event] = []
-        status_update: dict[str, Any] = {}
-        try:
-            result = await work(fresh)
-            outcome, status_update, events = result.outcome, dict(result.status), list(result.events)
-        except (ReconcileProblem, TrackingError, KubernetesError) as error:
-            outcome = outcome_for_error(error)
-        except Exception:
-            RECONCILES.labels(kind=kind, outcome="error").inc()
-            raise
-        finally:
-            RECONCILE_DURATION.labels(kind=kind).observe(time.perf_counter() - started)
-
-        generation = fresh["metadata"].get("generation")
-        conditions = apply_outcome(status_before.get("conditions"), outcome, generation,
-                                   managed_extra=managed_extra)
-        status_update.update(conditions=conditions, observedGeneration=generation)
-        status_update = replace_maps(status_before, status_update)
-        await services.kube.patch_status(plural, namespace, name, status_update)
-        if not outcome.is_ready and changed_reason(status_before.get("conditions"), conditions):
-            kind_of_event = "Normal" if outcome.expected else "Warning"
-            events.append((kind_of_event, outcome.reason, outcome.message))
-        post_events(fresh, events)
-
-        if outcome.is_ready:
-            RECONCILES.labels(kind=kind, outcome="success").inc()
-            logger.info("%s: %s", outcome.reason, outcome.message)
-        else:
-            RECONCILES.labels(kind=kind, outcome=outcome.state).inc()
-            logger.warning("%s: %s", outcome.reason, outcome.message)
     if outcome.state == "progressing" and retry is not None and not outcome.awaited:
         raise kopf.TemporaryError(f"{outcome.reason}: {outcome.message}",
                                   delay=retry_delay(retry, services.config.drift_interval))
     return outcome
 
 
-DELETE_TIMEOUT_SECONDS = 600
+async def _reconcile_once(
+    kind: str, plural: str, metadata: Any, services: Services, logger: logging.Logger | logging.LoggerAdapter,
+    work: Callable[[dict[str, Any], StatusWriter], Awaitable[Result]], managed_extra: tuple[str, ...],
+) -> Outcome | None:
+    namespace, name = metadata["namespace"], metadata["name"]
+    fresh = await services.kube.get_object(plural, namespace, name)
+    if fresh is None or fresh["metadata"]["uid"] != metadata["uid"]:
+        return None
+    if fresh["metadata"].get("deletionTimestamp"):
+        return None  # the delete handler owns it now
+    writer = StatusWriter(services.kube, plural, namespace, name, fresh["metadata"].get("resourceVersion"))
+    started = time.perf_counter()
+    status_before = dict(fresh.get("status") or {})
+    events: list[Event] = []
+    status_update: dict[str, Any] = {}
+    try:
+        result = await work(fresh, writer)
+        outcome, status_update, events = result.outcome, dict(result.status), list(result.events)
+    except KubernetesError as error:
+        if error.status == 409:
+            raise  # decided on a stale read: start again
+        outcome = outcome_for_error(error)
+    except (ReconcileProblem, TrackingError) as error:
+        outcome = outcome_for_error(error)
+    except Exception:
+        RECONCILES.labels(kind=kind, outcome="error").inc()
+        raise
+    finally:
+        RECONCILE_DURATION.labels(kind=kind).observe(time.perf_counter() - started)
+
+    generation = fresh["metadata"].get("generation")
+    conditions = apply_outcome(status_before.get("conditions"), outcome, generation, managed_extra=managed_extra)
+    status_update.update(conditions=conditions, observedGeneration=generation)
+    await writer.write(replace_maps(status_before, status_update))
+    if not outcome.is_ready and changed_reason(status_before.get("conditions"), conditions):
+        kind_of_event = "Normal" if outcome.expected else "Warning"
+        events.append((kind_of_event, outcome.reason, outcome.message))
+    post_events(fresh, events)
+
+    if outcome.is_ready:
+        RECONCILES.labels(kind=kind, outcome="success").inc()
+        logger.info("%s: %s", outcome.reason, outcome.message)
+    else:
+        RECONCILES.labels(kind=kind, outcome=outcome.state).inc()
+        log = logger.info if outcome.expected else logger.warning
+        log("%s: %s", outcome.reason, outcome.message)
+    return outcome
+
+
+DELETE_TIMEOUT_SECONDS = 3600  # our own budget below lets go first
+# How long deleting an object keeps retrying MLflow through an outage before letting go.
+CLEANUP_BUDGET_SECONDS = 120
 
 
 def register_synced_kind(
@@ -186,7 +218,7 @@ def register_synced_kind(
     async def run(body: Any, memo: Any, logger: Any, retry: int | None) -> None:
         services = services_of(memo)
 
-        async def work(fresh: dict[str, Any]) -> Result:
+        async def work(fresh: dict[str, Any], _: StatusWriter) -> Result:
             return await reconcile(services, fresh, retry is None)
 
         await reconcile_and_report(kind=kind, plural=plural, body=body, memo=memo, logger=logger, work=work,
@@ -218,9 +250,15 @@ async def delete_and_report(
     retry: int,
     delete: Callable[[Services, dict[str, Any]], Awaitable[Event | None]],
     what: str,
+    budget_seconds: float = CLEANUP_BUDGET_SECONDS,
 ) -> None:
-    """Run a kind's deletion step under the object's lock, on a fresh read. A failure is one
-    Warning Event, then kopf retries with backoff until the handler's timeout."""
+    """Run a kind's deletion step under the object's lock, on a fresh read.
+
+    Waiting on something that will end (open runs) is retried quietly. A failure that
+    passes (an outage) is one Warning Event, then retried with backoff until `budget_seconds`
+    after the deletion began; a failure that will not pass (a refusal, a missing Secret), or
+    the budget spent, lets the object go with a Warning that says what was left in MLflow, so
+    that deleting an object or a whole namespace never hangs on MLflow."""
     services = services_of(memo)
     metadata = body["metadata"]
     async with object_lock(memo, metadata["uid"]):
@@ -229,11 +267,24 @@ async def delete_and_report(
             event = await delete(services, fresh)
         except (ReconcileProblem, TrackingError, KubernetesError) as error:
             outcome = outcome_for_error(error)
-            if retry == 0:
-                post_events(fresh, [("Warning", "DeleteFailed", outcome.message)])
-            raise kopf.TemporaryError(f"{what}: {outcome.message}",
-                                      delay=retry_delay(retry, services.config.drift_interval)) from error
+            spent = _seconds_since(fresh["metadata"].get("deletionTimestamp"))
+            if outcome.state == "progressing" and (outcome.expected or spent < budget_seconds):
+                if retry == 0:
+                    post_events(fresh, [("Normal" if outcome.expected else "Warning",
+                                         outcome.reason if outcome.expected else "DeleteFailed", outcome.message)])
+                raise kopf.TemporaryError(f"{what}: {outcome.message}",
+                                          delay=retry_delay(retry, services.config.drift_interval)) from None
+            message = f"{what} gave up, MLflow left as it is: {outcome.reason}: {outcome.message}"
+            logger.warning(message)
+            event = ("Warning", "CleanupAbandoned", message)
     if event:
         post_events(fresh, [event])
-        logger.info(event[2])
+        (logger.warning if event[0] == "Warning" else logger.info)(event[2])
     forget_object(memo, metadata["uid"])
+
+
+def _seconds_since(timestamp: str | None) -> float:
+    if not timestamp:
+        return 0.0
+    moment = dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    return (dt.datetime.now(dt.timezone.utc) - moment).total_seconds()

@@ -12,6 +12,7 @@ from mlflow_operator.api.trainingrun import KIND, LABEL_TRAINING_RUN, PLURAL
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.handlers.common import (
+    DELETE_TIMEOUT_SECONDS,
     delete_and_report,
     drift_check_due,
     outcome_for_error,
@@ -19,6 +20,8 @@ from mlflow_operator.handlers.common import (
     services_of,
 )
 from mlflow_operator.logic.conditions import ReconcileProblem
+from mlflow_operator.logic.trainingrun import JOB_FINALIZER
+from mlflow_operator.reconcilers.common import StatusWriter
 from mlflow_operator.reconcilers.trainingrun import (
     TrainingRunResult,
     is_closed,
@@ -28,7 +31,6 @@ from mlflow_operator.reconcilers.trainingrun import (
 )
 from mlflow_operator.tracking import TrackingError
 
-DELETE_TIMEOUT_SECONDS = 300  # a run still going is closed quickly or not at all
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
@@ -54,6 +56,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
                       if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION), None)
         if owner is None:
             return
+        if await _release_orphan(body, owner, memo):
+            return
         # Enough to find the owner: the reconcile reads it fresh (and skips it if it is gone,
         # replaced, or being deleted).
         owner_ref = {"metadata": {"namespace": body["metadata"]["namespace"], "name": owner["name"],
@@ -64,6 +68,24 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     async def training_run_deleted(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
         await delete_and_report(plural=PLURAL, body=body, memo=memo, logger=logger, retry=retry,
                                 delete=kill_training_run, what="closing the run")
+
+
+async def _release_orphan(job: Any, owner: dict[str, Any], memo: kopf.Memo) -> bool:
+    """A Job that ended while its TrainingRun is gone has no outcome to record: let it go.
+    (While the TrainingRun is being deleted, its delete handler lets the Job go.)"""
+    metadata = job["metadata"]
+    if JOB_FINALIZER not in (metadata.get("finalizers") or []):
+        return False
+    finished = any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                   for c in (job.get("status") or {}).get("conditions") or [])
+    if not (finished or metadata.get("deletionTimestamp")):
+        return False
+    kube = services_of(memo).kube
+    training_run = await kube.get_object(PLURAL, metadata["namespace"], owner["name"])
+    if training_run is not None and training_run["metadata"]["uid"] == owner["uid"]:
+        return False
+    await kube.remove_job_finalizer(metadata["namespace"], metadata["name"], JOB_FINALIZER)
+    return True
 
 
 def not_closed(body: kopf.Body, **_: Any) -> bool:
@@ -77,10 +99,12 @@ async def _reconcile(body: Any, memo: kopf.Memo, logger: Any, retry: int | None,
                      refresh_metrics: bool = False) -> None:
     services = services_of(memo)
 
-    async def work(fresh: dict[str, Any]) -> TrainingRunResult:
+    async def work(fresh: dict[str, Any], writer: StatusWriter) -> TrainingRunResult:
         try:
-            return await reconcile_training_run(services, fresh, refresh_metrics=refresh_metrics)
+            return await reconcile_training_run(services, fresh, writer, refresh_metrics=refresh_metrics)
         except (ReconcileProblem, TrackingError, KubernetesError) as error:
+            if isinstance(error, KubernetesError) and error.status == 409:
+                raise  # decided on a stale read: reconciled again from a fresh one
             # Not started yet: still Pending, with the reason in the conditions.
             pending = {} if (fresh.get("status") or {}).get("phase") else {"phase": "Pending"}
             return TrainingRunResult(outcome_for_error(error), pending)

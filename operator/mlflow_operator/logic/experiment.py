@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mlflow_operator.api.common import NOTE_TAG, ObjectIdentity, describe_owner, owner_of
+from mlflow_operator.api.common import NOTE_TAG, ObjectIdentity
 from mlflow_operator.api.experiment import ExperimentSpec, default_experiment_name
+from mlflow_operator.logic import ownership
 from mlflow_operator.logic.conditions import ReconcileProblem, stalled
+from mlflow_operator.logic.ownership import Relation
 from mlflow_operator.tracking import ExperimentInfo
 
 
@@ -66,29 +68,25 @@ def bind_known(experiment: ExperimentInfo | None, known_id: str, identity: Objec
             f"in MLflow (mlflow experiments restore --experiment-id {known_id}) or delete and re-create this "
             "object to create a new experiment",
         ))
-    owner = owner_of(experiment.tags)
-    if owner and owner != identity.uid:
+    if ownership.relation(experiment.tags, identity) in (Relation.OTHER_OBJECT, Relation.OTHER_NAMESPACE):
         raise ReconcileProblem(stalled(
             "Conflict",
-            f"MLflow experiment {known_id} is now tagged as owned by {describe_owner(experiment.tags)}",
+            f"MLflow experiment {known_id} is now tagged as owned by {ownership.describe_owner(experiment.tags)}",
         ))
+    # Ours, or its ownership tags were removed by hand: they are set again.
     return Binding("use", experiment)
 
 
-def bind_by_name(experiment: ExperimentInfo | None, name: str, identity: ObjectIdentity) -> Binding:
+def bind_by_name(experiment: ExperimentInfo | None, name: str, identity: ObjectIdentity,
+                 adopt: bool = False) -> Binding:
     """No experiment recorded yet: create one, or adopt/restore the one of that name if allowed."""
     if experiment is None:
         return Binding("create")
-    owner = owner_of(experiment.tags)
-    if owner == identity.uid:
+    what = f"MLflow experiment {name!r} (id {experiment.experiment_id})"
+    found = ownership.take_over(experiment.tags, identity, adopt, what)
+    if found is Relation.OURS:
         # Ours: created by an earlier reconcile whose status update was lost.
         return Binding("restore" if experiment.deleted else "use", experiment)
-    if owner:
-        raise ReconcileProblem(stalled(
-            "Conflict",
-            f"MLflow experiment {name!r} (id {experiment.experiment_id}) is owned by "
-            f"{describe_owner(experiment.tags)}; choose another spec.name",
-        ))
     if experiment.deleted:
         raise ReconcileProblem(stalled(
             "NameTakenByDeletedExperiment",

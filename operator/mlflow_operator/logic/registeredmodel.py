@@ -7,9 +7,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mlflow_operator.api.common import ObjectIdentity, describe_owner, owner_of
+from mlflow_operator.api.common import ObjectIdentity
 from mlflow_operator.api.registeredmodel import RegisteredModelSpec, default_model_name
+from mlflow_operator.logic import ownership
 from mlflow_operator.logic.conditions import ReconcileProblem, stalled
+from mlflow_operator.logic.ownership import Relation
 from mlflow_operator.tracking import ModelVersionInfo, RegisteredModelInfo
 
 # status.versions lists at most this many versions (the newest); versionCount has them all.
@@ -67,8 +69,10 @@ class Managed:
 BindKind = Literal["create", "use", "adopt"]
 
 
-def bind(model: RegisteredModelInfo | None, name: str, identity: ObjectIdentity, known: bool) -> BindKind:
-    """Create the model, use ours, or adopt an unowned one; never take another object's."""
+def bind(model: RegisteredModelInfo | None, name: str, identity: ObjectIdentity, known: bool,
+         adopt: bool = False) -> BindKind:
+    """Create the model, use ours, or adopt one this namespace owns (or an unowned one with
+    spec.adopt); never take another object's or another namespace's."""
     if model is None:
         if known:
             raise ReconcileProblem(stalled(
@@ -77,14 +81,10 @@ def bind(model: RegisteredModelInfo | None, name: str, identity: ObjectIdentity,
                 "delete and re-create this object to create it again",
             ))
         return "create"
-    owner = owner_of(model.tags)
-    if owner == identity.uid:
-        return "use"
-    if owner:
-        raise ReconcileProblem(stalled(
-            "Conflict", f"registered model {name!r} is owned by {describe_owner(model.tags)}; choose another spec.name"
-        ))
-    return "adopt"
+    if known and ownership.relation(model.tags, identity) in (Relation.NAMESPACE, Relation.UNOWNED):
+        return "use"  # ours before: its ownership tags were removed by hand and are set again
+    found = ownership.take_over(model.tags, identity, adopt, f"registered model {name!r}")
+    return "use" if found is Relation.OURS else "adopt"
 
 
 Action = Literal[

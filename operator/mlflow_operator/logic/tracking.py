@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlflow_operator.api.common import TrackingSpec
-from mlflow_operator.config import Credentials, OperatorConfig
+from mlflow_operator.config import OperatorConfig
 from mlflow_operator.logic.conditions import ReconcileProblem, progressing, stalled
-from mlflow_operator.tracking import uri_problem
+from mlflow_operator.servers import Credentials, uri_problem
+
+CREDENTIALS_LABEL = "mlflow.operator.dev/credentials"
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,13 @@ def choose_target(tracking: TrackingSpec | None, config: OperatorConfig) -> Targ
     problem = uri_problem(uri)
     if problem:
         raise ReconcileProblem(stalled("InvalidSpec", problem))
+    if not config.allowlist.allows(uri):
+        raise ReconcileProblem(stalled(
+            "TrackingServerNotAllowed",
+            f"tracking server {uri!r} is not in the operator's allowlist, so nothing is sent to it; "
+            "ask the operator's administrators to add it (Helm value tracking.allowedServers, "
+            "flag --allowed-tracking-server) or use an allowed server",
+        ))
     is_default = uri == config.default_tracking_uri
     if tracking and tracking.secret_ref:
         return TargetChoice(uri, tracking.secret_ref.name, False)
@@ -40,13 +49,22 @@ def choose_target(tracking: TrackingSpec | None, config: OperatorConfig) -> Targ
     return TargetChoice(uri, None, is_default)
 
 
-def credentials_from_secret(namespace: str, name: str, data: dict[str, str] | None) -> Credentials:
-    """Credentials from a Secret's data: `token`, or `username` and `password`."""
+def credentials_from_secret(namespace: str, name: str, data: dict[str, str] | None,
+                            opted_in: bool = True) -> Credentials:
+    """Credentials from a Secret's data: `token`, or `username` and `password`. Only a Secret
+    its owner labelled for the operator is used."""
     if data is None:
         raise ReconcileProblem(progressing(
             "SecretNotFound",
             f"Secret {name!r} not found in namespace {namespace!r}: create it with keys "
-            "username and password (basic auth) or token (bearer)",
+            f"username and password (basic auth) or token (bearer), labelled {CREDENTIALS_LABEL}=true",
+        ))
+    if not opted_in:
+        raise ReconcileProblem(stalled(
+            "SecretNotAllowed",
+            f"Secret {name!r} is not labelled {CREDENTIALS_LABEL}=true, so the operator does not use it; "
+            f"if it holds MLflow credentials meant for this server, label it: "
+            f"kubectl label secret {name} -n {namespace} {CREDENTIALS_LABEL}=true",
         ))
     token = (data.get("token") or "").strip()
     username = (data.get("username") or "").strip()
@@ -60,3 +78,14 @@ def credentials_from_secret(namespace: str, name: str, data: dict[str, str] | No
         "InvalidSecret",
         f"Secret {name!r} must have keys username and password, or token (keys present: {present})",
     ))
+
+
+def check_pinned(pinned_uri: str | None, uri: str, what: str) -> None:
+    """An object stays on the server its MLflow entity lives on: the same id or name on
+    another server is another entity, so the operator never silently re-binds to it."""
+    if pinned_uri and pinned_uri.rstrip("/") != uri.rstrip("/"):
+        raise ReconcileProblem(stalled(
+            "TrackingServerChanged",
+            f"{what} lives on {pinned_uri!r}, but the tracking server is now {uri!r}; the operator does not "
+            "move entities between servers: set spec.tracking.uri back, or create a new object for the new server",
+        ))

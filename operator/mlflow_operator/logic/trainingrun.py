@@ -11,7 +11,7 @@ from typing import Any
 
 from mlflow_operator.api.common import API_VERSION, NOTE_TAG, ObjectIdentity
 from mlflow_operator.api.trainingrun import LABEL_RUN_ID, LABEL_TRAINING_RUN, TrainingRunSpec
-from mlflow_operator.config import Credentials
+from mlflow_operator.servers import Credentials
 from mlflow_operator.logic.conditions import ReconcileProblem, stalled
 from mlflow_operator.tracking import LoggedModelInfo, RunInfo
 
@@ -21,6 +21,9 @@ PARAM_ENV_PREFIX = "MLFLOW_PARAM_"
 OPERATOR_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID", "MLFLOW_DISABLE_TELEMETRY",
                 "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 PLACEHOLDER_RUN_ID = "0" * 32
+# Holds a training Job until the operator has recorded its outcome, so that a TTL or a
+# `kubectl delete job` while the operator is down cannot lose it.
+JOB_FINALIZER = "mlflow.operator.dev/job-outcome"
 
 
 def param_env_name(key: str) -> str:
@@ -123,6 +126,7 @@ def build_job(
         "metadata": {
             "name": identity.name,
             "namespace": identity.namespace,
+            "finalizers": [JOB_FINALIZER],
             "labels": {**labels, "app.kubernetes.io/managed-by": "mlflow-operator"},
             "annotations": {"mlflow.operator.dev/experiment-id": experiment_id},
             "ownerReferences": [{
@@ -153,6 +157,14 @@ class JobState:
     finished: tuple[str, str, str] | None = None
     start_time: dt.datetime | None = None
     completion_time: dt.datetime | None = None
+    # Being deleted (its finalizer keeps it until the outcome is recorded).
+    deleting: bool = False
+    finalizers: tuple[str, ...] = ()
+
+    @property
+    def ended(self) -> bool:
+        """Nothing more will happen in this Job: it finished, or it is being deleted."""
+        return self.finished is not None or self.deleting
 
 
 def job_state(job: Any) -> JobState:
@@ -176,7 +188,29 @@ def job_state(job: Any) -> JobState:
         finished=finished,
         start_time=status.start_time,
         completion_time=finish_time,
+        deleting=job.metadata.deletion_timestamp is not None,
+        finalizers=tuple(job.metadata.finalizers or ()),
     )
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How a Job ended, as recorded in status before the run is closed in MLflow."""
+
+    phase: str  # Succeeded | Failed
+    reason: str
+    message: str
+    completion_time: dt.datetime
+
+
+def job_outcome(job: JobState, job_name: str, pod_reasons: list[str]) -> JobOutcome:
+    now = dt.datetime.now(dt.timezone.utc)
+    if job.finished and job.finished[0] == "Complete":
+        return JobOutcome("Succeeded", "Succeeded", f"Job {job_name} completed", job.completion_time or now)
+    if job.finished:
+        return JobOutcome("Failed", job.finished[1] or "JobFailed", failure_message(job, pod_reasons),
+                          job.completion_time or now)
+    return JobOutcome("Failed", "JobDeleted", f"Job {job_name} was deleted before it finished", now)
 
 
 def phase_of(job: JobState, previous_phase: str | None = None) -> str:
@@ -189,9 +223,15 @@ def phase_of(job: JobState, previous_phase: str | None = None) -> str:
     return "Pending"
 
 
-def final_run_status(phase: str) -> str:
+# Outcomes that cut the run short rather than let the training code fail.
+CUT_SHORT_REASONS = ("JobDeleted", "Killed")
+
+
+def final_run_status(phase: str, reason: str = "") -> str:
     """MLflow's run status from the Job's outcome, never from what the container reported."""
-    return "FINISHED" if phase == "Succeeded" else "FAILED"
+    if phase == "Succeeded":
+        return "FINISHED"
+    return "KILLED" if reason in CUT_SHORT_REASONS else "FAILED"
 
 
 def failure_message(job: JobState, pod_reasons: list[str]) -> str:
@@ -207,13 +247,14 @@ def failure_message(job: JobState, pod_reasons: list[str]) -> str:
 # --------------------------------------------------------------------------- runs and models
 
 
-def canonical_run(runs: list[RunInfo]) -> tuple[RunInfo | None, list[RunInfo]]:
-    """The run this TrainingRun owns (the oldest active one tagged with its uid) and any
-    duplicates (a retried create_run POST can create two)."""
+def canonical_run(runs: list[RunInfo], in_job: str | None = None) -> tuple[RunInfo | None, list[RunInfo]]:
+    """The run this TrainingRun owns and any duplicates (a retried create_run POST can
+    create two). The run a Job was already started for wins; otherwise the oldest active
+    run tagged with the object's uid."""
     active = [r for r in runs if r.lifecycle_stage == "active"]
     if not active:
         return None, []
-    ordered = sorted(active, key=lambda r: (r.start_time or 0, r.run_id))
+    ordered = sorted(active, key=lambda r: (r.run_id != in_job, r.start_time or 0, r.run_id))
     return ordered[0], ordered[1:]
 
 
@@ -234,6 +275,10 @@ def primary_metric_text(metrics: dict[str, float], name: str | None) -> str | No
 
 def millis(moment: dt.datetime | None) -> int | None:
     return int(moment.timestamp() * 1000) if moment else None
+
+
+def parse_time(text: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
 
 def rfc3339(moment: dt.datetime | None) -> str | None:

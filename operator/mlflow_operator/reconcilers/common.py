@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
 
 from mlflow_operator.api.common import TrackingSpec
 from mlflow_operator.config import OperatorConfig
@@ -10,7 +12,26 @@ from mlflow_operator.gateways.kubernetes import KubernetesError, KubernetesGatew
 from mlflow_operator.gateways.mlflow import MlflowGateway
 from mlflow_operator.logic.conditions import ReconcileProblem, progressing
 from mlflow_operator.logic.tracking import choose_target, credentials_from_secret
+from mlflow_operator.servers import Credentials
 from mlflow_operator.tracking import TrackingTarget
+
+
+class RememberedCredentials:
+    """The credentials last read from each Secret, in memory only, so that cleanup can still
+    close runs in MLflow when a namespace's deletion has removed the Secret first."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._limit = limit
+        self._entries: OrderedDict[tuple[str, str, str], Credentials] = OrderedDict()
+
+    def remember(self, key: tuple[str, str, str], credentials: Credentials) -> None:
+        self._entries[key] = credentials
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._limit:
+            self._entries.popitem(last=False)
+
+    def recall(self, key: tuple[str, str, str]) -> Credentials | None:
+        return self._entries.get(key)
 
 
 @dataclass(frozen=True)
@@ -20,27 +41,57 @@ class Services:
     config: OperatorConfig
     mlflow: MlflowGateway
     kube: KubernetesGateway
+    remembered: RememberedCredentials = field(default_factory=RememberedCredentials)
 
 
-async def resolve_target(services: Services, namespace: str, tracking: TrackingSpec | None) -> TrackingTarget:
+class StatusWriter:
+    """Writes an object's status with its resourceVersion as precondition: a reconcile that
+    decided on a stale read (another replica, an older event) gets 409 instead of landing."""
+
+    def __init__(self, kube: KubernetesGateway, plural: str, namespace: str, name: str,
+                 resource_version: str | None) -> None:
+        self._kube, self._plural, self._namespace, self._name = kube, plural, namespace, name
+        self.resource_version = resource_version
+
+    async def write(self, fields: dict[str, Any]) -> None:
+        self.resource_version = await self._kube.patch_status(
+            self._plural, self._namespace, self._name, fields, resource_version=self.resource_version
+        )
+
+
+async def resolve_target(services: Services, namespace: str, tracking: TrackingSpec | None,
+                         cleanup: bool = False) -> TrackingTarget:
     """The server and credentials for an object; Secrets only from the object's namespace."""
-    target, _ = await resolve_target_and_secret(services, namespace, tracking)
+    target, _ = await resolve_target_and_secret(services, namespace, tracking, cleanup=cleanup)
     return target
 
 
 async def resolve_target_and_secret(
-    services: Services, namespace: str, tracking: TrackingSpec | None
+    services: Services, namespace: str, tracking: TrackingSpec | None, cleanup: bool = False
 ) -> tuple[TrackingTarget, str | None]:
-    """Like resolve_target, and also the name of the Secret the credentials came from."""
+    """Like resolve_target, and also the name of the Secret the credentials came from.
+
+    The allowlist is checked before any Secret is read, so credentials only ever go to an
+    allowed server. With `cleanup` (an object being deleted), a Secret that is gone is
+    replaced by the credentials remembered from it, if any."""
     choice = choose_target(tracking, services.config)
     if choice.secret_name:
+        key = (namespace, choice.secret_name, choice.uri)
         try:
-            data = await services.kube.read_secret(namespace, choice.secret_name)
+            secret = await services.kube.read_credentials_secret(namespace, choice.secret_name)
         except KubernetesError as error:
             raise ReconcileProblem(progressing(
                 "SecretUnreadable", f"cannot read Secret {choice.secret_name!r}: {error.message}"
             )) from None
-        credentials = credentials_from_secret(namespace, choice.secret_name, data)
+        remembered = services.remembered.recall(key) if cleanup and secret is None else None
+        if remembered is not None:
+            credentials = remembered
+        else:
+            credentials = credentials_from_secret(
+                namespace, choice.secret_name, None if secret is None else secret.data,
+                opted_in=secret is None or secret.opted_in,
+            )
+            services.remembered.remember(key, credentials)
     elif choice.use_operator_credentials:
         credentials = services.config.default_credentials
     else:

@@ -8,7 +8,10 @@ from typing import Any
 from mlflow_operator.api.common import ObjectIdentity
 from mlflow_operator.api.experiment import ExperimentSpec
 from mlflow_operator.logic import experiment as logic
-from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, ready, stalled
+from mlflow_operator.logic import ownership
+from mlflow_operator.api.trainingrun import PLURAL as TRAINING_RUNS
+from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
+from mlflow_operator.logic.tracking import check_pinned
 from mlflow_operator.reconcilers.common import Services, resolve_target
 from mlflow_operator.tracking import AlreadyExists, ExperimentInfo, InvalidRequest, TrackingTarget
 
@@ -38,13 +41,14 @@ async def reconcile_experiment(services: Services, fresh: dict[str, Any], drift_
 
     known_id = status.get("experimentId")
     if known_id:
+        check_pinned(status.get("trackingUri"), target.uri, f"MLflow experiment {known_id}")
         binding = logic.bind_known(await mlflow.get_experiment(target, known_id), known_id, identity)
     else:
         found = await mlflow.get_experiment_by_name(target, desired.name)
-        binding = logic.bind_by_name(found, desired.name, identity)
+        binding = logic.bind_by_name(found, desired.name, identity, adopt=spec.adopt)
 
     if binding.kind == "create":
-        experiment = await _create(services, target, desired, identity)
+        experiment = await _create(services, target, desired, identity, spec.adopt)
         events.append(("Normal", "Created", f"created MLflow experiment {desired.name!r} (id {experiment.experiment_id})"))
     else:
         experiment = binding.experiment
@@ -80,6 +84,7 @@ async def reconcile_experiment(services: Services, fresh: dict[str, Any], drift_
             "lifecycleStage": "active",
             "artifactLocation": experiment.artifact_location,
             "url": target.experiment_url(experiment_id),
+            "trackingUri": target.uri,
             "managedTags": desired.managed_keys,
         },
         events=events,
@@ -87,7 +92,8 @@ async def reconcile_experiment(services: Services, fresh: dict[str, Any], drift_
 
 
 async def _create(
-    services: Services, target: TrackingTarget, desired: logic.DesiredExperiment, identity: ObjectIdentity
+    services: Services, target: TrackingTarget, desired: logic.DesiredExperiment, identity: ObjectIdentity,
+    adopt: bool,
 ) -> ExperimentInfo:
     tags = {**desired.tags, **desired.ownership}
     try:
@@ -95,7 +101,7 @@ async def _create(
     except AlreadyExists:
         # Created meanwhile by someone else (or by a retried request of ours): decide again.
         found = await services.mlflow.get_experiment_by_name(target, desired.name)
-        binding = logic.bind_by_name(found, desired.name, identity)
+        binding = logic.bind_by_name(found, desired.name, identity, adopt=adopt)
         if binding.experiment is None:
             raise
         return binding.experiment
@@ -135,6 +141,17 @@ async def _apply(services: Services, target: TrackingTarget, experiment_id: str,
             )) from None
 
 
+async def _open_training_runs(services: Services, namespace: str, experiment_id: str) -> list[str]:
+    """TrainingRuns of this namespace whose MLflow run in the experiment is not closed yet."""
+    objects = await services.kube.list_objects(TRAINING_RUNS, namespace)
+    return sorted(
+        o["metadata"]["name"] for o in objects
+        if (o.get("status") or {}).get("experimentId") == experiment_id
+        and (o.get("status") or {}).get("runId")
+        and (o.get("status") or {}).get("runStatus") not in ("FINISHED", "FAILED", "KILLED")
+    )
+
+
 async def delete_experiment(services: Services, body: dict[str, Any]) -> Event | None:
     """Apply deletionPolicy when the object is deleted. Returns an Event to post, if any."""
     identity = ObjectIdentity.from_body(body)
@@ -143,13 +160,21 @@ async def delete_experiment(services: Services, body: dict[str, Any]) -> Event |
     experiment_id = status.get("experimentId")
     if spec.deletion_policy != "Delete" or not experiment_id:
         return None
-    target = await resolve_target(services, identity.namespace, spec.tracking)
+    target = await resolve_target(services, identity.namespace, spec.tracking, cleanup=True)
     experiment = await services.mlflow.get_experiment(target, experiment_id)
     if experiment is None or experiment.deleted:
         return None
-    owner = experiment.tags.get("k8s.uid")
-    if owner and owner != identity.uid:
-        return ("Warning", "DeleteSkipped",
-                f"MLflow experiment {experiment_id} is owned by another object; left in place")
+    if not ownership.may_delete(experiment.tags, identity):
+        return ("Warning", "DeleteSkipped", f"MLflow experiment {experiment_id} is not owned by this object "
+                f"(owner: {ownership.describe_owner(experiment.tags)}); left in place")
+    open_runs = await _open_training_runs(services, identity.namespace, experiment_id)
+    if open_runs:
+        # Runs in a deleted experiment can no longer be closed: delete it once they are.
+        raise ReconcileProblem(progressing(
+            "WaitingForRuns",
+            f"MLflow experiment {experiment_id} is deleted once these TrainingRuns have finished: "
+            + ", ".join(open_runs[:10]) + (f" and {len(open_runs) - 10} more" if len(open_runs) > 10 else ""),
+            expected=True,
+        ))
     await services.mlflow.delete_experiment(target, experiment_id)
     return ("Normal", "Deleted", f"soft-deleted MLflow experiment {experiment.name!r} (id {experiment_id})")

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlflow_operator.api.common import TAG_UID, ObjectIdentity
+from mlflow_operator.api.common import ObjectIdentity
 from mlflow_operator.api.registeredmodel import RegisteredModelSpec
+from mlflow_operator.logic import ownership
 from mlflow_operator.logic import registeredmodel as logic
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
+from mlflow_operator.logic.tracking import check_pinned
 from mlflow_operator.reconcilers.common import Services, resolve_target
 from mlflow_operator.tracking import AlreadyExists, InvalidRequest, TrackingTarget
 
@@ -43,8 +45,11 @@ async def reconcile_registered_model(
     mlflow = services.mlflow
     events: list[Event] = []
 
+    if status.get("modelName"):
+        check_pinned(status.get("trackingUri"), target.uri, f"registered model {status['modelName']!r}")
     model = await mlflow.get_registered_model(target, desired.name)
-    kind = logic.bind(model, desired.name, identity, known=status.get("modelName") == desired.name)
+    kind = logic.bind(model, desired.name, identity, known=status.get("modelName") == desired.name,
+                      adopt=spec.adopt)
     if kind == "create":
         try:
             model = await mlflow.create_registered_model(
@@ -53,7 +58,7 @@ async def reconcile_registered_model(
             events.append(("Normal", "Created", f"created registered model {desired.name!r}"))
         except AlreadyExists:  # created meanwhile by someone else: decide again
             model = await mlflow.get_registered_model(target, desired.name)
-            kind = logic.bind(model, desired.name, identity, known=False)
+            kind = logic.bind(model, desired.name, identity, known=False, adopt=spec.adopt)
         except InvalidRequest as error:
             raise ReconcileProblem(stalled("InvalidSpec", f"MLflow rejected the model: {error}")) from None
     elif kind == "adopt":
@@ -89,6 +94,7 @@ async def reconcile_registered_model(
     view = logic.status_view(model, versions)
     # What this object declares (and exists) is what it may later remove, drift or not.
     status_update = {**view, **logic.managed_status(plan.managed), "url": target.model_url(desired.name),
+                     "trackingUri": target.uri,
                      "missingVersions": sorted(plan.missing, key=int) or None}
     if plan.missing:
         message = plan.describe_missing()
@@ -136,11 +142,12 @@ async def delete_registered_model(services: Services, body: dict[str, Any]) -> E
     if spec.deletion_policy != "Delete":
         return None
     name = logic.desired_model(spec, identity).name
-    target = await resolve_target(services, identity.namespace, spec.tracking)
+    target = await resolve_target(services, identity.namespace, spec.tracking, cleanup=True)
     model = await services.mlflow.get_registered_model(target, name)
     if model is None:
         return None
-    if model.tags.get(TAG_UID) != identity.uid:
-        return ("Warning", "DeleteSkipped", f"registered model {name!r} is not owned by this object; left in place")
+    if not ownership.may_delete(model.tags, identity):
+        return ("Warning", "DeleteSkipped", f"registered model {name!r} is not owned by this object "
+                f"(owner: {ownership.describe_owner(model.tags)}); left in place")
     await services.mlflow.delete_registered_model(target, name)
     return ("Normal", "Deleted", f"deleted registered model {name!r} and all its versions from MLflow")

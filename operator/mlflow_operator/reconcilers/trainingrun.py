@@ -15,8 +15,9 @@ from typing import Any
 
 from mlflow_operator.api.common import TAG_UID, ObjectIdentity, TrackingSpec
 from mlflow_operator.api.experiment import PLURAL as EXPERIMENTS
-from mlflow_operator.api.trainingrun import PLURAL, TERMINAL_PHASES, TrainingRunSpec
+from mlflow_operator.api.trainingrun import LABEL_RUN_ID, PLURAL, TERMINAL_PHASES, TrainingRunSpec
 from mlflow_operator.gateways.kubernetes import KubernetesError
+from mlflow_operator.logic import ownership
 from mlflow_operator.logic import trainingrun as logic
 from mlflow_operator.logic.conditions import (
     READY,
@@ -27,7 +28,7 @@ from mlflow_operator.logic.conditions import (
     ready,
     stalled,
 )
-from mlflow_operator.reconcilers.common import Services, resolve_target_and_secret
+from mlflow_operator.reconcilers.common import Services, StatusWriter, resolve_target_and_secret
 from mlflow_operator.tracking import AlreadyExists, InvalidRequest, RunInfo, TrackingTarget
 
 Event = tuple[str, str, str]
@@ -41,12 +42,20 @@ class TrainingRunResult:
     events: list[Event] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Context:
     services: Services
     identity: ObjectIdentity
     spec: TrainingRunSpec
     status: dict[str, Any]
+    writer: StatusWriter
+    # Deleting: credentials remembered from a Secret that is gone may be used.
+    cleanup: bool = False
+
+    async def checkpoint(self, fields: dict[str, Any]) -> None:
+        """Write status fields now, before the next external step depends on them."""
+        await self.writer.write(fields)
+        self.status = {**self.status, **fields}
 
 
 @dataclass(frozen=True)
@@ -85,43 +94,40 @@ def outcome_of_closed(status: dict[str, Any]) -> Outcome:
 
 
 async def reconcile_training_run(
-    services: Services, fresh: dict[str, Any], refresh_metrics: bool = False
+    services: Services, fresh: dict[str, Any], writer: StatusWriter, refresh_metrics: bool = False
 ) -> TrainingRunResult:
     identity = ObjectIdentity.from_body(fresh)
     status = dict(fresh.get("status") or {})
     spec = parse_spec(fresh.get("spec"))
     if is_closed(spec, status):
         return TrainingRunResult(outcome_of_closed(status))
-    ctx = Context(services, identity, spec, status)
+    ctx = Context(services, identity, spec, status, writer)
 
-    if status.get("phase") == "Succeeded" and status.get("runStatus") == "FINISHED" and status.get("runId"):
-        # Only the registration is left (it failed before); the Job may be gone (ttl) by now.
-        events: list[Event] = []
-        version = await _register(ctx, await _resolve(ctx), status["runId"], events)
-        message = f"MLflow run {status['runId']} FINISHED; registered {version['uri']}"
-        events.append(("Normal", "Succeeded", message))
-        return TrainingRunResult(ready(message, "Succeeded"), {"modelVersion": version}, events)
+    if status.get("phase") in TERMINAL_PHASES and status.get("runId"):
+        # The Job's outcome is recorded: what is left happens in MLflow and needs no Job.
+        return await _finish(ctx, await _resolve(ctx))
 
     if status.get("runId") and status.get("jobUid"):
         job = await services.kube.get_job(identity.namespace, identity.name)
         if job is not None and job.metadata.uid == status["jobUid"]:
             state = logic.job_state(job)
-            if not state.finished:
-                return await _in_progress(ctx, state, refresh_metrics)
-            return await _close(ctx, await _resolve(ctx), state)
+            if state.ended:
+                return await _job_ended(ctx, state)
+            return await _in_progress(ctx, state, refresh_metrics)
 
     resolved = await _resolve(ctx)
-    events = []
-    run = await _ensure_run(ctx, resolved, events)
-    job = await _ensure_job(ctx, resolved, run, events)
-    if job is None:  # deleted by someone after it was created
-        return await _close_without_job(ctx, resolved, run.run_id, events)
-    state = logic.job_state(job)
-    if state.finished:
-        result = await _close(ctx, resolved, state)
-        result.events[:0] = events
-        return result
-    result = await _in_progress(ctx, state, refresh_metrics=False)
+    events: list[Event] = []
+    job = await services.kube.get_job(identity.namespace, identity.name)
+    run = await _ensure_run(ctx, resolved, job, events)
+    job = await _ensure_job(ctx, resolved, run, job, events)
+    if job is None:  # deleted, finalizer and all, before its outcome was recorded
+        result = await _job_lost(ctx, resolved)
+    else:
+        state = logic.job_state(job)
+        if state.ended:
+            result = await _job_ended(ctx, state, resolved)
+        else:
+            result = await _in_progress(ctx, state, refresh_metrics=False)
     result.events[:0] = events
     return result
 
@@ -154,6 +160,15 @@ def _tracking_for(spec: TrainingRunSpec, experiment_obj: dict[str, Any] | None) 
     )
 
 
+def _pinned(tracking: TrackingSpec | None, status: dict[str, Any]) -> TrackingSpec | None:
+    """Once the run exists, it is tracked on the server it was created on, whatever later
+    happens to the spec of its Experiment object."""
+    pinned = status.get("trackingUri")
+    if not pinned:
+        return tracking
+    return TrackingSpec(uri=pinned, secretRef=tracking.secret_ref if tracking else None)
+
+
 async def _resolve(ctx: Context) -> Resolved:
     """The experiment and server for the run. Before the run starts, an experimentRef must be
     Ready; afterwards the run goes on whatever happens to the Experiment object."""
@@ -164,15 +179,20 @@ async def _resolve(ctx: Context) -> Resolved:
         name = spec.experiment_ref.name
         if experiment_obj is None:
             raise ReconcileProblem(progressing(
-                "ExperimentNotFound", f"Experiment {name!r} not found in namespace {identity.namespace!r}"
+                "ExperimentNotFound", f"Experiment {name!r} not found in namespace {identity.namespace!r}",
+                expected=True,
             ))
         exp_status = experiment_obj.get("status") or {}
         exp_ready = condition(exp_status.get("conditions"), READY) or {}
         if exp_ready.get("status") != "True" or not exp_status.get("experimentId"):
             why = f": {exp_ready.get('reason')}: {exp_ready.get('message')}" if exp_ready else ""
-            raise ReconcileProblem(progressing("ExperimentNotReady", f"Experiment {name!r} is not Ready{why}"))
+            exp_stalled = (condition(exp_status.get("conditions"), "Stalled") or {}).get("status") == "True"
+            # An Experiment applied together with the run is normal progress, not a problem.
+            raise ReconcileProblem(progressing("ExperimentNotReady", f"Experiment {name!r} is not Ready{why}",
+                                               expected=not exp_stalled))
     target, secret_name = await resolve_target_and_secret(
-        ctx.services, identity.namespace, _tracking_for(spec, experiment_obj)
+        ctx.services, identity.namespace, _pinned(_tracking_for(spec, experiment_obj), status),
+        cleanup=ctx.cleanup,
     )
     if started:
         return Resolved(status["experimentId"], status.get("experimentName", ""), target, secret_name)
@@ -188,16 +208,18 @@ async def _experiment_by_name(ctx: Context, target: TrackingTarget, secret_name:
     mlflow = ctx.services.mlflow
     experiment = await mlflow.get_experiment_by_name(target, name)
     if experiment is None:
-        # Not tagged as owned: an Experiment object may adopt it later.
-        created_by = f"TrainingRun {ctx.identity.namespace}/{ctx.identity.name}"
+        # Owned by the namespace: an Experiment object of this namespace may take it over.
         try:
-            await mlflow.create_experiment(target, name, None, {"k8s.createdBy": created_by})
+            await mlflow.create_experiment(target, name, None, ownership.namespace_tags(ctx.identity))
         except AlreadyExists:
             pass
         except InvalidRequest as error:
             raise ReconcileProblem(stalled("InvalidSpec", f"MLflow rejected experiment {name!r}: {error}")) from None
         experiment = await mlflow.get_experiment_by_name(target, name)
-        assert experiment is not None
+        if experiment is None:
+            raise ReconcileProblem(progressing("ExperimentNotFound", f"MLflow experiment {name!r} vanished"))
+    ownership.use_for_namespace(experiment.tags, ctx.identity,
+                                f"MLflow experiment {name!r} (id {experiment.experiment_id})")
     if experiment.deleted:
         raise ReconcileProblem(stalled(
             "ExperimentDeleted",
@@ -209,10 +231,18 @@ async def _experiment_by_name(ctx: Context, target: TrackingTarget, secret_name:
 # --------------------------------------------------------------------------- run
 
 
-async def _ensure_run(ctx: Context, resolved: Resolved, events: list[Event]) -> RunInfo:
+def _job_run_id(job: Any, identity: ObjectIdentity) -> str | None:
+    """The MLflow run a Job of this object was started for (from its label)."""
+    if job is None or identity.uid not in {ref.uid for ref in job.metadata.owner_references or []}:
+        return None
+    return (job.metadata.labels or {}).get(LABEL_RUN_ID)
+
+
+async def _ensure_run(ctx: Context, resolved: Resolved, job: Any, events: list[Event]) -> RunInfo:
     mlflow, target, identity = ctx.services.mlflow, resolved.target, ctx.identity
     known = ctx.status.get("runId")
     if known:
+        # A recorded run id always wins.
         run = await mlflow.get_run(target, known)
         if run is None or run.lifecycle_stage == "deleted":
             raise ReconcileProblem(stalled(
@@ -221,8 +251,9 @@ async def _ensure_run(ctx: Context, resolved: Resolved, events: list[Event]) -> 
         if run.tags.get(TAG_UID) != identity.uid:
             raise ReconcileProblem(stalled("Conflict", f"MLflow run {known} is not tagged as this object's run"))
     else:
+        in_job = _job_run_id(job, identity)
         runs = await mlflow.find_runs_by_tag(target, resolved.experiment_id, TAG_UID, identity.uid)
-        run, duplicates = logic.canonical_run(runs)
+        run, duplicates = logic.canonical_run(runs, in_job)
         if run is None:
             await _check_job_template(ctx, resolved)
             run = await mlflow.create_run(
@@ -234,24 +265,24 @@ async def _ensure_run(ctx: Context, resolved: Resolved, events: list[Event]) -> 
                                                     f"{resolved.experiment_name!r} ({resolved.experiment_id})"))
             # A POST retried by the client can leave a twin: settle on the oldest now.
             runs = await mlflow.find_runs_by_tag(target, resolved.experiment_id, TAG_UID, identity.uid)
-            run, duplicates = logic.canonical_run(runs) if runs else (run, [])
+            run, duplicates = logic.canonical_run(runs, None) if runs else (run, [])
             assert run is not None
-        else:
-            events.append(("Normal", "RunAdopted", f"found this object's MLflow run {run.run_id}"))
-        for duplicate in duplicates:
-            await mlflow.set_run_tag(target, duplicate.run_id, DUPLICATE_TAG, run.run_id)
-            await mlflow.delete_run(target, duplicate.run_id)
-            events.append(("Warning", "DuplicateRunDeleted",
-                           f"deleted duplicate MLflow run {duplicate.run_id} (kept {run.run_id})"))
-        # Recorded before anything else happens, so no later step can create a second run.
-        await ctx.services.kube.patch_status(PLURAL, identity.namespace, identity.name, {
+        # Recorded before anything else happens, so no later step can create a second run;
+        # the write fails (409) if another reconcile recorded one since this one read.
+        await ctx.checkpoint({
             "phase": ctx.status.get("phase") or "Pending",
             "runId": run.run_id,
             "experimentId": resolved.experiment_id,
             "experimentName": resolved.experiment_name,
+            "trackingUri": resolved.target.uri,
             "jobName": identity.name,
             "url": target.run_url(resolved.experiment_id, run.run_id),
         })
+        for duplicate in duplicates:
+            await mlflow.set_run_tag(target, duplicate.run_id, DUPLICATE_TAG, run.run_id)
+            await mlflow.delete_run(target, duplicate.run_id)
+            events.append(("Normal", "DuplicateRunDeleted",
+                           f"deleted duplicate MLflow run {duplicate.run_id} (kept {run.run_id})"))
     missing = {k: v for k, v in ctx.spec.params.items() if run.params.get(k) != v}
     if missing:
         try:
@@ -270,6 +301,14 @@ def _credential_source(ctx: Context, resolved: Resolved) -> logic.CredentialSour
     return logic.CredentialSource.for_secret(resolved.secret_name, resolved.target.credentials)
 
 
+def _job_rejected(error: KubernetesError, verb: str) -> ReconcileProblem | None:
+    if error.status in (400, 422):
+        return ReconcileProblem(stalled("InvalidTemplate", f"the Job {verb} rejected: {error.message}"))
+    if error.status == 403:
+        return ReconcileProblem(progressing("JobRejected", f"the Job is not allowed now: {error.message}"))
+    return None
+
+
 async def _check_job_template(ctx: Context, resolved: Resolved) -> None:
     """Ask the API server (dry run) whether the Job would be accepted, before creating
     anything in MLflow: a bad template should leave no FAILED run behind."""
@@ -280,16 +319,11 @@ async def _check_job_template(ctx: Context, resolved: Resolved) -> None:
     except KubernetesError as error:
         if error.status == 409:
             return
-        if error.status in (400, 422):
-            raise ReconcileProblem(stalled("InvalidTemplate", f"the Job would be rejected: {error.message}")) from None
-        if error.status == 403:
-            raise ReconcileProblem(progressing("JobRejected", f"the Job is not allowed now: {error.message}")) from None
-        raise
+        raise _job_rejected(error, "would be") or error from None
 
 
-async def _ensure_job(ctx: Context, resolved: Resolved, run: RunInfo, events: list[Event]):
+async def _ensure_job(ctx: Context, resolved: Resolved, run: RunInfo, job: Any, events: list[Event]) -> Any:
     kube, identity = ctx.services.kube, ctx.identity
-    job = await kube.get_job(identity.namespace, identity.name)
     known_uid = ctx.status.get("jobUid")
     if job is None:
         if known_uid:
@@ -300,17 +334,12 @@ async def _ensure_job(ctx: Context, resolved: Resolved, run: RunInfo, events: li
             job = await kube.create_job(identity.namespace, body)
             events.append(("Normal", "JobCreated", f"created Job {identity.name} for MLflow run {run.run_id}"))
         except KubernetesError as error:
-            if error.status == 409:
-                job = await kube.get_job(identity.namespace, identity.name)
-            elif error.status in (400, 422):
-                raise ReconcileProblem(stalled("InvalidTemplate", f"the Job was rejected: {error.message}")) from None
-            elif error.status == 403:
-                raise ReconcileProblem(progressing("JobRejected", f"the Job is not allowed now: {error.message}")) from None
-            else:
-                raise
+            if error.status != 409:
+                raise _job_rejected(error, "was") or error from None
+            job = await kube.get_job(identity.namespace, identity.name)
     if job is None:
         raise ReconcileProblem(progressing("JobPending", "the Job disappeared while it was being created",
-                                                awaited=True, expected=True))
+                                           awaited=True, expected=True))
     if identity.uid not in {ref.uid for ref in job.metadata.owner_references or []}:
         raise ReconcileProblem(stalled(
             "JobConflict", f"a Job named {identity.name!r} exists and is not owned by this TrainingRun"
@@ -318,8 +347,7 @@ async def _ensure_job(ctx: Context, resolved: Resolved, run: RunInfo, events: li
     if known_uid and job.metadata.uid != known_uid:
         return None  # the Job we created was deleted; this one is a stranger's recreation
     if known_uid != job.metadata.uid:
-        await kube.patch_status(PLURAL, identity.namespace, identity.name,
-                                {"jobUid": job.metadata.uid, "jobName": identity.name})
+        await ctx.checkpoint({"jobUid": job.metadata.uid, "jobName": identity.name})
     return job
 
 
@@ -358,60 +386,73 @@ async def _pod_failure_reasons(ctx: Context) -> list[str]:
     return reasons
 
 
-async def _close(ctx: Context, resolved: Resolved, state: logic.JobState) -> TrainingRunResult:
-    """The Job ended: set the run's final status from the Job (not from the container),
-    copy metrics, register the model."""
-    mlflow, target, identity = ctx.services.mlflow, resolved.target, ctx.identity
-    run_id = ctx.status.get("runId")
-    assert run_id, "a finished Job without a recorded run"
-    phase = logic.phase_of(state)
-    run_status = logic.final_run_status(phase)
-    run = await mlflow.get_run(target, run_id)
-    if run is None:
-        raise ReconcileProblem(stalled("RunDeletedInMLflow", f"MLflow run {run_id} was deleted outside the operator"))
-    end_ms = logic.millis(state.completion_time) or int(time.time() * 1000)
-    if run.status != run_status or run.end_time is None:
-        await mlflow.set_run_status(target, run_id, run_status, run.end_time or end_ms)
-    update: dict[str, Any] = {
-        "phase": phase,
-        "runStatus": run_status,
-        "completionTime": logic.rfc3339(state.completion_time) or ctx.status.get("completionTime"),
+async def _job_ended(ctx: Context, state: logic.JobState, resolved: Resolved | None = None) -> TrainingRunResult:
+    """The Job finished, or is being deleted: record its outcome in status first, then let
+    the Job go (its finalizer held it until now), then close the run in MLflow."""
+    pod_reasons = await _pod_failure_reasons(ctx) if state.finished and state.finished[0] == "Failed" else []
+    ended = logic.job_outcome(state, ctx.identity.name, pod_reasons)
+    await ctx.checkpoint({
+        "phase": ended.phase,
         "startTime": logic.rfc3339(state.start_time) or ctx.status.get("startTime"),
-        "metrics": run.metrics,
-        "primaryMetric": logic.primary_metric_text(run.metrics, ctx.spec.primary_metric),
-    }
-    events: list[Event] = []
+        "completionTime": logic.rfc3339(ended.completion_time),
+        "jobOutcome": {"reason": ended.reason, "message": ended.message},
+    })
+    if logic.JOB_FINALIZER in state.finalizers:
+        await ctx.services.kube.remove_job_finalizer(ctx.identity.namespace, ctx.identity.name, logic.JOB_FINALIZER)
+    return await _finish(ctx, resolved or await _resolve(ctx))
+
+
+async def _job_lost(ctx: Context, resolved: Resolved) -> TrainingRunResult:
+    """The Job is gone and its outcome was never recorded (it was created without the
+    finalizer, or the finalizer was removed by hand): the run was cut short."""
+    await ctx.checkpoint({
+        "phase": "Failed",
+        "completionTime": ctx.status.get("completionTime") or logic.rfc3339(dt.datetime.now(dt.timezone.utc)),
+        "jobOutcome": {"reason": "JobDeleted",
+                       "message": f"Job {ctx.identity.name} was deleted before its outcome was recorded"},
+    })
+    return await _finish(ctx, resolved)
+
+
+async def _finish(ctx: Context, resolved: Resolved) -> TrainingRunResult:
+    """Close the MLflow run from the recorded outcome (never from what the container
+    reported), copy its metrics, and register the model of a successful run."""
+    mlflow, target, status = ctx.services.mlflow, resolved.target, ctx.status
+    run_id, phase = status["runId"], status["phase"]
+    recorded = status.get("jobOutcome") or {}
+    reason = recorded.get("reason") or ("Succeeded" if phase == "Succeeded" else "JobFailed")
+    run_status = status.get("runStatus") or logic.final_run_status(phase, reason)
+    update: dict[str, Any] = {}
+    if not status.get("runStatus"):
+        run = await mlflow.get_run(target, run_id)
+        if run is None:
+            raise ReconcileProblem(stalled("RunDeletedInMLflow",
+                                           f"MLflow run {run_id} was deleted outside the operator"))
+        end_ms = logic.millis(logic.parse_time(status.get("completionTime"))) or int(time.time() * 1000)
+        if run.status != run_status or run.end_time is None:
+            await mlflow.set_run_status(target, run_id, run_status, run.end_time or end_ms)
+        update = {"runStatus": run_status, "metrics": run.metrics,
+                  "primaryMetric": logic.primary_metric_text(run.metrics, ctx.spec.primary_metric)}
     if phase == "Failed":
-        message = logic.failure_message(state, await _pod_failure_reasons(ctx))
-        reason = state.finished[1] if state.finished and state.finished[1] else "JobFailed"
+        message = f"{recorded.get('message') or 'Job failed'}; MLflow run {run_id} marked {run_status}"
         # The outcome becomes a Warning event through the condition transition.
-        return TrainingRunResult(stalled(reason, f"{message}; MLflow run {run_id} marked FAILED"), update)
+        return TrainingRunResult(stalled(reason, message), update)
     if ctx.spec.register_model is None:
-        events.append(("Normal", "Succeeded", f"MLflow run {run_id} FINISHED"))
-        return TrainingRunResult(ready(f"MLflow run {run_id} FINISHED", "Succeeded"), update, events)
-    # Status so far is worth keeping even if registration fails below.
-    await ctx.services.kube.patch_status(PLURAL, identity.namespace, identity.name, update)
+        return TrainingRunResult(ready(f"MLflow run {run_id} FINISHED", "Succeeded"), update,
+                                 [("Normal", "Succeeded", f"MLflow run {run_id} FINISHED")])
+    if update:
+        # Worth keeping even if registration fails below.
+        await ctx.checkpoint(update)
+    events: list[Event] = []
     version = await _register(ctx, resolved, run_id, events)
-    update["modelVersion"] = version
     message = f"MLflow run {run_id} FINISHED; registered {version['uri']}"
     events.append(("Normal", "Succeeded", message))
-    return TrainingRunResult(ready(message, "Succeeded"), update, events)
-
-
-async def _close_without_job(ctx: Context, resolved: Resolved, run_id: str, events: list[Event]) -> TrainingRunResult:
-    mlflow, target = ctx.services.mlflow, resolved.target
-    run = await mlflow.get_run(target, run_id)
-    if run is not None and run.status != "KILLED":
-        await mlflow.set_run_status(target, run_id, "KILLED", run.end_time or int(time.time() * 1000))
-    update = {"phase": "Failed", "runStatus": "KILLED", "metrics": run.metrics if run else {},
-              "completionTime": ctx.status.get("completionTime") or logic.rfc3339(dt.datetime.now(dt.timezone.utc))}
-    return TrainingRunResult(stalled(
-        "JobDeleted", f"Job {ctx.identity.name} was deleted before it finished; MLflow run {run_id} marked KILLED"
-    ), update, events)
+    return TrainingRunResult(ready(message, "Succeeded"), {**update, "modelVersion": version}, events)
 
 
 async def _register(ctx: Context, resolved: Resolved, run_id: str, events: list[Event]) -> dict[str, str]:
-    """Create (once) the model version from the run's logged model and point the aliases at it."""
+    """Create (once) the model version from the run's logged model and point the aliases at it,
+    in a registered model of this namespace only."""
     spec = ctx.spec.register_model
     assert spec is not None
     mlflow, target, identity = ctx.services.mlflow, resolved.target, ctx.identity
@@ -426,15 +467,19 @@ async def _register(ctx: Context, resolved: Resolved, run_id: str, events: list[
             "registerModel.artifactPath",
         ))
     source = f"models:/{model.model_id}"
-    if await mlflow.get_registered_model(target, spec.name) is None:
+    registered = await mlflow.get_registered_model(target, spec.name)
+    if registered is None:
         try:
-            await mlflow.create_registered_model(
-                target, spec.name, {"k8s.createdBy": f"TrainingRun {identity.namespace}/{identity.name}"}, None
+            registered = await mlflow.create_registered_model(
+                target, spec.name, ownership.namespace_tags(identity), None
             )
         except AlreadyExists:
-            pass
+            registered = await mlflow.get_registered_model(target, spec.name)
         except InvalidRequest as error:
             raise ReconcileProblem(stalled("InvalidSpec", f"MLflow rejected model {spec.name!r}: {error}")) from None
+        if registered is None:
+            raise ReconcileProblem(progressing("ModelNotFound", f"registered model {spec.name!r} vanished"))
+    ownership.use_for_namespace(registered.tags, identity, f"registered model {spec.name!r}")
     versions = await mlflow.model_versions(target, spec.name)
     version = next((v for v in versions if v.run_id == run_id and v.source == source), None)
     if version is None:
@@ -453,18 +498,35 @@ async def _register(ctx: Context, resolved: Resolved, run_id: str, events: list[
 
 
 async def kill_training_run(services: Services, body: dict[str, Any]) -> Event | None:
-    """The object is being deleted: a run still in progress is KILLED and its Job removed
-    (with its pods); a finished run is kept as it is."""
+    """The object is being deleted: its Job is removed (with its pods) and a run still open is
+    closed: FINISHED or FAILED if the Job had ended (its outcome is never lost), otherwise
+    KILLED. A run closed earlier is kept as it is."""
     identity = ObjectIdentity.from_body(body)
     status = dict(body.get("status") or {})
-    deleted_job = await services.kube.delete_job(identity.namespace, identity.name, propagation="Background")
+    kube = services.kube
+    job = await kube.get_job(identity.namespace, identity.name)
+    state = logic.job_state(job) if job is not None and job.metadata.uid == status.get("jobUid") else None
+    await kube.delete_job(identity.namespace, identity.name, propagation="Background")
+    if job is not None and identity.uid in {ref.uid for ref in job.metadata.owner_references or []}:
+        await kube.remove_job_finalizer(identity.namespace, identity.name, logic.JOB_FINALIZER)
     run_id = status.get("runId")
-    if not run_id or status.get("phase") in TERMINAL_PHASES:
+    if not run_id or status.get("runStatus") in ("FINISHED", "FAILED", "KILLED"):
         return None
+    if status.get("phase") in TERMINAL_PHASES:
+        phase, reason = status["phase"], (status.get("jobOutcome") or {}).get("reason", "")
+    elif state is not None and state.finished:
+        ended = logic.job_outcome(state, identity.name, [])
+        phase, reason = ended.phase, ended.reason
+    else:
+        phase, reason = "Failed", "Killed"
+    run_status = logic.final_run_status(phase, reason)
     spec = parse_spec(body.get("spec"))
-    resolved = await _resolve(Context(services, identity, spec, status))
-    if await services.mlflow.get_run(resolved.target, run_id) is not None:
-        # Whatever the container reported, the run was cut short.
-        await services.mlflow.set_run_status(resolved.target, run_id, "KILLED", int(time.time() * 1000))
-    return ("Normal", "Killed", f"deleted mid-run: MLflow run {run_id} marked KILLED"
-            + ("; Job deleted" if deleted_job else ""))
+    writer = StatusWriter(kube, PLURAL, identity.namespace, identity.name, None)
+    resolved = await _resolve(Context(services, identity, spec, status, writer, cleanup=True))
+    run = await services.mlflow.get_run(resolved.target, run_id)
+    if run is not None and (run.status != run_status or run.end_time is None):
+        await services.mlflow.set_run_status(resolved.target, run_id, run_status,
+                                             run.end_time or int(time.time() * 1000))
+    if run_status == "KILLED":
+        return ("Normal", "Killed", f"deleted mid-run: MLflow run {run_id} marked KILLED; Job deleted")
+    return ("Normal", "Closed", f"deleted after its Job ended: MLflow run {run_id} marked {run_status}")
