@@ -14,6 +14,9 @@ from kubernetes.client.exceptions import ApiException
 
 from helpers import Objects, event_reasons, events_for, stays, wait_for
 
+# Credentials Secrets are used only with their owner's consent (this label).
+CREDENTIALS_LABEL = {"mlflow.operator.dev/credentials": "true"}
+
 NOTE = "mlflow.note.content"
 DRIFT_WAIT = 40  # the sandbox checks drift every 10 s
 
@@ -56,7 +59,7 @@ def test_status_holds_only_the_operators_fields_not_kopf_bookkeeping(experiments
     status = experiments.wait_ready("tidy")["status"]
     assert set(status) <= {
         "observedGeneration", "conditions", "experimentId", "experimentName", "lifecycleStage",
-        "artifactLocation", "url", "managedTags",
+        "artifactLocation", "url", "managedTags", "trackingUri",
     }
     assert {c["type"] for c in status["conditions"]} == {"Ready", "Reconciling", "Stalled"}
 
@@ -68,10 +71,11 @@ def test_spec_name_overrides_the_default_name(experiments, mlflow_client):
     assert mlflow_client.get_experiment(status["experimentId"]).name == name
 
 
-def test_adopts_an_untagged_experiment_with_the_same_name(experiments, namespace, mlflow_client, core):
+def test_adopts_an_experiment_created_outside_the_operator_with_spec_adopt(experiments, namespace, mlflow_client,
+                                                                          core):
     name = unique("adopt")
     existing = mlflow_client.create_experiment(name, tags={"origin": "by-hand"})
-    experiments.create("adopter", {"name": name, "tags": {"team": "ds"}})
+    experiments.create("adopter", {"name": name, "tags": {"team": "ds"}, "adopt": True})
     status = experiments.wait_ready("adopter")["status"]
     assert status["experimentId"] == existing
     tags = mlflow_client.get_experiment(existing).tags
@@ -236,7 +240,7 @@ def test_a_missing_secret_is_reported_and_resolves_once_created(experiments, cor
     condition = experiments.wait_reason("secured", "SecretNotFound")
     assert "mlflow-creds" in condition["message"] and namespace in condition["message"]
     core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="mlflow-creds"),
+        metadata=client.V1ObjectMeta(labels=CREDENTIALS_LABEL, name="mlflow-creds"),
         string_data={"username": "alice", "password": "s3cr3t-value-42"},
     ))
     experiments.wait_ready("secured", timeout=DRIFT_WAIT + 30)
@@ -244,7 +248,7 @@ def test_a_missing_secret_is_reported_and_resolves_once_created(experiments, cor
 
 def test_a_secret_without_credential_keys_is_invalid_secret(experiments, core, namespace, sandbox):
     core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="wrong-keys"), string_data={"user": "alice"},
+        metadata=client.V1ObjectMeta(labels=CREDENTIALS_LABEL, name="wrong-keys"), string_data={"user": "alice"},
     ))
     experiments.create("badsecret", {"tracking": {"uri": sandbox.tracking_uri, "secretRef": {"name": "wrong-keys"}}})
     condition = experiments.wait_reason("badsecret", "InvalidSecret")
@@ -254,7 +258,7 @@ def test_a_secret_without_credential_keys_is_invalid_secret(experiments, core, n
 def test_secret_values_never_appear_in_status_events_or_logs(experiments, core, namespace, sandbox):
     secret_value = f"token-{uuid.uuid4().hex}"
     core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="token-creds"), string_data={"token": secret_value},
+        metadata=client.V1ObjectMeta(labels=CREDENTIALS_LABEL, name="token-creds"), string_data={"token": secret_value},
     ))
     experiments.create("tokened", {"tracking": {"uri": f"http://127.0.0.1:{closed_port()}",
                                                  "secretRef": {"name": "token-creds"}}})
@@ -317,7 +321,7 @@ def test_the_drift_check_leaves_a_healthy_experiment_alone(experiments, core, na
 
 def basic_auth_secret(core, namespace: str, name: str, username: str, password: str) -> None:
     core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name=name), string_data={"username": username, "password": password}))
+        metadata=client.V1ObjectMeta(labels=CREDENTIALS_LABEL, name=name), string_data={"username": username, "password": password}))
 
 
 def test_credentials_from_the_secret_authenticate_to_a_server_that_checks_them(experiments, core, namespace,

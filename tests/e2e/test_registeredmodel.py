@@ -30,10 +30,11 @@ def unique(prefix: str = "model") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def add_versions(mlflow_client, name: str, count: int) -> list[str]:
-    """Register `count` versions by hand, as another tool or a person would."""
+def add_versions(mlflow_client, name: str, count: int, namespace: str) -> list[str]:
+    """Register `count` versions by hand, as a TrainingRun of `namespace` would (the model
+    then belongs to that namespace, so a RegisteredModel there takes it over)."""
     if mlflow_client.search_registered_models(filter_string=f"name = '{name}'") == []:
-        mlflow_client.create_registered_model(name)
+        mlflow_client.create_registered_model(name, tags={"k8s.namespace": namespace})
     return [mlflow_client.create_model_version(name, source=f"s3://bucket/{name}/{i}", run_id=None).version
             for i in range(count)]
 
@@ -62,10 +63,10 @@ def test_the_default_name_is_metadata_name(models, mlflow_client, namespace):
     assert mlflow_client.get_registered_model(name).tags["k8s.namespace"] == namespace
 
 
-def test_adopts_an_unowned_model_such_as_one_a_training_run_created(models, mlflow_client):
+def test_adopts_a_model_a_training_run_of_this_namespace_created(models, mlflow_client, namespace):
     name = unique()
-    mlflow_client.create_registered_model(name, tags={"k8s.createdBy": "TrainingRun ns/x"})
-    add_versions(mlflow_client, name, 2)
+    mlflow_client.create_registered_model(name, tags={"k8s.createdBy": f"TrainingRun {namespace}/x"})
+    add_versions(mlflow_client, name, 2, namespace)
     models.create("adopter", {"name": name, "aliases": {"champion": "2"}})
     status = models.wait_ready("adopter")["status"]
     assert status["versionCount"] == 2
@@ -85,7 +86,7 @@ def test_refuses_a_model_owned_by_another_object(models, mlflow_client):
 def test_promotion_moves_the_alias_when_the_spec_changes(models, mlflow_client, core, namespace):
     """The headline workflow: a pull request changes aliases.champion from 3 to 4."""
     name = unique()
-    add_versions(mlflow_client, name, 4)
+    add_versions(mlflow_client, name, 4, namespace)
     models.create("promo", {"name": name, "aliases": {"champion": 3, "challenger": "4"}})
     models.wait_ready("promo")
     assert alias_target(mlflow_client, name, "champion") == "3"
@@ -102,9 +103,9 @@ def test_promotion_moves_the_alias_when_the_spec_changes(models, mlflow_client, 
     assert any("alias 'champion' from version 3 to version 4" in m for m in messages)
 
 
-def test_only_aliases_this_object_declared_are_removed(models, mlflow_client):
+def test_only_aliases_this_object_declared_are_removed(models, mlflow_client, namespace):
     name = unique()
-    add_versions(mlflow_client, name, 2)
+    add_versions(mlflow_client, name, 2, namespace)
     models.create("owner", {"name": name, "aliases": {"champion": "1"}})
     models.wait_ready("owner")
     mlflow_client.set_registered_model_alias(name, "shadow", "2")
@@ -139,9 +140,9 @@ def test_declared_version_missing_is_version_not_found_until_a_training_run_regi
     assert status["versions"][0]["source"].startswith("models:/m-")
 
 
-def test_stages_descriptions_and_version_tags_follow_the_spec(models, mlflow_client):
+def test_stages_descriptions_and_version_tags_follow_the_spec(models, mlflow_client, namespace):
     name = unique()
-    add_versions(mlflow_client, name, 2)
+    add_versions(mlflow_client, name, 2, namespace)
     models.create("staged", {"name": name, "versions": [
         {"version": "1", "stage": "Production", "description": "baseline", "tags": {"validated": "yes"}},
         {"version": "2", "stage": "Staging"},
@@ -157,9 +158,9 @@ def test_stages_descriptions_and_version_tags_follow_the_spec(models, mlflow_cli
     assert "validated" not in mlflow_client.get_model_version(name, "1").tags
 
 
-def test_archive_existing_versions_archives_the_previous_production_version(models, mlflow_client):
+def test_archive_existing_versions_archives_the_previous_production_version(models, mlflow_client, namespace):
     name = unique()
-    add_versions(mlflow_client, name, 2)
+    add_versions(mlflow_client, name, 2, namespace)
     models.create("archiver", {"name": name, "archiveExistingVersions": True,
                                "versions": [{"version": "1", "stage": "Production"}]})
     models.wait_ready("archiver")
@@ -171,7 +172,7 @@ def test_archive_existing_versions_archives_the_previous_production_version(mode
 
 def test_enforce_reverts_hand_edits(models, mlflow_client, core, namespace):
     name = unique()
-    add_versions(mlflow_client, name, 2)
+    add_versions(mlflow_client, name, 2, namespace)
     models.create("enforced", {"name": name, "description": "declared", "aliases": {"champion": "2"},
                                "versions": [{"version": "2", "stage": "Production"}]})
     models.wait_ready("enforced")
@@ -191,7 +192,7 @@ def test_enforce_reverts_hand_edits(models, mlflow_client, core, namespace):
 
 def test_observe_reports_hand_edits_without_reverting_them(models, mlflow_client, core, namespace):
     name = unique()
-    add_versions(mlflow_client, name, 2)
+    add_versions(mlflow_client, name, 2, namespace)
     models.create("observed", {"name": name, "driftPolicy": "Observe", "aliases": {"champion": "2"}})
     models.wait_ready("observed")
     mlflow_client.set_registered_model_alias(name, "champion", "1")
@@ -209,11 +210,11 @@ def test_observe_reports_hand_edits_without_reverting_them(models, mlflow_client
     assert models.condition("observed", "Drifted") is None
 
 
-def test_status_mirrors_versions_registered_by_anyone(models, mlflow_client):
+def test_status_mirrors_versions_registered_by_anyone(models, mlflow_client, namespace):
     name = unique()
     models.create("mirror", {"name": name})
     models.wait_ready("mirror")
-    add_versions(mlflow_client, name, 3)
+    add_versions(mlflow_client, name, 3, namespace)
     mlflow_client.set_registered_model_alias(name, "by-hand", "3")
     status = wait_for(lambda: (lambda s: s if s.get("versionCount") == 3 else None)(models.get("mirror")["status"]),
                       timeout=DRIFT_WAIT, message="three versions in status")
@@ -233,9 +234,9 @@ def test_a_model_deleted_by_hand_is_reported(models, mlflow_client):
     assert name in condition["message"]
 
 
-def test_deletion_policy_delete_removes_the_model(models, mlflow_client):
+def test_deletion_policy_delete_removes_the_model(models, mlflow_client, namespace):
     name = unique()
-    add_versions(mlflow_client, name, 1)
+    add_versions(mlflow_client, name, 1, namespace)
     models.create("removed", {"name": name, "deletionPolicy": "Delete"})
     models.wait_ready("removed")
     models.delete("removed")
@@ -254,7 +255,7 @@ def test_deletion_policy_retain_keeps_the_model(models, mlflow_client):
 
 def test_kubectl_get_shows_versions_aliases_and_readiness(models, mlflow_client, sandbox, namespace):
     name = unique()
-    add_versions(mlflow_client, name, 2)
+    add_versions(mlflow_client, name, 2, namespace)
     models.create("cols", {"name": name, "aliases": {"champion": "2", "baseline": "1"}})
     models.wait_ready("cols")
     out = sandbox.kubectl("get", "registeredmodels", "-n", namespace).stdout.splitlines()

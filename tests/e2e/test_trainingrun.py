@@ -20,6 +20,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from helpers import Objects, event_reasons, events_for, stays, wait_for
+
+# Credentials Secrets are used only with their owner's consent (this label).
+CREDENTIALS_LABEL = {"mlflow.operator.dev/credentials": "true"}
 from play_training import play
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -233,7 +236,7 @@ def test_missing_secret_keeps_it_pending_with_no_run_and_no_job(runs, ready_expe
     assert not jobs_of(batch, namespace)
     assert not runs_tagged(mlflow_client, ready_experiment["status"]["experimentId"], uid)
     core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="creds"), string_data={"token": "t0ken"}))
+        metadata=client.V1ObjectMeta(labels=CREDENTIALS_LABEL, name="creds"), string_data={"token": "t0ken"}))
     wait_phase(runs, "needs-secret", "Succeeded", timeout=60)
 
 
@@ -257,7 +260,7 @@ def test_a_restart_between_run_creation_and_job_creation_makes_no_duplicate(
     recording it or creating the Job. After a restart it must adopt the oldest run, retire
     the duplicate, and create exactly one Job."""
     name = unique("restart")
-    experiment_id = mlflow_client.create_experiment(name)
+    experiment_id = mlflow_client.create_experiment(name, tags={"k8s.namespace": namespace})
     runs.create("crash", {"experimentName": name, "tracking": {"secretRef": {"name": "late"}},
                           "template": template(hold=False)})
     runs.wait_reason("crash", "SecretNotFound")
@@ -268,7 +271,7 @@ def test_a_restart_between_run_creation_and_job_creation_makes_no_duplicate(
     twin = mlflow_client.create_run(experiment_id, tags=tags, run_name="crash")
     kill_operator(sandbox)
     core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="late"), string_data={"username": "u", "password": "p"}))
+        metadata=client.V1ObjectMeta(labels=CREDENTIALS_LABEL, name="late"), string_data={"username": "u", "password": "p"}))
     restart_operator(sandbox)
     status = wait_phase(runs, "crash", "Succeeded", timeout=90)["status"]
     assert status["runId"] == first.info.run_id
@@ -344,7 +347,7 @@ def test_secret_values_never_reach_the_job_spec_status_events_or_logs(runs, read
                                                                       sandbox):
     password = f"pw-{uuid.uuid4().hex}"
     core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="basic"), string_data={"username": "alice", "password": password}))
+        metadata=client.V1ObjectMeta(labels=CREDENTIALS_LABEL, name="basic"), string_data={"username": "alice", "password": password}))
     runs.create("secret", spec(tracking={"secretRef": {"name": "basic"}},
                                template=template(env=[{"name": "OWN", "value": "kept"}])))
     wait_phase(runs, "secret", "Running")
@@ -447,7 +450,7 @@ def test_a_job_authenticates_with_the_secret_it_references(runs, namespace, core
     """Against the sandbox's basic-auth server: the operator logs in with the Secret, and the
     training code, given only secretKeyRefs, logs in with the same Secret's values."""
     core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="admin-creds"),
+        metadata=client.V1ObjectMeta(labels=CREDENTIALS_LABEL, name="admin-creds"),
         string_data={"username": "admin", "password": sandbox.auth_admin_password}))
     runs.create("authed", {"experimentName": unique("authed"),
                            "tracking": {"uri": sandbox.auth_tracking_uri, "secretRef": {"name": "admin-creds"}},

@@ -1,5 +1,5 @@
 """Tenancy: one rule, for every kind, about which MLflow entities an object may take over,
-use and delete (docs/decisions/0009-tenancy.md)."""
+use and delete (docs/decisions/0007-tenancy.md)."""
 
 import pytest
 

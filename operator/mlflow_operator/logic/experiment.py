@@ -82,9 +82,7 @@ def bind_by_name(experiment: ExperimentInfo | None, name: str, identity: ObjectI
     """No experiment recorded yet: create one, or adopt/restore the one of that name if allowed."""
     if experiment is None:
         return Binding("create")
-    what = f"MLflow experiment {name!r} (id {experiment.experiment_id})"
-    found = ownership.take_over(experiment.tags, identity, adopt, what)
-    if found is Relation.OURS:
+    if ownership.relation(experiment.tags, identity) is Relation.OURS:
         # Ours: created by an earlier reconcile whose status update was lost.
         return Binding("restore" if experiment.deleted else "use", experiment)
     if experiment.deleted:
@@ -93,6 +91,7 @@ def bind_by_name(experiment: ExperimentInfo | None, name: str, identity: ObjectI
             f"a deleted MLflow experiment named {name!r} (id {experiment.experiment_id}) is in MLflow's trash; "
             "restore it in MLflow to adopt it, remove it for good (mlflow gc), or choose another spec.name",
         ))
+    ownership.take_over(experiment.tags, identity, adopt, f"MLflow experiment {name!r} (id {experiment.experiment_id})")
     return Binding("adopt", experiment)
 
 

@@ -2,7 +2,7 @@
 
 An entity belongs to the object whose uid it is tagged with, or (created by a TrainingRun
 on its namespace's behalf) to a namespace alone, or to nobody (created outside the
-operator). One rule for every kind (docs/decisions/0009-tenancy.md):
+operator). One rule for every kind (docs/decisions/0007-tenancy.md):
 
 - an object takes over what is its own, what its namespace owns with no object, or an
   unowned entity when it says `spec.adopt: true`;

@@ -104,7 +104,9 @@ async def reconcile_training_run(
     ctx = Context(services, identity, spec, status, writer)
 
     if status.get("phase") in TERMINAL_PHASES and status.get("runId"):
-        # The Job's outcome is recorded: what is left happens in MLflow and needs no Job.
+        # The Job's outcome is recorded: what is left happens in MLflow and needs no Job
+        # (a restart right after recording it may have left the Job's finalizer on).
+        await _release_job(ctx)
         return await _finish(ctx, await _resolve(ctx))
 
     if status.get("runId") and status.get("jobUid"):
@@ -400,6 +402,14 @@ async def _job_ended(ctx: Context, state: logic.JobState, resolved: Resolved | N
     if logic.JOB_FINALIZER in state.finalizers:
         await ctx.services.kube.remove_job_finalizer(ctx.identity.namespace, ctx.identity.name, logic.JOB_FINALIZER)
     return await _finish(ctx, resolved or await _resolve(ctx))
+
+
+async def _release_job(ctx: Context) -> None:
+    """Take the operator's finalizer off this object's Job, if it still carries it."""
+    job = await ctx.services.kube.get_job(ctx.identity.namespace, ctx.identity.name)
+    if job is not None and job.metadata.uid == ctx.status.get("jobUid") \
+            and logic.JOB_FINALIZER in (job.metadata.finalizers or ()):
+        await ctx.services.kube.remove_job_finalizer(ctx.identity.namespace, ctx.identity.name, logic.JOB_FINALIZER)
 
 
 async def _job_lost(ctx: Context, resolved: Resolved) -> TrainingRunResult:

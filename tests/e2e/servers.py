@@ -1,0 +1,98 @@
+"""HTTP servers a test starts on 127.0.0.1 to play a tracking server: one that records what
+it receives and answers what it is told, and one that accepts connections and never answers."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+
+
+@dataclass
+class RecordingServer:
+    """Answers every request with `status` and `body`, and records each request."""
+
+    port: int
+    status: int = 200
+    body: str = "<html>not an MLflow server</html>"
+    requests: list[Received] = field(default_factory=list)
+
+    def __enter__(self) -> "RecordingServer":
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                recorder.requests.append(Received(self.command, self.path, dict(self.headers)))
+                payload = recorder.body.encode()
+                self.send_response(recorder.status)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class SilentServer:
+    """Accepts connections and never answers, like a server that hung (bounded: it lets go
+    of every connection when the test ends)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._held: list[socket.socket] = []
+
+    def __enter__(self) -> "SilentServer":
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", self.port))
+        self._sock.listen(128)
+        self._sock.settimeout(0.2)
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self._sock.accept()
+            except OSError:
+                continue
+            self.accepted += 1
+            self._held.append(connection)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        time.sleep(0.3)
+        for connection in self._held:
+            connection.close()
+        self._sock.close()
+
+
+def unused_port() -> int:
+    """A port nothing listens on and the operator's allowlist does not name."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
