@@ -26,6 +26,11 @@ class RecordingServer:
     body: str = "<html>not an MLflow server</html>"
     requests: list[Received] = field(default_factory=list)
 
+    def under(self, prefix: str) -> list[Received]:
+        """Requests whose path starts with `prefix`: give each object its own tracking-URI
+        path, so that requests left over from other tests' objects do not count."""
+        return [r for r in self.requests if r.path.startswith(prefix)]
+
     def __enter__(self) -> "RecordingServer":
         recorder = self
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import uuid
 
 import pytest
@@ -30,10 +29,10 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def closed_port(sandbox) -> int:
+    """An allowlisted server port that nothing listens on (the tenancy tests listen there only
+    while they run)."""
+    return sandbox.ports["test-server-2"]
 
 
 def test_creates_the_experiment_with_tags_description_and_ownership(experiments, namespace, mlflow_client, core):
@@ -213,7 +212,7 @@ def test_deletion_policy_retain_keeps_the_experiment(experiments, mlflow_client)
 
 
 def test_an_unreachable_server_is_tracking_unavailable_then_recovers(experiments, sandbox):
-    experiments.create("offline", {"tracking": {"uri": f"http://127.0.0.1:{closed_port()}"}})
+    experiments.create("offline", {"tracking": {"uri": f"http://127.0.0.1:{closed_port(sandbox)}"}})
     condition = experiments.wait_reason("offline", "TrackingUnavailable", timeout=60)
     assert experiments.condition("offline", "Reconciling")["status"] == "True"
     assert experiments.condition("offline", "Stalled")["status"] == "False"
@@ -260,7 +259,7 @@ def test_secret_values_never_appear_in_status_events_or_logs(experiments, core, 
     core.create_namespaced_secret(namespace, client.V1Secret(
         metadata=client.V1ObjectMeta(labels=CREDENTIALS_LABEL, name="token-creds"), string_data={"token": secret_value},
     ))
-    experiments.create("tokened", {"tracking": {"uri": f"http://127.0.0.1:{closed_port()}",
+    experiments.create("tokened", {"tracking": {"uri": f"http://127.0.0.1:{closed_port(sandbox)}",
                                                  "secretRef": {"name": "token-creds"}}})
     experiments.wait_reason("tokened", "TrackingUnavailable")
     experiments.patch_spec("tokened", {"tracking": {"uri": sandbox.tracking_uri}})

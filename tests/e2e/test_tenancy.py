@@ -91,10 +91,11 @@ def test_a_server_outside_the_allowlist_is_sent_nothing(experiments, core, names
 
 
 def test_a_reply_body_never_reaches_status_events_or_the_log(experiments, core, namespace, sandbox):
+    path = f"/{namespace}"
     with RecordingServer(sandbox.ports["test-server"], status=200, body=SECRET) as server:
-        experiments.create("echo", {"tracking": {"uri": f"http://127.0.0.1:{server.port}"}})
+        experiments.create("echo", {"tracking": {"uri": f"http://127.0.0.1:{server.port}{path}"}})
         condition = experiments.wait_reason("echo", "TrackingRejected")
-        assert server.requests, "the allowlisted server was called"
+        assert server.under(path), "the allowlisted server was called"
     assert "HTTP 200" in condition["message"] and "MLflow" in condition["message"]
     assert experiments.condition("echo", "Stalled")["status"] == "True"  # a refusal is not retried as an outage
     shown = everything_shown(core, namespace, "echo", experiments.get("echo"))
@@ -103,8 +104,9 @@ def test_a_reply_body_never_reaches_status_events_or_the_log(experiments, core, 
 
 
 def test_an_error_reply_is_reported_by_status_code_not_by_its_body(experiments, core, namespace, sandbox):
-    with RecordingServer(sandbox.ports["test-server"], status=502, body=SECRET):
-        experiments.create("gateway", {"tracking": {"uri": f"http://127.0.0.1:{sandbox.ports['test-server']}"}})
+    port = sandbox.ports["test-server"]
+    with RecordingServer(port, status=502, body=SECRET):
+        experiments.create("gateway", {"tracking": {"uri": f"http://127.0.0.1:{port}/{namespace}"}})
         condition = experiments.wait_reason("gateway", "TrackingUnavailable")
     assert "5xx" in condition["message"] or "HTTP 502" in condition["message"]
     assert SECRET not in everything_shown(core, namespace, "gateway", experiments.get("gateway"))
@@ -127,16 +129,17 @@ def test_a_uri_with_query_fragment_or_user_info_is_refused_at_admission(experime
 
 def test_a_secret_without_the_opt_in_label_is_never_read_or_sent(experiments, core, namespace, sandbox):
     make_secret(core, namespace, "sa-like", {"token": SECRET}, labelled=False)
+    path = f"/{namespace}"
     with RecordingServer(sandbox.ports["test-server"]) as server:
-        experiments.create("consent", {"tracking": {"uri": f"http://127.0.0.1:{server.port}",
+        experiments.create("consent", {"tracking": {"uri": f"http://127.0.0.1:{server.port}{path}",
                                                     "secretRef": {"name": "sa-like"}}})
         condition = experiments.wait_reason("consent", "SecretNotAllowed")
         assert "mlflow.operator.dev/credentials=true" in condition["message"]
-        assert stays(lambda: not server.requests, duration=3)
+        assert stays(lambda: not server.under(path), duration=3)
         # The owner consents: from then on (and only then) the credentials are sent.
         core.patch_namespaced_secret("sa-like", namespace, {"metadata": {"labels": LABEL}})
-        wait_for(lambda: server.requests, timeout=30, message="a request once the Secret is labelled")
-        assert server.requests[0].headers.get("Authorization") == f"Bearer {SECRET}"
+        wait_for(lambda: server.under(path), timeout=30, message="a request once the Secret is labelled")
+        assert server.under(path)[0].headers.get("Authorization") == f"Bearer {SECRET}"
     assert SECRET not in everything_shown(core, namespace, "consent", experiments.get("consent"))
 
 

@@ -103,7 +103,7 @@ async def reconcile_training_run(
         return TrainingRunResult(outcome_of_closed(status))
     ctx = Context(services, identity, spec, status, writer)
 
-    if status.get("phase") in TERMINAL_PHASES and status.get("runId"):
+    if status.get("runId") and (status.get("jobOutcome") or status.get("phase") in TERMINAL_PHASES):
         # The Job's outcome is recorded: what is left happens in MLflow and needs no Job
         # (a restart right after recording it may have left the Job's finalizer on).
         await _release_job(ctx)
@@ -394,10 +394,9 @@ async def _job_ended(ctx: Context, state: logic.JobState, resolved: Resolved | N
     pod_reasons = await _pod_failure_reasons(ctx) if state.finished and state.finished[0] == "Failed" else []
     ended = logic.job_outcome(state, ctx.identity.name, pod_reasons)
     await ctx.checkpoint({
-        "phase": ended.phase,
         "startTime": logic.rfc3339(state.start_time) or ctx.status.get("startTime"),
         "completionTime": logic.rfc3339(ended.completion_time),
-        "jobOutcome": {"reason": ended.reason, "message": ended.message},
+        "jobOutcome": {"phase": ended.phase, "reason": ended.reason, "message": ended.message},
     })
     if logic.JOB_FINALIZER in state.finalizers:
         await ctx.services.kube.remove_job_finalizer(ctx.identity.namespace, ctx.identity.name, logic.JOB_FINALIZER)
@@ -416,9 +415,8 @@ async def _job_lost(ctx: Context, resolved: Resolved) -> TrainingRunResult:
     """The Job is gone and its outcome was never recorded (it was created without the
     finalizer, or the finalizer was removed by hand): the run was cut short."""
     await ctx.checkpoint({
-        "phase": "Failed",
         "completionTime": ctx.status.get("completionTime") or logic.rfc3339(dt.datetime.now(dt.timezone.utc)),
-        "jobOutcome": {"reason": "JobDeleted",
+        "jobOutcome": {"phase": "Failed", "reason": "JobDeleted",
                        "message": f"Job {ctx.identity.name} was deleted before its outcome was recorded"},
     })
     return await _finish(ctx, resolved)
@@ -428,8 +426,9 @@ async def _finish(ctx: Context, resolved: Resolved) -> TrainingRunResult:
     """Close the MLflow run from the recorded outcome (never from what the container
     reported), copy its metrics, and register the model of a successful run."""
     mlflow, target, status = ctx.services.mlflow, resolved.target, ctx.status
-    run_id, phase = status["runId"], status["phase"]
     recorded = status.get("jobOutcome") or {}
+    # The phase moves to Succeeded/Failed with the run's final status, not before it.
+    run_id, phase = status["runId"], recorded.get("phase") or status["phase"]
     reason = recorded.get("reason") or ("Succeeded" if phase == "Succeeded" else "JobFailed")
     run_status = status.get("runStatus") or logic.final_run_status(phase, reason)
     update: dict[str, Any] = {}
@@ -441,7 +440,7 @@ async def _finish(ctx: Context, resolved: Resolved) -> TrainingRunResult:
         end_ms = logic.millis(logic.parse_time(status.get("completionTime"))) or int(time.time() * 1000)
         if run.status != run_status or run.end_time is None:
             await mlflow.set_run_status(target, run_id, run_status, run.end_time or end_ms)
-        update = {"runStatus": run_status, "metrics": run.metrics,
+        update = {"phase": phase, "runStatus": run_status, "metrics": run.metrics,
                   "primaryMetric": logic.primary_metric_text(run.metrics, ctx.spec.primary_metric)}
     if phase == "Failed":
         message = f"{recorded.get('message') or 'Job failed'}; MLflow run {run_id} marked {run_status}"
@@ -522,8 +521,8 @@ async def kill_training_run(services: Services, body: dict[str, Any]) -> Event |
     run_id = status.get("runId")
     if not run_id or status.get("runStatus") in ("FINISHED", "FAILED", "KILLED"):
         return None
-    if status.get("phase") in TERMINAL_PHASES:
-        phase, reason = status["phase"], (status.get("jobOutcome") or {}).get("reason", "")
+    if status.get("jobOutcome"):
+        phase, reason = status["jobOutcome"].get("phase", "Failed"), status["jobOutcome"].get("reason", "")
     elif state is not None and state.finished:
         ended = logic.job_outcome(state, identity.name, [])
         phase, reason = ended.phase, ended.reason
