@@ -321,3 +321,51 @@ def test_one_server_that_stops_answering_does_not_starve_the_others(experiments,
         experiments.create("healthy", {})
         experiments.wait_ready("healthy", timeout=20)
         assert time.monotonic() - started < 20
+
+
+def test_a_recorded_run_id_wins_over_an_older_run_with_the_same_tag(runs, namespace, sandbox, mlflow_client):
+    """As after a peering hand-over: another run tagged with the object's uid appears, older
+    than the recorded one. The recorded run stays the object's run and the other is left."""
+    runs.create("handover", {"experimentName": unique("handover"), "template": template()})
+    status = wait_phase(runs, "handover", "Running")["status"]
+    uid = runs.get("handover")["metadata"]["uid"]
+    older = mlflow_client.create_run(status["experimentId"], start_time=1,
+                                     tags={"k8s.uid": uid, "k8s.namespace": namespace})
+    stop_operator(sandbox)
+    start_operator(sandbox)
+    assert play(namespace, "handover", TRAINER) == 0
+    final = runs.wait_ready("handover", timeout=60)["status"]
+    assert final["runId"] == status["runId"]
+    assert mlflow_client.get_run(status["runId"]).info.status == "FINISHED"
+    assert mlflow_client.get_run(older.info.run_id).info.lifecycle_stage == "active"
+
+
+def test_a_status_write_decided_on_a_stale_read_is_refused(runs, sandbox):
+    """The gateway's precondition, against the real API server: a write carrying the
+    resourceVersion of an older read gets 409 instead of landing."""
+    import asyncio
+
+    from kubernetes import client as k8s, config as k8s_config
+
+    from mlflow_operator.gateways.kubernetes import KubernetesError, KubernetesGateway
+
+    runs.create("stale", {"experimentName": unique("stale"), "template": template()})
+    seen = runs.get("stale")["metadata"]["resourceVersion"]
+    runs.patch_status("stale", {"url": "http://changed-meanwhile"})
+    configuration = k8s.Configuration()
+    k8s_config.load_kube_config(config_file=str(sandbox.kubeconfig), client_configuration=configuration)
+    gateway = KubernetesGateway(configuration=configuration)
+
+    async def write(resource_version: str) -> str:
+        return await gateway.patch_status("trainingruns", runs.namespace, "stale", {"primaryMetric": "x"},
+                                          resource_version=resource_version)
+
+    try:
+        with pytest.raises(KubernetesError) as raised:
+            asyncio.run(write(seen))
+        assert raised.value.status == 409
+        # With a fresh read it lands (retried: the operator may write in between, as in real life).
+        wait_for(lambda: asyncio.run(write(runs.get("stale")["metadata"]["resourceVersion"])), timeout=10,
+                 message="a write on a fresh read to land")
+    finally:
+        gateway.close()
