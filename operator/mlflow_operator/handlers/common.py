@@ -274,9 +274,8 @@ async def delete_and_report(
                                          outcome.reason if outcome.expected else "DeleteFailed", outcome.message)])
                 raise kopf.TemporaryError(f"{what}: {outcome.message}",
                                           delay=retry_delay(retry, services.config.drift_interval)) from None
-            message = f"{what} gave up, MLflow left as it is: {outcome.reason}: {outcome.message}"
-            logger.warning(message)
-            event = ("Warning", "CleanupAbandoned", message)
+            event = ("Warning", "CleanupAbandoned",
+                     f"{what} gave up, MLflow left as it is: {outcome.reason}: {outcome.message}")
     if event:
         post_events(fresh, [event])
         (logger.warning if event[0] == "Warning" else logger.info)(event[2])

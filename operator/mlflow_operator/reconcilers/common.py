@@ -10,7 +10,7 @@ from mlflow_operator.api.common import TrackingSpec
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.gateways.kubernetes import KubernetesError, KubernetesGateway
 from mlflow_operator.gateways.mlflow import MlflowGateway
-from mlflow_operator.logic.conditions import ReconcileProblem, progressing
+from mlflow_operator.logic.conditions import ReconcileProblem, progressing, stalled
 from mlflow_operator.logic.tracking import choose_target, credentials_from_secret
 from mlflow_operator.servers import Credentials
 from mlflow_operator.tracking import TrackingTarget
@@ -86,6 +86,12 @@ async def resolve_target_and_secret(
         remembered = services.remembered.recall(key) if cleanup and secret is None else None
         if remembered is not None:
             credentials = remembered
+        elif cleanup and secret is None:
+            # Deleting, e.g. with the whole namespace: the Secret will not come back.
+            raise ReconcileProblem(stalled(
+                "SecretNotFound", f"Secret {choice.secret_name!r} is gone and the operator has not read it since "
+                "it started, so it cannot authenticate to close the MLflow entity",
+            ))
         else:
             credentials = credentials_from_secret(
                 namespace, choice.secret_name, None if secret is None else secret.data,
