@@ -109,17 +109,15 @@ async def reconcile_training_run(
         await _release_job(ctx)
         return await _finish(ctx, await _resolve(ctx))
 
-    if status.get("runId") and status.get("jobUid"):
-        job = await services.kube.get_job(identity.namespace, identity.name)
-        if job is not None and job.metadata.uid == status["jobUid"]:
-            state = logic.job_state(job)
-            if state.ended:
-                return await _job_ended(ctx, state)
-            return await _in_progress(ctx, state, refresh_metrics)
+    job = await services.kube.get_job(identity.namespace, identity.name)
+    if status.get("runId") and job is not None and job.metadata.uid == status.get("jobUid"):
+        state = logic.job_state(job)
+        if state.ended:
+            return await _job_ended(ctx, state)
+        return await _in_progress(ctx, state, refresh_metrics)
 
     resolved = await _resolve(ctx)
     events: list[Event] = []
-    job = await services.kube.get_job(identity.namespace, identity.name)
     run = await _ensure_run(ctx, resolved, job, events)
     job = await _ensure_job(ctx, resolved, run, job, events)
     if job is None:  # deleted, finalizer and all, before its outcome was recorded
