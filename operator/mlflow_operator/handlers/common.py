@@ -268,7 +268,7 @@ async def delete_and_report(
         except (ReconcileProblem, TrackingError, KubernetesError) as error:
             outcome = outcome_for_error(error)
             spent = _seconds_since(fresh["metadata"].get("deletionTimestamp"))
-            if outcome.state == "progressing" and (outcome.expected or spent < budget_seconds):
+            if cleanup_keeps_trying(outcome, spent, budget_seconds):
                 if retry == 0:
                     post_events(fresh, [("Normal" if outcome.expected else "Warning",
                                          outcome.reason if outcome.expected else "DeleteFailed", outcome.message)])
@@ -280,6 +280,14 @@ async def delete_and_report(
         post_events(fresh, [event])
         (logger.warning if event[0] == "Warning" else logger.info)(event[2])
     forget_object(memo, metadata["uid"])
+
+
+def cleanup_keeps_trying(outcome: Outcome, spent_seconds: float, budget_seconds: float) -> bool:
+    """Whether a deletion step that failed is tried again: waiting on something that will end,
+    always; an outage, within the budget; a refusal, never."""
+    if outcome.state != "progressing":
+        return False
+    return outcome.expected or spent_seconds < budget_seconds
 
 
 def _seconds_since(timestamp: str | None) -> float:
