@@ -14,7 +14,7 @@ mkdir -p "$CACHE/bin" "$STATE/bin"
 
 # module directory : packages to build (binary name = last path element)
 MODULES=(
-  "kubernetes:k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl"
+  "kubernetes:k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes/cmd/kubelet"
   "etcd:."
   "kwok:sigs.k8s.io/kwok/cmd/kwok"
   "helm:helm.sh/helm/v3/cmd/helm"

@@ -27,7 +27,14 @@ CLIENTS: tuple[tuple[str, str, str | None], ...] = (
     ("kube-controller-manager", "system:kube-controller-manager", None),
     ("kube-scheduler", "system:kube-scheduler", None),
     ("kwok", "kwok-controller", "system:masters"),
+    # The real node's kubelet, as the Node authorizer expects it, and the API server's
+    # identity towards kubelets (for `kubectl logs` / `exec`).
+    ("kubelet", "system:node:localhost", "system:nodes"),
+    ("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters"),
 )
+# The real node is called `localhost`: its name resolves to 127.0.0.1, so the API server
+# reaches the kubelet on loopback (--kubelet-preferred-address-types=Hostname).
+NODE_NAME = "localhost"
 
 APISERVER_SANS_DNS = (
     "localhost",
@@ -179,6 +186,18 @@ def ensure_pki(pki: Pki) -> None:
         )
         _write_key(key, pki.client_key(stem))
         _write_cert(cert, pki.client_cert(stem))
+
+    if not pki.client_cert("kubelet-serving").exists():
+        key = _new_key()
+        sans = [x509.DNSName(NODE_NAME), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+        cert = (
+            _builder(_name(f"system:node:{NODE_NAME}", "system:nodes"), ca_cert.subject, key.public_key())
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        _write_key(key, pki.client_key("kubelet-serving"))
+        _write_cert(cert, pki.client_cert("kubelet-serving"))
 
     if not pki.sa_key.exists():
         key = _new_key()

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import node  # noqa: E402 - beside this file
 from pki import Pki, ensure_pki, write_kubeconfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,14 +59,17 @@ PORT_NAMES = (
     "kube-scheduler", "kwok", "mlflow", "mlflow-auth", "operator-health", "operator-metrics",
     # Allowlisted for tests that play a tracking server of their own (tests/e2e/test_tenancy.py).
     "test-server", "test-server-2",
+    "kubelet", "kubelet-healthz",
 )
 # Servers the sandbox's operator may call besides its default one.
 ALLOWED_SERVER_PORTS = ("mlflow-auth", "test-server", "test-server-2")
 # Components in start order; `down` stops them in reverse.
 ORDER = (
     "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
-    "mlflow", "mlflow-auth", "operator",
+    "containerd", "kubelet", "mlflow", "mlflow-auth", "operator",
 )
+NODE_DIR = STATE / "node"
+CONTAINERD_SOCKET = NODE_DIR / "containerd.sock"
 CRD_NAMES = (
     "experiments.mlflow.operator.dev",
     "trainingruns.mlflow.operator.dev",
@@ -298,6 +302,15 @@ class Sandbox:
                     "--authorization-mode=Node,RBAC",
                     "--enable-admission-plugins=NodeRestriction",
                     "--allow-privileged=true",
+                    # The real node: reached by its name (localhost) with verified TLS, as the
+                    # API server's own kubelet-client identity.
+                    "--kubelet-preferred-address-types=Hostname",
+                    f"--kubelet-client-certificate={pki.client_cert('apiserver-kubelet-client')}",
+                    f"--kubelet-client-key={pki.client_key('apiserver-kubelet-client')}",
+                    f"--kubelet-certificate-authority={pki.ca_cert}",
+                    # The sandbox's own admission policy that sends real-node pods there.
+                    "--feature-gates=MutatingAdmissionPolicy=true",
+                    "--runtime-config=admissionregistration.k8s.io/v1beta1=true",
                     "--endpoint-reconciler-type=none",
                     "--profiling=false",
                     *common_control_plane,
@@ -360,6 +373,31 @@ class Sandbox:
                 ],
                 ready=lambda: http_ok(f"http://127.0.0.1:{p['kwok']}/healthz"),
                 marker=str(BIN / "kwok"),
+            ),
+            Component(
+                name="containerd",
+                argv=[
+                    "unshare", "--mount", "--propagation", "private", "--",
+                    str(ROOT / "sandbox" / "node" / "node-namespace.sh"), str(NODE_DIR),
+                    "containerd", f"--config={NODE_DIR / 'containerd.toml'}",
+                ],
+                ready=lambda: self.ctr("version", check=False).returncode == 0,
+                marker=f"--config={NODE_DIR / 'containerd.toml'}",
+            ),
+            Component(
+                name="kubelet",
+                argv=[
+                    str(ROOT / "sandbox" / "node" / "kubelet.sh"), str(_pid_file("containerd")),
+                    str(BIN / "kubelet"),
+                    f"--config={NODE_DIR / 'kubelet.yaml'}",
+                    f"--kubeconfig={self._kubeconfig('kubelet')}",
+                    f"--hostname-override={node.NODE_NAME}",
+                    f"--root-dir={NODE_DIR / 'kubelet'}",
+                    f"--node-labels={node.REAL_NODE_LABEL}=true",
+                    "--v=1",
+                ],
+                ready=lambda: http_ok(f"http://127.0.0.1:{p['kubelet-healthz']}/healthz"),
+                marker=f"--config={NODE_DIR / 'kubelet.yaml'}",
             ),
             Component(
                 name="mlflow",
@@ -439,11 +477,56 @@ class Sandbox:
             ("kube-controller-manager", "system:kube-controller-manager"),
             ("kube-scheduler", "system:kube-scheduler"),
             ("kwok", "kwok-controller"),
+            ("kubelet", f"system:node:{node.NODE_NAME}"),
         ):
             write_kubeconfig(self._kubeconfig(stem), self.apiserver_url, self.pki, stem, user)
         (STATE / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
+        self.prepare_node()
         self.prepare_auth_server()
         self.write_env()
+
+    def prepare_node(self) -> None:
+        """Configuration of the real node's containerd and kubelet, under .sandbox/node."""
+        (NODE_DIR / "cni").mkdir(parents=True, exist_ok=True)
+        (NODE_DIR / "containerd.toml").write_text(node.containerd_config(NODE_DIR, CONTAINERD_SOCKET))
+        (NODE_DIR / "cni" / "10-loopback.conflist").write_text(node.CNI_LOOPBACK)
+        # Pods resolve names only through 127.0.0.1: nothing is sent to another resolver.
+        (NODE_DIR / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+        cgroup_file = NODE_DIR / "cgroup-root"
+        if running_pid(self.components["kubelet"]) is None:
+            cgroup_file.write_text(node.own_cgroup().rstrip("/") + "/mlflow-sandbox-node\n")
+        (NODE_DIR / "kubelet.yaml").write_text(node.kubelet_config(
+            NODE_DIR, self.pki.root, CONTAINERD_SOCKET, self.ports["kubelet"], self.ports["kubelet-healthz"],
+            cgroup_file.read_text().strip(),
+        ))
+
+    def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["ctr", f"--address={CONTAINERD_SOCKET}", "--namespace=k8s.io", *args],
+                              capture_output=True, text=True, timeout=600, check=check)
+
+    def ensure_images(self) -> None:
+        """Build (or take from the cache) the node's images and import them into containerd."""
+        result = subprocess.run([str(ROOT / "sandbox" / "node" / "build-images.sh")], capture_output=True,
+                                text=True, timeout=1800, env={**os.environ, "SANDBOX_DIR": str(STATE)})
+        if result.returncode != 0:
+            raise SandboxError(f"building the real node's images failed (sandbox/node/build-images.sh):\n"
+                               f"{result.stderr.strip()}")
+        node.import_images(["ctr", f"--address={CONTAINERD_SOCKET}", "--namespace=k8s.io"],
+                           result.stdout.split())
+
+    def ensure_real_node(self) -> None:
+        """The node Ready, and the admission policy that sends real-node namespaces' pods there."""
+        self.kubectl("wait", "--for=condition=Ready", f"node/{node.NODE_NAME}", "--timeout=90s")
+        self.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=sandbox", "-f", "-",
+                     input_text=node.REAL_NODE_POLICY)
+
+    def stop_node_leftovers(self) -> None:
+        """Containers, shims and cgroups that outlive a stopped containerd and kubelet."""
+        if node.stop_shims(CONTAINERD_SOCKET):
+            log("stopped containerd's shims")
+        cgroup_file = NODE_DIR / "cgroup-root"
+        if cgroup_file.exists():
+            node.remove_cgroup_root(cgroup_file.read_text().strip())
 
     def prepare_auth_server(self) -> None:
         """Admin password and CSRF key made once per sandbox; the auth database in .sandbox."""
@@ -480,7 +563,7 @@ class Sandbox:
         component = self.components[name]
         if running_pid(component) is not None:
             return False
-        executable = Path(component.argv[0])
+        executable = Path(shutil.which(component.argv[0]) or component.argv[0])
         if not executable.exists():
             hint = "make venv" if VENV in executable.parents else "make binaries"
             raise SandboxError(f"{name}: {executable} is missing: run `{hint}` first")
@@ -649,9 +732,16 @@ current-context: sandbox
         bring_up("etcd")
         bring_up("kube-apiserver")
         bring_up("kube-controller-manager", "kube-scheduler", "kwok")
+        if running_pid(self.components["containerd"]) is None:
+            self.stop_node_leftovers()
+            node.prepare_cgroup_root((NODE_DIR / "cgroup-root").read_text().strip())
+        bring_up("containerd")
+        self.ensure_images()
+        bring_up("kubelet")
         self.ensure_crds()
         self.ensure_nodes()
         self.ensure_default_service_account()
+        self.ensure_real_node()
         bring_up("mlflow", "mlflow-auth")
         if running_pid(self.components["operator"]) is None:
             self.ensure_operator_identity()
@@ -663,6 +753,8 @@ current-context: sandbox
         for name in reversed(ORDER):
             if stop(self.components[name]):
                 log(f"stopped {name}")
+            if name == "containerd":
+                self.stop_node_leftovers()
 
     def status(self) -> int:
         code = 0

@@ -1,0 +1,245 @@
+"""The sandbox's real node: containerd and a kubelet, so that training containers truly run.
+
+Everything stays on this machine and inside the sandbox's own state:
+- containerd runs in a private mount namespace (node/node-namespace.sh) with /run, /var/lib
+  and /var/log of its own, and the kubelet joins it; the host's kernel settings are never
+  written (protectKernelDefaults, with the values the kubelet checks bound read-only);
+- pods use the host network and reach MLflow and the API server on 127.0.0.1; the only CNI
+  configuration is the loopback plugin; pods resolve names with a resolv.conf that points
+  at 127.0.0.1, so nothing is sent beyond the loopback interface;
+- the kubelet's cgroups live below the cgroup the sandbox itself runs in, so containers stay
+  inside the limits of the process that started them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+NODE_NAME = "localhost"
+# Pods of namespaces with this label run on the real node (a MutatingAdmissionPolicy adds the
+# host network, the toleration and the node selection); the operator knows nothing of it.
+REAL_NODE_LABEL = "sandbox.mlflow.operator.dev/real-node"
+TAINT = {"key": REAL_NODE_LABEL, "value": "true", "effect": "NoSchedule"}
+CGROUP_CONTROLLERS = Path("/sys/fs/cgroup")
+
+TOLERATION = f'Object.spec.tolerations{{key: "{REAL_NODE_LABEL}", operator: "Exists", effect: "NoSchedule"}}'
+REAL_NODE_POLICY = f"""apiVersion: admissionregistration.k8s.io/v1beta1
+kind: MutatingAdmissionPolicy
+metadata:
+  name: sandbox-real-node
+spec:
+  failurePolicy: Fail
+  reinvocationPolicy: Never
+  matchConstraints:
+    namespaceSelector:
+      matchLabels: {{"{REAL_NODE_LABEL}": "true"}}
+    resourceRules:
+    - apiGroups: [""]
+      apiVersions: [v1]
+      operations: [CREATE]
+      resources: [pods]
+  mutations:
+  - patchType: JSONPatch
+    jsonPatch:
+      expression: >-
+        [JSONPatch{{op: "add", path: "/spec/hostNetwork", value: true}}] +
+        (has(object.spec.nodeSelector)
+          ? [JSONPatch{{op: "add", path: "/spec/nodeSelector/" + jsonpatch.escapeKey("{REAL_NODE_LABEL}"), value: "true"}}]
+          : [JSONPatch{{op: "add", path: "/spec/nodeSelector", value: {{"{REAL_NODE_LABEL}": "true"}}}}]) +
+        (has(object.spec.tolerations)
+          ? [JSONPatch{{op: "add", path: "/spec/tolerations/-", value: {TOLERATION}}}]
+          : [JSONPatch{{op: "add", path: "/spec/tolerations", value: [{TOLERATION}]}}])
+---
+apiVersion: admissionregistration.k8s.io/v1beta1
+kind: MutatingAdmissionPolicyBinding
+metadata:
+  name: sandbox-real-node
+spec:
+  policyName: sandbox-real-node
+"""
+
+
+def own_cgroup() -> str:
+    """The cgroup this process runs in (cgroup v1: the memory controller's path)."""
+    fallback = "/"
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            return path
+        if controllers == "":
+            fallback = path
+    return fallback
+
+
+def v1_hierarchies() -> list[Path]:
+    """Mounted cgroup v1 hierarchies (one directory per controller, as on these machines)."""
+    if not CGROUP_CONTROLLERS.is_dir():
+        return []
+    return sorted(p for p in CGROUP_CONTROLLERS.iterdir()
+                  if p.is_dir() and not p.is_symlink() and (p / "cgroup.procs").exists())
+
+
+def prepare_cgroup_root(root: str) -> None:
+    """Create the kubelet's cgroup root in every hierarchy (the kubelet refuses a root that
+    does not exist); a new cpuset gets its parent's CPUs and memory nodes."""
+    for hierarchy in v1_hierarchies():
+        path = hierarchy
+        for part in [p for p in root.split("/") if p]:
+            parent, path = path, path / part
+            if not path.exists():
+                path.mkdir()
+                for knob in ("cpuset.cpus", "cpuset.mems"):
+                    if (path / knob).exists() and not (path / knob).read_text().strip():
+                        (path / knob).write_text((parent / knob).read_text())
+
+
+def _pids_below(directory: Path) -> list[int]:
+    pids: list[int] = []
+    for procs in directory.rglob("cgroup.procs"):
+        try:
+            pids += [int(p) for p in procs.read_text().split()]
+        except OSError:
+            continue
+    return pids
+
+
+def remove_cgroup_root(root: str) -> None:
+    """Kill whatever still runs below the kubelet's cgroup root and remove its cgroups."""
+    for _ in range(50):
+        pids = [pid for h in v1_hierarchies() if (h / root.lstrip("/")).exists()
+                for pid in _pids_below(h / root.lstrip("/"))]
+        if not pids:
+            break
+        for pid in set(pids):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+    for hierarchy in v1_hierarchies():
+        top = hierarchy / root.lstrip("/")
+        if not top.exists():
+            continue
+        for directory in sorted((d for d in top.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
+            try:
+                directory.rmdir()
+            except OSError:
+                pass
+        try:
+            top.rmdir()
+        except OSError:
+            pass
+
+
+def stop_shims(socket: Path) -> int:
+    """containerd's shims outlive containerd: stop the ones of this sandbox's containerd."""
+    stopped = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and cmdline[0].endswith(b"containerd-shim-runc-v2") and str(socket).encode() in cmdline:
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+                stopped += 1
+            except ProcessLookupError:
+                pass
+    return stopped
+
+
+def containerd_config(node_dir: Path, socket: Path) -> str:
+    return f"""version = 2
+root = "{node_dir / 'containerd' / 'root'}"
+state = "{node_dir / 'containerd' / 'state'}"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+                    "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs",
+                    "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+
+[grpc]
+  address = "{socket}"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{node_dir / 'containerd' / 'opt'}"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "localhost/sandbox/pause:1"
+  # This VM lacks CAP_SYS_RESOURCE: without it every pod sandbox fails to start.
+  restrict_oom_score_adj = true
+  enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{node_dir / 'cni'}"
+"""
+
+
+# Only host-network pods run here; the runtime still wants one network configuration.
+CNI_LOOPBACK = """{
+  "cniVersion": "0.4.0",
+  "name": "sandbox-loopback",
+  "plugins": [{"type": "loopback"}]
+}
+"""
+
+
+def kubelet_config(node_dir: Path, pki_dir: Path, socket: Path, port: int, healthz_port: int,
+                   cgroup_root: str) -> str:
+    return f"""apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: 127.0.0.1
+port: {port}
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: {healthz_port}
+tlsCertFile: {pki_dir / 'kubelet-serving.crt'}
+tlsPrivateKeyFile: {pki_dir / 'kubelet-serving.key'}
+authentication:
+  anonymous: {{enabled: false}}
+  webhook: {{enabled: true}}
+  x509: {{clientCAFile: {pki_dir / 'ca.crt'}}}
+authorization: {{mode: Webhook}}
+containerRuntimeEndpoint: unix://{socket}
+cgroupDriver: cgroupfs
+cgroupRoot: {cgroup_root}
+cgroupsPerQOS: true
+failSwapOn: false
+protectKernelDefaults: true
+# Images are imported, never pulled: never collect them.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {{memory.available: 100Mi, nodefs.available: 1%, imagefs.available: 1%, nodefs.inodesFree: 1%}}
+resolvConf: {node_dir / 'resolv.conf'}
+registerWithTaints:
+- {{key: {TAINT['key']}, value: "{TAINT['value']}", effect: {TAINT['effect']}}}
+serializeImagePulls: false
+maxPods: 30
+staticPodPath: ""
+"""
+
+
+def import_images(ctr: list[str], archives: list[str]) -> None:
+    """Import the image archives into containerd's Kubernetes namespace (skips known ones)."""
+    known = subprocess.run([*ctr, "images", "ls", "-q"], capture_output=True, text=True, check=True).stdout
+    for archive in archives:
+        marker = Path(archive).with_suffix(".imported")
+        if marker.exists() and marker.read_text() in known and marker.read_text():
+            continue
+        result = subprocess.run([*ctr, "images", "import", "--snapshotter", "overlayfs", archive],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"ctr images import {archive} failed:\n{result.stderr}")
+        names = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("unpacking ")]
+        marker.write_text(names[0] if names else "")

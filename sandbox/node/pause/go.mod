@@ -1,0 +1,3 @@
+module mlflow-operator.dev/sandbox/pause
+
+go 1.22
