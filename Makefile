@@ -11,7 +11,7 @@ SANDBOX := $(PY) sandbox/sandbox.py
 KUBECTL := $(SANDBOX_DIR)/bin/kubectl --kubeconfig $(SANDBOX_DIR)/kubeconfig --cache-dir $(SANDBOX_DIR)/kube-cache
 PYTEST_ARGS ?=
 
-.PHONY: bench chart-crds lint help venv binaries sandbox-up sandbox-down sandbox sandbox-status sandbox-clean \
+.PHONY: bench chart-crds lint help venv binaries node-packages sandbox-up sandbox-down sandbox sandbox-status sandbox-clean \
         operator-restart test test-unit lint
 
 help:
@@ -32,7 +32,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 binaries:
 	sandbox/build-binaries.sh
 
-sandbox-up: venv binaries
+# The real node's Debian packages (containerd, runc, CNI plugins, buildah, mmdebstrap): as root.
+node-packages:
+	sandbox/node/install-packages.sh
+
+sandbox-up: venv binaries node-packages
 	$(SANDBOX) up
 
 sandbox-down:
@@ -49,11 +53,11 @@ operator-restart: venv
 sandbox-clean: sandbox-down
 	rm -rf $(SANDBOX_DIR)
 
-# Apply the examples, then play the example TrainingRun's training container: its pod is
-# held on a kwok node while examples/churn/train.py runs locally with the pod's own env.
+# Apply the examples in the default namespace, whose pods run on the real node: the example
+# TrainingRun trains in the churn image's container (examples/churn/Dockerfile).
 sandbox: sandbox-up
+	$(KUBECTL) label namespace default sandbox.mlflow.operator.dev/real-node=true --overwrite
 	$(KUBECTL) apply -f examples/
-	$(PY) sandbox/play_training.py default churn-rf-1 -- $(PY) -W ignore examples/churn/train.py
 	@$(PY) sandbox/whats_next.py
 
 test: lint sandbox-up

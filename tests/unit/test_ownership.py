@@ -72,3 +72,10 @@ def test_entities_a_training_run_creates_belong_to_its_namespace():
     assert relation(tags, ObjectIdentity(kind="Experiment", namespace="team-b", name="x", uid="u")) \
         is Relation.OTHER_NAMESPACE
     assert describe_owner(tags) == "namespace 'team-a'"
+
+
+def test_an_entity_whose_owner_was_deleted_belongs_to_the_namespace_again():
+    """An object deleted with deletionPolicy Retain, then applied again (a GitOps re-sync)."""
+    assert take_over(SIBLING, ME, adopt=False, what="model", owner_alive=False) is Relation.NAMESPACE
+    assert "team-a/other" in conflict_message(lambda: take_over(SIBLING, ME, adopt=False, what="model"))
+    assert "team-b" in conflict_message(lambda: take_over(FOREIGN, ME, adopt=False, what="model", owner_alive=False))

@@ -78,7 +78,7 @@ def bind_known(experiment: ExperimentInfo | None, known_id: str, identity: Objec
 
 
 def bind_by_name(experiment: ExperimentInfo | None, name: str, identity: ObjectIdentity,
-                 adopt: bool = False) -> Binding:
+                 adopt: bool = False, owner_alive: bool = True) -> Binding:
     """No experiment recorded yet: create one, or adopt/restore the one of that name if allowed."""
     if experiment is None:
         return Binding("create")
@@ -91,7 +91,8 @@ def bind_by_name(experiment: ExperimentInfo | None, name: str, identity: ObjectI
             f"a deleted MLflow experiment named {name!r} (id {experiment.experiment_id}) is in MLflow's trash; "
             "restore it in MLflow to adopt it, remove it for good (mlflow gc), or choose another spec.name",
         ))
-    ownership.take_over(experiment.tags, identity, adopt, f"MLflow experiment {name!r} (id {experiment.experiment_id})")
+    ownership.take_over(experiment.tags, identity, adopt, f"MLflow experiment {name!r} (id {experiment.experiment_id})",
+                        owner_alive)
     return Binding("adopt", experiment)
 
 

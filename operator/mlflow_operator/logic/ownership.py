@@ -4,8 +4,8 @@ An entity belongs to the object whose uid it is tagged with, or (created by a Tr
 on its namespace's behalf) to a namespace alone, or to nobody (created outside the
 operator). One rule for every kind (docs/decisions/0007-tenancy.md):
 
-- an object takes over what is its own, what its namespace owns with no object, or an
-  unowned entity when it says `spec.adopt: true`;
+- an object takes over what is its own, what its namespace owns with no (living) object, or
+  an unowned entity when it says `spec.adopt: true`;
 - a TrainingRun logs and registers only into entities of its own namespace;
 - an object deletes only what it owns itself;
 - anything else is a Conflict naming the owner, and nothing is changed.
@@ -61,10 +61,15 @@ def describe_owner(tags: dict[str, str]) -> str:
     return f"namespace {namespace!r}" if namespace else "nobody (created outside the operator)"
 
 
-def take_over(tags: dict[str, str], identity: ObjectIdentity, adopt: bool, what: str) -> Relation:
+def take_over(tags: dict[str, str], identity: ObjectIdentity, adopt: bool, what: str,
+              owner_alive: bool = True) -> Relation:
     """Whether this object may bind to an existing entity of its name (Experiment,
-    RegisteredModel); raises a Conflict naming the owner otherwise."""
+    RegisteredModel); raises a Conflict naming the owner otherwise. An entity whose owning
+    object of this namespace no longer exists (deleted with deletionPolicy Retain) belongs
+    to the namespace again, so re-applying a manifest takes it back."""
     found = relation(tags, identity)
+    if found is Relation.OTHER_OBJECT and not owner_alive:
+        return Relation.NAMESPACE
     if found in (Relation.OURS, Relation.NAMESPACE):
         return found
     if found is Relation.UNOWNED:

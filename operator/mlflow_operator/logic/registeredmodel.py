@@ -70,7 +70,7 @@ BindKind = Literal["create", "use", "adopt"]
 
 
 def bind(model: RegisteredModelInfo | None, name: str, identity: ObjectIdentity, known: bool,
-         adopt: bool = False) -> BindKind:
+         adopt: bool = False, owner_alive: bool = True) -> BindKind:
     """Create the model, use ours, or adopt one this namespace owns (or an unowned one with
     spec.adopt); never take another object's or another namespace's."""
     if model is None:
@@ -83,7 +83,7 @@ def bind(model: RegisteredModelInfo | None, name: str, identity: ObjectIdentity,
         return "create"
     if known and ownership.relation(model.tags, identity) in (Relation.NAMESPACE, Relation.UNOWNED):
         return "use"  # ours before: its ownership tags were removed by hand and are set again
-    found = ownership.take_over(model.tags, identity, adopt, f"registered model {name!r}")
+    found = ownership.take_over(model.tags, identity, adopt, f"registered model {name!r}", owner_alive)
     return "use" if found is Relation.OURS else "adopt"
 
 

@@ -6,10 +6,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlflow_operator.api.common import TrackingSpec
+from mlflow_operator.api.common import TAG_KIND, TAG_NAME, TAG_UID, ObjectIdentity, TrackingSpec
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.gateways.kubernetes import KubernetesError, KubernetesGateway
 from mlflow_operator.gateways.mlflow import MlflowGateway
+from mlflow_operator.logic import ownership
 from mlflow_operator.logic.conditions import ReconcileProblem, progressing, stalled
 from mlflow_operator.logic.tracking import choose_target, credentials_from_secret
 from mlflow_operator.servers import Credentials
@@ -104,3 +105,18 @@ async def resolve_target_and_secret(
         credentials = TrackingTarget(choice.uri).credentials
     ui_url = services.config.ui_url if choice.uri == services.config.default_tracking_uri else None
     return TrackingTarget(uri=choice.uri, credentials=credentials, ui_url=ui_url), choice.secret_name
+
+
+_PLURALS = {"Experiment": "experiments", "RegisteredModel": "registeredmodels", "TrainingRun": "trainingruns"}
+
+
+async def owner_alive(services: Services, tags: dict[str, str], identity: ObjectIdentity) -> bool:
+    """Whether the object of this namespace that an MLflow entity is tagged with still exists
+    (only asked when another object of the namespace owns it)."""
+    if ownership.relation(tags, identity) is not ownership.Relation.OTHER_OBJECT:
+        return True
+    plural = _PLURALS.get(tags.get(TAG_KIND, ""))
+    if plural is None:
+        return True
+    found = await services.kube.get_object(plural, identity.namespace, tags.get(TAG_NAME, ""))
+    return found is not None and found["metadata"]["uid"] == tags.get(TAG_UID)

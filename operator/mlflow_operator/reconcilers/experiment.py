@@ -12,7 +12,7 @@ from mlflow_operator.logic import ownership
 from mlflow_operator.api.trainingrun import PLURAL as TRAINING_RUNS
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
 from mlflow_operator.logic.tracking import check_pinned
-from mlflow_operator.reconcilers.common import Services, resolve_target
+from mlflow_operator.reconcilers.common import Services, owner_alive, resolve_target
 from mlflow_operator.tracking import AlreadyExists, ExperimentInfo, InvalidRequest, TrackingTarget
 
 Event = tuple[str, str, str]  # (type, reason, message)
@@ -45,7 +45,8 @@ async def reconcile_experiment(services: Services, fresh: dict[str, Any], drift_
         binding = logic.bind_known(await mlflow.get_experiment(target, known_id), known_id, identity)
     else:
         found = await mlflow.get_experiment_by_name(target, desired.name)
-        binding = logic.bind_by_name(found, desired.name, identity, adopt=spec.adopt)
+        alive = found is None or await owner_alive(services, found.tags, identity)
+        binding = logic.bind_by_name(found, desired.name, identity, adopt=spec.adopt, owner_alive=alive)
 
     if binding.kind == "create":
         experiment = await _create(services, target, desired, identity, spec.adopt)

@@ -11,7 +11,7 @@ from mlflow_operator.logic import ownership
 from mlflow_operator.logic import registeredmodel as logic
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
 from mlflow_operator.logic.tracking import check_pinned
-from mlflow_operator.reconcilers.common import Services, resolve_target
+from mlflow_operator.reconcilers.common import Services, owner_alive, resolve_target
 from mlflow_operator.tracking import AlreadyExists, InvalidRequest, TrackingTarget
 
 Event = tuple[str, str, str]
@@ -48,8 +48,9 @@ async def reconcile_registered_model(
     if status.get("modelName"):
         check_pinned(status.get("trackingUri"), target.uri, f"registered model {status['modelName']!r}")
     model = await mlflow.get_registered_model(target, desired.name)
+    alive = model is None or await owner_alive(services, model.tags, identity)
     kind = logic.bind(model, desired.name, identity, known=status.get("modelName") == desired.name,
-                      adopt=spec.adopt)
+                      adopt=spec.adopt, owner_alive=alive)
     if kind == "create":
         try:
             model = await mlflow.create_registered_model(
