@@ -83,18 +83,22 @@ def v1_hierarchies() -> list[Path]:
                   if p.is_dir() and not p.is_symlink() and (p / "cgroup.procs").exists())
 
 
-def prepare_cgroup_root(root: str) -> None:
+def prepare_cgroup_root(root: str, record: Path) -> None:
     """Create the kubelet's cgroup root in every hierarchy (the kubelet refuses a root that
-    does not exist); a new cpuset gets its parent's CPUs and memory nodes."""
+    does not exist); a new cpuset gets its parent's CPUs and memory nodes. Every directory
+    created is listed in `record`, so that stopping the node removes exactly those."""
+    created: list[str] = []
     for hierarchy in v1_hierarchies():
         path = hierarchy
         for part in [p for p in root.split("/") if p]:
             parent, path = path, path / part
             if not path.exists():
                 path.mkdir()
+                created.append(str(path))
                 for knob in ("cpuset.cpus", "cpuset.mems"):
                     if (path / knob).exists() and not (path / knob).read_text().strip():
                         (path / knob).write_text((parent / knob).read_text())
+    record.write_text("".join(f"{path}\n" for path in created))
 
 
 def _pids_below(directory: Path) -> list[int]:
@@ -107,8 +111,9 @@ def _pids_below(directory: Path) -> list[int]:
     return pids
 
 
-def remove_cgroup_root(root: str) -> None:
-    """Kill whatever still runs below the kubelet's cgroup root and remove its cgroups."""
+def remove_cgroup_root(root: str, record: Path) -> None:
+    """Kill whatever still runs below the kubelet's cgroup root and remove its cgroups, and
+    the directories above it that prepare_cgroup_root created."""
     for _ in range(50):
         pids = [pid for h in v1_hierarchies() if (h / root.lstrip("/")).exists()
                 for pid in _pids_below(h / root.lstrip("/"))]
@@ -133,6 +138,13 @@ def remove_cgroup_root(root: str) -> None:
             top.rmdir()
         except OSError:
             pass
+    if record.exists():
+        for line in sorted(record.read_text().split(), key=lambda p: -len(Path(p).parts)):
+            try:
+                Path(line).rmdir()
+            except OSError:
+                pass
+        record.unlink()
 
 
 def stop_shims(socket: Path) -> int:

@@ -16,6 +16,7 @@ can run a sandbox each on one machine.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -494,7 +495,9 @@ class Sandbox:
         (NODE_DIR / "resolv.conf").write_text("nameserver 127.0.0.1\n")
         cgroup_file = NODE_DIR / "cgroup-root"
         if running_pid(self.components["kubelet"]) is None:
-            cgroup_file.write_text(node.own_cgroup().rstrip("/") + "/mlflow-sandbox-node\n")
+            # One per sandbox directory: two sandboxes never share (or remove) each other's.
+            suffix = hashlib.sha256(str(STATE).encode()).hexdigest()[:8]
+            cgroup_file.write_text(f"{node.own_cgroup().rstrip('/')}/mlflow-sandbox-node-{suffix}\n")
         (NODE_DIR / "kubelet.yaml").write_text(node.kubelet_config(
             NODE_DIR, self.pki.root, CONTAINERD_SOCKET, self.ports["kubelet"], self.ports["kubelet-healthz"],
             cgroup_file.read_text().strip(),
@@ -526,7 +529,7 @@ class Sandbox:
             log("stopped containerd's shims")
         cgroup_file = NODE_DIR / "cgroup-root"
         if cgroup_file.exists():
-            node.remove_cgroup_root(cgroup_file.read_text().strip())
+            node.remove_cgroup_root(cgroup_file.read_text().strip(), NODE_DIR / "cgroups-created")
 
     def prepare_auth_server(self) -> None:
         """Admin password and CSRF key made once per sandbox; the auth database in .sandbox."""
@@ -734,7 +737,7 @@ current-context: sandbox
         bring_up("kube-controller-manager", "kube-scheduler", "kwok")
         if running_pid(self.components["containerd"]) is None:
             self.stop_node_leftovers()
-            node.prepare_cgroup_root((NODE_DIR / "cgroup-root").read_text().strip())
+            node.prepare_cgroup_root((NODE_DIR / "cgroup-root").read_text().strip(), NODE_DIR / "cgroups-created")
         bring_up("containerd")
         self.ensure_images()
         bring_up("kubelet")
