@@ -1,18 +1,22 @@
 # The operator image: a slim Python base, the operator and mlflow-skinny in a virtualenv,
 # a non-root user, no compilers or package installers in the final stage.
 #   docker build -t ghcr.io/mlflow-operator/mlflow-operator:0.1.0 .
-# (Not built in this project's CI: its machines have no Docker engine. The same install
-# script is exercised by tests/e2e/test_packaging.py.)
-FROM python:3.11-slim AS build
+# The sandbox builds it with buildah on a local Debian base (sandbox/node/build-images.sh):
+#   --build-arg BASE_IMAGE=localhost/sandbox/debian-python:12
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
 COPY operator ./operator
 COPY scripts/install-operator.sh ./scripts/
+# Set only by builds behind a TLS-intercepting proxy (the sandbox passes its CA bundle).
+ARG PIP_CERT
 RUN sh scripts/install-operator.sh /opt/venv /src
 
-FROM python:3.11-slim
+FROM ${BASE_IMAGE}
 RUN python -m pip uninstall --yes pip setuptools wheel 2>/dev/null || true \
- && useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin operator
+ && groupadd --gid 10001 mlflow-operator \
+ && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin mlflow-operator
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

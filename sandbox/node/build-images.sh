@@ -7,6 +7,8 @@
 #                                                        with a virtualenv first on PATH
 #   churn        mlflow-operator-examples/churn-train:0.1.0
 #                                                        examples/churn/Dockerfile on that base
+#   operator     ghcr.io/mlflow-operator/mlflow-operator:0.1.0
+#                                                        the repository's Dockerfile on that base
 #
 # Prints the archives, one per line, for the sandbox to import into containerd. Needs root
 # (mmdebstrap, buildah); buildah keeps its storage under the cache, not in /var/lib.
@@ -133,4 +135,21 @@ if [[ ! -f "$churn_tar" ]]; then
   mv "$churn_tar.tmp" "$churn_tar"
 fi
 
-printf '%s\n' "$pause_tar" "$churn_tar"
+# ---- the operator, from the repository's Dockerfile (the chart's default image name)
+OPERATOR=ghcr.io/mlflow-operator/mlflow-operator:0.1.0
+operator_hash=$( (cd "$ROOT" && cat Dockerfile pyproject.toml constraints.txt scripts/install-operator.sh \
+  $(find operator -name '*.py' | sort); echo "$base_hash") | digest)
+operator_tar="$CACHE/operator-$operator_hash.tar"
+if [[ ! -f "$operator_tar" ]]; then
+  echo "[images] building $OPERATOR (buildah bud, the repository's Dockerfile)" >&2
+  ca="${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}"
+  run "${BUILDAH[@]}" bud --network host --isolation chroot --layers=false \
+    --build-arg BASE_IMAGE="$BASE" --build-arg PIP_CERT=/etc/ssl/host-ca.crt \
+    --volume "$ca:/etc/ssl/host-ca.crt:ro" \
+    -t "$OPERATOR" "$ROOT"
+  rm -f "$operator_tar.tmp"
+  run "${BUILDAH[@]}" push "$OPERATOR" "docker-archive:$operator_tar.tmp:$OPERATOR"
+  mv "$operator_tar.tmp" "$operator_tar"
+fi
+
+printf '%s\n' "$pause_tar" "$churn_tar" "$operator_tar"

@@ -139,3 +139,60 @@ def test_deleting_a_run_mid_training_stops_its_container_and_kills_the_run(runs,
     assert mlflow_client.get_run(run_id).info.status == "KILLED"
     wait_for(lambda: not processes_with(marker), timeout=60, message="the container to be stopped")
     wait_for(lambda: not pods_of(core, real_node_namespace, "doomed"), timeout=60, message="the pod to go")
+
+
+OPERATOR_IMAGE = "ghcr.io/mlflow-operator/mlflow-operator:0.1.0"
+
+
+def free_port() -> int:
+    """A free port on this machine (the pod uses the host network)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+OPERATOR_NAMESPACE = "mlflow-operator-system"
+
+
+def test_the_operator_image_reconciles_from_a_pod_with_in_cluster_configuration(sandbox, core, custom, namespace):
+    """The image built from the repository's Dockerfile, as a non-root pod with a read-only
+    root filesystem and the chart's ServiceAccount, finds the API server from
+    KUBERNETES_SERVICE_HOST/PORT (no cluster DNS here). The sandbox's own operator is
+    stopped meanwhile, so that only the pod reconciles."""
+    pod = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": unique("operator-pod")},
+        "spec": {
+            "serviceAccountName": "mlflow-operator",
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001},
+            "containers": [{
+                "name": "operator", "image": OPERATOR_IMAGE,
+                "args": ["run", f"--namespace={namespace}", f"--tracking-uri={sandbox.tracking_uri}",
+                         f"--health-port={free_port()}", "--metrics-port=0", "--bind-address=127.0.0.1"],
+                "env": [{"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"},
+                        {"name": "KUBERNETES_SERVICE_PORT", "value": str(sandbox.ports["kube-apiserver"])}],
+                "securityContext": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+                                    "capabilities": {"drop": ["ALL"]}},
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            }],
+            "volumes": [{"name": "tmp", "emptyDir": {}}],
+        },
+    }
+    name = pod["metadata"]["name"]
+    stopped = sandbox.sandbox("stop", "operator")
+    assert stopped.returncode == 0, stopped.stderr
+    core.patch_namespace(OPERATOR_NAMESPACE, {"metadata": {"labels": {REAL_NODE_LABEL: "true"}}})
+    try:
+        core.create_namespaced_pod(OPERATOR_NAMESPACE, pod)
+        experiments = Objects(custom, namespace, "experiments", "Experiment")
+        experiments.create("from-pod", {})
+        status = experiments.wait_ready("from-pod", timeout=120)["status"]
+        assert status["experimentName"] == f"{namespace}/from-pod"
+        running = core.read_namespaced_pod(name, OPERATOR_NAMESPACE)
+        assert running.spec.node_name == "localhost" and running.status.phase == "Running"
+    finally:
+        core.delete_namespaced_pod(name, OPERATOR_NAMESPACE, grace_period_seconds=5)
+        core.patch_namespace(OPERATOR_NAMESPACE, {"metadata": {"labels": {REAL_NODE_LABEL: None}}})
+        wait_for(lambda: not [p for p in core.list_namespaced_pod(OPERATOR_NAMESPACE).items
+                              if p.metadata.name == name], timeout=60, message="the operator pod to go")
+        started = sandbox.sandbox("up")
+        assert started.returncode == 0, started.stdout + started.stderr

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+import os
+from pathlib import Path
+from typing import Any, Mapping
 
 import kopf
 
@@ -17,13 +19,36 @@ from mlflow_operator.reconcilers.common import Services
 logger = logging.getLogger("mlflow_operator")
 
 
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def in_cluster_connection(account_dir: Path = SERVICE_ACCOUNT_DIR,
+                          environ: Mapping[str, str] = os.environ) -> kopf.ConnectionInfo | None:
+    """The API server as a pod finds it: KUBERNETES_SERVICE_HOST and _PORT, as client-go and
+    the Kubernetes client do (kopf's own service-account login always names
+    kubernetes.default.svc, which needs cluster DNS), with the ServiceAccount's token and CA.
+    Read on every login, so a rotated token is picked up."""
+    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
+    token = account_dir / "token"
+    if not (host and port and token.exists()):
+        return None
+    namespace = account_dir / "namespace"
+    return kopf.ConnectionInfo(
+        server=f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}",
+        ca_path=str(account_dir / "ca.crt"),
+        scheme="Bearer",
+        token=token.read_text().strip(),
+        default_namespace=namespace.read_text().strip() if namespace.exists() else None,
+    )
+
+
 def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     """Register every handler on `registry`; settings such as the drift interval come from config."""
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # In a pod: the ServiceAccount token; elsewhere (the sandbox, a laptop): KUBECONFIG.
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        return in_cluster_connection() or kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(registry=registry)
     async def start_services(memo: kopf.Memo, **_: Any) -> None:
