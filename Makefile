@@ -11,12 +11,13 @@ SANDBOX := $(PY) sandbox/sandbox.py
 KUBECTL := $(SANDBOX_DIR)/bin/kubectl --kubeconfig $(SANDBOX_DIR)/kubeconfig --cache-dir $(SANDBOX_DIR)/kube-cache
 PYTEST_ARGS ?=
 
-.PHONY: bench chart-crds lint help venv binaries node-packages sandbox-up sandbox-down sandbox sandbox-status sandbox-clean \
+.PHONY: bench chart-crds lint help venv binaries node-packages sandbox-up sandbox-helm sandbox-down sandbox sandbox-status sandbox-clean \
         operator-restart test test-unit lint
 
 help:
 	@echo "make sandbox       bring up cluster + MLflow + operator, apply examples/, print what to look at"
 	@echo "make sandbox-up    bring up the sandbox (idempotent: starts only what is not running)"
+	@echo "make sandbox-helm  install the Helm chart as the sandbox's operator (pods on the real node)"
 	@echo "make sandbox-down  stop exactly the processes the sandbox started"
 	@echo "make test          run the whole test suite against the sandbox"
 	@echo "make test-unit     run the tests that need no sandbox"
@@ -38,6 +39,12 @@ node-packages:
 
 sandbox-up: venv binaries node-packages
 	$(SANDBOX) up
+
+# Install (or upgrade) the chart with the locally built images as the sandbox's operator: its
+# operator and MLflow pods run on the real node; the local operator process stops.
+# `make sandbox-up` switches back to the local process.
+sandbox-helm: sandbox-up
+	$(SANDBOX) chart
 
 sandbox-down:
 	@if [ -x $(PY) ]; then $(SANDBOX) down; else python3 sandbox/sandbox.py down; fi

@@ -26,6 +26,15 @@ REAL_NODE_LABEL = "sandbox.mlflow.operator.dev/real-node"
 TAINT = {"key": REAL_NODE_LABEL, "value": "true", "effect": "NoSchedule"}
 CGROUP_CONTROLLERS = Path("/sys/fs/cgroup")
 
+# A host-network pod's IP is the node's address, which is this machine's own interface, not
+# loopback: HTTP probes of the first 8 containers are sent to 127.0.0.1 instead.
+PROBE_HOSTS = " +\n".join(
+    f"""        [0, 1, 2, 3, 4, 5, 6, 7].filter(i, i < size(object.spec.containers) &&
+            has(object.spec.containers[i].{probe}) && has(object.spec.containers[i].{probe}.httpGet))
+          .map(i, JSONPatch{{op: "add", path: "/spec/containers/" + string(i) + "/{probe}/httpGet/host",
+                             value: "127.0.0.1"}})"""
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe")
+)
 TOLERATION = f'Object.spec.tolerations{{key: "{REAL_NODE_LABEL}", operator: "Exists", effect: "NoSchedule"}}'
 REAL_NODE_POLICY = f"""apiVersion: admissionregistration.k8s.io/v1beta1
 kind: MutatingAdmissionPolicy
@@ -52,7 +61,8 @@ spec:
           : [JSONPatch{{op: "add", path: "/spec/nodeSelector", value: {{"{REAL_NODE_LABEL}": "true"}}}}]) +
         (has(object.spec.tolerations)
           ? [JSONPatch{{op: "add", path: "/spec/tolerations/-", value: {TOLERATION}}}]
-          : [JSONPatch{{op: "add", path: "/spec/tolerations", value: [{TOLERATION}]}}])
+          : [JSONPatch{{op: "add", path: "/spec/tolerations", value: [{TOLERATION}]}}]) +
+{PROBE_HOSTS}
 ---
 apiVersion: admissionregistration.k8s.io/v1beta1
 kind: MutatingAdmissionPolicyBinding

@@ -61,6 +61,8 @@ PORT_NAMES = (
     # Allowlisted for tests that play a tracking server of their own (tests/e2e/test_tenancy.py).
     "test-server", "test-server-2",
     "kubelet", "kubelet-healthz",
+    # The chart's operator and embedded MLflow server (`sandbox.py chart`), on the host network.
+    "chart-mlflow", "chart-operator-health", "chart-operator-metrics",
 )
 # Servers the sandbox's operator may call besides its default one.
 ALLOWED_SERVER_PORTS = ("mlflow-auth", "test-server", "test-server-2")
@@ -71,6 +73,16 @@ ORDER = (
 )
 NODE_DIR = STATE / "node"
 CONTAINERD_SOCKET = NODE_DIR / "containerd.sock"
+# `make sandbox-helm`: the chart installed as the sandbox's operator, its pods on the real node.
+CHART_RELEASE = "sandbox"
+CHART_NAMESPACE = "mlflow-system"
+CHART_FULLNAME = "sandbox-mlflow-operator"
+CHART_VALUES = STATE / "chart-values.yaml"
+CHART_VOLUME = STATE / "volumes" / "mlflow"
+CHART_STORAGE_CLASS = "sandbox-local"
+# The images build-images.sh makes; the operator's tag is the chart's appVersion.
+OPERATOR_IMAGE = ("ghcr.io/mlflow-operator/mlflow-operator", "0.1.0")
+MLFLOW_IMAGE = ("localhost/sandbox/mlflow", "v3.17.2")
 CRD_NAMES = (
     "experiments.mlflow.operator.dev",
     "trainingruns.mlflow.operator.dev",
@@ -747,10 +759,116 @@ current-context: sandbox
         self.ensure_real_node()
         bring_up("mlflow", "mlflow-auth")
         if running_pid(self.components["operator"]) is None:
+            self.stop_chart_operator()
             self.ensure_operator_identity()
         bring_up("operator")
         log(f"sandbox ready in {time.monotonic() - began:.1f}s")
         log(f"source {STATE / 'env'}")
+
+    # ---- the chart as the sandbox's operator
+
+    def chart_values(self) -> dict:
+        """Values for the sandbox's install: the local images, everything on 127.0.0.1."""
+        p = self.ports
+        return {
+            "image": {"repository": OPERATOR_IMAGE[0], "tag": OPERATOR_IMAGE[1], "pullPolicy": "Never"},
+            # No Service proxy here: the pods reach the API server on the host's loopback.
+            "kubernetesApi": {"host": "127.0.0.1", "port": p["kube-apiserver"]},
+            "bindAddress": "127.0.0.1",
+            "health": {"port": p["chart-operator-health"]},
+            "metrics": {"port": p["chart-operator-metrics"], "service": {"port": p["chart-operator-metrics"]}},
+            "driftInterval": SANDBOX_DRIFT_INTERVAL_SECONDS,
+            "tracking": {
+                "uri": f"http://127.0.0.1:{p['chart-mlflow']}",
+                "allowedServers": [f"http://127.0.0.1:{p[name]}" for name in ALLOWED_SERVER_PORTS],
+            },
+            "mlflow": {
+                "image": {"repository": MLFLOW_IMAGE[0], "tag": MLFLOW_IMAGE[1], "pullPolicy": "Never"},
+                "port": p["chart-mlflow"],
+                "bindAddress": "127.0.0.1",
+                "persistence": {"storageClass": CHART_STORAGE_CLASS, "size": "1Gi"},
+            },
+        }
+
+    def ensure_chart_volume(self) -> None:
+        """A StorageClass without a provisioner and one hostPath volume under .sandbox for the
+        embedded server's PVC, owned by the chart's non-root user (hostPath ignores fsGroup)."""
+        CHART_VOLUME.mkdir(parents=True, exist_ok=True)
+        os.chown(CHART_VOLUME, 10001, 10001)
+        claim = f"{CHART_FULLNAME}-mlflow"
+        self.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=sandbox", "-f", "-", input_text=f"""
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: {CHART_STORAGE_CLASS}
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: Immediate
+reclaimPolicy: Retain
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: sandbox-mlflow-data
+spec:
+  storageClassName: {CHART_STORAGE_CLASS}
+  capacity: {{storage: 1Gi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  claimRef: {{namespace: {CHART_NAMESPACE}, name: {claim}}}
+  hostPath: {{path: {CHART_VOLUME}, type: Directory}}
+""")
+        # A claim deleted and made again: the volume (and its data) goes to the new one.
+        phase = self.kubectl("get", "pv", "sandbox-mlflow-data", "-o", "jsonpath={.status.phase}").strip()
+        if phase == "Released":
+            self.kubectl("patch", "pv", "sandbox-mlflow-data", "--type=json",
+                         "-p", '[{"op": "remove", "path": "/spec/claimRef/uid"},'
+                               ' {"op": "remove", "path": "/spec/claimRef/resourceVersion"}]')
+
+    def helm(self, *args: str, timeout: float = 600) -> str:
+        env = {**os.environ, "HELM_CACHE_HOME": str(STATE / "helm" / "cache"),
+               "HELM_CONFIG_HOME": str(STATE / "helm" / "config"), "HELM_DATA_HOME": str(STATE / "helm" / "data")}
+        result = subprocess.run([self._bin("helm"), f"--kubeconfig={KUBECONFIG}", *args],
+                                capture_output=True, text=True, timeout=timeout, env=env)
+        if result.returncode != 0:
+            raise SandboxError(f"helm {' '.join(args)} failed:\n{result.stderr.strip()}")
+        return result.stdout
+
+    def install_chart(self, extra_values: list[str]) -> None:
+        """Install or upgrade the chart in mlflow-system and make its Deployment the sandbox's
+        operator: the local operator process stops (`up` switches back)."""
+        began = time.monotonic()
+        if stop(self.components["operator"]):
+            log("stopped the local operator: the chart's Deployment takes over")
+        # Pods of this namespace run on the real node (host network, probes on 127.0.0.1).
+        self.kubectl("apply", "--server-side", "--field-manager=sandbox", "-f", "-", input_text=f"""
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: {CHART_NAMESPACE}
+  labels: {{"{node.REAL_NODE_LABEL}": "true"}}
+""")
+        self.ensure_chart_volume()
+        CHART_VALUES.write_text(json.dumps(self.chart_values(), indent=2) + "\n")
+        set_args = [arg for value in extra_values for arg in ("--set", value)]
+        self.helm("upgrade", "--install", CHART_RELEASE, str(CHART), "--namespace", CHART_NAMESPACE,
+                  "--values", str(CHART_VALUES), *set_args, "--wait", "--timeout=5m")
+        log(f"chart release {CHART_RELEASE} ready in namespace {CHART_NAMESPACE} "
+            f"({time.monotonic() - began:.1f}s); values in {CHART_VALUES}")
+        log(f"kubectl get pods -n {CHART_NAMESPACE} -o wide")
+
+    def stop_chart_operator(self) -> None:
+        """Scale the chart's operator Deployment (if installed) to zero, so that the local
+        operator is the only one."""
+        replicas = subprocess.run(
+            [self._bin("kubectl"), f"--kubeconfig={KUBECONFIG}", "get", "deployment", CHART_FULLNAME,
+             "-n", CHART_NAMESPACE, "-o", "jsonpath={.spec.replicas}", "--ignore-not-found"],
+            capture_output=True, text=True, timeout=60,
+        ).stdout.strip()
+        if replicas and replicas != "0":
+            self.kubectl("scale", "deployment", CHART_FULLNAME, "-n", CHART_NAMESPACE, "--replicas=0")
+            self.kubectl("wait", "--for=delete", "pod", "-n", CHART_NAMESPACE, "--timeout=90s",
+                         "-l", f"app.kubernetes.io/instance={CHART_RELEASE},app.kubernetes.io/component=operator")
+            log("scaled the chart's operator to 0: the local operator takes over")
 
     def down(self) -> None:
         for name in reversed(ORDER):
@@ -797,6 +915,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status")
     restart = sub.add_parser("restart")
     restart.add_argument("components", nargs="+", choices=ORDER)
+    chart = sub.add_parser("chart", help="install or upgrade the chart as the sandbox's operator")
+    chart.add_argument("--set", action="append", default=[], dest="values", help="an extra helm --set value")
     stop_parser = sub.add_parser("stop")
     stop_parser.add_argument("components", nargs="+", choices=ORDER)
     args = parser.parse_args(argv)
@@ -809,6 +929,8 @@ def main(argv: list[str] | None = None) -> int:
             sandbox.down()
         elif args.command == "status":
             return sandbox.status()
+        elif args.command == "chart":
+            sandbox.install_chart(args.values)
         elif args.command == "stop":
             for name in args.components:
                 if stop(sandbox.components[name]):

@@ -19,6 +19,15 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the operator until SIGTERM/SIGINT")
     add_run_arguments(run)
+    release = commands.add_parser(
+        "release-finalizers",
+        help="after an uninstall: take the operator's finalizers off its objects and training Jobs",
+    )
+    release.add_argument("--namespace", action="append", dest="namespaces",
+                         help="only this namespace (repeatable; default: every namespace)")
+    release.add_argument("--operator-namespace", help="namespace of the operator's pods, to wait for them to stop")
+    release.add_argument("--operator-selector", help="label selector of the operator's pods")
+    release.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for the operator's pods")
     args = parser.parse_args(argv)
 
     if args.command == "run":
@@ -27,6 +36,18 @@ def main(argv: list[str] | None = None) -> int:
 
         config = config_from_args(args)
         run_operator(config)
+        return 0
+    if args.command == "release-finalizers":
+        import asyncio
+
+        from mlflow_operator.release import OperatorStillRunning, run_release
+
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        try:
+            asyncio.run(run_release(args.namespaces, args.operator_namespace, args.operator_selector, args.timeout))
+        except OperatorStillRunning as error:
+            print(f"release-finalizers: {error}", file=sys.stderr)
+            return 1
         return 0
     parser.print_help(sys.stderr)
     return 2

@@ -9,7 +9,7 @@ import zlib
 import kopf
 
 from mlflow_operator import __version__, metrics
-from mlflow_operator.api.common import GROUP, KINDS, VERSION
+from mlflow_operator.api.common import GROUP, KINDS, OPERATOR_FINALIZER, VERSION
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.handlers import register_handlers
 
@@ -17,7 +17,7 @@ logger = logging.getLogger("mlflow_operator")
 
 # Annotation prefix for kopf's own bookkeeping, so it never clutters `.status`.
 BOOKKEEPING_PREFIX = GROUP
-FINALIZER = f"{GROUP}/finalizer"
+FINALIZER = OPERATOR_FINALIZER
 
 
 def configure_environment(config: OperatorConfig) -> None:

@@ -9,6 +9,8 @@
 #                                                        examples/churn/Dockerfile on that base
 #   operator     ghcr.io/mlflow-operator/mlflow-operator:0.1.0
 #                                                        the repository's Dockerfile on that base
+#   mlflow       localhost/sandbox/mlflow:v3.17.2       images/mlflow/Dockerfile on that base: the
+#                                                        chart's embedded tracking server
 #
 # Prints the archives, one per line, for the sandbox to import into containerd. Needs root
 # (mmdebstrap, buildah); buildah keeps its storage under the cache, not in /var/lib.
@@ -152,4 +154,20 @@ if [[ ! -f "$operator_tar" ]]; then
   mv "$operator_tar.tmp" "$operator_tar"
 fi
 
-printf '%s\n' "$pause_tar" "$churn_tar" "$operator_tar"
+# ---- the chart's embedded MLflow server (values.yaml keeps the MLflow project's public image)
+MLFLOW=localhost/sandbox/mlflow:v3.17.2
+mlflow_hash=$( (cd "$ROOT" && cat images/mlflow/Dockerfile constraints.txt; echo "$base_hash") | digest)
+mlflow_tar="$CACHE/mlflow-$mlflow_hash.tar"
+if [[ ! -f "$mlflow_tar" ]]; then
+  echo "[images] building $MLFLOW (buildah bud, images/mlflow/Dockerfile)" >&2
+  ca="${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}"
+  run "${BUILDAH[@]}" bud --network host --isolation chroot --layers=false \
+    --build-arg BASE_IMAGE="$BASE" --build-arg PIP_CERT=/etc/ssl/host-ca.crt \
+    --volume "$ca:/etc/ssl/host-ca.crt:ro" \
+    -f "$ROOT/images/mlflow/Dockerfile" -t "$MLFLOW" "$ROOT"
+  rm -f "$mlflow_tar.tmp"
+  run "${BUILDAH[@]}" push "$MLFLOW" "docker-archive:$mlflow_tar.tmp:$MLFLOW"
+  mv "$mlflow_tar.tmp" "$mlflow_tar"
+fi
+
+printf '%s\n' "$pause_tar" "$churn_tar" "$operator_tar" "$mlflow_tar"

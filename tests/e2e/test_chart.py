@@ -86,6 +86,9 @@ def test_cluster_scope_rendering_is_accepted_by_the_api_server(sandbox, namespac
     assert kinds == sorted([
         "clusterrole.rbac.authorization.k8s.io", "clusterrolebinding.rbac.authorization.k8s.io",
         "deployment.apps", "deployment.apps", "persistentvolumeclaim", "service", "service", "serviceaccount",
+        # The uninstall hook: its own ServiceAccount, RBAC and Job.
+        "serviceaccount", "role.rbac.authorization.k8s.io", "rolebinding.rbac.authorization.k8s.io",
+        "clusterrole.rbac.authorization.k8s.io", "clusterrolebinding.rbac.authorization.k8s.io", "job.batch",
     ])
 
 
@@ -105,8 +108,9 @@ def test_namespaced_scope_with_peering_is_accepted_by_the_api_server(sandbox, na
         sandbox.kubectl("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=30s")
         rest = [d for d in documents if d["kind"] != "CustomResourceDefinition"]
         result = sandbox.kubectl("apply", "--dry-run=server", "-f", "-", input_text=yaml.safe_dump_all(rest))
-        assert result.stdout.count("role.rbac.authorization.k8s.io/") == 2
-        assert result.stdout.count("rolebinding.rbac.authorization.k8s.io/") == 2
+        # The operator's Role in each namespace, and the uninstall hook's (plus one for pods).
+        assert result.stdout.count("role.rbac.authorization.k8s.io/") == 5
+        assert result.stdout.count("rolebinding.rbac.authorization.k8s.io/") == 5
         assert result.stdout.count("kopfpeering.kopf.dev/") == 2
         deployment = next(d for d in rest if d["kind"] == "Deployment" and "operator" in d["spec"]["template"]
                           ["metadata"]["labels"]["app.kubernetes.io/component"])

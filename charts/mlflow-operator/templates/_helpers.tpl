@@ -77,3 +77,15 @@ app.kubernetes.io/component: mlflow
   resources: [events]
   verbs: [create, patch]
 {{- end -}}
+
+{{/* Environment that points the in-cluster client at kubernetesApi, when it is set. */}}
+{{- define "mlflow-operator.kubernetesApiEnv" -}}
+{{- with .Values.kubernetesApi.host }}
+- name: KUBERNETES_SERVICE_HOST
+  value: {{ . | quote }}
+{{- end }}
+{{- if .Values.kubernetesApi.port }}
+- name: KUBERNETES_SERVICE_PORT
+  value: {{ .Values.kubernetesApi.port | quote }}
+{{- end }}
+{{- end -}}

@@ -10,6 +10,9 @@ GROUP = "mlflow.operator.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KINDS = ("Experiment", "TrainingRun", "RegisteredModel")
+PLURALS = ("experiments", "trainingruns", "registeredmodels")
+# kopf's finalizer on every object the operator handles.
+OPERATOR_FINALIZER = f"{GROUP}/finalizer"
 
 # Tags on every MLflow entity the operator creates: which object owns it.
 TAG_NAMESPACE = "k8s.namespace"

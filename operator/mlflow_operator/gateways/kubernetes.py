@@ -14,7 +14,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -188,26 +188,77 @@ class KubernetesGateway:
     async def remove_job_finalizer(self, namespace: str, name: str, finalizer: str) -> None:
         """Take `finalizer` off the Job (a no-op if it is gone or does not carry it). A JSON
         patch that tests the list first, so another controller's finalizer is never lost."""
-        for _ in range(5):
+
+        async def read() -> list[str] | None:
             job = await self.get_job(namespace, name)
-            finalizers = list((job.metadata.finalizers if job else None) or [])
-            if job is None or finalizer not in finalizers:
-                return
+            return None if job is None else list(job.metadata.finalizers or [])
+
+        async def write(finalizers: list[str], keep: list[str]) -> None:
             patch = [{"op": "test", "path": "/metadata/finalizers", "value": finalizers},
-                     {"op": "replace", "path": "/metadata/finalizers",
-                      "value": [f for f in finalizers if f != finalizer]}]
+                     {"op": "replace", "path": "/metadata/finalizers", "value": keep}]
+            await self._call("patch_job", lambda: self.batch.patch_namespaced_job(
+                name, namespace, patch, _request_timeout=REQUEST_TIMEOUT))
+
+        await self._remove_finalizer(f"Job {name}", finalizer, read, write)
+
+    async def remove_object_finalizer(self, plural: str, namespace: str, name: str, finalizer: str) -> None:
+        """Take `finalizer` off one of the operator's own objects (a no-op if gone or absent).
+        A merge patch (the only kind this client sends for custom objects) on the version read,
+        so a list that changed meanwhile is read again rather than overwritten."""
+        version = ""
+
+        async def read() -> list[str] | None:
+            nonlocal version
+            obj = await self.get_object(plural, namespace, name)
+            if obj is None:
+                return None
+            version = obj["metadata"]["resourceVersion"]
+            return list(obj["metadata"].get("finalizers") or [])
+
+        async def write(finalizers: list[str], keep: list[str]) -> None:
+            body = {"metadata": {"resourceVersion": version, "finalizers": keep}}
+            await self._call(f"patch_{plural}", lambda: self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, body, _request_timeout=REQUEST_TIMEOUT))
+
+        await self._remove_finalizer(f"{plural}/{name}", finalizer, read, write)
+
+    @staticmethod
+    async def _remove_finalizer(what: str, finalizer: str, read: Callable[[], Awaitable[list[str] | None]],
+                                write: Callable[[list[str], list[str]], Awaitable[None]]) -> None:
+        for _ in range(5):
+            finalizers = await read()
+            if finalizers is None or finalizer not in finalizers:
+                return
             try:
-                await self._call(
-                    "patch_job",
-                    lambda p=patch: self.batch.patch_namespaced_job(name, namespace, p, _request_timeout=REQUEST_TIMEOUT),
-                )
+                await write(finalizers, [f for f in finalizers if f != finalizer])
                 return
             except KubernetesError as error:
                 if error.status == 404:
                     return
-                if error.status not in (409, 422):  # 422: the test failed, the list changed
+                if error.status not in (409, 422):  # the object or its list changed: read again
                     raise
-        raise KubernetesError(409, "Conflict", f"Job {name} kept changing while its finalizer was removed")
+        raise KubernetesError(409, "Conflict", f"{what} kept changing while its finalizer was removed")
+
+    async def list_objects_everywhere(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
+        """The operator's objects of one kind in `namespace`, or in every namespace (None)."""
+        if namespace is not None:
+            return await self.list_objects(plural, namespace)
+        result = await self._call(
+            f"list_{plural}",
+            lambda: self.custom.list_cluster_custom_object(GROUP, VERSION, plural, _request_timeout=REQUEST_TIMEOUT),
+        )
+        return list(result.get("items") or [])
+
+    async def list_jobs(self, namespace: str | None, label_selector: str) -> list[client.V1Job]:
+        """Jobs matching `label_selector` in `namespace`, or in every namespace (None)."""
+        result = await self._call(
+            "list_jobs",
+            lambda: self.batch.list_namespaced_job(
+                namespace, label_selector=label_selector, _request_timeout=REQUEST_TIMEOUT)
+            if namespace is not None else
+            self.batch.list_job_for_all_namespaces(label_selector=label_selector, _request_timeout=REQUEST_TIMEOUT),
+        )
+        return list(result.items)
 
     async def list_pods(self, namespace: str, label_selector: str) -> list[client.V1Pod]:
         result = await self._call(
