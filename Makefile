@@ -12,7 +12,7 @@ KUBECTL := $(SANDBOX_DIR)/bin/kubectl --kubeconfig $(SANDBOX_DIR)/kubeconfig --c
 PYTEST_ARGS ?=
 
 .PHONY: bench chart-crds lint help venv binaries node-packages sandbox-up sandbox-helm sandbox-down sandbox sandbox-status sandbox-clean \
-        operator-restart test test-unit lint
+        operator-restart test test-cluster test-unit lint
 
 help:
 	@echo "make sandbox       bring up cluster + MLflow + operator, apply examples/, print what to look at"
@@ -21,6 +21,7 @@ help:
 	@echo "make sandbox-down  stop exactly the processes the sandbox started"
 	@echo "make test          run the whole test suite against the sandbox"
 	@echo "make test-unit     run the tests that need no sandbox"
+	@echo "make test-cluster  run the chart install tests against the cluster KUBECONFIG names"
 
 venv: $(VENV)/.installed
 
@@ -80,6 +81,11 @@ chart-crds:
 # Measure reconcile latency, MLflow call latency, memory and idle CPU in the sandbox.
 bench: sandbox-up
 	$(PY) benchmarks/run.py
+
+# The chart install tests (tests marked any_cluster) against the cluster KUBECONFIG names, kind
+# say, with the images loaded into its nodes (README "Install on any cluster"); no sandbox.
+test-cluster: venv
+	MLFLOW_OPERATOR_E2E_TARGET=cluster $(PY) -m pytest -m any_cluster tests/e2e $(PYTEST_ARGS)
 
 test-unit: venv
 	$(PY) -m pytest -m "not sandbox" $(PYTEST_ARGS)

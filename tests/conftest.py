@@ -58,10 +58,19 @@ class SandboxInfo:
         )
 
 
+def cluster_mode() -> bool:
+    """`make test-cluster` runs the tests marked any_cluster against the cluster KUBECONFIG names."""
+    return os.environ.get("MLFLOW_OPERATOR_E2E_TARGET") == "cluster"
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    needs_sandbox = pytest.mark.skip(reason="needs the sandbox (its processes, servers or node); "
+                                            "make test-cluster runs only the tests marked any_cluster")
     for item in items:
         if "/e2e/" in str(item.path):
             item.add_marker(pytest.mark.sandbox)
+            if cluster_mode() and item.get_closest_marker("any_cluster") is None:
+                item.add_marker(needs_sandbox)
 
 
 @pytest.fixture(scope="session")
@@ -84,11 +93,23 @@ def sandbox() -> SandboxInfo:
 
 
 @pytest.fixture(scope="session")
-def api_client(sandbox: SandboxInfo):
+def kubeconfig(request) -> Path:
+    """The sandbox's kubeconfig, or in cluster mode the one KUBECONFIG names (no sandbox started)."""
+    if cluster_mode():
+        named = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+        path = Path(named or Path.home() / ".kube" / "config")
+        if not path.exists():
+            pytest.fail(f"cluster mode: no kubeconfig at {path}; set KUBECONFIG")
+        return path
+    return request.getfixturevalue("sandbox").kubeconfig
+
+
+@pytest.fixture(scope="session")
+def api_client(kubeconfig: Path):
     from kubernetes import client, config
 
     configuration = client.Configuration()
-    config.load_kube_config(config_file=str(sandbox.kubeconfig), client_configuration=configuration)
+    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
     with client.ApiClient(configuration) as api:
         yield api
 

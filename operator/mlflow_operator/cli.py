@@ -28,7 +28,22 @@ def main(argv: list[str] | None = None) -> int:
     release.add_argument("--operator-namespace", help="namespace of the operator's pods, to wait for them to stop")
     release.add_argument("--operator-selector", help="label selector of the operator's pods")
     release.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for the operator's pods")
+    probe = commands.add_parser("probe", help="exit 0 if the operator's heartbeat file is recent (exec probes)")
+    probe.add_argument("--heartbeat-file", required=True, help="the file given to `run --heartbeat-file`")
+    probe.add_argument("--max-age", type=float, default=30.0, help="seconds a beat stays good (default 30)")
     args = parser.parse_args(argv)
+
+    if args.command == "probe":
+        from pathlib import Path
+
+        from mlflow_operator.heartbeat import age_seconds
+
+        age = age_seconds(Path(args.heartbeat_file))
+        if age is None or age > args.max_age:
+            print(f"no heartbeat in {args.heartbeat_file} for {'ever' if age is None else f'{age:.0f}s'}",
+                  file=sys.stderr)
+            return 1
+        return 0
 
     if args.command == "run":
         # Imported late: `--help` and `--version` should not pay for kopf and mlflow imports.

@@ -35,6 +35,8 @@ class OperatorConfig:
     health_port: int = 8081
     metrics_port: int = 8080
     bind_address: str = "0.0.0.0"
+    # Written every few seconds for exec probes (`mlflow-operator probe`); None: not written.
+    heartbeat_file: str | None = None
     # kopf peering name for more than one replica; None runs standalone.
     peering: str | None = None
     peering_priority: int | None = None
@@ -117,8 +119,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="MLflow requests in flight at once (default 8)",
     )
     parser.add_argument(
-        "--health-port", type=_number(int, 1, 65535), default=_env("HEALTH_PORT", "8081"),
-        help="port of the /healthz liveness and readiness endpoint (default 8081)",
+        "--health-port", type=_PORT, default=_env("HEALTH_PORT", "8081"),
+        help="port of the /healthz liveness and readiness endpoint (default 8081; 0 disables it)",
+    )
+    parser.add_argument(
+        "--heartbeat-file", default=_env("HEARTBEAT_FILE"),
+        help="file the operator rewrites every few seconds, for exec probes (`mlflow-operator probe`)",
     )
     parser.add_argument(
         "--metrics-port", type=_PORT, default=_env("METRICS_PORT", "8080"),
@@ -178,6 +184,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         health_port=args.health_port,
         metrics_port=args.metrics_port,
         bind_address=args.bind_address,
+        heartbeat_file=args.heartbeat_file or None,
         peering=args.peering or None,
         peering_priority=args.peering_priority,
         log_format=args.log_format,

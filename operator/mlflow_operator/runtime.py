@@ -109,6 +109,6 @@ def run_operator(config: OperatorConfig) -> None:
         priority=settings.peering.priority,
         clusterwide=config.all_namespaces,
         namespaces=list(config.namespaces),
-        liveness_endpoint=f"http://{config.bind_address}:{config.health_port}/healthz",
+        liveness_endpoint=f"http://{config.bind_address}:{config.health_port}/healthz" if config.health_port else None,
         memo=kopf.Memo(config=config),
     )

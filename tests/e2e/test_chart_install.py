@@ -1,7 +1,9 @@
-"""The Helm chart installed for real: `sandbox.py chart` (what `make sandbox-helm` runs) puts
-the chart's operator and embedded MLflow server on the real node, with the locally built
-images, and stops the sandbox's own operator process. The tests share one install and run in
-file order; the last one uninstalls, and the module's teardown brings the local operator back.
+"""The Helm chart installed for real. In the sandbox (make test) `sandbox.py chart`, what
+`make sandbox-helm` runs, puts the chart's operator and embedded MLflow server on the real node
+with the locally built images and stops the sandbox's own operator process; against any other
+cluster (make test-cluster, chart_target.py) it is a plain `helm upgrade --install`. The tests
+share one install and run in file order; the last one uninstalls, and the module's teardown
+puts the target back as the other tests expect it.
 """
 
 from __future__ import annotations
@@ -10,63 +12,51 @@ import re
 import time
 import urllib.request
 import uuid
-from pathlib import Path
 
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
+from chart_target import ROOT, TRAINING_IMAGE, ChartTarget, ClusterTarget, SandboxTarget, cluster_mode
 from helpers import GROUP, VERSION, Objects, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
-RELEASE, RELEASE_NAMESPACE = "sandbox", "mlflow-system"
-FULLNAME = "sandbox-mlflow-operator"
-INSTANCE = f"app.kubernetes.io/instance={RELEASE}"
-OPERATOR_PODS = f"{INSTANCE},app.kubernetes.io/component=operator"
-MLFLOW_PODS = f"{INSTANCE},app.kubernetes.io/component=mlflow"
-REAL_NODE_LABEL = "sandbox.mlflow.operator.dev/real-node"
+pytestmark = pytest.mark.any_cluster
 OPERATOR_FINALIZER = "mlflow.operator.dev/finalizer"
 JOB_FINALIZER = "mlflow.operator.dev/job-outcome"
 
 
 @pytest.fixture(scope="module")
-def chart(sandbox):
-    installed = sandbox.sandbox("chart")
-    assert installed.returncode == 0, installed.stdout + installed.stderr
-    yield sandbox
-    helm(sandbox, "uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE, "--ignore-not-found", "--wait")
+def chart(request, kubeconfig) -> ChartTarget:
+    target: ChartTarget = ClusterTarget(kubeconfig) if cluster_mode() else SandboxTarget(
+        request.getfixturevalue("sandbox"))
+    target.install()
+    yield target
+    target.helm("uninstall", target.release, "--namespace", target.namespace, "--ignore-not-found", "--wait")
     # A failed uninstall hook leaves its Job and RBAC behind for inspection: not for the next test.
-    sandbox.kubectl("delete", "jobs,serviceaccounts,roles,rolebindings", "-n", RELEASE_NAMESPACE, "-l", INSTANCE,
-                    "--ignore-not-found", "--wait=false")
-    sandbox.kubectl("delete", "clusterroles,clusterrolebindings", "-l", INSTANCE, "--ignore-not-found")
-    started = sandbox.sandbox("up")
-    assert started.returncode == 0, started.stdout + started.stderr
-
-
-def helm(sandbox, *args: str) -> str:
-    import os
-    import subprocess
-
-    homes = {f"HELM_{kind.upper()}_HOME": str(sandbox.state / "helm" / kind) for kind in ("cache", "config", "data")}
-    result = subprocess.run([str(sandbox.bin / "helm"), f"--kubeconfig={sandbox.kubeconfig}", *args],
-                            capture_output=True, text=True, timeout=600, env={**os.environ, **homes})
-    assert result.returncode == 0, f"helm {' '.join(args)}: {result.stderr}"
-    return result.stdout
+    target.kubectl("delete", "jobs,serviceaccounts,roles,rolebindings", "-n", target.namespace, "-l", target.instance,
+                   "--ignore-not-found", "--wait=false")
+    target.kubectl("delete", "clusterroles,clusterrolebindings", "-l", target.instance, "--ignore-not-found")
+    target.after_module()
 
 
 @pytest.fixture
-def chart_namespace(core, namespace) -> str:
-    """A test namespace whose training pods run on the real node."""
-    core.patch_namespace(namespace, {"metadata": {"labels": {REAL_NODE_LABEL: "true"}}})
+def chart_namespace(chart, core, namespace) -> str:
+    """A test namespace; in the sandbox its training pods run on the real node."""
+    if chart.namespace_labels:
+        core.patch_namespace(namespace, {"metadata": {"labels": chart.namespace_labels}})
     return namespace
 
 
-def chart_tracking_uri(sandbox) -> str:
-    return f"http://127.0.0.1:{sandbox.ports['chart-mlflow']}"
+def operator_pods(chart: ChartTarget) -> str:
+    return f"{chart.instance},app.kubernetes.io/component=operator"
 
 
-def running_pods(core, selector: str) -> list:
-    return [p for p in core.list_namespaced_pod(RELEASE_NAMESPACE, label_selector=selector).items
+def mlflow_pods(chart: ChartTarget) -> str:
+    return f"{chart.instance},app.kubernetes.io/component=mlflow"
+
+
+def running_pods(core, chart: ChartTarget, selector: str) -> list:
+    return [p for p in core.list_namespaced_pod(chart.namespace, label_selector=selector).items
             if p.status.phase == "Running" and not p.metadata.deletion_timestamp]
 
 
@@ -89,23 +79,27 @@ def create(custom, body: dict) -> None:
     custom.create_namespaced_custom_object(GROUP, VERSION, body["metadata"]["namespace"], plural, body)
 
 
+def in_pod(chart: ChartTarget, pod, *command: str) -> str:
+    return chart.kubectl("exec", "-n", chart.namespace, pod.metadata.name, "--", *command).stdout.strip()
+
+
 def test_the_operator_and_its_mlflow_server_run_as_non_root_pods_on_the_real_node(chart, core):
-    for selector in (OPERATOR_PODS, MLFLOW_PODS):
-        [pod] = wait_for(lambda s=selector: [p for p in running_pods(core, s) if ready(p)], timeout=120,
+    for selector in (operator_pods(chart), mlflow_pods(chart)):
+        [pod] = wait_for(lambda s=selector: [p for p in running_pods(core, chart, s) if ready(p)], timeout=120,
                          message=f"a Ready pod for {selector}")
-        assert pod.spec.node_name == "localhost"
+        if chart.node_name:
+            assert pod.spec.node_name == chart.node_name
         [container] = pod.spec.containers
         assert container.security_context.read_only_root_filesystem is True
         assert pod.spec.security_context.run_as_non_root is True
-        uid = chart.kubectl("exec", "-n", RELEASE_NAMESPACE, pod.metadata.name, "--", "id", "-u").stdout.strip()
-        assert uid == "10001"
+        assert in_pod(chart, pod, "id", "-u") == "10001"
         assert container.readiness_probe.http_get.path in ("/healthz", "/health")
 
 
 def test_the_operator_pod_serves_prometheus_metrics(chart):
-    url = f"http://127.0.0.1:{chart.ports['chart-operator-metrics']}/metrics"
-    body = wait_for(lambda: urllib.request.urlopen(url, timeout=5).read().decode(), timeout=60,
-                    message="the chart operator's /metrics")
+    with chart.reach("-metrics", chart.metrics_port()) as base:
+        body = wait_for(lambda: urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode(), timeout=60,
+                        message="the chart operator's /metrics")
     assert "mlflow_operator_reconciles_total" in body
     assert "process_resident_memory_bytes" in body
 
@@ -113,7 +107,7 @@ def test_the_operator_pod_serves_prometheus_metrics(chart):
 def test_the_examples_go_end_to_end_through_the_charts_operator_and_mlflow_server(chart, core, custom,
                                                                                 chart_namespace):
     """Experiment, TrainingRun (the churn image, on the real node) and RegisteredModel, all
-    against the chart's embedded MLflow server, whose data lands on the sandbox's volume."""
+    against the chart's embedded MLflow server, whose data lands on its volume."""
     # The chart's server keeps its data on the volume across installs: a model name of its own.
     model_name = f"churn-{uuid.uuid4().hex[:8]}"
     experiment, run, model = (example(name, chart_namespace) for name in (
@@ -123,25 +117,27 @@ def test_the_examples_go_end_to_end_through_the_charts_operator_and_mlflow_serve
         create(custom, body)
     runs = Objects(custom, chart_namespace, "trainingruns", "TrainingRun")
     run = runs.wait_ready("churn-rf-1", timeout=300)["status"]
-    assert run["runStatus"] == "FINISHED" and run["trackingUri"] == chart_tracking_uri(chart)
+    assert run["runStatus"] == "FINISHED" and run["trackingUri"] == chart.tracking_uri()
     [pod] = core.list_namespaced_pod(chart_namespace, label_selector="job-name=churn-rf-1").items
-    assert pod.spec.node_name == "localhost"
+    if chart.node_name:
+        assert pod.spec.node_name == chart.node_name
     models = Objects(custom, chart_namespace, "registeredmodels", "RegisteredModel")
     models.wait_ready("churn-model", timeout=120)
 
     from mlflow import MlflowClient
 
-    mlflow = MlflowClient(tracking_uri=chart_tracking_uri(chart), registry_uri=chart_tracking_uri(chart))
-    assert mlflow.get_model_version_by_alias(model_name, "champion").version == "1"
-    assert mlflow.get_run(run["runId"]).data.metrics["accuracy"] > 0.9
-    assert (chart.state / "volumes" / "mlflow" / "mlflow.db").stat().st_size > 0
+    with chart.reach("-mlflow", chart.mlflow_port) as base:
+        mlflow = MlflowClient(tracking_uri=base, registry_uri=base)
+        assert mlflow.get_model_version_by_alias(model_name, "champion").version == "1"
+        assert mlflow.get_run(run["runId"]).data.metrics["accuracy"] > 0.9
+    [server] = running_pods(core, chart, mlflow_pods(chart))
+    assert int(in_pod(chart, server, "stat", "-c", "%s", "/mlflow/mlflow.db")) > 0
 
 
 def test_the_operator_pods_resident_memory_is_measured(chart, core):
     """Not a limit: the number the README quotes, printed with -s."""
-    [pod] = running_pods(core, OPERATOR_PODS)
-    status = chart.kubectl("exec", "-n", RELEASE_NAMESPACE, pod.metadata.name, "--",
-                           "cat", "/proc/1/status").stdout
+    [pod] = running_pods(core, chart, operator_pods(chart))
+    status = in_pod(chart, pod, "cat", "/proc/1/status")
     rss_kib = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))
     print(f"operator pod RSS: {rss_kib / 1024:.0f} MiB")
     assert 20 * 1024 < rss_kib < 512 * 1024  # alive, and below the chart's memory limit
@@ -152,12 +148,11 @@ def test_helm_upgrade_with_a_changed_value_rolls_the_pod_and_keeps_objects_ready
     experiments = Objects(custom, chart_namespace, "experiments", "Experiment")
     experiments.create("kept", {"description": "before the upgrade"})
     experiments.wait_ready("kept", timeout=60)
-    [old] = running_pods(core, OPERATOR_PODS)
+    [old] = running_pods(core, chart, operator_pods(chart))
 
-    upgraded = chart.sandbox("chart", "--set", "driftInterval=12")
-    assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
+    chart.install("driftInterval=12")
 
-    [new] = wait_for(lambda: [p for p in running_pods(core, OPERATOR_PODS) if ready(p)], timeout=120,
+    [new] = wait_for(lambda: [p for p in running_pods(core, chart, operator_pods(chart)) if ready(p)], timeout=120,
                      message="the upgraded operator pod")
     assert new.metadata.name != old.metadata.name
     assert "--drift-interval=12" in new.spec.containers[0].args
@@ -168,36 +163,81 @@ def test_helm_upgrade_with_a_changed_value_rolls_the_pod_and_keeps_objects_ready
              timeout=60, message="the new pod to reconcile the change")
 
 
+def test_two_replicas_as_pods_fail_over_when_the_active_one_is_deleted(chart, core, custom, batch, chart_namespace):
+    """Replicas on one host network cannot both bind a port: exec probes and no metrics port."""
+    chart.install("replicaCount=2", "health.probe=exec", "metrics.enabled=false")
+    wait_for(lambda: len([p for p in running_pods(core, chart, operator_pods(chart)) if ready(p)]) == 2, timeout=120,
+             message="two Ready operator pods")
+    experiments = Objects(custom, chart_namespace, "experiments", "Experiment")
+    runs = Objects(custom, chart_namespace, "trainingruns", "TrainingRun")
+    experiments.create("before", {})
+    experiments.wait_ready("before", timeout=60)
+    # A run in flight across the fail-over.
+    runs.create("across", {"experimentRef": {"name": "before"}, "template": {"spec": {"containers": [{
+        "name": "train", "image": TRAINING_IMAGE,
+        "command": ["python", "-c", "import time; time.sleep(20)"]}]}}})
+    wait_for(lambda: runs.get("across").get("status", {}).get("phase") == "Running", timeout=90,
+             message="the run to be Running")
+
+    active = active_peer(chart, custom)
+    started = time.monotonic()
+    core.delete_namespaced_pod(active, chart.namespace)
+    experiments.create("after", {})
+    experiments.wait_ready("after", timeout=120)
+    print(f"fail-over: an Experiment created when the active pod was deleted was Ready after "
+          f"{time.monotonic() - started:.1f}s")
+    assert active_peer(chart, custom) != active
+
+    run = runs.wait_ready("across", timeout=180)
+    assert run["status"]["phase"] == "Succeeded"
+    assert len(batch.list_namespaced_job(chart_namespace, label_selector="mlflow.operator.dev/training-run=across")
+               .items) == 1
+    from mlflow import MlflowClient
+
+    with chart.reach("-mlflow", chart.mlflow_port) as base:
+        found = MlflowClient(tracking_uri=base).search_runs(
+            [experiments.get("before")["status"]["experimentId"]],
+            filter_string=f"tags.`k8s.uid` = '{run['metadata']['uid']}'")
+    assert [r.info.run_id for r in found] == [run["status"]["runId"]]
+
+
+def active_peer(chart: ChartTarget, custom) -> str:
+    """The pod kopf peering made active: the live peer with the highest priority."""
+    peering = custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", chart.fullname)
+    peers = peering.get("status") or {}
+    return max(peers, key=lambda name: peers[name]["priority"])
+
+
 def test_helm_uninstall_leaves_no_orphans_and_no_stuck_finalizers(chart, core, custom, batch,
                                                                 chart_namespace):
     experiments = Objects(custom, chart_namespace, "experiments", "Experiment")
     runs = Objects(custom, chart_namespace, "trainingruns", "TrainingRun")
     experiments.create("stays", {})
     runs.create("trained", {"experimentRef": {"name": "stays"}, "template": {"spec": {"containers": [{
-        "name": "train", "image": "mlflow-operator-examples/churn-train:0.1.0",
+        "name": "train", "image": TRAINING_IMAGE,
         "command": ["python", "-c", "print('done')"]}]}}})
     runs.wait_ready("trained", timeout=180)
     # A Job that is still running keeps the Job-outcome finalizer until the operator records it.
     runs.create("running", {"experimentRef": {"name": "stays"}, "template": {"spec": {"containers": [{
-        "name": "train", "image": "mlflow-operator-examples/churn-train:0.1.0",
+        "name": "train", "image": TRAINING_IMAGE,
         "command": ["python", "-c", "import time; time.sleep(600)"]}]}}})
     wait_for(lambda: JOB_FINALIZER in (batch.read_namespaced_job("running", chart_namespace).metadata.finalizers
                                        or []), timeout=60, message="the running Job with the operator's finalizer")
     assert OPERATOR_FINALIZER in experiments.get("stays")["metadata"]["finalizers"]
 
     started = time.monotonic()
-    helm(chart, "uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE, "--wait", "--timeout=5m")
+    chart.helm("uninstall", chart.release, "--namespace", chart.namespace, "--wait", "--timeout=5m")
     print(f"helm uninstall took {time.monotonic() - started:.1f}s")
 
     # Nothing of the release is left but the PVC it keeps on purpose (helm.sh/resource-policy).
     leftovers = chart.kubectl("get", "all,serviceaccounts,roles,rolebindings,configmaps,secrets,leases",
-                              "-n", RELEASE_NAMESPACE, "-l", INSTANCE, "-o", "name").stdout.split()
+                              "-n", chart.namespace, "-l", chart.instance, "-o", "name").stdout.split()
     assert leftovers == []
     cluster_leftovers = chart.kubectl("get", "clusterroles,clusterrolebindings,clusterkopfpeerings",
-                                      "-l", INSTANCE, "-o", "name", check=False).stdout.split()
+                                      "-l", chart.instance, "-o", "name", check=False).stdout.split()
     assert cluster_leftovers == []
-    assert chart.kubectl("get", "pvc", "-n", RELEASE_NAMESPACE, "-l", INSTANCE, "-o", "name").stdout.split() == [
-        f"persistentvolumeclaim/{FULLNAME}-mlflow"]
+    kept = [f"persistentvolumeclaim/{chart.fullname}-mlflow"] if chart.keeps_mlflow_volume() else []
+    assert chart.kubectl("get", "pvc", "-n", chart.namespace, "-l", chart.instance, "-o", "name").stdout.split() == kept
 
     # The objects stay, without the operator's finalizers, so deleting them does not hang.
     for objects, name in ((experiments, "stays"), (runs, "trained"), (runs, "running")):

@@ -40,7 +40,7 @@ def test_a_non_http_tracking_uri_is_refused():
     (["--drift-interval", "0"], "--drift-interval: 0 must be at least"),
     (["--drift-interval", "soon"], "'soon' is not a number"),
     (["--mlflow-concurrency", "0"], "--mlflow-concurrency: 0 must be between 1 and 64"),
-    (["--health-port", "70000"], "must be between 1 and 65535"),
+    (["--health-port", "70000"], "must be between 0 and 65535"),
     (["--mlflow-max-retries", "-1"], "must be between 0 and 10"),
 ])
 def test_out_of_range_flags_are_refused_with_the_range(argv, message, capsys):

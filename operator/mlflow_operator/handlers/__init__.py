@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any, Mapping
 
 import kopf
 
+from mlflow_operator import heartbeat
 from mlflow_operator.api.common import GROUP, KINDS, VERSION
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.gateways.kubernetes import KubernetesGateway
@@ -58,10 +60,15 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -
             mlflow=MlflowGateway(concurrency=config.mlflow_concurrency),
             kube=KubernetesGateway(concurrency=config.mlflow_concurrency),
         )
+        if config.heartbeat_file:
+            memo["heartbeat"] = asyncio.create_task(heartbeat.beat_forever(Path(config.heartbeat_file)))
         logger.info("watching %s in group %s/%s", ", ".join(KINDS), GROUP, VERSION)
 
     @kopf.on.cleanup(registry=registry)
     async def stop_services(memo: kopf.Memo, **_: Any) -> None:
+        beating: asyncio.Task[None] | None = memo.get("heartbeat")
+        if beating:
+            beating.cancel()
         services: Services | None = memo.get("services")
         if services:
             services.mlflow.close()
