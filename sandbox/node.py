@@ -13,6 +13,7 @@ Everything stays on this machine and inside the sandbox's own state:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -124,37 +125,28 @@ def _pids_below(directory: Path) -> list[int]:
 def remove_cgroup_root(root: str, record: Path) -> None:
     """Kill whatever still runs below the kubelet's cgroup root and remove its cgroups, and
     the directories above it that prepare_cgroup_root created."""
+    tops = [h / root.lstrip("/") for h in v1_hierarchies()]
     for _ in range(50):
-        pids = [pid for h in v1_hierarchies() if (h / root.lstrip("/")).exists()
-                for pid in _pids_below(h / root.lstrip("/"))]
+        pids = {pid for top in tops if top.exists() for pid in _pids_below(top)}
         if not pids:
             break
-        for pid in set(pids):
-            try:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         time.sleep(0.1)
-    for hierarchy in v1_hierarchies():
-        top = hierarchy / root.lstrip("/")
-        if not top.exists():
-            continue
-        for directory in sorted((d for d in top.rglob("*") if d.is_dir()), key=lambda d: -len(d.parts)):
-            try:
-                directory.rmdir()
-            except OSError:
-                pass
-        try:
-            top.rmdir()
-        except OSError:
-            pass
+    for top in tops:
+        if top.exists():
+            _remove_empty_dirs([*(d for d in top.rglob("*") if d.is_dir()), top])
     if record.exists():
-        for line in sorted(record.read_text().split(), key=lambda p: -len(Path(p).parts)):
-            try:
-                Path(line).rmdir()
-            except OSError:
-                pass
+        _remove_empty_dirs([Path(line) for line in record.read_text().split()])
         record.unlink()
+
+
+def _remove_empty_dirs(directories: list[Path]) -> None:
+    """Deepest first; a directory that is not empty (or gone) stays as it is."""
+    for directory in sorted(directories, key=lambda d: -len(d.parts)):
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def stop_shims(socket: Path) -> int:

@@ -16,6 +16,7 @@ can run a sandbox each on one machine.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -168,18 +169,14 @@ def stop(component: "Component", timeout: float = 15.0) -> bool:
     if pid is None:
         path.unlink(missing_ok=True)
         return False
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and running_pid(component) is not None:
         time.sleep(0.1)
     if running_pid(component) is not None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     path.unlink(missing_ok=True)
     return True
 
@@ -921,27 +918,31 @@ def main(argv: list[str] | None = None) -> int:
     stop_parser.add_argument("components", nargs="+", choices=ORDER)
     args = parser.parse_args(argv)
 
-    sandbox = Sandbox()
     try:
-        if args.command == "up":
-            sandbox.up()
-        elif args.command == "down":
-            sandbox.down()
-        elif args.command == "status":
-            return sandbox.status()
-        elif args.command == "chart":
-            sandbox.install_chart(args.values)
-        elif args.command == "stop":
-            for name in args.components:
-                if stop(sandbox.components[name]):
-                    log(f"stopped {name}")
-        elif args.command == "restart":
-            for name in args.components:
-                stop(sandbox.components[name])
-            sandbox.up()
+        return run_command(Sandbox(), args)
     except SandboxError as error:
         print(f"[sandbox] ERROR: {error}", file=sys.stderr, flush=True)
         return 1
+
+
+def run_command(sandbox: Sandbox, args: argparse.Namespace) -> int:
+    match args.command:
+        case "up":
+            sandbox.up()
+        case "down":
+            sandbox.down()
+        case "status":
+            return sandbox.status()
+        case "chart":
+            sandbox.install_chart(args.values)
+        case "stop":
+            for name in args.components:
+                if stop(sandbox.components[name]):
+                    log(f"stopped {name}")
+        case "restart":
+            for name in args.components:
+                stop(sandbox.components[name])
+            sandbox.up()
     return 0
 
 

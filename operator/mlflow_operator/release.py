@@ -33,19 +33,20 @@ class Released:
 
 
 async def wait_for_operator_pods_gone(kube: KubernetesGateway, namespace: str, selector: str,
-                                      timeout: float, poll: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
+                                      wait_seconds: float, poll: float = 2.0) -> None:
+    deadline = time.monotonic() + wait_seconds
     while pods := await kube.list_pods(namespace, selector):
         if time.monotonic() > deadline:
             names = ", ".join(sorted(p.metadata.name for p in pods))
-            raise OperatorStillRunning(f"operator pods still present after {timeout:.0f}s: {names}")
+            raise OperatorStillRunning(f"operator pods still present after {wait_seconds:.0f}s: {names}")
         await asyncio.sleep(poll)
 
 
 async def release_finalizers(kube: KubernetesGateway, namespaces: list[str] | None) -> Released:
     """Remove the operator's finalizers in `namespaces` (None: every namespace)."""
     objects = jobs = 0
-    for namespace in namespaces or [None]:
+    scopes: list[str | None] = list(namespaces) if namespaces else [None]
+    for namespace in scopes:
         for plural in PLURALS:
             for obj in await kube.list_objects_everywhere(plural, namespace):
                 metadata = obj["metadata"]
@@ -61,12 +62,12 @@ async def release_finalizers(kube: KubernetesGateway, namespaces: list[str] | No
 
 
 async def run_release(namespaces: list[str] | None, operator_namespace: str | None, operator_selector: str | None,
-                      timeout: float) -> Released:
+                      wait_seconds: float) -> Released:
     kube = KubernetesGateway()
     try:
         if operator_namespace and operator_selector:
             logger.info("waiting for the operator's pods (%s) to stop", operator_selector)
-            await wait_for_operator_pods_gone(kube, operator_namespace, operator_selector, timeout)
+            await wait_for_operator_pods_gone(kube, operator_namespace, operator_selector, wait_seconds)
         released = await release_finalizers(kube, namespaces)
         logger.info("released %d objects and %d training Jobs", released.objects, released.jobs)
         return released

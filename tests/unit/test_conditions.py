@@ -8,7 +8,7 @@ def by_type(conditions):
 
 
 def test_ready_sets_ready_true_and_clears_reconciling_and_stalled():
-    conditions = by_type(apply_outcome([], ready("in sync"), generation=3, now="T1"))
+    conditions = by_type(apply_outcome([], ready("Reconciled", "in sync"), generation=3, now="T1"))
     assert conditions["Ready"]["status"] == "True"
     assert conditions["Reconciling"]["status"] == "False"
     assert conditions["Stalled"]["status"] == "False"
@@ -35,21 +35,21 @@ def test_last_transition_time_moves_only_when_status_changes():
     second = by_type(apply_outcome(first, progressing("B", "b"), 1, now="T2"))
     assert second["Ready"]["lastTransitionTime"] == "T1"
     assert second["Ready"]["reason"] == "B"
-    third = by_type(apply_outcome(list(second.values()), ready("ok"), 1, now="T3"))
+    third = by_type(apply_outcome(list(second.values()), ready("Reconciled", "ok"), 1, now="T3"))
     assert third["Ready"]["lastTransitionTime"] == "T3"
 
 
 def test_extra_conditions_are_set_and_removed_when_no_longer_reported():
-    with_extra = apply_outcome([], ready("ok", VersionNotFound=("True", "VersionNotFound", "v9")), 1, now="T1",
+    with_extra = apply_outcome([], ready("Reconciled", "ok", extra={"VersionNotFound": ("True", "VersionNotFound", "v9")}), 1, now="T1",
                                managed_extra=("VersionNotFound",))
     assert by_type(with_extra)["VersionNotFound"]["status"] == "True"
-    without = apply_outcome(with_extra, ready("ok"), 1, now="T2", managed_extra=("VersionNotFound",))
+    without = apply_outcome(with_extra, ready("Reconciled", "ok"), 1, now="T2", managed_extra=("VersionNotFound",))
     assert "VersionNotFound" not in by_type(without)
 
 
 def test_foreign_condition_types_are_kept():
     conditions = apply_outcome([{"type": "Custom", "status": "True", "reason": "x", "message": "",
-                                 "lastTransitionTime": "T0"}], ready("ok"), 1, now="T1")
+                                 "lastTransitionTime": "T0"}], ready("Reconciled", "ok"), 1, now="T1")
     assert "Custom" in by_type(conditions)
 
 

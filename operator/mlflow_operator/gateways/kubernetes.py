@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -56,10 +57,8 @@ def _error(error: ApiException) -> KubernetesError:
     import json
 
     message = error.reason or ""
-    try:
+    with contextlib.suppress(ValueError):  # a body that is not JSON: keep the reason
         message = json.loads(error.body or "{}").get("message") or message
-    except ValueError:
-        pass
     return KubernetesError(error.status or 0, error.reason or "", message)
 
 

@@ -301,10 +301,7 @@ class MlflowGateway:
             chunk = items[start:start + 100]
             chunk_params = [i for i in chunk if isinstance(i, Param)]
             chunk_tags = [i for i in chunk if isinstance(i, RunTag)]
-            await self._call(
-                target, "log_batch",
-                lambda s, p=chunk_params, t=chunk_tags: s.tracking.log_batch(run_id, metrics=[], params=p, tags=t),
-            )
+            await self._call(target, "log_batch", _log_batch(run_id, chunk_params, chunk_tags))
 
     async def set_run_tag(self, target: TrackingTarget, run_id: str, key: str, value: str) -> None:
         await self._call(target, "set_tag", lambda s: s.tracking.set_tag(run_id, RunTag(key, value)))
@@ -397,12 +394,8 @@ class MlflowGateway:
         versions: list[Any] = []
         token: str | None = None
         while True:
-            page = await self._call(
-                target, "search_model_versions",
-                lambda s, t=token: s.registry.search_model_versions(
-                    filter_string=name_filter, max_results=200_000, page_token=t
-                ),
-            )
+            page = await self._call(target, "search_model_versions",
+                                    _search_model_versions(name_filter, token))
             versions.extend(page)
             token = getattr(page, "token", None)
             if not token:
@@ -505,3 +498,14 @@ def _model_version(mv: Any) -> ModelVersionInfo:
         aliases=tuple(mv.aliases or ()),
         tags=dict(mv.tags or {}),
     )
+
+
+def _log_batch(run_id: str, params: list[Param], tags: list[RunTag]) -> Callable[[_Stores], None]:
+    """One chunk of params and tags, bound now (not when the thread runs it)."""
+    return lambda stores: stores.tracking.log_batch(run_id, metrics=[], params=params, tags=tags)
+
+
+def _search_model_versions(name_filter: str, token: str | None) -> Callable[[_Stores], Any]:
+    """One page of a model's versions, its page token bound now."""
+    return lambda stores: stores.registry.search_model_versions(
+        filter_string=name_filter, max_results=200_000, page_token=token)

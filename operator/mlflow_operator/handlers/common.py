@@ -213,7 +213,7 @@ def register_synced_kind(
 ) -> None:
     """Handlers for a kind kept in sync with an MLflow entity (Experiment, RegisteredModel):
     reconcile on create/update/resume, check drift on a timer, apply deletionPolicy."""
-    resource = dict(group=GROUP, version=VERSION, plural=plural, registry=registry)
+    resource = (GROUP, VERSION, plural)  # positional: kopf's typed selector
 
     async def run(body: Any, memo: Any, logger: Any, retry: int | None) -> None:
         services = services_of(memo)
@@ -224,18 +224,18 @@ def register_synced_kind(
         await reconcile_and_report(kind=kind, plural=plural, body=body, memo=memo, logger=logger, work=work,
                                    retry=retry, managed_extra=managed_extra)
 
-    @kopf.on.resume(id="reconcile", **resource)
-    @kopf.on.create(id="reconcile", **resource)
-    @kopf.on.update(id="reconcile", field="spec", **resource)
+    @kopf.on.resume(*resource, id="reconcile", registry=registry)
+    @kopf.on.create(*resource, id="reconcile", registry=registry)
+    @kopf.on.update(*resource, id="reconcile", field="spec", registry=registry)
     async def changed(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
         await run(body, memo, logger, retry)
 
-    @kopf.timer(id="drift", interval=config.drift_interval, initial_delay=config.drift_interval, **resource)
+    @kopf.timer(*resource, id="drift", interval=config.drift_interval, initial_delay=config.drift_interval, registry=registry)
     async def drift(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
         if drift_check_due(body, memo):
             await run(body, memo, logger, None)
 
-    @kopf.on.delete(id="delete", timeout=DELETE_TIMEOUT_SECONDS, **resource)
+    @kopf.on.delete(*resource, id="delete", timeout=DELETE_TIMEOUT_SECONDS, registry=registry)
     async def deleted(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
         await delete_and_report(plural=plural, body=body, memo=memo, logger=logger, retry=retry,
                                 delete=delete, what="deletionPolicy Delete")

@@ -34,16 +34,16 @@ from mlflow_operator.tracking import TrackingError
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    resource = dict(group=GROUP, version=VERSION, plural=PLURAL, registry=registry)
+    resource = (GROUP, VERSION, PLURAL)  # positional: kopf's typed selector
 
-    @kopf.on.resume(id="reconcile", **resource)
-    @kopf.on.create(id="reconcile", **resource)
-    @kopf.on.update(id="reconcile", field="spec", **resource)
+    @kopf.on.resume(*resource, id="reconcile", registry=registry)
+    @kopf.on.create(*resource, id="reconcile", registry=registry)
+    @kopf.on.update(*resource, id="reconcile", field="spec", registry=registry)
     async def training_run_changed(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
         await _reconcile(body, memo, logger, retry=retry)
 
-    @kopf.timer(id="refresh", interval=config.drift_interval, initial_delay=config.drift_interval,
-                when=not_closed, **resource)
+    @kopf.timer(*resource, id="refresh", interval=config.drift_interval, initial_delay=config.drift_interval,
+                when=not_closed, registry=registry)
     async def training_run_refresh(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
         """Live metrics while Running, and another try at whatever is left after the Job's
         last event (closing the run or registering the model after an MLflow outage)."""
@@ -64,7 +64,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
                                   "uid": owner["uid"]}}
         await _reconcile(owner_ref, memo, logger, retry=None)
 
-    @kopf.on.delete(id="delete", timeout=DELETE_TIMEOUT_SECONDS, **resource)
+    @kopf.on.delete(*resource, id="delete", timeout=DELETE_TIMEOUT_SECONDS, registry=registry)
     async def training_run_deleted(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
         await delete_and_report(plural=PLURAL, body=body, memo=memo, logger=logger, retry=retry,
                                 delete=kill_training_run, what="closing the run")

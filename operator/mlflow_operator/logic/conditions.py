@@ -11,6 +11,7 @@ Argo CD and `kubectl wait --for=condition=Ready` all read them the same way:
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,17 +41,20 @@ class Outcome:
         return self.state == "ready"
 
 
-def ready(message: str, reason: str = "Reconciled", **extra: tuple[str, str, str]) -> Outcome:
-    return Outcome("ready", reason, message, dict(extra))
+ExtraConditions = Mapping[str, tuple[str, str, str]]
+
+
+def ready(reason: str, message: str, *, extra: ExtraConditions | None = None) -> Outcome:
+    return Outcome("ready", reason, message, dict(extra or {}))
 
 
 def progressing(reason: str, message: str, *, awaited: bool = False, expected: bool = False,
-                **extra: tuple[str, str, str]) -> Outcome:
-    return Outcome("progressing", reason, message, dict(extra), awaited=awaited, expected=expected)
+                extra: ExtraConditions | None = None) -> Outcome:
+    return Outcome("progressing", reason, message, dict(extra or {}), awaited=awaited, expected=expected)
 
 
-def stalled(reason: str, message: str, **extra: tuple[str, str, str]) -> Outcome:
-    return Outcome("stalled", reason, message, dict(extra))
+def stalled(reason: str, message: str, *, extra: ExtraConditions | None = None) -> Outcome:
+    return Outcome("stalled", reason, message, dict(extra or {}))
 
 
 class ReconcileProblem(Exception):

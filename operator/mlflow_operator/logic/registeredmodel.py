@@ -148,9 +148,20 @@ class Plan:
 def plan(desired: DesiredModel, model: RegisteredModelInfo, versions: list[ModelVersionInfo],
          managed: Managed) -> Plan:
     existing = {v.version: v for v in versions}
-    changes: list[Change] = []
     missing: dict[str, list[str]] = defaultdict(list)
+    changes = _model_changes(desired, model, managed)
+    alias_changes, managed_aliases = _alias_changes(desired, model, existing, managed, missing)
+    version_changes, managed_version_tags = _version_changes(desired, existing, managed, missing)
+    return Plan(
+        changes=changes + alias_changes + version_changes,
+        missing=dict(missing),
+        managed=Managed(frozenset(desired.tags), frozenset(managed_aliases), managed_version_tags),
+    )
 
+
+def _model_changes(desired: DesiredModel, model: RegisteredModelInfo, managed: Managed) -> list[Change]:
+    """The model's description and tags; managed tags no longer declared are removed."""
+    changes: list[Change] = []
     if desired.description is not None and model.description != desired.description:
         changes.append(Change("set_description", value=desired.description))
     for key, value in {**desired.ownership, **desired.tags}.items():
@@ -159,7 +170,13 @@ def plan(desired: DesiredModel, model: RegisteredModelInfo, versions: list[Model
     for key in sorted(managed.tags - set(desired.tags) - set(desired.ownership)):
         if key in model.tags:
             changes.append(Change("delete_tag", key))
+    return changes
 
+
+def _alias_changes(desired: DesiredModel, model: RegisteredModelInfo, existing: dict[str, ModelVersionInfo],
+                   managed: Managed, missing: dict[str, list[str]]) -> tuple[list[Change], set[str]]:
+    """Aliases moved to their declared versions (those that exist), and the ones now managed."""
+    changes: list[Change] = []
     managed_aliases = set(managed.aliases & set(desired.aliases))
     for alias, version in sorted(desired.aliases.items()):
         if version not in existing:
@@ -171,7 +188,13 @@ def plan(desired: DesiredModel, model: RegisteredModelInfo, versions: list[Model
     for alias in sorted(managed.aliases - set(desired.aliases)):
         if alias in model.aliases:
             changes.append(Change("delete_alias", alias))
+    return changes, managed_aliases
 
+
+def _version_changes(desired: DesiredModel, existing: dict[str, ModelVersionInfo], managed: Managed,
+                     missing: dict[str, list[str]]) -> tuple[list[Change], dict[str, frozenset[str]]]:
+    """Stages, descriptions and tags of declared versions, and the version tags now managed."""
+    changes: list[Change] = []
     managed_version_tags: dict[str, frozenset[str]] = {}
     for version, declared in sorted(desired.versions.items(), key=lambda i: int(i[0])):
         current = existing.get(version)
@@ -180,29 +203,30 @@ def plan(desired: DesiredModel, model: RegisteredModelInfo, versions: list[Model
             if version in managed.version_tags:
                 managed_version_tags[version] = managed.version_tags[version]
             continue
-        if declared.stage and current.stage != declared.stage:
-            changes.append(Change("transition", value=declared.stage, version=version, previous=current.stage))
-        if declared.description is not None and current.description != declared.description:
-            changes.append(Change("set_version_description", value=declared.description, version=version))
-        for key, value in declared.tags.items():
-            if current.tags.get(key) != value:
-                changes.append(Change("set_version_tag", key, value, version))
-        for key in sorted(managed.version_tags.get(version, frozenset()) - set(declared.tags)):
-            if key in current.tags:
-                changes.append(Change("delete_version_tag", key, version=version))
+        changes += _declared_version_changes(version, declared, current, managed.version_tags.get(version))
         if declared.tags:
             managed_version_tags[version] = frozenset(declared.tags)
     for version, keys in managed.version_tags.items():
         if version not in desired.versions and version in existing:
-            for key in sorted(keys):
-                if key in existing[version].tags:
-                    changes.append(Change("delete_version_tag", key, version=version))
+            changes += [Change("delete_version_tag", key, version=version)
+                        for key in sorted(keys) if key in existing[version].tags]
+    return changes, managed_version_tags
 
-    return Plan(
-        changes=changes,
-        missing=dict(missing),
-        managed=Managed(frozenset(desired.tags), frozenset(managed_aliases), managed_version_tags),
-    )
+
+def _declared_version_changes(version: str, declared: DesiredVersion, current: ModelVersionInfo,
+                              managed_tags: frozenset[str] | None) -> list[Change]:
+    changes: list[Change] = []
+    if declared.stage and current.stage != declared.stage:
+        changes.append(Change("transition", value=declared.stage, version=version, previous=current.stage))
+    if declared.description is not None and current.description != declared.description:
+        changes.append(Change("set_version_description", value=declared.description, version=version))
+    for key, value in declared.tags.items():
+        if current.tags.get(key) != value:
+            changes.append(Change("set_version_tag", key, value, version))
+    for key in sorted((managed_tags or frozenset()) - set(declared.tags)):
+        if key in current.tags:
+            changes.append(Change("delete_version_tag", key, version=version))
+    return changes
 
 
 def status_view(model: RegisteredModelInfo, versions: list[ModelVersionInfo]) -> dict[str, Any]:

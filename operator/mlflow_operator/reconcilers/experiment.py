@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 from mlflow_operator.api.common import ObjectIdentity
 from mlflow_operator.api.experiment import ExperimentSpec
@@ -48,6 +48,7 @@ async def reconcile_experiment(services: Services, fresh: dict[str, Any], drift_
         alive = found is None or await owner_alive(services, found.tags, identity)
         binding = logic.bind_by_name(found, desired.name, identity, adopt=spec.adopt, owner_alive=alive)
 
+    experiment: ExperimentInfo | None
     if binding.kind == "create":
         experiment = await _create(services, target, desired, identity, spec.adopt)
         events.append(("Normal", "Created", f"created MLflow experiment {desired.name!r} (id {experiment.experiment_id})"))
@@ -78,7 +79,7 @@ async def reconcile_experiment(services: Services, fresh: dict[str, Any], drift_
 
     experiment_id = experiment.experiment_id
     return ExperimentResult(
-        outcome=ready(f"MLflow experiment {desired.name!r} (id {experiment_id}) is in sync"),
+        outcome=ready("Reconciled", f"MLflow experiment {desired.name!r} (id {experiment_id}) is in sync"),
         status={
             "experimentId": experiment_id,
             "experimentName": desired.name,
@@ -130,12 +131,15 @@ async def _apply(services: Services, target: TrackingTarget, experiment_id: str,
     mlflow = services.mlflow
     for change in plan.changes:
         try:
-            if change.action == "rename":
-                await mlflow.rename_experiment(target, experiment_id, change.value)
-            elif change.action == "set_tag":
-                await mlflow.set_experiment_tag(target, experiment_id, change.key, change.value)
-            else:
-                await mlflow.delete_experiment_tag(target, experiment_id, change.key)
+            match change.action:
+                case "rename":
+                    await mlflow.rename_experiment(target, experiment_id, change.value)
+                case "set_tag":
+                    await mlflow.set_experiment_tag(target, experiment_id, change.key, change.value)
+                case "delete_tag":
+                    await mlflow.delete_experiment_tag(target, experiment_id, change.key)
+                case unknown:
+                    assert_never(unknown)
         except InvalidRequest as error:
             raise ReconcileProblem(stalled(
                 "InvalidSpec", f"MLflow rejected {logic.describe_tag(change.key) if change.key else 'the rename'}: {error}"

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, assert_never
 
 from mlflow_operator.api.common import ObjectIdentity
 from mlflow_operator.api.registeredmodel import RegisteredModelSpec
+from mlflow_operator.gateways.mlflow import MlflowGateway
 from mlflow_operator.logic import ownership
 from mlflow_operator.logic import registeredmodel as logic
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
 from mlflow_operator.logic.tracking import check_pinned
 from mlflow_operator.reconcilers.common import Services, owner_alive, resolve_target
-from mlflow_operator.tracking import AlreadyExists, InvalidRequest, TrackingTarget
+from mlflow_operator.tracking import AlreadyExists, InvalidRequest, RegisteredModelInfo, TrackingTarget
 
 Event = tuple[str, str, str]
 VERSION_NOT_FOUND = "VersionNotFound"
@@ -47,6 +48,30 @@ async def reconcile_registered_model(
 
     if status.get("modelName"):
         check_pinned(status.get("trackingUri"), target.uri, f"registered model {status['modelName']!r}")
+    model, kind = await _bind(services, target, desired, spec, identity, status, events)
+
+    versions = await mlflow.model_versions(target, desired.name)
+    plan = logic.plan(desired, model, versions, logic.Managed.from_status(status))
+    extra = await _apply_plan(services, target, desired, plan, status, events,
+                              observe_only=drift_check and spec.drift_policy == "Observe" and kind == "use",
+                              announce=(kind == "use"), drift_check=drift_check)
+    if plan.changes:
+        model = await mlflow.get_registered_model(target, desired.name) or model
+        versions = await mlflow.model_versions(target, desired.name)
+
+    view = logic.status_view(model, versions)
+    # What this object declares (and exists) is what it may later remove, drift or not.
+    status_update = {**view, **logic.managed_status(plan.managed), "url": target.model_url(desired.name),
+                     "trackingUri": target.uri,
+                     "missingVersions": sorted(plan.missing, key=int) or None}
+    return RegisteredModelResult(_outcome(desired, plan, extra, len(versions)), status_update, events)
+
+
+async def _bind(services: Services, target: TrackingTarget, desired: logic.DesiredModel, spec: RegisteredModelSpec,
+                identity: ObjectIdentity, status: dict[str, Any],
+                events: list[Event]) -> tuple[RegisteredModelInfo, str]:
+    """The registered model this object manages: found and owned, adopted, or created."""
+    mlflow = services.mlflow
     model = await mlflow.get_registered_model(target, desired.name)
     alive = model is None or await owner_alive(services, model.tags, identity)
     kind = logic.bind(model, desired.name, identity, known=status.get("modelName") == desired.name,
@@ -65,9 +90,14 @@ async def reconcile_registered_model(
     elif kind == "adopt":
         events.append(("Normal", "Adopted", f"adopted existing registered model {desired.name!r}"))
     assert model is not None
+    return model, kind
 
-    versions = await mlflow.model_versions(target, desired.name)
-    plan = logic.plan(desired, model, versions, logic.Managed.from_status(status))
+
+async def _apply_plan(services: Services, target: TrackingTarget, desired: logic.DesiredModel, plan: logic.Plan,
+                      status: dict[str, Any], events: list[Event], *, observe_only: bool, announce: bool,
+                      drift_check: bool) -> dict[str, tuple[str, str, str]]:
+    """Apply the plan; with driftPolicy Observe, report drift instead of restoring it.
+    Returns the extra conditions to set."""
     extra: dict[str, tuple[str, str, str]] = {}
     # Changes that waited for a declared version to appear are the spec's, not drift.
     waiting = set(status.get("missingVersions") or ())
@@ -76,64 +106,69 @@ async def reconcile_registered_model(
     if pending:
         await _apply(services, target, desired, logic.Plan(pending))
         events.append(("Normal", "Updated", "set " + logic.Plan(pending).describe() + " (the version now exists)"))
-    if drift and drift_check and spec.drift_policy == "Observe" and kind == "use":
-        text = logic.Plan(drift).describe()
+    if not drift:
+        return extra
+    text = logic.Plan(drift).describe()
+    if observe_only:
         extra[DRIFTED] = ("True", "DriftDetected", f"MLflow differs from the spec: {text}")
         previous = next((c for c in status.get("conditions") or [] if c.get("type") == DRIFTED), None)
         if not previous or previous.get("message") != extra[DRIFTED][2]:
             events.append(("Warning", "DriftDetected", f"MLflow differs from the spec (driftPolicy Observe): {text}"))
-    elif drift:
-        await _apply(services, target, desired, logic.Plan(drift))
-        if kind == "use":
-            text = logic.Plan(drift).describe()
-            events.append(("Normal", "DriftCorrected", f"MLflow was changed outside the operator; restored {text}")
-                          if drift_check else ("Normal", "Updated", f"set {text}"))
-    if plan.changes:
-        model = await mlflow.get_registered_model(target, desired.name) or model
-        versions = await mlflow.model_versions(target, desired.name)
+        return extra
+    await _apply(services, target, desired, logic.Plan(drift))
+    if announce:
+        events.append(("Normal", "DriftCorrected", f"MLflow was changed outside the operator; restored {text}")
+                      if drift_check else ("Normal", "Updated", f"set {text}"))
+    return extra
 
-    view = logic.status_view(model, versions)
-    # What this object declares (and exists) is what it may later remove, drift or not.
-    status_update = {**view, **logic.managed_status(plan.managed), "url": target.model_url(desired.name),
-                     "trackingUri": target.uri,
-                     "missingVersions": sorted(plan.missing, key=int) or None}
+
+def _outcome(desired: logic.DesiredModel, plan: logic.Plan, extra: dict[str, tuple[str, str, str]],
+             version_count: int) -> Outcome:
     if plan.missing:
         message = plan.describe_missing()
-        extra[VERSION_NOT_FOUND] = ("True", VERSION_NOT_FOUND, message)
         # The drift timer looks for the version again.
-        outcome = progressing(VERSION_NOT_FOUND, message, awaited=True, **extra)
-    elif DRIFTED in extra:
-        outcome = ready(f"registered model {desired.name!r} observed; drift left in place (driftPolicy Observe)",
-                        "DriftDetected", **extra)
-    else:
-        outcome = ready(f"registered model {desired.name!r} is in sync ({len(versions)} versions)")
-    return RegisteredModelResult(outcome, status_update, events)
+        return progressing(VERSION_NOT_FOUND, message, awaited=True,
+                           extra={**extra, VERSION_NOT_FOUND: ("True", VERSION_NOT_FOUND, message)})
+    if DRIFTED in extra:
+        return ready("DriftDetected",
+                     f"registered model {desired.name!r} observed; drift left in place (driftPolicy Observe)",
+                     extra=extra)
+    return ready("Reconciled", f"registered model {desired.name!r} is in sync ({version_count} versions)")
 
 
 async def _apply(services: Services, target: TrackingTarget, desired: logic.DesiredModel, plan: logic.Plan) -> None:
-    mlflow, name = services.mlflow, desired.name
     for change in plan.changes:
         try:
-            if change.action == "set_description":
-                await mlflow.update_registered_model_description(target, name, change.value)
-            elif change.action == "set_tag":
-                await mlflow.set_registered_model_tag(target, name, change.key, change.value)
-            elif change.action == "delete_tag":
-                await mlflow.delete_registered_model_tag(target, name, change.key)
-            elif change.action == "set_alias":
-                await mlflow.set_alias(target, name, change.key, change.value)
-            elif change.action == "delete_alias":
-                await mlflow.delete_alias(target, name, change.key)
-            elif change.action == "transition":
-                await mlflow.transition_stage(target, name, change.version, change.value, desired.archive_existing)
-            elif change.action == "set_version_description":
-                await mlflow.update_model_version_description(target, name, change.version, change.value)
-            elif change.action == "set_version_tag":
-                await mlflow.set_model_version_tag(target, name, change.version, change.key, change.value)
-            else:
-                await mlflow.delete_model_version_tag(target, name, change.version, change.key)
+            await _apply_change(services.mlflow, target, desired, change)
         except InvalidRequest as error:
             raise ReconcileProblem(stalled("InvalidSpec", f"MLflow rejected {change.describe()}: {error}")) from None
+
+
+async def _apply_change(mlflow: MlflowGateway, target: TrackingTarget, desired: logic.DesiredModel,
+                        change: logic.Change) -> None:
+    """One registry write per action; an action without a case here fails type checking."""
+    name = desired.name
+    match change.action:
+        case "set_description":
+            await mlflow.update_registered_model_description(target, name, change.value)
+        case "set_tag":
+            await mlflow.set_registered_model_tag(target, name, change.key, change.value)
+        case "delete_tag":
+            await mlflow.delete_registered_model_tag(target, name, change.key)
+        case "set_alias":
+            await mlflow.set_alias(target, name, change.key, change.value)
+        case "delete_alias":
+            await mlflow.delete_alias(target, name, change.key)
+        case "transition":
+            await mlflow.transition_stage(target, name, change.version, change.value, desired.archive_existing)
+        case "set_version_description":
+            await mlflow.update_model_version_description(target, name, change.version, change.value)
+        case "set_version_tag":
+            await mlflow.set_model_version_tag(target, name, change.version, change.key, change.value)
+        case "delete_version_tag":
+            await mlflow.delete_model_version_tag(target, name, change.version, change.key)
+        case unknown:
+            assert_never(unknown)
 
 
 async def delete_registered_model(services: Services, body: dict[str, Any]) -> Event | None:

@@ -89,7 +89,7 @@ def outcome_of_closed(status: dict[str, Any]) -> Outcome:
     reason = ready_condition.get("reason", status.get("phase", "Succeeded"))
     message = ready_condition.get("message", "")
     if status.get("phase") == "Succeeded" and ready_condition.get("status") == "True":
-        return ready(message, reason)
+        return ready(reason, message)
     return stalled(reason, message)
 
 
@@ -151,7 +151,8 @@ def _tracking_for(spec: TrainingRunSpec, experiment_obj: dict[str, Any] | None) 
     if own and own.uri and inherited.uri and own.uri.rstrip("/") != inherited.uri.rstrip("/"):
         raise ReconcileProblem(stalled(
             "InvalidSpec",
-            f"spec.tracking.uri {own.uri!r} differs from the server of Experiment {spec.experiment_ref.name!r} "
+            f"spec.tracking.uri {own.uri!r} differs from the server of Experiment "
+            f"{experiment_obj['metadata']['name']!r} "
             f"({inherited.uri!r}); a run must be tracked where its experiment lives",
         ))
     return TrackingSpec(
@@ -196,7 +197,7 @@ async def _resolve(ctx: Context) -> Resolved:
     )
     if started:
         return Resolved(status["experimentId"], status.get("experimentName", ""), target, secret_name)
-    if spec.experiment_ref:
+    if experiment_obj is not None:  # spec.experiment_ref, found and Ready (checked above)
         exp_status = experiment_obj["status"]
         return Resolved(exp_status["experimentId"], exp_status.get("experimentName", ""), target, secret_name)
     return await _experiment_by_name(ctx, target, secret_name)
@@ -445,7 +446,7 @@ async def _finish(ctx: Context, resolved: Resolved) -> TrainingRunResult:
         # The outcome becomes a Warning event through the condition transition.
         return TrainingRunResult(stalled(reason, message), update)
     if ctx.spec.register_model is None:
-        return TrainingRunResult(ready(f"MLflow run {run_id} FINISHED", "Succeeded"), update,
+        return TrainingRunResult(ready("Succeeded", f"MLflow run {run_id} FINISHED"), update,
                                  [("Normal", "Succeeded", f"MLflow run {run_id} FINISHED")])
     if update:
         # Worth keeping even if registration fails below.
@@ -454,7 +455,7 @@ async def _finish(ctx: Context, resolved: Resolved) -> TrainingRunResult:
     version = await _register(ctx, resolved, run_id, events)
     message = f"MLflow run {run_id} FINISHED; registered {version['uri']}"
     events.append(("Normal", "Succeeded", message))
-    return TrainingRunResult(ready(message, "Succeeded"), {**update, "modelVersion": version}, events)
+    return TrainingRunResult(ready("Succeeded", message), {**update, "modelVersion": version}, events)
 
 
 async def _register(ctx: Context, resolved: Resolved, run_id: str, events: list[Event]) -> dict[str, str]:
