@@ -54,7 +54,3 @@ class ObjectIdentity(Model):
 
     def tags(self) -> dict[str, str]:
         return {TAG_NAMESPACE: self.namespace, TAG_NAME: self.name, TAG_UID: self.uid, TAG_KIND: self.kind}
-
-    @property
-    def ref(self) -> str:
-        return f"{self.kind} {self.namespace}/{self.name}"

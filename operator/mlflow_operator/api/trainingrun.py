@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
@@ -11,7 +11,6 @@ from mlflow_operator.api.common import Model, TrackingSpec
 PLURAL = "trainingruns"
 KIND = "TrainingRun"
 
-Phase = Literal["Pending", "Running", "Succeeded", "Failed"]
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 # Labels on the Jobs the operator creates, so it can watch exactly those.

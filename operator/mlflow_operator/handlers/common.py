@@ -10,7 +10,6 @@ a patch applied after the lock is released could overwrite what a later reconcil
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 from typing import Any, Awaitable, Callable, Protocol
@@ -21,6 +20,7 @@ from mlflow_operator.config import OperatorConfig
 import kopf
 
 from mlflow_operator.gateways.kubernetes import KubernetesError
+from mlflow_operator.logic import timestamps
 from mlflow_operator.logic.conditions import (
     Outcome,
     ReconcileProblem,
@@ -267,7 +267,7 @@ async def delete_and_report(
             event = await delete(services, fresh)
         except (ReconcileProblem, TrackingError, KubernetesError) as error:
             outcome = outcome_for_error(error)
-            spent = _seconds_since(fresh["metadata"].get("deletionTimestamp"))
+            spent = timestamps.seconds_since(fresh["metadata"].get("deletionTimestamp"))
             if cleanup_keeps_trying(outcome, spent, budget_seconds):
                 if retry == 0:
                     post_events(fresh, [("Normal" if outcome.expected else "Warning",
@@ -289,9 +289,3 @@ def cleanup_keeps_trying(outcome: Outcome, spent_seconds: float, budget_seconds:
         return False
     return outcome.expected or spent_seconds < budget_seconds
 
-
-def _seconds_since(timestamp: str | None) -> float:
-    if not timestamp:
-        return 0.0
-    moment = dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    return (dt.datetime.now(dt.timezone.utc) - moment).total_seconds()

@@ -10,10 +10,11 @@ Argo CD and `kubectl wait --for=condition=Ready` all read them the same way:
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from mlflow_operator.logic import timestamps
 
 READY = "Ready"
 RECONCILING = "Reconciling"
@@ -65,8 +66,6 @@ class ReconcileProblem(Exception):
         self.outcome = outcome
 
 
-def now_rfc3339() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def set_condition(
@@ -103,7 +102,7 @@ def apply_outcome(
     Types in `managed_extra` that the outcome does not mention are removed, so a condition
     such as VersionNotFound disappears once its cause is gone.
     """
-    now = now or now_rfc3339()
+    now = now or timestamps.now_rfc3339()
     result = list(conditions or [])
     is_ready = outcome.state == "ready"
     result = set_condition(result, READY, "True" if is_ready else "False", outcome.reason, outcome.message,

@@ -273,15 +273,6 @@ def primary_metric_text(metrics: dict[str, float], name: str | None) -> str | No
     return f"{name}={metrics[name]:.6g}"
 
 
-def millis(moment: dt.datetime | None) -> int | None:
-    return int(moment.timestamp() * 1000) if moment else None
 
 
-def parse_time(text: str | None) -> dt.datetime | None:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
-
-def rfc3339(moment: dt.datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.astimezone(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")

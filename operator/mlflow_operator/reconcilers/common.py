@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from mlflow_operator.api.common import TAG_KIND, TAG_NAME, TAG_UID, ObjectIdentity, TrackingSpec
 from mlflow_operator.config import OperatorConfig
@@ -12,7 +12,7 @@ from mlflow_operator.gateways.kubernetes import KubernetesError, KubernetesGatew
 from mlflow_operator.gateways.mlflow import MlflowGateway
 from mlflow_operator.logic import ownership
 from mlflow_operator.logic.conditions import ReconcileProblem, progressing, stalled
-from mlflow_operator.logic.tracking import choose_target, credentials_from_secret
+from mlflow_operator.logic.target import choose_target, credentials_from_secret
 from mlflow_operator.servers import Credentials
 from mlflow_operator.tracking import TrackingTarget
 
@@ -34,6 +34,17 @@ class RememberedCredentials:
     def recall(self, key: tuple[str, str, str]) -> Credentials | None:
         return self._entries.get(key)
 
+
+SpecT = TypeVar("SpecT")
+
+
+def parse_spec(parse: Callable[[Any], SpecT], raw_spec: Any) -> SpecT:
+    """A spec the API server let through but the operator cannot use is Stalled
+    (InvalidSpec), for every kind and on every path, delete included."""
+    try:
+        return parse(raw_spec)
+    except ValueError as error:
+        raise ReconcileProblem(stalled("InvalidSpec", f"invalid spec: {error}")) from None
 
 @dataclass(frozen=True)
 class Services:

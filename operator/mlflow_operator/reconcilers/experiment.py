@@ -11,8 +11,8 @@ from mlflow_operator.logic import experiment as logic
 from mlflow_operator.logic import ownership
 from mlflow_operator.api.trainingrun import PLURAL as TRAINING_RUNS
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
-from mlflow_operator.logic.tracking import check_pinned
-from mlflow_operator.reconcilers.common import Services, owner_alive, resolve_target
+from mlflow_operator.logic.target import check_pinned
+from mlflow_operator.reconcilers.common import Services, owner_alive, parse_spec, resolve_target
 from mlflow_operator.tracking import AlreadyExists, ExperimentInfo, InvalidRequest, TrackingTarget
 
 Event = tuple[str, str, str]  # (type, reason, message)
@@ -30,10 +30,7 @@ async def reconcile_experiment(services: Services, fresh: dict[str, Any], drift_
     TrackingError (MLflow failed); the caller turns both into conditions."""
     identity = ObjectIdentity.from_body(fresh)
     status = dict(fresh.get("status") or {})
-    try:
-        spec = ExperimentSpec.parse(fresh.get("spec"))
-    except ValueError as error:
-        raise ReconcileProblem(stalled("InvalidSpec", f"invalid spec: {error}")) from None
+    spec = parse_spec(ExperimentSpec.parse, fresh.get("spec"))
     target = await resolve_target(services, identity.namespace, spec.tracking)
     desired = logic.desired_experiment(spec, identity)
     mlflow = services.mlflow
@@ -161,7 +158,7 @@ async def delete_experiment(services: Services, body: dict[str, Any]) -> Event |
     """Apply deletionPolicy when the object is deleted. Returns an Event to post, if any."""
     identity = ObjectIdentity.from_body(body)
     status = dict(body.get("status") or {})
-    spec = ExperimentSpec.parse(body.get("spec"))
+    spec = parse_spec(ExperimentSpec.parse, body.get("spec"))
     experiment_id = status.get("experimentId")
     if spec.deletion_policy != "Delete" or not experiment_id:
         return None

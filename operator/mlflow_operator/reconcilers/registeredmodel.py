@@ -11,8 +11,8 @@ from mlflow_operator.gateways.mlflow import MlflowGateway
 from mlflow_operator.logic import ownership
 from mlflow_operator.logic import registeredmodel as logic
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
-from mlflow_operator.logic.tracking import check_pinned
-from mlflow_operator.reconcilers.common import Services, owner_alive, resolve_target
+from mlflow_operator.logic.target import check_pinned
+from mlflow_operator.reconcilers.common import Services, owner_alive, parse_spec, resolve_target
 from mlflow_operator.tracking import AlreadyExists, InvalidRequest, RegisteredModelInfo, TrackingTarget
 
 Event = tuple[str, str, str]
@@ -28,19 +28,12 @@ class RegisteredModelResult:
     events: list[Event] = field(default_factory=list)
 
 
-def parse_spec(raw_spec: Any) -> RegisteredModelSpec:
-    try:
-        return RegisteredModelSpec.parse(raw_spec)
-    except ValueError as error:
-        raise ReconcileProblem(stalled("InvalidSpec", f"invalid spec: {error}")) from None
-
-
 async def reconcile_registered_model(
     services: Services, fresh: dict[str, Any], drift_check: bool = False
 ) -> RegisteredModelResult:
     identity = ObjectIdentity.from_body(fresh)
     status = dict(fresh.get("status") or {})
-    spec = parse_spec(fresh.get("spec"))
+    spec = parse_spec(RegisteredModelSpec.parse, fresh.get("spec"))
     target = await resolve_target(services, identity.namespace, spec.tracking)
     desired = logic.desired_model(spec, identity)
     mlflow = services.mlflow
@@ -174,7 +167,7 @@ async def _apply_change(mlflow: MlflowGateway, target: TrackingTarget, desired: 
 async def delete_registered_model(services: Services, body: dict[str, Any]) -> Event | None:
     """deletionPolicy Delete removes the registered model and every version (a hard delete)."""
     identity = ObjectIdentity.from_body(body)
-    spec = parse_spec(body.get("spec"))
+    spec = parse_spec(RegisteredModelSpec.parse, body.get("spec"))
     if spec.deletion_policy != "Delete":
         return None
     name = logic.desired_model(spec, identity).name

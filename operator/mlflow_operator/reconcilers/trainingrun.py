@@ -8,7 +8,6 @@ one Job (named after the object, owned by it).
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +17,7 @@ from mlflow_operator.api.experiment import PLURAL as EXPERIMENTS
 from mlflow_operator.api.trainingrun import LABEL_RUN_ID, PLURAL, TERMINAL_PHASES, TrainingRunSpec
 from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.logic import ownership
+from mlflow_operator.logic import timestamps
 from mlflow_operator.logic import trainingrun as logic
 from mlflow_operator.logic.conditions import (
     READY,
@@ -28,6 +28,7 @@ from mlflow_operator.logic.conditions import (
     ready,
     stalled,
 )
+from mlflow_operator.reconcilers import common
 from mlflow_operator.reconcilers.common import Services, StatusWriter, resolve_target_and_secret
 from mlflow_operator.tracking import AlreadyExists, InvalidRequest, RunInfo, TrackingTarget
 
@@ -67,11 +68,12 @@ class Resolved:
 
 
 def parse_spec(raw_spec: Any) -> TrainingRunSpec:
-    try:
-        spec = TrainingRunSpec.parse(raw_spec)
-    except ValueError as error:
-        raise ReconcileProblem(stalled("InvalidSpec", f"invalid spec: {error}")) from None
-    logic.param_env(spec.params)  # raises on colliding env names
+    return common.parse_spec(_parse_training_run, raw_spec)
+
+
+def _parse_training_run(raw_spec: Any) -> TrainingRunSpec:
+    spec = TrainingRunSpec.parse(raw_spec)
+    logic.param_env(spec.params)  # Stalled on colliding env names
     return spec
 
 
@@ -356,7 +358,7 @@ async def _in_progress(ctx: Context, state: logic.JobState, refresh_metrics: boo
     phase = logic.phase_of(state, ctx.status.get("phase"))
     update: dict[str, Any] = {"phase": phase}
     if state.start_time:
-        update["startTime"] = logic.rfc3339(state.start_time)
+        update["startTime"] = timestamps.rfc3339(state.start_time)
     if phase == "Running" and refresh_metrics and ctx.status.get("runId"):
         resolved = await _resolve(ctx)
         run = await ctx.services.mlflow.get_run(resolved.target, ctx.status["runId"])
@@ -393,8 +395,8 @@ async def _job_ended(ctx: Context, state: logic.JobState, resolved: Resolved | N
     pod_reasons = await _pod_failure_reasons(ctx) if state.finished and state.finished[0] == "Failed" else []
     ended = logic.job_outcome(state, ctx.identity.name, pod_reasons)
     await ctx.checkpoint({
-        "startTime": logic.rfc3339(state.start_time) or ctx.status.get("startTime"),
-        "completionTime": logic.rfc3339(ended.completion_time),
+        "startTime": timestamps.rfc3339(state.start_time) or ctx.status.get("startTime"),
+        "completionTime": timestamps.rfc3339(ended.completion_time),
         "jobOutcome": {"phase": ended.phase, "reason": ended.reason, "message": ended.message},
     })
     if logic.JOB_FINALIZER in state.finalizers:
@@ -414,7 +416,7 @@ async def _job_lost(ctx: Context, resolved: Resolved) -> TrainingRunResult:
     """The Job is gone and its outcome was never recorded (it was created without the
     finalizer, or the finalizer was removed by hand): the run was cut short."""
     await ctx.checkpoint({
-        "completionTime": ctx.status.get("completionTime") or logic.rfc3339(dt.datetime.now(dt.timezone.utc)),
+        "completionTime": ctx.status.get("completionTime") or timestamps.now_rfc3339(),
         "jobOutcome": {"phase": "Failed", "reason": "JobDeleted",
                        "message": f"Job {ctx.identity.name} was deleted before its outcome was recorded"},
     })
@@ -436,7 +438,7 @@ async def _finish(ctx: Context, resolved: Resolved) -> TrainingRunResult:
         if run is None:
             raise ReconcileProblem(stalled("RunDeletedInMLflow",
                                            f"MLflow run {run_id} was deleted outside the operator"))
-        end_ms = logic.millis(logic.parse_time(status.get("completionTime"))) or int(time.time() * 1000)
+        end_ms = timestamps.millis(timestamps.parse(status.get("completionTime"))) or int(time.time() * 1000)
         if run.status != run_status or run.end_time is None:
             await mlflow.set_run_status(target, run_id, run_status, run.end_time or end_ms)
         update = {"phase": phase, "runStatus": run_status, "metrics": run.metrics,
