@@ -110,11 +110,13 @@ class Objects:
             return repr(error)
 
 
-def events_for(core, namespace: str, name: str) -> list:
-    """Events posted about the object `name` in `namespace`, oldest first."""
-    items = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
+def events_for(core, namespace: str, name: str, kind: str | None = None) -> list:
+    """Events posted about the object `name` (of `kind`, if given: a TrainingRun and its Job
+    share a name) in `namespace`, oldest first."""
+    selector = f"involvedObject.name={name}" + (f",involvedObject.kind={kind}" if kind else "")
+    items = core.list_namespaced_event(namespace, field_selector=selector).items
     return sorted(items, key=lambda e: (e.last_timestamp or e.event_time or e.metadata.creation_timestamp))
 
 
-def event_reasons(core, namespace: str, name: str) -> list[str]:
-    return [e.reason for e in events_for(core, namespace, name)]
+def event_reasons(core, namespace: str, name: str, kind: str | None = None) -> list[str]:
+    return [e.reason for e in events_for(core, namespace, name, kind)]

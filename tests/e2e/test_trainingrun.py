@@ -113,9 +113,7 @@ def test_success_path_runs_the_churn_example_and_registers_the_model(
     loaded = mlflow.pyfunc.load_model(f"models:/{model_name}@challenger")
     assert len(loaded.predict(__import__("sklearn.datasets").datasets.load_breast_cancer(as_frame=True).data.head(2))) == 2
     assert len(jobs_of(batch, namespace)) == 1
-    reasons = event_reasons(core, namespace, "churn")
-    for expected in ("RunCreated", "JobCreated", "ModelRegistered", "Succeeded"):
-        assert expected in reasons
+    assert event_reasons(core, namespace, "churn", kind="TrainingRun") == ["JobCreated", "ModelRegistered", "Succeeded"]
 
 
 def test_the_job_is_wired_to_the_run_and_owned_by_the_object(runs, ready_experiment, namespace, batch):
@@ -215,6 +213,22 @@ def test_missing_experiment_keeps_it_pending_until_the_experiment_appears(runs, 
     assert not jobs_of(batch, namespace)
     experiments.create("later", {})
     wait_phase(runs, "early", "Succeeded", timeout=60)
+
+
+def test_a_run_applied_with_its_experiment_logs_no_warning_and_posts_at_most_three_events(
+        runs, experiments, core, namespace, sandbox):
+    """Applied in one `kubectl apply`: waiting for the Experiment is normal progress, not a
+    problem (no WARNING or ERROR line, no Warning Event, no kopf "failed temporarily")."""
+    log = sandbox.state / "logs" / "operator.log"
+    runs.create("quiet", spec(experimentRef={"name": "together"}, template=template(hold=False)))
+    experiments.create("together", {})
+    wait_phase(runs, "quiet", "Succeeded", timeout=60)
+    time.sleep(1)  # anything posted right after the last transition
+    noisy = [line for line in log.read_text().splitlines()
+             if f"[{namespace}/" in line and ("[WARNING" in line or "[ERROR" in line)]
+    assert noisy == []
+    events = events_for(core, namespace, "quiet", kind="TrainingRun")
+    assert [(e.type, e.reason) for e in events] == [("Normal", "JobCreated"), ("Normal", "Succeeded")]
 
 
 def test_an_experiment_that_is_not_ready_holds_the_run(runs, experiments, batch, namespace, mlflow_client):

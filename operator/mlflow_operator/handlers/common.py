@@ -181,9 +181,10 @@ async def _reconcile_once(
     conditions = apply_outcome(status_before.get("conditions"), outcome, generation, managed_extra=managed_extra)
     status_update.update(conditions=conditions, observedGeneration=generation)
     await writer.write(replace_maps(status_before, status_update))
-    if not outcome.is_ready and changed_reason(status_before.get("conditions"), conditions):
-        kind_of_event = "Normal" if outcome.expected else "Warning"
-        events.append((kind_of_event, outcome.reason, outcome.message))
+    # A problem is an Event when it starts; expected progress (JobPending, Running, waiting for
+    # an Experiment applied together) shows in the conditions and the log only.
+    if not outcome.is_ready and not outcome.expected and changed_reason(status_before.get("conditions"), conditions):
+        events.append(("Warning", outcome.reason, outcome.message))
     post_events(fresh, events)
 
     if outcome.is_ready:

@@ -8,6 +8,7 @@ from typing import Any
 import kopf
 
 from mlflow_operator.api.common import API_VERSION, GROUP, VERSION
+from mlflow_operator.api.experiment import PLURAL as EXPERIMENTS
 from mlflow_operator.api.trainingrun import KIND, LABEL_TRAINING_RUN, PLURAL
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.gateways.kubernetes import KubernetesError
@@ -69,6 +70,28 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         await delete_and_report(plural=PLURAL, body=body, memo=memo, logger=logger, retry=retry,
                                 delete=kill_training_run, what="closing the run")
 
+    kopf.index(*resource, id="waiting_for_experiment", registry=registry)(waiting_for_experiment)
+    kopf.on.event(GROUP, VERSION, EXPERIMENTS, id="wake_training_runs", when=experiment_ready,
+                  registry=registry)(experiment_became_ready)
+
+
+def waiting_for_experiment(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, str]] | None:
+    """TrainingRuns not started yet, by the Experiment they name: woken when it is Ready."""
+    name = ((body.get("spec") or {}).get("experimentRef") or {}).get("name")
+    if not name or (body.get("status") or {}).get("runId"):
+        return None
+    metadata = body["metadata"]
+    return {(metadata["namespace"], name): {"name": metadata["name"], "uid": metadata["uid"]}}
+
+
+async def experiment_became_ready(*, body: kopf.Body, memo: Any, logger: Any, **kwargs: Any) -> None:
+    """A run applied together with its Experiment waits without retries or errors: the
+    Experiment's Ready status is what starts it."""
+    index: kopf.Index = kwargs["waiting_for_experiment"]  # kopf passes indices by their id
+    namespace = body["metadata"]["namespace"]
+    for waiting in list(index.get((namespace, body["metadata"]["name"]), [])):
+        await _reconcile({"metadata": {"namespace": namespace, **waiting}}, memo, logger, retry=None)
+
 
 async def _release_orphan(job: Any, owner: dict[str, Any], memo: kopf.Memo) -> bool:
     """A Job that ended while its TrainingRun is gone has no outcome to record: let it go.
@@ -86,6 +109,12 @@ async def _release_orphan(job: Any, owner: dict[str, Any], memo: kopf.Memo) -> b
         return False
     await kube.remove_job_finalizer(metadata["namespace"], metadata["name"], JOB_FINALIZER)
     return True
+
+
+def experiment_ready(body: kopf.Body, **_: Any) -> bool:
+    status = body.get("status") or {}
+    return bool(status.get("experimentId")) and any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
 def not_closed(body: kopf.Body, **_: Any) -> bool:

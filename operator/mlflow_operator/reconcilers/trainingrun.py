@@ -181,9 +181,10 @@ async def _resolve(ctx: Context) -> Resolved:
     if spec.experiment_ref and not started:
         name = spec.experiment_ref.name
         if experiment_obj is None:
+            # Its Ready status wakes this run (handlers/trainingrun.py), and the refresh timer.
             raise ReconcileProblem(progressing(
                 "ExperimentNotFound", f"Experiment {name!r} not found in namespace {identity.namespace!r}",
-                expected=True,
+                expected=True, awaited=True,
             ))
         exp_status = experiment_obj.get("status") or {}
         exp_ready = condition(exp_status.get("conditions"), READY) or {}
@@ -192,7 +193,7 @@ async def _resolve(ctx: Context) -> Resolved:
             exp_stalled = (condition(exp_status.get("conditions"), "Stalled") or {}).get("status") == "True"
             # An Experiment applied together with the run is normal progress, not a problem.
             raise ReconcileProblem(progressing("ExperimentNotReady", f"Experiment {name!r} is not Ready{why}",
-                                               expected=not exp_stalled))
+                                               expected=not exp_stalled, awaited=True))
     target, secret_name = await resolve_target_and_secret(
         ctx.services, identity.namespace, _pinned(_tracking_for(spec, experiment_obj), status),
         cleanup=ctx.cleanup,
@@ -264,8 +265,6 @@ async def _ensure_run(ctx: Context, resolved: Resolved, job: Any, events: list[E
                 logic.run_tags(ctx.spec, identity, logic.first_image(ctx.spec.template)),
                 start_time_ms=int(time.time() * 1000),
             )
-            events.append(("Normal", "RunCreated", f"created MLflow run {run.run_id} in experiment "
-                                                    f"{resolved.experiment_name!r} ({resolved.experiment_id})"))
             # A POST retried by the client can leave a twin: settle on the oldest now.
             runs = await mlflow.find_runs_by_tag(target, resolved.experiment_id, TAG_UID, identity.uid)
             run, duplicates = logic.canonical_run(runs, None) if runs else (run, [])
@@ -335,7 +334,9 @@ async def _ensure_job(ctx: Context, resolved: Resolved, run: RunInfo, job: Any, 
                                _credential_source(ctx, resolved))
         try:
             job = await kube.create_job(identity.namespace, body)
-            events.append(("Normal", "JobCreated", f"created Job {identity.name} for MLflow run {run.run_id}"))
+            # One Event for the start: the run (created just before, or by an earlier attempt) and its Job.
+            events.append(("Normal", "JobCreated", f"created Job {identity.name} for MLflow run {run.run_id} in "
+                                                    f"experiment {resolved.experiment_name!r} ({resolved.experiment_id})"))
         except KubernetesError as error:
             if error.status != 409:
                 raise _job_rejected(error, "was") or error from None
