@@ -37,7 +37,7 @@ async def wait_for_operator_pods_gone(kube: KubernetesGateway, namespace: str, s
     deadline = time.monotonic() + wait_seconds
     while pods := await kube.list_pods(namespace, selector):
         if time.monotonic() > deadline:
-            names = ", ".join(sorted(p.metadata.name for p in pods))
+            names = ", ".join(sorted(p.name for p in pods))
             raise OperatorStillRunning(f"operator pods still present after {wait_seconds:.0f}s: {names}")
         await asyncio.sleep(poll)
 
@@ -55,8 +55,8 @@ async def release_finalizers(kube: KubernetesGateway, namespaces: list[str] | No
                                                        OPERATOR_FINALIZER)
                     objects += 1
         for job in await kube.list_jobs(namespace, LABEL_TRAINING_RUN):
-            if JOB_FINALIZER in (job.metadata.finalizers or []):
-                await kube.remove_job_finalizer(job.metadata.namespace, job.metadata.name, JOB_FINALIZER)
+            if JOB_FINALIZER in job.finalizers:
+                await kube.remove_job_finalizer(job.namespace, job.name, JOB_FINALIZER)
                 jobs += 1
     return Released(objects=objects, jobs=jobs)
 

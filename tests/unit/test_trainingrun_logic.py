@@ -6,10 +6,10 @@ from mlflow_operator.api.common import ObjectIdentity
 from mlflow_operator.api.trainingrun import TrainingRunSpec
 from mlflow_operator.servers import Credentials
 from mlflow_operator.logic.conditions import ReconcileProblem
+from mlflow_operator.cluster import JobSnapshot
 from mlflow_operator.logic.trainingrun import (
     JOB_FINALIZER,
     CredentialSource,
-    JobState,
     build_job,
     canonical_run,
     final_run_status,
@@ -83,8 +83,8 @@ def test_credentials_are_secret_key_refs_never_values():
     assert token_source.keys == (("MLFLOW_TRACKING_TOKEN", "token"),)
 
 
-def state(**kwargs) -> JobState:
-    return JobState(uid="j", owner_uids=frozenset({"uid-1"}), **kwargs)
+def state(**kwargs) -> JobSnapshot:
+    return JobSnapshot(uid="j", owner_uids=frozenset({"uid-1"}), **kwargs)
 
 
 def test_job_phases():

@@ -21,6 +21,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from mlflow_operator.api.common import GROUP, VERSION
+from mlflow_operator.cluster import ContainerExit, JobSnapshot, PodSnapshot
 from mlflow_operator.metrics import KUBERNETES_REQUESTS
 
 T = TypeVar("T")
@@ -149,25 +150,25 @@ class KubernetesGateway:
 
     # ------------------------------------------------------------------ jobs and pods
 
-    async def get_job(self, namespace: str, name: str) -> client.V1Job | None:
+    async def get_job(self, namespace: str, name: str) -> JobSnapshot | None:
         try:
-            return await self._call(
+            return job_snapshot(await self._call(
                 "read_job",
                 lambda: self.batch.read_namespaced_job(name, namespace, _request_timeout=REQUEST_TIMEOUT),
-            )
+            ))
         except KubernetesError as error:
             if error.status == 404:
                 return None
             raise
 
-    async def create_job(self, namespace: str, body: dict[str, Any], dry_run: bool = False) -> client.V1Job:
+    async def create_job(self, namespace: str, body: dict[str, Any], dry_run: bool = False) -> JobSnapshot:
         kwargs: dict[str, Any] = {"_request_timeout": REQUEST_TIMEOUT}
         if dry_run:
             kwargs["dry_run"] = "All"
-        return await self._call(
+        return job_snapshot(await self._call(
             "create_job_dry_run" if dry_run else "create_job",
             lambda: self.batch.create_namespaced_job(namespace, body, **kwargs),
-        )
+        ))
 
     async def delete_job(self, namespace: str, name: str, propagation: str = "Background") -> bool:
         """Delete the Job and (by propagation) its pods; False if it was already gone."""
@@ -190,7 +191,7 @@ class KubernetesGateway:
 
         async def read() -> list[str] | None:
             job = await self.get_job(namespace, name)
-            return None if job is None else list(job.metadata.finalizers or [])
+            return None if job is None else list(job.finalizers)
 
         async def write(finalizers: list[str], keep: list[str]) -> None:
             patch = [{"op": "test", "path": "/metadata/finalizers", "value": finalizers},
@@ -248,7 +249,7 @@ class KubernetesGateway:
         )
         return list(result.get("items") or [])
 
-    async def list_jobs(self, namespace: str | None, label_selector: str) -> list[client.V1Job]:
+    async def list_jobs(self, namespace: str | None, label_selector: str) -> list[JobSnapshot]:
         """Jobs matching `label_selector` in `namespace`, or in every namespace (None)."""
         result = await self._call(
             "list_jobs",
@@ -257,13 +258,52 @@ class KubernetesGateway:
             if namespace is not None else
             self.batch.list_job_for_all_namespaces(label_selector=label_selector, _request_timeout=REQUEST_TIMEOUT),
         )
-        return list(result.items)
+        return [job_snapshot(job) for job in result.items]
 
-    async def list_pods(self, namespace: str, label_selector: str) -> list[client.V1Pod]:
+    async def list_pods(self, namespace: str, label_selector: str) -> list[PodSnapshot]:
         result = await self._call(
             "list_pods",
             lambda: self.core.list_namespaced_pod(
                 namespace, label_selector=label_selector, _request_timeout=REQUEST_TIMEOUT
             ),
         )
-        return list(result.items)
+        return [pod_snapshot(pod) for pod in result.items]
+
+
+def job_snapshot(job: Any) -> JobSnapshot:
+    """What the operator reads from a V1Job: identity, bookkeeping, progress and how it ended."""
+    status, metadata = job.status, job.metadata
+    conditions = (status.conditions if status else None) or []
+    finished = None
+    for condition in conditions:
+        if condition.type in ("Complete", "Failed") and condition.status == "True":
+            finished = (condition.type, condition.reason or "", condition.message or "")
+    finish_time = status.completion_time if status else None
+    if finished and finished[0] == "Failed":
+        finish_time = next((c.last_transition_time for c in conditions
+                            if c.type == "Failed" and c.status == "True"), None)
+    return JobSnapshot(
+        uid=metadata.uid,
+        owner_uids=frozenset(ref.uid for ref in metadata.owner_references or []),
+        name=metadata.name or "",
+        namespace=metadata.namespace or "",
+        labels=dict(metadata.labels or {}),
+        active=(status.active if status else 0) or 0,
+        ready=(status.ready if status else 0) or 0,
+        succeeded=(status.succeeded if status else 0) or 0,
+        failed=(status.failed if status else 0) or 0,
+        finished=finished,
+        start_time=status.start_time if status else None,
+        completion_time=finish_time,
+        deleting=metadata.deletion_timestamp is not None,
+        finalizers=tuple(metadata.finalizers or ()),
+    )
+
+
+def pod_snapshot(pod: Any) -> PodSnapshot:
+    exits = []
+    for container in (pod.status.container_statuses if pod.status else None) or []:
+        terminated = container.state.terminated if container.state else None
+        if terminated and terminated.exit_code:
+            exits.append(ContainerExit(container.name, terminated.exit_code, terminated.reason or "Error"))
+    return PodSnapshot(name=pod.metadata.name, failed_containers=tuple(exits))

@@ -11,6 +11,7 @@ from typing import Any
 
 from mlflow_operator.api.common import API_VERSION, NOTE_TAG, ObjectIdentity
 from mlflow_operator.api.trainingrun import LABEL_RUN_ID, LABEL_TRAINING_RUN, TrainingRunSpec
+from mlflow_operator.cluster import JobSnapshot
 from mlflow_operator.servers import Credentials
 from mlflow_operator.logic.conditions import ReconcileProblem, stalled
 from mlflow_operator.tracking import LoggedModelInfo, RunInfo
@@ -146,54 +147,6 @@ def build_job(
 
 
 @dataclass(frozen=True)
-class JobState:
-    uid: str
-    owner_uids: frozenset[str]
-    active: int = 0
-    ready: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    # (type, reason, message) of a final Complete/Failed condition that is True.
-    finished: tuple[str, str, str] | None = None
-    start_time: dt.datetime | None = None
-    completion_time: dt.datetime | None = None
-    # Being deleted (its finalizer keeps it until the outcome is recorded).
-    deleting: bool = False
-    finalizers: tuple[str, ...] = ()
-
-    @property
-    def ended(self) -> bool:
-        """Nothing more will happen in this Job: it finished, or it is being deleted."""
-        return self.finished is not None or self.deleting
-
-
-def job_state(job: Any) -> JobState:
-    """Read what matters from a kubernetes-client V1Job."""
-    status = job.status
-    finished = None
-    for condition in status.conditions or []:
-        if condition.type in ("Complete", "Failed") and condition.status == "True":
-            finished = (condition.type, condition.reason or "", condition.message or "")
-    finish_time = status.completion_time
-    if finished and finished[0] == "Failed":
-        finish_time = next((c.last_transition_time for c in status.conditions or []
-                            if c.type == "Failed" and c.status == "True"), None)
-    return JobState(
-        uid=job.metadata.uid,
-        owner_uids=frozenset(ref.uid for ref in job.metadata.owner_references or []),
-        active=status.active or 0,
-        ready=status.ready or 0,
-        succeeded=status.succeeded or 0,
-        failed=status.failed or 0,
-        finished=finished,
-        start_time=status.start_time,
-        completion_time=finish_time,
-        deleting=job.metadata.deletion_timestamp is not None,
-        finalizers=tuple(job.metadata.finalizers or ()),
-    )
-
-
-@dataclass(frozen=True)
 class JobOutcome:
     """How a Job ended, as recorded in status before the run is closed in MLflow."""
 
@@ -203,7 +156,7 @@ class JobOutcome:
     completion_time: dt.datetime
 
 
-def job_outcome(job: JobState, job_name: str, pod_reasons: list[str]) -> JobOutcome:
+def job_outcome(job: JobSnapshot, job_name: str, pod_reasons: list[str]) -> JobOutcome:
     now = dt.datetime.now(dt.timezone.utc)
     if job.finished and job.finished[0] == "Complete":
         return JobOutcome("Succeeded", "Succeeded", f"Job {job_name} completed", job.completion_time or now)
@@ -213,7 +166,7 @@ def job_outcome(job: JobState, job_name: str, pod_reasons: list[str]) -> JobOutc
     return JobOutcome("Failed", "JobDeleted", f"Job {job_name} was deleted before it finished", now)
 
 
-def phase_of(job: JobState, previous_phase: str | None = None) -> str:
+def phase_of(job: JobSnapshot, previous_phase: str | None = None) -> str:
     """Pending until a pod is ready, then Running until the Job's final condition. A Job
     between pods (a retry, or the moment between a pod ending and Complete) stays Running."""
     if job.finished:
@@ -234,7 +187,7 @@ def final_run_status(phase: str, reason: str = "") -> str:
     return "KILLED" if reason in CUT_SHORT_REASONS else "FAILED"
 
 
-def failure_message(job: JobState, pod_reasons: list[str]) -> str:
+def failure_message(job: JobSnapshot, pod_reasons: list[str]) -> str:
     reason, message = (job.finished[1], job.finished[2]) if job.finished else ("", "")
     text = f"Job failed: {reason or 'Failed'}"
     if message:

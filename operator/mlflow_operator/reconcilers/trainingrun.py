@@ -15,6 +15,7 @@ from typing import Any
 from mlflow_operator.api.common import TAG_UID, ObjectIdentity, TrackingSpec
 from mlflow_operator.api.experiment import PLURAL as EXPERIMENTS
 from mlflow_operator.api.trainingrun import LABEL_RUN_ID, PLURAL, TERMINAL_PHASES, TrainingRunSpec
+from mlflow_operator.cluster import JobSnapshot
 from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.logic import ownership
 from mlflow_operator.logic import timestamps
@@ -112,11 +113,10 @@ async def reconcile_training_run(
         return await _finish(ctx, await _resolve(ctx))
 
     job = await services.kube.get_job(identity.namespace, identity.name)
-    if status.get("runId") and job is not None and job.metadata.uid == status.get("jobUid"):
-        state = logic.job_state(job)
-        if state.ended:
-            return await _job_ended(ctx, state)
-        return await _in_progress(ctx, state, refresh_metrics)
+    if status.get("runId") and job is not None and job.uid == status.get("jobUid"):
+        if job.ended:
+            return await _job_ended(ctx, job)
+        return await _in_progress(ctx, job, refresh_metrics)
 
     resolved = await _resolve(ctx)
     events: list[Event] = []
@@ -124,12 +124,10 @@ async def reconcile_training_run(
     job = await _ensure_job(ctx, resolved, run, job, events)
     if job is None:  # deleted, finalizer and all, before its outcome was recorded
         result = await _job_lost(ctx, resolved)
+    elif job.ended:
+        result = await _job_ended(ctx, job, resolved)
     else:
-        state = logic.job_state(job)
-        if state.ended:
-            result = await _job_ended(ctx, state, resolved)
-        else:
-            result = await _in_progress(ctx, state, refresh_metrics=False)
+        result = await _in_progress(ctx, job, refresh_metrics=False)
     result.events[:0] = events
     return result
 
@@ -235,14 +233,14 @@ async def _experiment_by_name(ctx: Context, target: TrackingTarget, secret_name:
 # --------------------------------------------------------------------------- run
 
 
-def _job_run_id(job: Any, identity: ObjectIdentity) -> str | None:
+def _job_run_id(job: JobSnapshot | None, identity: ObjectIdentity) -> str | None:
     """The MLflow run a Job of this object was started for (from its label)."""
-    if job is None or identity.uid not in {ref.uid for ref in job.metadata.owner_references or []}:
+    if job is None or not job.owned_by(identity.uid):
         return None
-    return (job.metadata.labels or {}).get(LABEL_RUN_ID)
+    return job.labels.get(LABEL_RUN_ID)
 
 
-async def _ensure_run(ctx: Context, resolved: Resolved, job: Any, events: list[Event]) -> RunInfo:
+async def _ensure_run(ctx: Context, resolved: Resolved, job: JobSnapshot | None, events: list[Event]) -> RunInfo:
     mlflow, target, identity = ctx.services.mlflow, resolved.target, ctx.identity
     known = ctx.status.get("runId")
     if known:
@@ -324,7 +322,8 @@ async def _check_job_template(ctx: Context, resolved: Resolved) -> None:
         raise _job_rejected(error, "would be") or error from None
 
 
-async def _ensure_job(ctx: Context, resolved: Resolved, run: RunInfo, job: Any, events: list[Event]) -> Any:
+async def _ensure_job(ctx: Context, resolved: Resolved, run: RunInfo, job: JobSnapshot | None,
+                      events: list[Event]) -> JobSnapshot | None:
     kube, identity = ctx.services.kube, ctx.identity
     known_uid = ctx.status.get("jobUid")
     if job is None:
@@ -344,18 +343,18 @@ async def _ensure_job(ctx: Context, resolved: Resolved, run: RunInfo, job: Any, 
     if job is None:
         raise ReconcileProblem(progressing("JobPending", "the Job disappeared while it was being created",
                                            awaited=True, expected=True))
-    if identity.uid not in {ref.uid for ref in job.metadata.owner_references or []}:
+    if not job.owned_by(identity.uid):
         raise ReconcileProblem(stalled(
             "JobConflict", f"a Job named {identity.name!r} exists and is not owned by this TrainingRun"
         ))
-    if known_uid and job.metadata.uid != known_uid:
+    if known_uid and job.uid != known_uid:
         return None  # the Job we created was deleted; this one is a stranger's recreation
-    if known_uid != job.metadata.uid:
-        await ctx.checkpoint({"jobUid": job.metadata.uid, "jobName": identity.name})
+    if known_uid != job.uid:
+        await ctx.checkpoint({"jobUid": job.uid, "jobName": identity.name})
     return job
 
 
-async def _in_progress(ctx: Context, state: logic.JobState, refresh_metrics: bool) -> TrainingRunResult:
+async def _in_progress(ctx: Context, state: JobSnapshot, refresh_metrics: bool) -> TrainingRunResult:
     phase = logic.phase_of(state, ctx.status.get("phase"))
     update: dict[str, Any] = {"phase": phase}
     if state.start_time:
@@ -382,15 +381,12 @@ async def _pod_failure_reasons(ctx: Context) -> list[str]:
     pods = await ctx.services.kube.list_pods(ctx.identity.namespace, f"job-name={ctx.identity.name}")
     reasons: list[str] = []
     for pod in pods:
-        for container in pod.status.container_statuses or []:
-            terminated = container.state.terminated if container.state else None
-            if terminated and terminated.exit_code:
-                reasons.append(f"pod {pod.metadata.name} container {container.name} exited with code "
-                               f"{terminated.exit_code} ({terminated.reason or 'Error'})")
+        reasons += [f"pod {pod.name} container {exit.container} exited with code {exit.exit_code} ({exit.reason})"
+                    for exit in pod.failed_containers]
     return reasons
 
 
-async def _job_ended(ctx: Context, state: logic.JobState, resolved: Resolved | None = None) -> TrainingRunResult:
+async def _job_ended(ctx: Context, state: JobSnapshot, resolved: Resolved | None = None) -> TrainingRunResult:
     """The Job finished, or is being deleted: record its outcome in status first, then let
     the Job go (its finalizer held it until now), then close the run in MLflow."""
     pod_reasons = await _pod_failure_reasons(ctx) if state.finished and state.finished[0] == "Failed" else []
@@ -408,8 +404,7 @@ async def _job_ended(ctx: Context, state: logic.JobState, resolved: Resolved | N
 async def _release_job(ctx: Context) -> None:
     """Take the operator's finalizer off this object's Job, if it still carries it."""
     job = await ctx.services.kube.get_job(ctx.identity.namespace, ctx.identity.name)
-    if job is not None and job.metadata.uid == ctx.status.get("jobUid") \
-            and logic.JOB_FINALIZER in (job.metadata.finalizers or ()):
+    if job is not None and job.uid == ctx.status.get("jobUid") and logic.JOB_FINALIZER in job.finalizers:
         await ctx.services.kube.remove_job_finalizer(ctx.identity.namespace, ctx.identity.name, logic.JOB_FINALIZER)
 
 
@@ -516,9 +511,9 @@ async def kill_training_run(services: Services, body: dict[str, Any]) -> Event |
     status = dict(body.get("status") or {})
     kube = services.kube
     job = await kube.get_job(identity.namespace, identity.name)
-    state = logic.job_state(job) if job is not None and job.metadata.uid == status.get("jobUid") else None
+    state = job if job is not None and job.uid == status.get("jobUid") else None
     await kube.delete_job(identity.namespace, identity.name, propagation="Background")
-    if job is not None and identity.uid in {ref.uid for ref in job.metadata.owner_references or []}:
+    if job is not None and job.owned_by(identity.uid):
         await kube.remove_job_finalizer(identity.namespace, identity.name, logic.JOB_FINALIZER)
     run_id = status.get("runId")
     if not run_id or status.get("runStatus") in ("FINISHED", "FAILED", "KILLED"):

@@ -1,0 +1,55 @@
+"""What the operator knows about Jobs and pods, without the Kubernetes client's types.
+
+The gateway (gateways/kubernetes.py) turns V1Job and V1Pod into these snapshots, as
+tracking.py does for MLflow, so that logic/ and the reconcilers work with plain values and
+unit tests build them directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class JobSnapshot:
+    """A Job's identity, bookkeeping and progress."""
+
+    uid: str
+    owner_uids: frozenset[str]
+    name: str = ""
+    namespace: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    active: int = 0
+    ready: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    # (type, reason, message) of a final Complete/Failed condition that is True.
+    finished: tuple[str, str, str] | None = None
+    start_time: dt.datetime | None = None
+    completion_time: dt.datetime | None = None
+    # Being deleted (its finalizer keeps it until the outcome is recorded).
+    deleting: bool = False
+    finalizers: tuple[str, ...] = ()
+
+    @property
+    def ended(self) -> bool:
+        """Nothing more will happen in this Job: it finished, or it is being deleted."""
+        return self.finished is not None or self.deleting
+
+    def owned_by(self, uid: str) -> bool:
+        return uid in self.owner_uids
+
+
+@dataclass(frozen=True)
+class ContainerExit:
+    container: str
+    exit_code: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class PodSnapshot:
+    name: str
+    # Containers that terminated with a non-zero exit code.
+    failed_containers: tuple[ContainerExit, ...] = ()
