@@ -1,0 +1,272 @@
+"""In-process stand-ins for the two gateways, for unit tests of reconcile logic that must
+run in milliseconds: crash tests at every external write, which the sandbox can only show
+one kill at a time. They implement the gateway methods the reconcilers call, with the same
+snapshots and errors; the e2e suite keeps testing the real API server and MLflow server.
+
+Every external write goes through `Writes.record`, which can crash the "operator" right
+after the write landed (a BaseException, so no reconcile code can catch it).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from mlflow_operator.cluster import JobSnapshot, PodSnapshot
+from mlflow_operator.gateways.kubernetes import KubernetesError
+from mlflow_operator.tracking import (
+    AlreadyExists,
+    ExperimentInfo,
+    LoggedModelInfo,
+    ModelVersionInfo,
+    RegisteredModelInfo,
+    RunInfo,
+    TrackingTarget,
+)
+
+
+class Crash(BaseException):
+    """The operator process died right after an external write."""
+
+
+@dataclass
+class Writes:
+    """Every external write, in order; `crash_at` (1-based) kills the operator after that one."""
+
+    log: list[str] = field(default_factory=list)
+    crash_at: int | None = None
+
+    def record(self, what: str) -> None:
+        self.log.append(what)
+        if self.crash_at is not None and len(self.log) == self.crash_at:
+            self.crash_at = None
+            raise Crash(what)
+
+
+def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386, as the API server applies a merge patch: None deletes, maps merge."""
+    result = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merge_patch(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+class FakeKube:
+    """Custom objects with resourceVersions and status patches, and Jobs."""
+
+    def __init__(self, writes: Writes) -> None:
+        self.writes = writes
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.jobs: dict[tuple[str, str], JobSnapshot] = {}
+        self.jobs_created = 0
+        self._versions = itertools.count(1)
+        self._uids = itertools.count(1)
+
+    def add_object(self, plural: str, body: dict[str, Any]) -> dict[str, Any]:
+        metadata = body.setdefault("metadata", {})
+        metadata.setdefault("uid", f"{plural}-uid-{next(self._uids)}")
+        metadata.setdefault("generation", 1)
+        metadata["resourceVersion"] = str(next(self._versions))
+        self.objects[(plural, metadata["namespace"], metadata["name"])] = body
+        return body
+
+    async def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        found = self.objects.get((plural, namespace, name))
+        return copy.deepcopy(found) if found is not None else None
+
+    async def list_objects(self, plural: str, namespace: str) -> list[dict[str, Any]]:
+        return [copy.deepcopy(o) for (p, ns, _), o in self.objects.items() if p == plural and ns == namespace]
+
+    async def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any],
+                           resource_version: str | None = None) -> str:
+        body = self.objects.get((plural, namespace, name))
+        if body is None:
+            raise KubernetesError(404, "NotFound", f"{plural} {name} not found")
+        if resource_version is not None and resource_version != body["metadata"]["resourceVersion"]:
+            raise KubernetesError(409, "Conflict", "the object has been modified")
+        body["status"] = merge_patch(body.get("status") or {}, status)
+        body["metadata"]["resourceVersion"] = str(next(self._versions))
+        self.writes.record(f"patch_status {plural}/{name} {sorted(status)}")
+        return body["metadata"]["resourceVersion"]
+
+    async def read_credentials_secret(self, namespace: str, name: str) -> None:
+        return None
+
+    async def get_job(self, namespace: str, name: str) -> JobSnapshot | None:
+        return self.jobs.get((namespace, name))
+
+    async def create_job(self, namespace: str, body: dict[str, Any], dry_run: bool = False) -> JobSnapshot:
+        metadata = body["metadata"]
+        if (namespace, metadata["name"]) in self.jobs:
+            raise KubernetesError(409, "AlreadyExists", f"jobs {metadata['name']} already exists")
+        job = JobSnapshot(
+            uid=f"job-uid-{next(self._uids)}", name=metadata["name"], namespace=namespace,
+            owner_uids=frozenset(ref["uid"] for ref in metadata.get("ownerReferences") or []),
+            labels=dict(metadata.get("labels") or {}), finalizers=tuple(metadata.get("finalizers") or ()),
+        )
+        if dry_run:
+            return job
+        self.jobs[(namespace, job.name)] = job
+        self.jobs_created += 1
+        self.writes.record(f"create_job {job.name}")
+        return job
+
+    async def delete_job(self, namespace: str, name: str, propagation: str = "Background") -> bool:
+        job = self.jobs.get((namespace, name))
+        if job is None:
+            return False
+        if job.finalizers:
+            self.jobs[(namespace, name)] = replace(job, deleting=True)
+        else:
+            del self.jobs[(namespace, name)]
+        self.writes.record(f"delete_job {name}")
+        return True
+
+    async def remove_job_finalizer(self, namespace: str, name: str, finalizer: str) -> None:
+        job = self.jobs.get((namespace, name))
+        if job is None or finalizer not in job.finalizers:
+            return
+        job = replace(job, finalizers=tuple(f for f in job.finalizers if f != finalizer))
+        if job.deleting and not job.finalizers:
+            del self.jobs[(namespace, name)]
+        else:
+            self.jobs[(namespace, name)] = job
+        self.writes.record(f"remove_job_finalizer {name}")
+
+    async def list_pods(self, namespace: str, label_selector: str) -> list[PodSnapshot]:
+        return []
+
+    def finish_job(self, namespace: str, name: str) -> None:
+        """What the Job controller does when the container exits 0."""
+        job = self.jobs[(namespace, name)]
+        self.jobs[(namespace, name)] = replace(job, succeeded=1, finished=("Complete", "", ""))
+
+
+class FakeMlflow:
+    """Experiments, runs, logged models and the registry of one tracking server."""
+
+    def __init__(self, writes: Writes) -> None:
+        self.writes = writes
+        self.experiments: dict[str, ExperimentInfo] = {}
+        self.runs: dict[str, RunInfo] = {}
+        self.logged_models: list[LoggedModelInfo] = []
+        self.models: dict[str, RegisteredModelInfo] = {}
+        self.versions: dict[str, list[ModelVersionInfo]] = {}
+        self._ids = itertools.count(1)
+        self._clock = itertools.count(1_000)
+
+    # ---- experiments
+
+    async def get_experiment(self, target: TrackingTarget, experiment_id: str) -> ExperimentInfo | None:
+        return self.experiments.get(experiment_id)
+
+    async def get_experiment_by_name(self, target: TrackingTarget, name: str) -> ExperimentInfo | None:
+        return next((e for e in self.experiments.values() if e.name == name), None)
+
+    async def create_experiment(self, target: TrackingTarget, name: str, artifact_location: str | None,
+                                tags: dict[str, str]) -> str:
+        if await self.get_experiment_by_name(target, name):
+            raise AlreadyExists(f"experiment {name!r} exists")
+        experiment_id = str(next(self._ids))
+        self.experiments[experiment_id] = ExperimentInfo(experiment_id, name, "active", artifact_location, dict(tags))
+        self.writes.record(f"create_experiment {name}")
+        return experiment_id
+
+    async def set_experiment_tag(self, target: TrackingTarget, experiment_id: str, key: str, value: str) -> None:
+        experiment = self.experiments[experiment_id]
+        self.experiments[experiment_id] = replace(experiment, tags={**experiment.tags, key: value})
+        self.writes.record(f"set_experiment_tag {key}")
+
+    # ---- runs
+
+    async def find_runs_by_tag(self, target: TrackingTarget, experiment_id: str, key: str,
+                               value: str) -> list[RunInfo]:
+        found = [r for r in self.runs.values() if r.experiment_id == experiment_id and r.tags.get(key) == value]
+        return sorted(found, key=lambda r: r.start_time or 0)
+
+    async def get_run(self, target: TrackingTarget, run_id: str) -> RunInfo | None:
+        return self.runs.get(run_id)
+
+    async def create_run(self, target: TrackingTarget, experiment_id: str, run_name: str, tags: dict[str, str],
+                         start_time_ms: int) -> RunInfo:
+        run = RunInfo(f"run{next(self._ids)}", experiment_id, run_name, "RUNNING", "active",
+                      next(self._clock), None, dict(tags))
+        self.runs[run.run_id] = run
+        self.writes.record("create_run")
+        return run
+
+    async def log_params_and_tags(self, target: TrackingTarget, run_id: str, params: dict[str, str],
+                                  tags: dict[str, str]) -> None:
+        run = self.runs[run_id]
+        self.runs[run_id] = replace(run, params={**run.params, **params}, tags={**run.tags, **tags})
+        self.writes.record("log_params_and_tags")
+
+    async def set_run_tag(self, target: TrackingTarget, run_id: str, key: str, value: str) -> None:
+        run = self.runs[run_id]
+        self.runs[run_id] = replace(run, tags={**run.tags, key: value})
+        self.writes.record(f"set_run_tag {key}")
+
+    async def set_run_status(self, target: TrackingTarget, run_id: str, status: str, end_time_ms: int | None,
+                             run_name: str | None = None) -> None:
+        self.runs[run_id] = replace(self.runs[run_id], status=status, end_time=end_time_ms)
+        self.writes.record(f"set_run_status {status}")
+
+    async def delete_run(self, target: TrackingTarget, run_id: str) -> None:
+        self.runs[run_id] = replace(self.runs[run_id], lifecycle_stage="deleted")
+        self.writes.record("delete_run")
+
+    async def logged_models_of_run(self, target: TrackingTarget, experiment_id: str,
+                                   run_id: str) -> list[LoggedModelInfo]:
+        return [m for m in self.logged_models if m.source_run_id == run_id]
+
+    def container_logs_model(self, run_id: str, name: str = "model") -> None:
+        """What the training container does: log a model, end the run it resumed FINISHED."""
+        self.logged_models.append(LoggedModelInfo(f"m-{next(self._ids)}", name, run_id, "READY", next(self._clock)))
+        self.runs[run_id] = replace(self.runs[run_id], status="FINISHED", end_time=next(self._clock))
+
+    # ---- registry
+
+    async def get_registered_model(self, target: TrackingTarget, name: str) -> RegisteredModelInfo | None:
+        return self.models.get(name)
+
+    async def create_registered_model(self, target: TrackingTarget, name: str, tags: dict[str, str],
+                                      description: str | None) -> RegisteredModelInfo:
+        if name in self.models:
+            raise AlreadyExists(f"registered model {name!r} exists")
+        self.models[name] = RegisteredModelInfo(name, description or "", dict(tags))
+        self.versions[name] = []
+        self.writes.record(f"create_registered_model {name}")
+        return self.models[name]
+
+    async def set_registered_model_tag(self, target: TrackingTarget, name: str, key: str, value: str) -> None:
+        model = self.models[name]
+        self.models[name] = replace(model, tags={**model.tags, key: value})
+        self.writes.record(f"set_registered_model_tag {key}")
+
+    async def update_registered_model_description(self, target: TrackingTarget, name: str, description: str) -> None:
+        self.models[name] = replace(self.models[name], description=description)
+        self.writes.record("update_registered_model_description")
+
+    async def model_versions(self, target: TrackingTarget, name: str) -> list[ModelVersionInfo]:
+        return list(self.versions.get(name, []))
+
+    async def create_model_version(self, target: TrackingTarget, name: str, source: str, run_id: str | None,
+                                   model_id: str | None, tags: dict[str, str],
+                                   description: str | None = None) -> ModelVersionInfo:
+        version = ModelVersionInfo(name, str(len(self.versions[name]) + 1), "None", description or "", source,
+                                   run_id, "READY", tags=dict(tags))
+        self.versions[name].append(version)
+        self.writes.record(f"create_model_version {name}")
+        return version
+
+    async def set_alias(self, target: TrackingTarget, name: str, alias: str, version: str) -> None:
+        model = self.models[name]
+        self.models[name] = replace(model, aliases={**model.aliases, alias: version})
+        self.writes.record(f"set_alias {alias}")

@@ -1,0 +1,206 @@
+"""Kill the operator right after each external write, start it again from what is stored
+(the object in the API server, MLflow), and check that nothing is duplicated or lost. For a
+TrainingRun: exactly one MLflow run, at most one Job, one model version, Succeeded. For an
+Experiment and a RegisteredModel: exactly one MLflow entity, owned by the object, Ready.
+
+The reconcile paths are the operator's own (handlers/); the API server and MLflow are the
+in-process fakes of tests/fakes.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from fakes import Crash, FakeKube, FakeMlflow, Writes
+from mlflow_operator.api.common import TAG_UID
+from mlflow_operator.api.trainingrun import LABEL_RUN_ID
+from mlflow_operator.config import OperatorConfig
+from mlflow_operator.handlers import common as handlers_common
+from mlflow_operator.handlers.trainingrun import _reconcile
+from mlflow_operator.reconcilers.experiment import reconcile_experiment
+from mlflow_operator.reconcilers.registeredmodel import reconcile_registered_model
+from mlflow_operator.reconcilers.common import Services
+from mlflow_operator.tracking import ExperimentInfo
+
+NAMESPACE, NAME, MODEL = "team-a", "churn-rf", "churn"
+LOGGER = logging.getLogger("crash-test")
+
+
+@dataclass
+class World:
+    writes: Writes
+    kube: FakeKube
+    mlflow: FakeMlflow
+    memo: dict[str, Any]
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return self.kube.objects[("trainingruns", NAMESPACE, NAME)].get("status") or {}
+
+    def restart_operator(self) -> None:
+        """What a new process has: nothing in memory, everything stored."""
+        self.memo["locks"] = {}
+
+    def job_controller_and_container(self) -> None:
+        """A Job that exists runs its container: it logs the model into the run it was
+        started for, ends it FINISHED, and the Job completes."""
+        job = self.kube.jobs.get((NAMESPACE, NAME))
+        if job is None or job.finished is not None or job.deleting:
+            return
+        run_id = job.labels[LABEL_RUN_ID]
+        self.mlflow.container_logs_model(run_id)
+        self.kube.finish_job(NAMESPACE, NAME)
+
+
+def new_world() -> World:
+    writes = Writes()
+    kube, mlflow = FakeKube(writes), FakeMlflow(writes)
+    mlflow.experiments["1"] = ExperimentInfo("1", f"{NAMESPACE}/exp", "active", None,
+                                             {"k8s.namespace": NAMESPACE, "k8s.name": "exp"})
+    kube.add_object("experiments", {
+        "metadata": {"namespace": NAMESPACE, "name": "exp"},
+        "spec": {},
+        "status": {"experimentId": "1", "experimentName": f"{NAMESPACE}/exp", "trackingUri": "http://mlflow:5000",
+                   "conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled"}]},
+    })
+    kube.add_object("trainingruns", {
+        "apiVersion": "mlflow.operator.dev/v1alpha1", "kind": "TrainingRun",
+        "metadata": {"namespace": NAMESPACE, "name": NAME},
+        "spec": {
+            "experimentRef": {"name": "exp"},
+            "params": {"n_estimators": "20"},
+            "template": {"spec": {"containers": [{"name": "train", "image": "churn-train:1"}]}},
+            "registerModel": {"name": MODEL, "aliases": ["champion"]},
+        },
+    })
+    services = Services(OperatorConfig(default_tracking_uri="http://mlflow:5000"), mlflow, kube)  # type: ignore[arg-type]
+    return World(writes, kube, mlflow, {"services": services, "locks": {}})
+
+
+@pytest.fixture(autouse=True)
+def events_posted(monkeypatch) -> list:
+    """kopf posts Events only inside a running operator: collect them instead."""
+    posted: list = []
+    monkeypatch.setattr(handlers_common, "post_events", lambda body, events: posted.extend(events))
+    return posted
+
+
+async def run_to_the_end(world: World, steps: int = 25) -> None:
+    """Reconcile as the operator's watches would, restarting it whenever it crashes."""
+    for _ in range(steps):
+        body = world.kube.objects[("trainingruns", NAMESPACE, NAME)]
+        try:
+            await _reconcile({"metadata": dict(body["metadata"])}, world.memo, LOGGER, retry=None)
+        except Crash:
+            world.restart_operator()
+            continue
+        world.job_controller_and_container()
+        if world.status.get("phase") == "Succeeded" and world.status.get("modelVersion"):
+            return
+    raise AssertionError(f"no end after {steps} reconciles; status {world.status}")
+
+
+def clean_lifecycle_writes() -> list[str]:
+    world = new_world()
+    asyncio.run(run_to_the_end(world))
+    return world.writes.log
+
+
+def test_a_clean_lifecycle_makes_each_external_write_once():
+    writes = clean_lifecycle_writes()
+    assert [w for w in writes if not w.startswith("patch_status")] == [
+        # The container ended the run FINISHED and the Job succeeded: no status write to MLflow.
+        "create_run", "log_params_and_tags", "create_job churn-rf", "remove_job_finalizer churn-rf",
+        f"create_registered_model {MODEL}", f"create_model_version {MODEL}", "set_alias champion",
+    ]
+    assert len(writes) == 13  # and six status patches: the crash test below covers all 13
+
+
+def test_a_crash_after_any_write_leaves_one_run_one_job_one_version_and_success():
+    count = len(clean_lifecycle_writes())
+    for crash_at in range(1, count + 1):
+        world = new_world()
+        world.writes.crash_at = crash_at
+        asyncio.run(run_to_the_end(world))
+        crashed_after = world.writes.log[crash_at - 1]
+        context = f"crash after write {crash_at} ({crashed_after})"
+        uid = world.kube.objects[("trainingruns", NAMESPACE, NAME)]["metadata"]["uid"]
+        runs = [r for r in world.mlflow.runs.values() if r.tags.get(TAG_UID) == uid]
+        assert len(runs) == 1, context
+        assert world.kube.jobs_created <= 1, context
+        assert [v.version for v in world.mlflow.versions[MODEL]] == ["1"], context
+        assert world.mlflow.models[MODEL].aliases == {"champion": "1"}, context
+        status = world.status
+        assert (status["phase"], status["runStatus"], status["runId"]) == ("Succeeded", "FINISHED", runs[0].run_id), \
+            context
+        assert runs[0].status == "FINISHED" and runs[0].params == {"n_estimators": "20"}, context
+        assert status["modelVersion"]["version"] == "1", context
+
+
+# --------------------------------------------------------------------------- the synced kinds
+
+SYNCED = {
+    "experiments": ("Experiment", reconcile_experiment, {"name": "team-a/churn", "tags": {"team": "a"}}),
+    "registeredmodels": ("RegisteredModel", reconcile_registered_model,
+                         {"name": "fraud", "description": "fraud detector", "tags": {"team": "a"}}),
+}
+
+
+def synced_world(plural: str) -> World:
+    world = new_world()
+    kind, _, spec = SYNCED[plural]
+    world.kube.add_object(plural, {"apiVersion": "mlflow.operator.dev/v1alpha1", "kind": kind,
+                                   "metadata": {"namespace": NAMESPACE, "name": "synced"}, "spec": spec})
+    world.writes.log.clear()
+    return world
+
+
+async def reconcile_synced_until_ready(world: World, plural: str, steps: int = 10) -> dict[str, Any]:
+    kind, reconcile, _ = SYNCED[plural]
+    services = world.memo["services"]
+
+    async def work(fresh: dict[str, Any], _: Any) -> Any:
+        return await reconcile(services, fresh, False)
+
+    for _ in range(steps):
+        body = world.kube.objects[(plural, NAMESPACE, "synced")]
+        try:
+            await handlers_common.reconcile_and_report(kind=kind, plural=plural, body={"metadata": dict(body["metadata"])},
+                                                       memo=world.memo, logger=LOGGER, work=work, retry=None)
+        except Crash:
+            world.restart_operator()
+            continue
+        status = world.kube.objects[(plural, NAMESPACE, "synced")].get("status") or {}
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or []):
+            return status
+    raise AssertionError(f"{plural}: not Ready after {steps} reconciles")
+
+
+def entities_of(world: World, plural: str) -> list[Any]:
+    if plural == "experiments":
+        return [e for e in world.mlflow.experiments.values() if e.name == "team-a/churn"]
+    return [m for m in world.mlflow.models.values() if m.name == "fraud"]
+
+
+@pytest.mark.parametrize("plural", sorted(SYNCED))
+def test_a_crash_after_any_write_of_a_synced_kind_leaves_one_owned_entity_and_ready(plural):
+    clean = synced_world(plural)
+    asyncio.run(reconcile_synced_until_ready(clean, plural))
+    assert clean.writes.log, "the first reconcile writes to MLflow and to status"
+    for crash_at in range(1, len(clean.writes.log) + 1):
+        world = synced_world(plural)
+        world.writes.crash_at = crash_at
+        status = asyncio.run(reconcile_synced_until_ready(world, plural))
+        context = f"{plural}: crash after write {crash_at} ({world.writes.log[crash_at - 1]})"
+        [entity] = entities_of(world, plural)
+        uid = world.kube.objects[(plural, NAMESPACE, "synced")]["metadata"]["uid"]
+        assert entity.tags.get(TAG_UID) == uid and entity.tags.get("team") == "a", context
+        if plural == "experiments":
+            assert status["experimentId"] == entity.experiment_id, context
+        else:
+            assert status["modelName"] == "fraud" and entity.description == "fraud detector", context
