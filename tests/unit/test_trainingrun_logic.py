@@ -19,6 +19,7 @@ from mlflow_operator.logic.trainingrun import (
     phase_of,
     pick_logged_model,
     primary_metric_text,
+    stage_of,
 )
 from mlflow_operator.tracking import LoggedModelInfo, RunInfo
 
@@ -151,3 +152,40 @@ def test_primary_metric_text():
     assert primary_metric_text({"acc": 0.91234567}, "acc") == "acc=0.912346"
     assert primary_metric_text({"acc": 1.0}, "loss") is None
     assert primary_metric_text({}, None) is None
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def test_a_run_not_started_is_starting_whatever_job_has_the_name():
+    assert stage_of({}, None, registers_model=False) == "starting"
+    assert stage_of({}, state(), registers_model=False) == "starting"
+
+
+def test_a_recorded_run_whose_job_is_another_is_starting_again():
+    assert stage_of({"runId": "r", "jobUid": "old"}, state(), registers_model=False) == "starting"
+
+
+def test_a_recorded_run_with_its_job_follows_the_job():
+    status = {"runId": "r", "jobUid": "j"}
+    assert stage_of(status, state(active=1), registers_model=False) == "job_running"
+    assert stage_of(status, state(finished=("Complete", "", "")), registers_model=False) == "job_ended"
+    assert stage_of(status, state(deleting=True), registers_model=False) == "job_ended"
+
+
+def test_a_recorded_outcome_is_closing_with_or_without_the_job():
+    status = {"runId": "r", "jobUid": "j", "jobOutcome": {"phase": "Succeeded"}}
+    assert stage_of(status, None, registers_model=False) == "closing"
+    assert stage_of(status, state(finished=("Complete", "", "")), registers_model=False) == "closing"
+
+
+def test_a_succeeded_run_is_closed_only_once_its_model_is_registered():
+    status = {"runId": "r", "phase": "Succeeded", "runStatus": "FINISHED"}
+    assert stage_of(status, None, registers_model=False) == "closed"
+    assert stage_of(status, None, registers_model=True) == "closing"
+    assert stage_of({**status, "modelVersion": {"version": "1"}}, None, registers_model=True) == "closed"
+
+
+def test_a_failed_run_is_closed_once_its_run_status_is_written():
+    assert stage_of({"runId": "r", "phase": "Failed"}, None, registers_model=True) == "closing"
+    assert stage_of({"runId": "r", "phase": "Failed", "runStatus": "FAILED"}, None, registers_model=True) == "closed"

@@ -7,10 +7,10 @@ import copy
 import datetime as dt
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from mlflow_operator.api.common import API_VERSION, NOTE_TAG, ObjectIdentity
-from mlflow_operator.api.trainingrun import LABEL_RUN_ID, LABEL_TRAINING_RUN, TrainingRunSpec
+from mlflow_operator.api.trainingrun import LABEL_RUN_ID, LABEL_TRAINING_RUN, TERMINAL_PHASES, TrainingRunSpec
 from mlflow_operator.cluster import JobSnapshot
 from mlflow_operator.servers import Credentials
 from mlflow_operator.logic.conditions import ReconcileProblem, stalled
@@ -226,6 +226,34 @@ def primary_metric_text(metrics: dict[str, float], name: str | None) -> str | No
     return f"{name}={metrics[name]:.6g}"
 
 
+# --------------------------------------------------------------------------- stages
+
+Stage = Literal["closed", "closing", "job_ended", "job_running", "starting"]
+CLOSED_RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 
+def is_closed(status: dict[str, Any], registers_model: bool) -> bool:
+    """Finished, and nothing left to do in MLflow for it."""
+    if status.get("phase") not in TERMINAL_PHASES or status.get("runStatus") not in CLOSED_RUN_STATUSES:
+        return False
+    return status.get("phase") != "Succeeded" or not registers_model or bool(status.get("modelVersion"))
 
+
+def stage_of(status: dict[str, Any], job: JobSnapshot | None, registers_model: bool) -> Stage:
+    """Where a TrainingRun is in its lifecycle, from its status and its Job (None: no Job,
+    or not read). Each stage has one step function in the reconciler.
+
+    closed       nothing left to do;
+    closing      the Job's outcome is recorded: close the run in MLflow, register the model;
+    job_ended    this run's Job finished or is being deleted: record its outcome first;
+    job_running  this run's Job is pending or running;
+    starting     no run or no Job of this run yet (or its Job was lost): create what is missing.
+    """
+    if is_closed(status, registers_model):
+        return "closed"
+    run_id = status.get("runId")
+    if run_id and (status.get("jobOutcome") or status.get("phase") in TERMINAL_PHASES):
+        return "closing"
+    if run_id and job is not None and job.uid == status.get("jobUid"):
+        return "job_ended" if job.ended else "job_running"
+    return "starting"

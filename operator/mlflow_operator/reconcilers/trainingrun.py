@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from mlflow_operator.api.common import TAG_UID, ObjectIdentity, TrackingSpec
 from mlflow_operator.api.experiment import PLURAL as EXPERIMENTS
-from mlflow_operator.api.trainingrun import LABEL_RUN_ID, PLURAL, TERMINAL_PHASES, TrainingRunSpec
+from mlflow_operator.api.trainingrun import LABEL_RUN_ID, PLURAL, TrainingRunSpec
 from mlflow_operator.cluster import JobSnapshot
 from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.logic import ownership
@@ -80,11 +80,7 @@ def _parse_training_run(raw_spec: Any) -> TrainingRunSpec:
 
 def is_closed(spec: TrainingRunSpec, status: dict[str, Any]) -> bool:
     """Finished, and nothing left to do in MLflow for it."""
-    if status.get("phase") not in TERMINAL_PHASES:
-        return False
-    if status.get("runStatus") not in ("FINISHED", "FAILED", "KILLED"):
-        return False
-    return status.get("phase") != "Succeeded" or spec.register_model is None or bool(status.get("modelVersion"))
+    return logic.is_closed(status, registers_model=spec.register_model is not None)
 
 
 def outcome_of_closed(status: dict[str, Any]) -> Outcome:
@@ -102,22 +98,40 @@ async def reconcile_training_run(
     identity = ObjectIdentity.from_body(fresh)
     status = dict(fresh.get("status") or {})
     spec = parse_spec(fresh.get("spec"))
-    if is_closed(spec, status):
-        return TrainingRunResult(outcome_of_closed(status))
     ctx = Context(services, identity, spec, status, writer)
+    registers_model = spec.register_model is not None
+    # A closed run needs nothing from its Job (which may be long gone): no read.
+    job = None if logic.is_closed(status, registers_model) else await services.kube.get_job(
+        identity.namespace, identity.name)
+    stage = logic.stage_of(status, job, registers_model)
+    return await STEPS[stage](ctx, job, refresh_metrics)
 
-    if status.get("runId") and (status.get("jobOutcome") or status.get("phase") in TERMINAL_PHASES):
-        # The Job's outcome is recorded: what is left happens in MLflow and needs no Job
-        # (a restart right after recording it may have left the Job's finalizer on).
-        await _release_job(ctx)
-        return await _finish(ctx, await _resolve(ctx))
 
-    job = await services.kube.get_job(identity.namespace, identity.name)
-    if status.get("runId") and job is not None and job.uid == status.get("jobUid"):
-        if job.ended:
-            return await _job_ended(ctx, job)
-        return await _in_progress(ctx, job, refresh_metrics)
+async def _closed(ctx: Context, job: JobSnapshot | None, refresh_metrics: bool) -> TrainingRunResult:
+    return TrainingRunResult(outcome_of_closed(ctx.status))
 
+
+async def _closing(ctx: Context, job: JobSnapshot | None, refresh_metrics: bool) -> TrainingRunResult:
+    """The Job's outcome is recorded: what is left happens in MLflow and needs no Job (a
+    restart right after recording it may have left the Job's finalizer on)."""
+    if job is not None and job.uid == ctx.status.get("jobUid") and logic.JOB_FINALIZER in job.finalizers:
+        await ctx.services.kube.remove_job_finalizer(ctx.identity.namespace, ctx.identity.name, logic.JOB_FINALIZER)
+    return await _finish(ctx, await _resolve(ctx))
+
+
+async def _job_ended_step(ctx: Context, job: JobSnapshot | None, refresh_metrics: bool) -> TrainingRunResult:
+    assert job is not None
+    return await _job_ended(ctx, job)
+
+
+async def _job_running_step(ctx: Context, job: JobSnapshot | None, refresh_metrics: bool) -> TrainingRunResult:
+    assert job is not None
+    return await _in_progress(ctx, job, refresh_metrics)
+
+
+async def _starting(ctx: Context, job: JobSnapshot | None, refresh_metrics: bool) -> TrainingRunResult:
+    """Create what is missing, the run before the Job (its id is recorded in between), then
+    go on with the Job as it is now."""
     resolved = await _resolve(ctx)
     events: list[Event] = []
     run = await _ensure_run(ctx, resolved, job, events)
@@ -130,6 +144,16 @@ async def reconcile_training_run(
         result = await _in_progress(ctx, job, refresh_metrics=False)
     result.events[:0] = events
     return result
+
+
+Step = Callable[[Context, JobSnapshot | None, bool], Awaitable[TrainingRunResult]]
+STEPS: dict[logic.Stage, Step] = {
+    "closed": _closed,
+    "closing": _closing,
+    "job_ended": _job_ended_step,
+    "job_running": _job_running_step,
+    "starting": _starting,
+}
 
 
 # --------------------------------------------------------------------------- experiment
@@ -401,11 +425,6 @@ async def _job_ended(ctx: Context, state: JobSnapshot, resolved: Resolved | None
     return await _finish(ctx, resolved or await _resolve(ctx))
 
 
-async def _release_job(ctx: Context) -> None:
-    """Take the operator's finalizer off this object's Job, if it still carries it."""
-    job = await ctx.services.kube.get_job(ctx.identity.namespace, ctx.identity.name)
-    if job is not None and job.uid == ctx.status.get("jobUid") and logic.JOB_FINALIZER in job.finalizers:
-        await ctx.services.kube.remove_job_finalizer(ctx.identity.namespace, ctx.identity.name, logic.JOB_FINALIZER)
 
 
 async def _job_lost(ctx: Context, resolved: Resolved) -> TrainingRunResult:
