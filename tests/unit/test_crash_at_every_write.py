@@ -22,8 +22,8 @@ from mlflow_operator.api.trainingrun import LABEL_RUN_ID
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.handlers import common as handlers_common
 from mlflow_operator.handlers.trainingrun import _reconcile
-from mlflow_operator.reconcilers.experiment import reconcile_experiment
-from mlflow_operator.reconcilers.registeredmodel import reconcile_registered_model
+from mlflow_operator.handlers.experiment import EXPERIMENT
+from mlflow_operator.handlers.registeredmodel import REGISTERED_MODEL
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.tracking import ExperimentInfo
 
@@ -145,33 +145,27 @@ def test_a_crash_after_any_write_leaves_one_run_one_job_one_version_and_success(
 # --------------------------------------------------------------------------- the synced kinds
 
 SYNCED = {
-    "experiments": ("Experiment", reconcile_experiment, {"name": "team-a/churn", "tags": {"team": "a"}}),
-    "registeredmodels": ("RegisteredModel", reconcile_registered_model,
-                         {"name": "fraud", "description": "fraud detector", "tags": {"team": "a"}}),
+    "experiments": (EXPERIMENT, {"name": "team-a/churn", "tags": {"team": "a"}}),
+    "registeredmodels": (REGISTERED_MODEL, {"name": "fraud", "description": "fraud detector", "tags": {"team": "a"}}),
 }
 
 
 def synced_world(plural: str) -> World:
     world = new_world()
-    kind, _, spec = SYNCED[plural]
-    world.kube.add_object(plural, {"apiVersion": "mlflow.operator.dev/v1alpha1", "kind": kind,
+    kind, spec = SYNCED[plural]
+    world.kube.add_object(plural, {"apiVersion": "mlflow.operator.dev/v1alpha1", "kind": kind.name,
                                    "metadata": {"namespace": NAMESPACE, "name": "synced"}, "spec": spec})
     world.writes.log.clear()
     return world
 
 
 async def reconcile_synced_until_ready(world: World, plural: str, steps: int = 10) -> dict[str, Any]:
-    kind, reconcile, _ = SYNCED[plural]
-    services = world.memo["services"]
-
-    async def work(fresh: dict[str, Any], _: Any) -> Any:
-        return await reconcile(services, fresh, False)
-
+    kind, _ = SYNCED[plural]
     for _ in range(steps):
         body = world.kube.objects[(plural, NAMESPACE, "synced")]
         try:
-            await handlers_common.reconcile_and_report(kind=kind, plural=plural, body={"metadata": dict(body["metadata"])},
-                                                       memo=world.memo, logger=LOGGER, work=work, retry=None)
+            await handlers_common.reconcile_and_report(kind, body={"metadata": dict(body["metadata"])},
+                                                       memo=world.memo, logger=LOGGER, retry=None)
         except Crash:
             world.restart_operator()
             continue

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, Protocol
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Generic
 
-from mlflow_operator.api.common import GROUP, VERSION
+from mlflow_operator.api.common import GROUP, VERSION, ObjectIdentity
 from mlflow_operator.config import OperatorConfig
 
 import kopf
@@ -30,16 +31,26 @@ from mlflow_operator.logic.conditions import (
     stalled,
 )
 from mlflow_operator.metrics import RECONCILE_DURATION, RECONCILES
-from mlflow_operator.reconcilers.common import Services, StatusWriter
+from mlflow_operator.reconcilers.common import Context, Event, Result, Services, SpecT, StatusWriter, parse_spec
 from mlflow_operator.tracking import TrackingError, TrackingUnauthorized, TrackingUnavailable
 
-Event = tuple[str, str, str]
+def _no_status(status: dict[str, Any]) -> dict[str, Any]:
+    return {}
 
 
-class Result(Protocol):
-    outcome: Outcome
-    status: dict[str, Any]
-    events: list[Event]
+@dataclass(frozen=True)
+class Kind(Generic[SpecT]):
+    """How the handlers reconcile one kind: every kind follows this one contract (a parsed
+    spec in a Context, one Result, errors mapped to outcomes in one place, here)."""
+
+    name: str
+    plural: str
+    parse: Callable[[Any], SpecT]
+    reconcile: Callable[[Context[SpecT]], Awaitable[Result]]
+    # Condition types besides Ready/Reconciling/Stalled that the kind sets and clears.
+    managed_extra: tuple[str, ...] = ()
+    # Status fields written with a failed outcome, from the status read (TrainingRun: Pending).
+    status_on_error: Callable[[dict[str, Any]], dict[str, Any]] = _no_status
 
 
 def services_of(memo: Any) -> Services:
@@ -109,17 +120,15 @@ STALE_READ_ATTEMPTS = 5
 
 
 async def reconcile_and_report(
+    kind: Kind[Any],
     *,
-    kind: str,
-    plural: str,
     body: Any,
     memo: Any,
     logger: logging.Logger | logging.LoggerAdapter,
-    work: Callable[[dict[str, Any], StatusWriter], Awaitable[Result]],
     retry: int | None = None,
-    managed_extra: tuple[str, ...] = (),
+    drift_check: bool = False,
 ) -> Outcome | None:
-    """Run `work` on a fresh copy of the object under its lock and write the outcome to status.
+    """Reconcile a fresh copy of the object under its lock and write the outcome to status.
 
     Every status write carries the resourceVersion of the read it was decided on; when the
     object changed meanwhile (409), the reconcile starts again from a fresh read.
@@ -133,7 +142,7 @@ async def reconcile_and_report(
     async with object_lock(memo, metadata["uid"]):
         for attempt in range(STALE_READ_ATTEMPTS):
             try:
-                outcome = await _reconcile_once(kind, plural, metadata, services, logger, work, managed_extra)
+                outcome = await _reconcile_once(kind, metadata, services, logger, drift_check)
                 break
             except KubernetesError as error:
                 if error.status != 409 or attempt == STALE_READ_ATTEMPTS - 1:
@@ -147,38 +156,39 @@ async def reconcile_and_report(
     return outcome
 
 
-async def _reconcile_once(
-    kind: str, plural: str, metadata: Any, services: Services, logger: logging.Logger | logging.LoggerAdapter,
-    work: Callable[[dict[str, Any], StatusWriter], Awaitable[Result]], managed_extra: tuple[str, ...],
-) -> Outcome | None:
+async def _reconcile_once(kind: Kind[Any], metadata: Any, services: Services,
+                          logger: logging.Logger | logging.LoggerAdapter, drift_check: bool) -> Outcome | None:
     namespace, name = metadata["namespace"], metadata["name"]
-    fresh = await services.kube.get_object(plural, namespace, name)
+    fresh = await services.kube.get_object(kind.plural, namespace, name)
     if fresh is None or fresh["metadata"]["uid"] != metadata["uid"]:
         return None
     if fresh["metadata"].get("deletionTimestamp"):
         return None  # the delete handler owns it now
-    writer = StatusWriter(services.kube, plural, namespace, name, fresh["metadata"].get("resourceVersion"))
+    writer = StatusWriter(services.kube, kind.plural, namespace, name, fresh["metadata"].get("resourceVersion"))
     started = time.perf_counter()
     status_before = dict(fresh.get("status") or {})
-    events: list[Event] = []
-    status_update: dict[str, Any] = {}
+    ctx: Context[Any] | None = None
     try:
-        result = await work(fresh, writer)
-        outcome, status_update, events = result.outcome, dict(result.status), list(result.events)
+        ctx = Context(services, ObjectIdentity.from_body(fresh), parse_spec(kind.parse, fresh.get("spec")),
+                      dict(status_before), writer, drift_check=drift_check)
+        result = await kind.reconcile(ctx)
+        outcome, status_update, events = result.outcome, dict(result.status), [*ctx.events, *result.events]
     except KubernetesError as error:
         if error.status == 409:
             raise  # decided on a stale read: start again
-        outcome = outcome_for_error(error)
+        outcome, status_update = outcome_for_error(error), kind.status_on_error(status_before)
+        events = list(ctx.events) if ctx else []
     except (ReconcileProblem, TrackingError) as error:
-        outcome = outcome_for_error(error)
+        outcome, status_update = outcome_for_error(error), kind.status_on_error(status_before)
+        events = list(ctx.events) if ctx else []
     except Exception:
-        RECONCILES.labels(kind=kind, outcome="error").inc()
+        RECONCILES.labels(kind=kind.name, outcome="error").inc()
         raise
     finally:
-        RECONCILE_DURATION.labels(kind=kind).observe(time.perf_counter() - started)
+        RECONCILE_DURATION.labels(kind=kind.name).observe(time.perf_counter() - started)
 
     generation = fresh["metadata"].get("generation")
-    conditions = apply_outcome(status_before.get("conditions"), outcome, generation, managed_extra=managed_extra)
+    conditions = apply_outcome(status_before.get("conditions"), outcome, generation, managed_extra=kind.managed_extra)
     status_update.update(conditions=conditions, observedGeneration=generation)
     await writer.write(replace_maps(status_before, status_update))
     # A problem is an Event when it starts; expected progress (JobPending, Running, waiting for
@@ -188,10 +198,10 @@ async def _reconcile_once(
     post_events(fresh, events)
 
     if outcome.is_ready:
-        RECONCILES.labels(kind=kind, outcome="success").inc()
+        RECONCILES.labels(kind=kind.name, outcome="success").inc()
         logger.info("%s: %s", outcome.reason, outcome.message)
     else:
-        RECONCILES.labels(kind=kind, outcome=outcome.state).inc()
+        RECONCILES.labels(kind=kind.name, outcome=outcome.state).inc()
         log = logger.info if outcome.expected else logger.warning
         log("%s: %s", outcome.reason, outcome.message)
     return outcome
@@ -205,25 +215,16 @@ CLEANUP_BUDGET_SECONDS = 120
 def register_synced_kind(
     registry: kopf.OperatorRegistry,
     config: OperatorConfig,
-    *,
-    kind: str,
-    plural: str,
-    reconcile: Callable[[Services, dict[str, Any], bool], Awaitable[Result]],
+    kind: Kind[Any],
     delete: Callable[[Services, dict[str, Any]], Awaitable[Event | None]],
-    managed_extra: tuple[str, ...] = (),
 ) -> None:
     """Handlers for a kind kept in sync with an MLflow entity (Experiment, RegisteredModel):
     reconcile on create/update/resume, check drift on a timer, apply deletionPolicy."""
-    resource = (GROUP, VERSION, plural)  # positional: kopf's typed selector
+    resource = (GROUP, VERSION, kind.plural)  # positional: kopf's typed selector
 
     async def run(body: Any, memo: Any, logger: Any, retry: int | None) -> None:
-        services = services_of(memo)
-
-        async def work(fresh: dict[str, Any], _: StatusWriter) -> Result:
-            return await reconcile(services, fresh, retry is None)
-
-        await reconcile_and_report(kind=kind, plural=plural, body=body, memo=memo, logger=logger, work=work,
-                                   retry=retry, managed_extra=managed_extra)
+        await reconcile_and_report(kind, body=body, memo=memo, logger=logger, retry=retry,
+                                   drift_check=retry is None)
 
     @kopf.on.resume(*resource, id="reconcile", registry=registry)
     @kopf.on.create(*resource, id="reconcile", registry=registry)
@@ -238,7 +239,7 @@ def register_synced_kind(
 
     @kopf.on.delete(*resource, id="delete", timeout=DELETE_TIMEOUT_SECONDS, registry=registry)
     async def deleted(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
-        await delete_and_report(plural=plural, body=body, memo=memo, logger=logger, retry=retry,
+        await delete_and_report(plural=kind.plural, body=body, memo=memo, logger=logger, retry=retry,
                                 delete=delete, what="deletionPolicy Delete")
 
 

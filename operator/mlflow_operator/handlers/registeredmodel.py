@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import kopf
 
-from mlflow_operator.api.registeredmodel import KIND, PLURAL
+from mlflow_operator.api.registeredmodel import KIND, PLURAL, RegisteredModelSpec
 from mlflow_operator.config import OperatorConfig
-from mlflow_operator.handlers.common import register_synced_kind
+from mlflow_operator.handlers.common import Kind, register_synced_kind
 from mlflow_operator.reconcilers.registeredmodel import (
     EXTRA_CONDITIONS,
     delete_registered_model,
     reconcile_registered_model,
 )
 
+REGISTERED_MODEL = Kind(KIND, PLURAL, RegisteredModelSpec.parse, reconcile_registered_model,
+                        managed_extra=EXTRA_CONDITIONS)
+
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    register_synced_kind(registry, config, kind=KIND, plural=PLURAL, reconcile=reconcile_registered_model,
-                         delete=delete_registered_model, managed_extra=EXTRA_CONDITIONS)
+    register_synced_kind(registry, config, REGISTERED_MODEL, delete=delete_registered_model)

@@ -11,26 +11,22 @@ from mlflow_operator.api.common import API_VERSION, GROUP, VERSION
 from mlflow_operator.api.experiment import PLURAL as EXPERIMENTS
 from mlflow_operator.api.trainingrun import KIND, LABEL_TRAINING_RUN, PLURAL
 from mlflow_operator.config import OperatorConfig
-from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.handlers.common import (
     DELETE_TIMEOUT_SECONDS,
+    Kind,
     delete_and_report,
     drift_check_due,
-    outcome_for_error,
     reconcile_and_report,
     services_of,
 )
 from mlflow_operator.logic.conditions import ReconcileProblem
 from mlflow_operator.logic.trainingrun import JOB_FINALIZER
-from mlflow_operator.reconcilers.common import StatusWriter
 from mlflow_operator.reconcilers.trainingrun import (
-    TrainingRunResult,
     is_closed,
     kill_training_run,
     parse_spec,
     reconcile_training_run,
 )
-from mlflow_operator.tracking import TrackingError
 
 
 
@@ -124,19 +120,15 @@ def not_closed(body: kopf.Body, **_: Any) -> bool:
         return False  # an invalid spec waits for a change, not for the timer
 
 
+def _pending_until_started(status: dict[str, Any]) -> dict[str, Any]:
+    """A run that failed before it started is still Pending, with the reason in the conditions."""
+    return {} if status.get("phase") else {"phase": "Pending"}
+
+
+TRAINING_RUN = Kind(KIND, PLURAL, parse_spec, reconcile_training_run, status_on_error=_pending_until_started)
+
+
 async def _reconcile(body: Any, memo: kopf.Memo, logger: Any, retry: int | None,
                      refresh_metrics: bool = False) -> None:
-    services = services_of(memo)
-
-    async def work(fresh: dict[str, Any], writer: StatusWriter) -> TrainingRunResult:
-        try:
-            return await reconcile_training_run(services, fresh, writer, refresh_metrics=refresh_metrics)
-        except (ReconcileProblem, TrackingError, KubernetesError) as error:
-            if isinstance(error, KubernetesError) and error.status == 409:
-                raise  # decided on a stale read: reconciled again from a fresh one
-            # Not started yet: still Pending, with the reason in the conditions.
-            pending = {} if (fresh.get("status") or {}).get("phase") else {"phase": "Pending"}
-            return TrainingRunResult(outcome_for_error(error), pending)
-
-    await reconcile_and_report(kind=KIND, plural=PLURAL, body=body, memo=memo, logger=logger, work=work,
-                               retry=retry)
+    await reconcile_and_report(TRAINING_RUN, body=body, memo=memo, logger=logger, retry=retry,
+                               drift_check=refresh_metrics)

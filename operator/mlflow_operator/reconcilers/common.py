@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 from mlflow_operator.api.common import TAG_KIND, TAG_NAME, TAG_UID, ObjectIdentity, TrackingSpec
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.gateways.kubernetes import KubernetesError, KubernetesGateway
 from mlflow_operator.gateways.mlflow import MlflowGateway
 from mlflow_operator.logic import ownership
-from mlflow_operator.logic.conditions import ReconcileProblem, progressing, stalled
+from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, stalled
 from mlflow_operator.logic.target import choose_target, credentials_from_secret
 from mlflow_operator.servers import Credentials
 from mlflow_operator.tracking import TrackingTarget
@@ -69,6 +69,49 @@ class StatusWriter:
         self.resource_version = await self._kube.patch_status(
             self._plural, self._namespace, self._name, fields, resource_version=self.resource_version
         )
+
+
+# --------------------------------------------------------------------------- the reconcile contract
+
+Event = tuple[str, str, str]  # (type, reason, message)
+
+
+@dataclass
+class Result:
+    """What one reconcile of any kind decided: its outcome (the conditions), the status
+    fields to write with it, and Events to post."""
+
+    outcome: Outcome
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+
+
+@dataclass
+class Context(Generic[SpecT]):
+    """Everything a reconcile of one object may use, for every kind: built by the handlers
+    from a fresh read, with the spec already parsed (an unusable spec never gets here)."""
+
+    services: Services
+    identity: ObjectIdentity
+    spec: SpecT
+    # The status as read; checkpoint() keeps it current.
+    status: dict[str, Any]
+    writer: StatusWriter
+    # A periodic check (drift timer, live metrics) rather than a change.
+    drift_check: bool = False
+    # Deleting: credentials remembered from a Secret that is gone may be used.
+    cleanup: bool = False
+    # Events of steps already done: posted even if a later step fails.
+    events: list[Event] = field(default_factory=list)
+
+    async def checkpoint(self, fields: dict[str, Any]) -> None:
+        """Write status fields now, before the next external step depends on them (the
+        write-ahead record: a crash after the next step finds them)."""
+        await self.writer.write(fields)
+        self.status = {**self.status, **fields}
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.events.append((type_, reason, message))
 
 
 async def resolve_target(services: Services, namespace: str, tracking: TrackingSpec | None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, assert_never
 
 from mlflow_operator.api.common import ObjectIdentity
@@ -10,27 +9,15 @@ from mlflow_operator.api.experiment import ExperimentSpec
 from mlflow_operator.logic import experiment as logic
 from mlflow_operator.logic import ownership
 from mlflow_operator.api.trainingrun import PLURAL as TRAINING_RUNS
-from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
+from mlflow_operator.logic.conditions import ReconcileProblem, progressing, ready, stalled
 from mlflow_operator.logic.target import check_pinned
-from mlflow_operator.reconcilers.common import Services, owner_alive, parse_spec, resolve_target
+from mlflow_operator.reconcilers.common import Context, Event, Result, Services, owner_alive, parse_spec, resolve_target
 from mlflow_operator.tracking import AlreadyExists, ExperimentInfo, InvalidRequest, TrackingTarget
 
-Event = tuple[str, str, str]  # (type, reason, message)
-
-
-@dataclass
-class ExperimentResult:
-    outcome: Outcome
-    status: dict[str, Any] = field(default_factory=dict)
-    events: list[Event] = field(default_factory=list)
-
-
-async def reconcile_experiment(services: Services, fresh: dict[str, Any], drift_check: bool = False) -> ExperimentResult:
+async def reconcile_experiment(ctx: Context[ExperimentSpec]) -> Result:
     """Bring MLflow in line with the spec. Raises ReconcileProblem (known failure) or
-    TrackingError (MLflow failed); the caller turns both into conditions."""
-    identity = ObjectIdentity.from_body(fresh)
-    status = dict(fresh.get("status") or {})
-    spec = parse_spec(ExperimentSpec.parse, fresh.get("spec"))
+    TrackingError (MLflow failed); the handlers turn both into conditions."""
+    services, identity, status, spec, drift_check = ctx.services, ctx.identity, ctx.status, ctx.spec, ctx.drift_check
     target = await resolve_target(services, identity.namespace, spec.tracking)
     desired = logic.desired_experiment(spec, identity)
     mlflow = services.mlflow
@@ -75,7 +62,7 @@ async def reconcile_experiment(services: Services, fresh: dict[str, Any], drift_
             events.append(("Normal", "Updated", plan.describe()))
 
     experiment_id = experiment.experiment_id
-    return ExperimentResult(
+    return Result(
         outcome=ready("Reconciled", f"MLflow experiment {desired.name!r} (id {experiment_id}) is in sync"),
         status={
             "experimentId": experiment_id,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, assert_never
 
 from mlflow_operator.api.common import ObjectIdentity
@@ -12,28 +11,16 @@ from mlflow_operator.logic import ownership
 from mlflow_operator.logic import registeredmodel as logic
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
 from mlflow_operator.logic.target import check_pinned
-from mlflow_operator.reconcilers.common import Services, owner_alive, parse_spec, resolve_target
+from mlflow_operator.reconcilers.common import Context, Event, Result, Services, owner_alive, parse_spec, resolve_target
 from mlflow_operator.tracking import AlreadyExists, InvalidRequest, RegisteredModelInfo, TrackingTarget
 
-Event = tuple[str, str, str]
 VERSION_NOT_FOUND = "VersionNotFound"
 DRIFTED = "Drifted"
 EXTRA_CONDITIONS = (VERSION_NOT_FOUND, DRIFTED)
 
 
-@dataclass
-class RegisteredModelResult:
-    outcome: Outcome
-    status: dict[str, Any] = field(default_factory=dict)
-    events: list[Event] = field(default_factory=list)
-
-
-async def reconcile_registered_model(
-    services: Services, fresh: dict[str, Any], drift_check: bool = False
-) -> RegisteredModelResult:
-    identity = ObjectIdentity.from_body(fresh)
-    status = dict(fresh.get("status") or {})
-    spec = parse_spec(RegisteredModelSpec.parse, fresh.get("spec"))
+async def reconcile_registered_model(ctx: Context[RegisteredModelSpec]) -> Result:
+    services, identity, status, spec, drift_check = ctx.services, ctx.identity, ctx.status, ctx.spec, ctx.drift_check
     target = await resolve_target(services, identity.namespace, spec.tracking)
     desired = logic.desired_model(spec, identity)
     mlflow = services.mlflow
@@ -57,7 +44,7 @@ async def reconcile_registered_model(
     status_update = {**view, **logic.managed_status(plan.managed), "url": target.model_url(desired.name),
                      "trackingUri": target.uri,
                      "missingVersions": sorted(plan.missing, key=int) or None}
-    return RegisteredModelResult(_outcome(desired, plan, extra, len(versions)), status_update, events)
+    return Result(_outcome(desired, plan, extra, len(versions)), status_update, events)
 
 
 async def _bind(services: Services, target: TrackingTarget, desired: logic.DesiredModel, spec: RegisteredModelSpec,

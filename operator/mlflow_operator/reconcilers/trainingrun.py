@@ -9,7 +9,7 @@ one Job (named after the object, owned by it).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from mlflow_operator.api.common import TAG_UID, ObjectIdentity, TrackingSpec
@@ -30,34 +30,10 @@ from mlflow_operator.logic.conditions import (
     stalled,
 )
 from mlflow_operator.reconcilers import common
-from mlflow_operator.reconcilers.common import Services, StatusWriter, resolve_target_and_secret
+from mlflow_operator.reconcilers.common import Context, Event, Result, Services, StatusWriter, resolve_target_and_secret
 from mlflow_operator.tracking import AlreadyExists, InvalidRequest, RunInfo, TrackingTarget
 
-Event = tuple[str, str, str]
 DUPLICATE_TAG = "mlflow.operator.dev/duplicate-of"
-
-
-@dataclass
-class TrainingRunResult:
-    outcome: Outcome
-    status: dict[str, Any] = field(default_factory=dict)
-    events: list[Event] = field(default_factory=list)
-
-
-@dataclass
-class Context:
-    services: Services
-    identity: ObjectIdentity
-    spec: TrainingRunSpec
-    status: dict[str, Any]
-    writer: StatusWriter
-    # Deleting: credentials remembered from a Secret that is gone may be used.
-    cleanup: bool = False
-
-    async def checkpoint(self, fields: dict[str, Any]) -> None:
-        """Write status fields now, before the next external step depends on them."""
-        await self.writer.write(fields)
-        self.status = {**self.status, **fields}
 
 
 @dataclass(frozen=True)
@@ -92,26 +68,23 @@ def outcome_of_closed(status: dict[str, Any]) -> Outcome:
     return stalled(reason, message)
 
 
-async def reconcile_training_run(
-    services: Services, fresh: dict[str, Any], writer: StatusWriter, refresh_metrics: bool = False
-) -> TrainingRunResult:
-    identity = ObjectIdentity.from_body(fresh)
-    status = dict(fresh.get("status") or {})
-    spec = parse_spec(fresh.get("spec"))
-    ctx = Context(services, identity, spec, status, writer)
+async def reconcile_training_run(ctx: Context[TrainingRunSpec]) -> Result:
+    """One step of the stage the run is in (logic.stage_of); the drift check refreshes
+    live metrics while it runs."""
+    services, identity, status, spec = ctx.services, ctx.identity, ctx.status, ctx.spec
     registers_model = spec.register_model is not None
     # A closed run needs nothing from its Job (which may be long gone): no read.
     job = None if logic.is_closed(status, registers_model) else await services.kube.get_job(
         identity.namespace, identity.name)
     stage = logic.stage_of(status, job, registers_model)
-    return await STEPS[stage](ctx, job, refresh_metrics)
+    return await STEPS[stage](ctx, job, ctx.drift_check)
 
 
-async def _closed(ctx: Context, job: JobSnapshot | None, refresh_metrics: bool) -> TrainingRunResult:
-    return TrainingRunResult(outcome_of_closed(ctx.status))
+async def _closed(ctx: Context[TrainingRunSpec], job: JobSnapshot | None, refresh_metrics: bool) -> Result:
+    return Result(outcome_of_closed(ctx.status))
 
 
-async def _closing(ctx: Context, job: JobSnapshot | None, refresh_metrics: bool) -> TrainingRunResult:
+async def _closing(ctx: Context[TrainingRunSpec], job: JobSnapshot | None, refresh_metrics: bool) -> Result:
     """The Job's outcome is recorded: what is left happens in MLflow and needs no Job (a
     restart right after recording it may have left the Job's finalizer on)."""
     if job is not None and job.uid == ctx.status.get("jobUid") and logic.JOB_FINALIZER in job.finalizers:
@@ -119,17 +92,17 @@ async def _closing(ctx: Context, job: JobSnapshot | None, refresh_metrics: bool)
     return await _finish(ctx, await _resolve(ctx))
 
 
-async def _job_ended_step(ctx: Context, job: JobSnapshot | None, refresh_metrics: bool) -> TrainingRunResult:
+async def _job_ended_step(ctx: Context[TrainingRunSpec], job: JobSnapshot | None, refresh_metrics: bool) -> Result:
     assert job is not None
     return await _job_ended(ctx, job)
 
 
-async def _job_running_step(ctx: Context, job: JobSnapshot | None, refresh_metrics: bool) -> TrainingRunResult:
+async def _job_running_step(ctx: Context[TrainingRunSpec], job: JobSnapshot | None, refresh_metrics: bool) -> Result:
     assert job is not None
     return await _in_progress(ctx, job, refresh_metrics)
 
 
-async def _starting(ctx: Context, job: JobSnapshot | None, refresh_metrics: bool) -> TrainingRunResult:
+async def _starting(ctx: Context[TrainingRunSpec], job: JobSnapshot | None, refresh_metrics: bool) -> Result:
     """Create what is missing, the run before the Job (its id is recorded in between), then
     go on with the Job as it is now."""
     resolved = await _resolve(ctx)
@@ -146,7 +119,7 @@ async def _starting(ctx: Context, job: JobSnapshot | None, refresh_metrics: bool
     return result
 
 
-Step = Callable[[Context, JobSnapshot | None, bool], Awaitable[TrainingRunResult]]
+Step = Callable[[Context[TrainingRunSpec], JobSnapshot | None, bool], Awaitable[Result]]
 STEPS: dict[logic.Stage, Step] = {
     "closed": _closed,
     "closing": _closing,
@@ -159,7 +132,7 @@ STEPS: dict[logic.Stage, Step] = {
 # --------------------------------------------------------------------------- experiment
 
 
-async def _experiment_object(ctx: Context) -> dict[str, Any] | None:
+async def _experiment_object(ctx: Context[TrainingRunSpec]) -> dict[str, Any] | None:
     ref = ctx.spec.experiment_ref
     if ref is None:
         return None
@@ -194,7 +167,7 @@ def _pinned(tracking: TrackingSpec | None, status: dict[str, Any]) -> TrackingSp
     return TrackingSpec(uri=pinned, secretRef=tracking.secret_ref if tracking else None)
 
 
-async def _resolve(ctx: Context) -> Resolved:
+async def _resolve(ctx: Context[TrainingRunSpec]) -> Resolved:
     """The experiment and server for the run. Before the run starts, an experimentRef must be
     Ready; afterwards the run goes on whatever happens to the Experiment object."""
     spec, identity, status = ctx.spec, ctx.identity, ctx.status
@@ -228,7 +201,7 @@ async def _resolve(ctx: Context) -> Resolved:
     return await _experiment_by_name(ctx, target, secret_name)
 
 
-async def _experiment_by_name(ctx: Context, target: TrackingTarget, secret_name: str | None) -> Resolved:
+async def _experiment_by_name(ctx: Context[TrainingRunSpec], target: TrackingTarget, secret_name: str | None) -> Resolved:
     name = ctx.spec.experiment_name
     assert name is not None
     mlflow = ctx.services.mlflow
@@ -264,7 +237,7 @@ def _job_run_id(job: JobSnapshot | None, identity: ObjectIdentity) -> str | None
     return job.labels.get(LABEL_RUN_ID)
 
 
-async def _ensure_run(ctx: Context, resolved: Resolved, job: JobSnapshot | None, events: list[Event]) -> RunInfo:
+async def _ensure_run(ctx: Context[TrainingRunSpec], resolved: Resolved, job: JobSnapshot | None, events: list[Event]) -> RunInfo:
     mlflow, target, identity = ctx.services.mlflow, resolved.target, ctx.identity
     known = ctx.status.get("runId")
     if known:
@@ -319,7 +292,7 @@ async def _ensure_run(ctx: Context, resolved: Resolved, job: JobSnapshot | None,
 # --------------------------------------------------------------------------- job
 
 
-def _credential_source(ctx: Context, resolved: Resolved) -> logic.CredentialSource | None:
+def _credential_source(ctx: Context[TrainingRunSpec], resolved: Resolved) -> logic.CredentialSource | None:
     if not resolved.secret_name:
         return None
     return logic.CredentialSource.for_secret(resolved.secret_name, resolved.target.credentials)
@@ -333,7 +306,7 @@ def _job_rejected(error: KubernetesError, verb: str) -> ReconcileProblem | None:
     return None
 
 
-async def _check_job_template(ctx: Context, resolved: Resolved) -> None:
+async def _check_job_template(ctx: Context[TrainingRunSpec], resolved: Resolved) -> None:
     """Ask the API server (dry run) whether the Job would be accepted, before creating
     anything in MLflow: a bad template should leave no FAILED run behind."""
     body = logic.build_job(ctx.spec, ctx.identity, logic.PLACEHOLDER_RUN_ID, resolved.experiment_id,
@@ -346,7 +319,7 @@ async def _check_job_template(ctx: Context, resolved: Resolved) -> None:
         raise _job_rejected(error, "would be") or error from None
 
 
-async def _ensure_job(ctx: Context, resolved: Resolved, run: RunInfo, job: JobSnapshot | None,
+async def _ensure_job(ctx: Context[TrainingRunSpec], resolved: Resolved, run: RunInfo, job: JobSnapshot | None,
                       events: list[Event]) -> JobSnapshot | None:
     kube, identity = ctx.services.kube, ctx.identity
     known_uid = ctx.status.get("jobUid")
@@ -378,7 +351,7 @@ async def _ensure_job(ctx: Context, resolved: Resolved, run: RunInfo, job: JobSn
     return job
 
 
-async def _in_progress(ctx: Context, state: JobSnapshot, refresh_metrics: bool) -> TrainingRunResult:
+async def _in_progress(ctx: Context[TrainingRunSpec], state: JobSnapshot, refresh_metrics: bool) -> Result:
     phase = logic.phase_of(state, ctx.status.get("phase"))
     update: dict[str, Any] = {"phase": phase}
     if state.start_time:
@@ -392,16 +365,16 @@ async def _in_progress(ctx: Context, state: JobSnapshot, refresh_metrics: bool) 
     run_id = ctx.status.get("runId")
     if phase == "Running":
         # The Job's events and the refresh timer carry it on from here.
-        return TrainingRunResult(progressing("Running", f"MLflow run {run_id} is running in Job {ctx.identity.name}",
+        return Result(progressing("Running", f"MLflow run {run_id} is running in Job {ctx.identity.name}",
                                              awaited=True, expected=True), update)
-    return TrainingRunResult(progressing("JobPending", f"Job {ctx.identity.name} is waiting for its pod to run",
+    return Result(progressing("JobPending", f"Job {ctx.identity.name} is waiting for its pod to run",
                                          awaited=True, expected=True), update)
 
 
 # --------------------------------------------------------------------------- closing
 
 
-async def _pod_failure_reasons(ctx: Context) -> list[str]:
+async def _pod_failure_reasons(ctx: Context[TrainingRunSpec]) -> list[str]:
     pods = await ctx.services.kube.list_pods(ctx.identity.namespace, f"job-name={ctx.identity.name}")
     reasons: list[str] = []
     for pod in pods:
@@ -410,7 +383,7 @@ async def _pod_failure_reasons(ctx: Context) -> list[str]:
     return reasons
 
 
-async def _job_ended(ctx: Context, state: JobSnapshot, resolved: Resolved | None = None) -> TrainingRunResult:
+async def _job_ended(ctx: Context[TrainingRunSpec], state: JobSnapshot, resolved: Resolved | None = None) -> Result:
     """The Job finished, or is being deleted: record its outcome in status first, then let
     the Job go (its finalizer held it until now), then close the run in MLflow."""
     pod_reasons = await _pod_failure_reasons(ctx) if state.finished and state.finished[0] == "Failed" else []
@@ -427,7 +400,7 @@ async def _job_ended(ctx: Context, state: JobSnapshot, resolved: Resolved | None
 
 
 
-async def _job_lost(ctx: Context, resolved: Resolved) -> TrainingRunResult:
+async def _job_lost(ctx: Context[TrainingRunSpec], resolved: Resolved) -> Result:
     """The Job is gone and its outcome was never recorded (it was created without the
     finalizer, or the finalizer was removed by hand): the run was cut short."""
     await ctx.checkpoint({
@@ -438,7 +411,7 @@ async def _job_lost(ctx: Context, resolved: Resolved) -> TrainingRunResult:
     return await _finish(ctx, resolved)
 
 
-async def _finish(ctx: Context, resolved: Resolved) -> TrainingRunResult:
+async def _finish(ctx: Context[TrainingRunSpec], resolved: Resolved) -> Result:
     """Close the MLflow run from the recorded outcome (never from what the container
     reported), copy its metrics, and register the model of a successful run."""
     mlflow, target, status = ctx.services.mlflow, resolved.target, ctx.status
@@ -461,9 +434,9 @@ async def _finish(ctx: Context, resolved: Resolved) -> TrainingRunResult:
     if phase == "Failed":
         message = f"{recorded.get('message') or 'Job failed'}; MLflow run {run_id} marked {run_status}"
         # The outcome becomes a Warning event through the condition transition.
-        return TrainingRunResult(stalled(reason, message), update)
+        return Result(stalled(reason, message), update)
     if ctx.spec.register_model is None:
-        return TrainingRunResult(ready("Succeeded", f"MLflow run {run_id} FINISHED"), update,
+        return Result(ready("Succeeded", f"MLflow run {run_id} FINISHED"), update,
                                  [("Normal", "Succeeded", f"MLflow run {run_id} FINISHED")])
     if update:
         # Worth keeping even if registration fails below.
@@ -472,10 +445,10 @@ async def _finish(ctx: Context, resolved: Resolved) -> TrainingRunResult:
     version = await _register(ctx, resolved, run_id, events)
     message = f"MLflow run {run_id} FINISHED; registered {version['uri']}"
     events.append(("Normal", "Succeeded", message))
-    return TrainingRunResult(ready("Succeeded", message), {**update, "modelVersion": version}, events)
+    return Result(ready("Succeeded", message), {**update, "modelVersion": version}, events)
 
 
-async def _register(ctx: Context, resolved: Resolved, run_id: str, events: list[Event]) -> dict[str, str]:
+async def _register(ctx: Context[TrainingRunSpec], resolved: Resolved, run_id: str, events: list[Event]) -> dict[str, str]:
     """Create (once) the model version from the run's logged model and point the aliases at it,
     in a registered model of this namespace only."""
     spec = ctx.spec.register_model
