@@ -1,15 +1,24 @@
-"""Benchmarks of the operator in the sandbox: how long objects take to become Ready, how
-long the MLflow calls take, and what the operator costs in memory and CPU.
+"""Benchmarks of the operator in the sandbox, each beside the floor a direct client sets.
 
-    make bench            (or: .venv/bin/python benchmarks/run.py [--experiments N] ...)
+    make bench                 (or: .venv/bin/python benchmarks/run.py [--training-runs N] ...)
 
-Writes benchmarks/results/latest.json and latest.md. Numbers depend on the machine; the
-README quotes the run recorded in results/.
+Scenarios (sizes are flags, small by default; the README gives the recorded larger runs):
+
+- dispatch: N TrainingRuns applied at once (8 threads). Measured until every one has its
+  MLflow run and its Job, and until every one is Succeeded. In the same run, the floor: a
+  direct client with 8 threads creates the same N MLflow runs (tags and params) and N Jobs
+  itself, waits for the Jobs and closes the runs. The cost of one TrainingRun lifecycle is
+  read from the operator's own metrics (API calls labelled with the kind reconciled).
+- synced objects: Experiments and RegisteredModels applied at once, then idle with them:
+  operator CPU, MLflow calls per drift interval, RSS.
+
+Writes benchmarks/results/latest.json and latest.md. Numbers depend on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -19,7 +28,9 @@ import sys
 import time
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("SANDBOX_DIR", ROOT / ".sandbox")).resolve()
@@ -27,10 +38,25 @@ RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "tests"))
 
 from kubernetes import client, config  # noqa: E402
+from mlflow.entities import Param, RunTag  # noqa: E402
+from mlflow.store.tracking.rest_store import RestStore  # noqa: E402
+from mlflow.utils.rest_utils import MlflowHostCreds  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from helpers import Objects  # noqa: E402
+from mlflow_operator.api.common import ObjectIdentity  # noqa: E402
+from mlflow_operator.api.trainingrun import TrainingRunSpec  # noqa: E402
+from mlflow_operator.logic import trainingrun as training  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+GROUP, VERSION = "mlflow.operator.dev", "v1alpha1"
+THREADS = 8
+DRIFT_INTERVAL_SECONDS = 10  # the sandbox's (sandbox/sandbox.py)
+# Kubernetes API calls of the operator's gateway that change something (dry runs persist nothing).
+READ_PREFIXES = ("get_", "read_", "list_")
+
+
+# --------------------------------------------------------------------------- measuring the process
 
 
 def operator_pid() -> int:
@@ -59,22 +85,112 @@ def summary(values: list[float]) -> dict[str, float]:
             "max": round(max(values), 3), "mean": round(statistics.mean(values), 3)}
 
 
-def wait_all(objects: Objects, names: list[str], created: dict[str, float], done, timeout: float) -> dict[str, float]:
-    """Seconds from creation to `done(object)` for each name (polled every 100 ms)."""
-    finished: dict[str, float] = {}
+class OperatorMetrics:
+    """Counters from the operator's /metrics: API calls by the kind reconciled and operation."""
+
+    def __init__(self) -> None:
+        ports = json.loads((STATE / "ports.json").read_text())
+        self.url = f"http://127.0.0.1:{ports['operator-metrics']}/metrics"
+
+    def snapshot(self) -> dict[tuple[str, str, str], float]:
+        text = urllib.request.urlopen(self.url, timeout=5).read().decode()
+        counts: dict[tuple[str, str, str], float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "mlflow_operator_mlflow_request_duration_seconds_count":
+                    key = ("mlflow", sample.labels["kind"], sample.labels["operation"])
+                elif sample.name == "mlflow_operator_kubernetes_request_duration_seconds_count":
+                    key = ("kubernetes", sample.labels["kind"], sample.labels["operation"])
+                elif sample.name == "mlflow_operator_events_total":
+                    key = ("events", sample.labels["kind"], sample.labels["type"])
+                else:
+                    continue
+                counts[key] = counts.get(key, 0) + sample.value
+        return counts
+
+    @staticmethod
+    def delta(before: dict, after: dict, kind: str | None = None) -> dict[tuple[str, str], float]:
+        result: dict[tuple[str, str], float] = {}
+        for (api, k, op), value in after.items():
+            if kind is not None and k != kind:
+                continue
+            diff = value - before.get((api, k, op), 0)
+            if diff:
+                result[(api, op)] = result.get((api, op), 0) + diff
+        return result
+
+
+def lifecycle_cost(calls: dict[tuple[str, str], float], n: int) -> dict[str, Any]:
+    per_op = {f"{api}:{op}": round(value / n, 2) for (api, op), value in sorted(calls.items())}
+    mlflow = sum(v for (api, _), v in calls.items() if api == "mlflow") / n
+    kube_writes = sum(v for (api, op), v in calls.items()
+                      if api == "kubernetes" and not op.startswith(READ_PREFIXES) and not op.endswith("_dry_run")) / n
+    kube_reads = sum(v for (api, op), v in calls.items() if api == "kubernetes" and op.startswith(READ_PREFIXES)) / n
+    dry_runs = sum(v for (api, op), v in calls.items() if api == "kubernetes" and op.endswith("_dry_run")) / n
+    events = sum(v for (api, _), v in calls.items() if api == "events") / n
+    return {"mlflow_calls": round(mlflow, 2), "kubernetes_writes": round(kube_writes, 2),
+            "kubernetes_reads": round(kube_reads, 2), "kubernetes_dry_runs": round(dry_runs, 2),
+            "events": round(events, 2), "by_operation": per_op}
+
+
+# --------------------------------------------------------------------------- cluster helpers
+
+
+class Cluster:
+    def __init__(self) -> None:
+        configuration = client.Configuration()
+        config.load_kube_config(config_file=str(STATE / "kubeconfig"), client_configuration=configuration)
+        configuration.connection_pool_maxsize = 2 * THREADS
+        self.api = client.ApiClient(configuration)
+        self.core, self.batch = client.CoreV1Api(self.api), client.BatchV1Api(self.api)
+        self.custom = client.CustomObjectsApi(self.api)
+
+    def namespace(self, prefix: str) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:6]}"
+        self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+        wait(lambda: self._has_default_account(name), 60, f"namespace {name}")
+        return name
+
+    def _has_default_account(self, namespace: str) -> bool:
+        try:
+            self.core.read_namespaced_service_account("default", namespace)
+            return True
+        except client.exceptions.ApiException:
+            return False
+
+    def delete_namespace(self, namespace: str, wait_gone: bool = True) -> None:
+        self.core.delete_namespace(namespace)
+        if wait_gone:
+            wait(lambda: not self._exists(namespace), 300, f"namespace {namespace} deleted")
+
+    def _exists(self, namespace: str) -> bool:
+        try:
+            self.core.read_namespace(namespace)
+            return True
+        except client.exceptions.ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+
+    # Lists for polling are served from the API server's watch cache (resourceVersion "0"),
+    # so that measuring loads the API server as little as possible.
+    def items(self, namespace: str, plural: str) -> list[dict]:
+        return self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural,
+                                                         resource_version="0")["items"]
+
+    def jobs(self, namespace: str) -> list[Any]:
+        return self.batch.list_namespaced_job(namespace, resource_version="0").items
+
+
+def wait(probe: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
     deadline = time.monotonic() + timeout
-    while len(finished) < len(names):
+    while True:
+        value = probe()
+        if value:
+            return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{len(names) - len(finished)} {objects.kind}s not done after {timeout}s")
-        items = objects.custom.list_namespaced_custom_object(
-            "mlflow.operator.dev", "v1alpha1", objects.namespace, objects.plural)["items"]
-        now = time.monotonic()
-        for item in items:
-            name = item["metadata"]["name"]
-            if name in created and name not in finished and done(item):
-                finished[name] = now - created[name]
-        time.sleep(0.1)
-    return finished
+            raise TimeoutError(f"{what}: not done after {timeout}s")
+        time.sleep(interval)
 
 
 def is_ready(item: dict) -> bool:
@@ -83,109 +199,169 @@ def is_ready(item: dict) -> bool:
         and status.get("observedGeneration") == item["metadata"]["generation"]
 
 
-def mlflow_latency() -> dict[str, dict[str, float]]:
-    ports = json.loads((STATE / "ports.json").read_text())
-    text = urllib.request.urlopen(f"http://127.0.0.1:{ports['operator-metrics']}/metrics", timeout=5).read().decode()
-    sums: dict[str, float] = {}
-    counts: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("mlflow_operator_mlflow_request_duration_seconds_sum{"):
-            labels, value = line.split("} ")
-            operation = labels.split('operation="')[1].split('"')[0]
-            sums[operation] = sums.get(operation, 0) + float(value)
-        elif line.startswith("mlflow_operator_mlflow_request_duration_seconds_count{"):
-            labels, value = line.split("} ")
-            operation = labels.split('operation="')[1].split('"')[0]
-            counts[operation] = counts.get(operation, 0) + float(value)
-    return {op: {"calls": int(counts[op]), "mean_ms": round(1000 * sums[op] / counts[op], 1)}
-            for op in sorted(counts) if counts[op]}
+def job_finished(job: Any) -> bool:
+    return any(c.type in ("Complete", "Failed") and c.status == "True" for c in job.status.conditions or [])
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+TEMPLATE = {"spec": {"containers": [{"name": "t", "image": "trainer:1"}]}}
+
+
+def run_spec(i: int) -> dict:
+    return {"experimentRef": {"name": "bench"}, "params": {"i": str(i), "lr": "0.01"}, "template": TEMPLATE}
+
+
+def floor_dispatch(cluster: Cluster, n: int, tracking_uri: str) -> dict[str, float]:
+    """What a direct client needs for the same work: N MLflow runs with their tags and
+    params, N Jobs (the operator's Job body, without its owner and finalizer), 8 threads;
+    then it waits for the Jobs and closes the runs."""
+    namespace = cluster.namespace("bench-floor")
+    store = RestStore(lambda: MlflowHostCreds(tracking_uri))
+    experiment_id = store.create_experiment(f"bench-floor-{namespace}")
+
+    def dispatch_one(i: int) -> str:
+        name = f"run-{i}"
+        identity = ObjectIdentity(kind="TrainingRun", namespace=namespace, name=name, uid=str(uuid.uuid4()))
+        spec = TrainingRunSpec.parse(run_spec(i))
+        run = store.create_run(experiment_id, "mlflow-operator", int(time.time() * 1000),
+                               [RunTag(k, v) for k, v in training.run_tags(spec, identity, "trainer:1").items()],
+                               training.run_name(spec, identity))
+        store.log_batch(run.info.run_id, metrics=[], params=[Param(k, v) for k, v in spec.params.items()], tags=[])
+        job = copy.deepcopy(training.build_job(spec, identity, run.info.run_id, experiment_id, tracking_uri, None))
+        job["metadata"].pop("ownerReferences", None)
+        job["metadata"].pop("finalizers", None)
+        cluster.batch.create_namespaced_job(namespace, job)
+        return run.info.run_id
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(THREADS) as pool:
+        run_ids = list(pool.map(dispatch_one, range(n)))
+    dispatched = time.monotonic() - started
+    wait(lambda: sum(job_finished(j) for j in cluster.jobs(namespace)) == n, 1800, "floor Jobs finished", 0.5)
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(lambda run_id: store.update_run_info(run_id, "FINISHED", int(time.time() * 1000), None),
+                      run_ids))
+    end_to_end = time.monotonic() - started
+    cluster.delete_namespace(namespace)
+    return {"dispatch_seconds": round(dispatched, 2), "end_to_end_seconds": round(end_to_end, 2)}
+
+
+def operator_dispatch(cluster: Cluster, metrics: OperatorMetrics, n: int, closed_idle_seconds: float) -> dict:
+    namespace = cluster.namespace("bench-runs")
+    experiments = Objects(cluster.custom, namespace, "experiments", "Experiment")
+    experiments.create("bench", {"name": f"bench-{namespace}"})
+    wait(lambda: is_ready(experiments.get("bench")), 60, "Experiment bench Ready")
+    runs = Objects(cluster.custom, namespace, "trainingruns", "TrainingRun")
+    before = metrics.snapshot()
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(lambda i: runs.create(f"run-{i}", run_spec(i)), range(n)))
+    applied = time.monotonic() - started
+
+    def dispatched() -> bool:
+        with_run = sum(bool((item.get("status") or {}).get("runId")) for item in cluster.items(namespace, "trainingruns"))
+        return with_run == n and len(cluster.jobs(namespace)) == n
+
+    wait(dispatched, 1800, "every TrainingRun with its run and Job", 0.25)
+    dispatch_seconds = time.monotonic() - started
+    wait(lambda: sum((item.get("status") or {}).get("phase") == "Succeeded"
+                     for item in cluster.items(namespace, "trainingruns")) == n, 1800, "every run Succeeded", 0.5)
+    end_to_end = time.monotonic() - started
+    after = metrics.snapshot()
+    time.sleep(closed_idle_seconds)
+    idle = metrics.snapshot()
+    closed_calls = OperatorMetrics.delta(after, idle, "TrainingRun")
+    result = {
+        "apply_seconds": round(applied, 2),
+        "dispatch_seconds": round(dispatch_seconds, 2),
+        "end_to_end_seconds": round(end_to_end, 2),
+        "lifecycle": lifecycle_cost(OperatorMetrics.delta(before, after, "TrainingRun"), n),
+        "closed_runs_idle_seconds": closed_idle_seconds,
+        "mlflow_calls_for_closed_runs": int(sum(v for (api, _), v in closed_calls.items() if api == "mlflow")),
+    }
+    cluster.delete_namespace(namespace, wait_gone=False)
+    return result
+
+
+# --------------------------------------------------------------------------- synced objects
+
+
+def burst(cluster: Cluster, namespace: str, plural: str, kind: str, n: int, spec_of: Callable[[int], dict]) -> dict:
+    """Apply n objects at once (8 threads); seconds until all are Ready."""
+    objects = Objects(cluster.custom, namespace, plural, kind)
+    started = time.monotonic()
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(lambda i: objects.create(f"o-{i}", spec_of(i)), range(n)))
+    wait(lambda: sum(is_ready(item) for item in cluster.items(namespace, plural)) == n, 1800, f"{kind}s Ready", 0.5)
+    return {"n": n, "all_ready_after_seconds": round(time.monotonic() - started, 2)}
+
+
+def synced_objects(cluster: Cluster, metrics: OperatorMetrics, n_experiments: int, n_models: int,
+                   idle_seconds: float) -> dict:
+    namespace = cluster.namespace("bench-synced")
+    pid = operator_pid()
+    result: dict[str, Any] = {}
+    try:
+        result["experiments"] = burst(cluster, namespace, "experiments", "Experiment", n_experiments,
+                                      lambda i: {"tags": {"bench": "true"}})
+        result["registeredmodels"] = burst(
+            cluster, namespace, "registeredmodels", "RegisteredModel", n_models,
+            lambda i: {"name": f"bench-{namespace}-{i}", "description": "bench", "tags": {"a": "b"}})
+        result["rss_mib_after_load"] = round(rss_mib(pid), 1)
+        before, cpu_before = metrics.snapshot(), cpu_seconds(pid)
+        time.sleep(idle_seconds)
+        idle_cpu, after = cpu_seconds(pid) - cpu_before, metrics.snapshot()
+        calls = OperatorMetrics.delta(before, after)
+        intervals = idle_seconds / DRIFT_INTERVAL_SECONDS
+        mlflow_calls = sum(v for (api, _), v in calls.items() if api == "mlflow")
+        kube_writes = sum(v for (api, op), v in calls.items() if api == "kubernetes" and not op.startswith(READ_PREFIXES))
+        total = n_experiments + n_models
+        result["idle"] = {
+            "objects": total, "seconds": idle_seconds, "drift_interval_seconds": DRIFT_INTERVAL_SECONDS,
+            "operator_cpu_percent_of_one_core": round(100 * idle_cpu / idle_seconds, 1),
+            "mlflow_calls_per_interval_per_100_objects": round(100 * mlflow_calls / intervals / total, 1),
+            "kubernetes_writes_per_interval": round(kube_writes / intervals, 1),
+        }
+        result["rss_mib_after_idle"] = round(rss_mib(pid), 1)
+    finally:
+        cluster.delete_namespace(namespace, wait_gone=False)
+    return result
+
+
+# --------------------------------------------------------------------------- main
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--training-runs", type=int, default=50, help="dispatch scenario size (0 skips it)")
     parser.add_argument("--experiments", type=int, default=50)
-    parser.add_argument("--training-runs", type=int, default=30)
     parser.add_argument("--models", type=int, default=20)
     parser.add_argument("--idle-seconds", type=float, default=60)
+    parser.add_argument("--closed-idle-seconds", type=float, default=2 * DRIFT_INTERVAL_SECONDS)
+    parser.add_argument("--no-restart", action="store_true", help="keep the running operator")
     args = parser.parse_args()
 
-    up_start = time.monotonic()
-    subprocess.run([sys.executable, str(ROOT / "sandbox" / "sandbox.py"), "restart", "operator"], check=True,
-                   capture_output=True)
-    operator_restart = time.monotonic() - up_start
-
-    configuration = client.Configuration()
-    config.load_kube_config(config_file=str(STATE / "kubeconfig"), client_configuration=configuration)
-    api = client.ApiClient(configuration)
-    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
-    namespace = f"bench-{uuid.uuid4().hex[:6]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-    while True:
-        try:
-            core.read_namespaced_service_account("default", namespace)
-            break
-        except client.exceptions.ApiException:
-            time.sleep(0.2)
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                           "kernel": platform.release()},
+                               "arguments": vars(args)}
+    if not args.no_restart:
+        subprocess.run([sys.executable, str(ROOT / "sandbox" / "sandbox.py"), "restart", "operator"], check=True,
+                       capture_output=True)
+    cluster, metrics = Cluster(), OperatorMetrics()
     pid = operator_pid()
-    rss_start = rss_mib(pid)
-    results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                 "kernel": platform.release()},
-                     "operator_restart_seconds": round(operator_restart, 2), "rss_mib": {"idle_start": round(rss_start, 1)}}
-    try:
-        experiments = Objects(custom, namespace, "experiments", "Experiment")
-        names = [f"exp-{i}" for i in range(args.experiments)]
-        created: dict[str, float] = {}
-        burst = time.monotonic()
-        for name in names:
-            experiments.create(name, {"tags": {"bench": "true"}})
-            created[name] = time.monotonic()
-        ready = wait_all(experiments, names, created, is_ready, timeout=600)
-        results["experiments"] = {"time_to_ready_seconds": summary(list(ready.values())),
-                                  "all_ready_after_seconds": round(time.monotonic() - burst, 2)}
-
-        runs = Objects(custom, namespace, "trainingruns", "TrainingRun")
-        run_names = [f"run-{i}" for i in range(args.training_runs)]
-        created = {}
-        burst = time.monotonic()
-        for i, name in enumerate(run_names):
-            runs.create(name, {"experimentRef": {"name": names[i % len(names)]}, "params": {"i": str(i)},
-                               "template": {"spec": {"containers": [{"name": "t", "image": "trainer:1"}]}}})
-            created[name] = time.monotonic()
-        succeeded = wait_all(runs, run_names, created,
-                             lambda item: (item.get("status") or {}).get("phase") == "Succeeded", timeout=900)
-        results["training_runs"] = {
-            "create_to_succeeded_seconds": summary(list(succeeded.values())),
-            "all_succeeded_after_seconds": round(time.monotonic() - burst, 2),
-            "note": "kwok pods run for about 1 s; this is the operator's and Kubernetes' overhead around that",
-        }
-
-        models = Objects(custom, namespace, "registeredmodels", "RegisteredModel")
-        model_names = [f"model-{i}" for i in range(args.models)]
-        created = {}
-        burst = time.monotonic()
-        suffix = uuid.uuid4().hex[:6]
-        for name in model_names:
-            models.create(name, {"name": f"bench-{suffix}-{name}", "description": "bench", "tags": {"a": "b"}})
-            created[name] = time.monotonic()
-        ready = wait_all(models, model_names, created, is_ready, timeout=600)
-        results["registered_models"] = {"time_to_ready_seconds": summary(list(ready.values())),
-                                        "all_ready_after_seconds": round(time.monotonic() - burst, 2)}
-
-        results["rss_mib"]["after_load"] = round(rss_mib(pid), 1)
-        total = args.experiments + args.training_runs + args.models
-        cpu_before = cpu_seconds(pid)
-        time.sleep(args.idle_seconds)
-        idle_cpu = cpu_seconds(pid) - cpu_before
-        results["idle_drift_checks"] = {
-            "objects": total,
-            "seconds": args.idle_seconds,
-            "operator_cpu_percent_of_one_core": round(100 * idle_cpu / args.idle_seconds, 1),
-            "drift_interval_seconds": 10,
-        }
-        results["rss_mib"]["after_idle"] = round(rss_mib(pid), 1)
-        results["mlflow_calls"] = mlflow_latency()
-    finally:
-        core.delete_namespace(namespace)
+    results["rss_mib_idle_start"] = round(rss_mib(pid), 1)
+    tracking_uri = f"http://127.0.0.1:{json.loads((STATE / 'ports.json').read_text())['mlflow']}"
+    if args.training_runs:
+        results["floor"] = floor_dispatch(cluster, args.training_runs, tracking_uri)
+        results["operator"] = operator_dispatch(cluster, metrics, args.training_runs, args.closed_idle_seconds)
+        results["dispatch_ratio"] = round(results["operator"]["dispatch_seconds"]
+                                          / results["floor"]["dispatch_seconds"], 2)
+        results["rss_mib_after_runs"] = round(rss_mib(pid), 1)
+    if args.experiments or args.models:
+        results["synced"] = synced_objects(cluster, metrics, args.experiments, args.models, args.idle_seconds)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     results["recorded_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -196,26 +372,40 @@ def main() -> int:
 
 
 def render_markdown(r: dict) -> str:
-    e, t, m = r["experiments"], r["training_runs"], r["registered_models"]
-    rows = [
-        ("Experiments created at once", e["time_to_ready_seconds"]["n"], e["time_to_ready_seconds"], e["all_ready_after_seconds"]),
-        ("TrainingRuns created at once (create -> Succeeded)", t["create_to_succeeded_seconds"]["n"],
-         t["create_to_succeeded_seconds"], t["all_succeeded_after_seconds"]),
-        ("RegisteredModels created at once", m["time_to_ready_seconds"]["n"], m["time_to_ready_seconds"], m["all_ready_after_seconds"]),
-    ]
-    lines = [f"Recorded {r['recorded_at']} on {r['machine']['cpus']} CPUs, Python {r['machine']['python']}.", "",
-             "| burst | n | p50 s | p95 s | max s | all done after s |", "|---|---|---|---|---|---|"]
-    for label, n, s, total in rows:
-        lines.append(f"| {label} | {n} | {s['p50']} | {s['p95']} | {s['max']} | {total} |")
-    idle = r["idle_drift_checks"]
-    lines += ["", f"Operator memory (RSS): {r['rss_mib']['idle_start']} MiB at start, {r['rss_mib']['after_load']} MiB "
-              f"after the bursts, {r['rss_mib']['after_idle']} MiB after {idle['seconds']:.0f} s idle.",
-              f"Idle with {idle['objects']} objects and a {idle['drift_interval_seconds']} s drift interval: "
-              f"{idle['operator_cpu_percent_of_one_core']} % of one core.", "",
-              "| MLflow call | calls | mean ms |", "|---|---|---|"]
-    for op, stats in r["mlflow_calls"].items():
-        lines.append(f"| {op} | {stats['calls']} | {stats['mean_ms']} |")
-    return "\n".join(lines) + "\n"
+    lines = [f"Recorded {r['recorded_at']} on {r['machine']['cpus']} CPUs, Python {r['machine']['python']}; "
+             f"operator RSS {r['rss_mib_idle_start']} MiB at start.", ""]
+    if "operator" in r:
+        o, f, life = r["operator"], r["floor"], r["operator"]["lifecycle"]
+        n = r["arguments"]["training_runs"]
+        lines += [
+            f"**{n} TrainingRuns applied at once** (8 threads), beside a direct client doing the same work "
+            "with 8 threads (the floor):", "",
+            "| | operator s | floor s | ratio |", "|---|---|---|---|",
+            f"| dispatch (every run has its MLflow run and its Job) | {o['dispatch_seconds']} | "
+            f"{f['dispatch_seconds']} | {r['dispatch_ratio']} |",
+            f"| end to end (every run closed) | {o['end_to_end_seconds']} | {f['end_to_end_seconds']} | "
+            f"{round(o['end_to_end_seconds'] / f['end_to_end_seconds'], 2)} |", "",
+            f"Cost of one TrainingRun lifecycle (create -> Succeeded, no registration), from the operator's "
+            f"metrics: {life['mlflow_calls']} MLflow calls, {life['kubernetes_writes']} Kubernetes writes, "
+            f"{life['kubernetes_reads']} reads, {life['kubernetes_dry_runs']} dry runs, {life['events']} Events. "
+            f"MLflow calls for the {n} closed runs in {o['closed_runs_idle_seconds']:.0f} s afterwards: "
+            f"{o['mlflow_calls_for_closed_runs']}. RSS after: {r['rss_mib_after_runs']} MiB.", "",
+            "| call per run | count |", "|---|---|",
+            *(f"| {op} | {count} |" for op, count in life["by_operation"].items()), "",
+        ]
+    if "synced" in r:
+        s, idle = r["synced"], r["synced"]["idle"]
+        lines += [
+            f"**{s['experiments']['n']} Experiments** Ready after {s['experiments']['all_ready_after_seconds']} s, "
+            f"**{s['registeredmodels']['n']} RegisteredModels** after "
+            f"{s['registeredmodels']['all_ready_after_seconds']} s (applied at once). Then idle for "
+            f"{idle['seconds']:.0f} s with a {idle['drift_interval_seconds']} s drift interval: "
+            f"{idle['operator_cpu_percent_of_one_core']} % of one core, "
+            f"{idle['mlflow_calls_per_interval_per_100_objects']} MLflow calls per interval per 100 objects, "
+            f"{idle['kubernetes_writes_per_interval']} Kubernetes writes per interval; RSS "
+            f"{s['rss_mib_after_load']} MiB after the load, {s['rss_mib_after_idle']} MiB after idle.", "",
+        ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

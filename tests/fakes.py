@@ -161,6 +161,8 @@ class FakeMlflow:
         self.versions: dict[str, list[ModelVersionInfo]] = {}
         self._ids = itertools.count(1)
         self._clock = itertools.count(1_000)
+        # Reads worth counting (searches), in order.
+        self.calls: list[str] = []
 
     # ---- experiments
 
@@ -188,6 +190,7 @@ class FakeMlflow:
 
     async def find_runs_by_tag(self, target: TrackingTarget, experiment_id: str, key: str,
                                value: str) -> list[RunInfo]:
+        self.calls.append("find_runs_by_tag")
         found = [r for r in self.runs.values() if r.experiment_id == experiment_id and r.tags.get(key) == value]
         return sorted(found, key=lambda r: r.start_time or 0)
 

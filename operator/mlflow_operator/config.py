@@ -32,6 +32,7 @@ class OperatorConfig:
     mlflow_timeout: float = 10.0
     mlflow_max_retries: int = 2
     mlflow_concurrency: int = 8
+    kubernetes_concurrency: int = 16
     health_port: int = 8081
     metrics_port: int = 8080
     bind_address: str = "0.0.0.0"
@@ -119,6 +120,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="MLflow requests in flight at once (default 8)",
     )
     parser.add_argument(
+        "--kubernetes-concurrency", type=_number(int, 1, 128), default=_env("KUBERNETES_CONCURRENCY", "16"),
+        help="Kubernetes API requests of the operator's own client in flight at once (default 16)",
+    )
+    parser.add_argument(
         "--health-port", type=_PORT, default=_env("HEALTH_PORT", "8081"),
         help="port of the /healthz liveness and readiness endpoint (default 8081; 0 disables it)",
     )
@@ -181,6 +186,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         mlflow_timeout=args.mlflow_timeout,
         mlflow_max_retries=args.mlflow_max_retries,
         mlflow_concurrency=args.mlflow_concurrency,
+        kubernetes_concurrency=args.kubernetes_concurrency,
         health_port=args.health_port,
         metrics_port=args.metrics_port,
         bind_address=args.bind_address,

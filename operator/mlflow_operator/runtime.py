@@ -10,6 +10,7 @@ import kopf
 
 from mlflow_operator import __version__, metrics
 from mlflow_operator.api.common import GROUP, KINDS, OPERATOR_FINALIZER, VERSION
+from mlflow_operator.api.trainingrun import LABEL_TRAINING_RUN
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.handlers import register_handlers
 
@@ -60,6 +61,9 @@ def build_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings.posting.event_name_prefix = "mlflow-operator-"
     # Events into a namespace being deleted are refused; do not retry them for long.
     settings.posting.default_backoffs = (1, 3)
+    # Only training Jobs reach the operator: the API server filters the watch, so neither
+    # traffic nor memory grows with the cluster's other Jobs.
+    settings.watching.label_selectors[("batch", "v1", "jobs")] = LABEL_TRAINING_RUN
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30

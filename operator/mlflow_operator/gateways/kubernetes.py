@@ -11,18 +11,20 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, Mapping, TypeVar
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from mlflow_operator.api.common import GROUP, VERSION
 from mlflow_operator.cluster import ContainerExit, JobSnapshot, PodSnapshot
-from mlflow_operator.metrics import KUBERNETES_REQUESTS
+from mlflow_operator.logic import timestamps
+from mlflow_operator.metrics import KUBERNETES_REQUESTS, RECONCILING_KIND
 
 T = TypeVar("T")
 REQUEST_TIMEOUT = 30
@@ -54,9 +56,12 @@ def _load_configuration() -> client.Configuration:
     return configuration
 
 
-def _error(error: ApiException) -> KubernetesError:
-    import json
+def _json(response: Any) -> dict[str, Any]:
+    """The JSON of a reply read without the client's models (much less CPU per call)."""
+    return json.loads(response.data)
 
+
+def _error(error: ApiException) -> KubernetesError:
     message = error.reason or ""
     with contextlib.suppress(ValueError):  # a body that is not JSON: keep the reason
         message = json.loads(error.body or "{}").get("message") or message
@@ -65,7 +70,9 @@ def _error(error: ApiException) -> KubernetesError:
 
 class KubernetesGateway:
     def __init__(self, concurrency: int = 8, configuration: client.Configuration | None = None) -> None:
-        self._api = client.ApiClient(configuration or _load_configuration())
+        configuration = configuration or _load_configuration()
+        configuration.connection_pool_maxsize = concurrency  # one connection per thread
+        self._api = client.ApiClient(configuration)
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kube")
         self.core = client.CoreV1Api(self._api)
         self.batch = client.BatchV1Api(self._api)
@@ -85,7 +92,7 @@ class KubernetesGateway:
             outcome = str(error.status)
             raise _error(error) from None
         finally:
-            KUBERNETES_REQUESTS.labels(operation=operation, outcome=outcome).observe(time.perf_counter() - started)
+            KUBERNETES_REQUESTS.labels(kind=RECONCILING_KIND.get(), operation=operation, outcome=outcome).observe(time.perf_counter() - started)
 
     # ------------------------------------------------------------------ secrets
 
@@ -154,7 +161,8 @@ class KubernetesGateway:
         try:
             return job_snapshot(await self._call(
                 "read_job",
-                lambda: self.batch.read_namespaced_job(name, namespace, _request_timeout=REQUEST_TIMEOUT),
+                lambda: _json(self.batch.read_namespaced_job(name, namespace, _request_timeout=REQUEST_TIMEOUT,
+                                                             _preload_content=False)),
             ))
         except KubernetesError as error:
             if error.status == 404:
@@ -162,12 +170,12 @@ class KubernetesGateway:
             raise
 
     async def create_job(self, namespace: str, body: dict[str, Any], dry_run: bool = False) -> JobSnapshot:
-        kwargs: dict[str, Any] = {"_request_timeout": REQUEST_TIMEOUT}
+        kwargs: dict[str, Any] = {"_request_timeout": REQUEST_TIMEOUT, "_preload_content": False}
         if dry_run:
             kwargs["dry_run"] = "All"
         return job_snapshot(await self._call(
             "create_job_dry_run" if dry_run else "create_job",
-            lambda: self.batch.create_namespaced_job(namespace, body, **kwargs),
+            lambda: _json(self.batch.create_namespaced_job(namespace, body, **kwargs)),
         ))
 
     async def delete_job(self, namespace: str, name: str, propagation: str = "Background") -> bool:
@@ -270,33 +278,37 @@ class KubernetesGateway:
         return [pod_snapshot(pod) for pod in result.items]
 
 
+_SERIALIZER = client.ApiClient.__new__(client.ApiClient)  # sanitize_for_serialization needs no state
+
+
 def job_snapshot(job: Any) -> JobSnapshot:
-    """What the operator reads from a V1Job: identity, bookkeeping, progress and how it ended."""
-    status, metadata = job.status, job.metadata
-    conditions = (status.conditions if status else None) or []
+    """What the operator reads from a Job (a V1Job, or the JSON of a watch event or a raw
+    reply): identity, bookkeeping, progress and how it ended."""
+    manifest: Mapping[str, Any] = job if isinstance(job, Mapping) else _SERIALIZER.sanitize_for_serialization(job)
+    metadata, status = manifest.get("metadata") or {}, manifest.get("status") or {}
+    conditions = status.get("conditions") or []
     finished = None
+    finish_time = timestamps.parse(status.get("completionTime"))
     for condition in conditions:
-        if condition.type in ("Complete", "Failed") and condition.status == "True":
-            finished = (condition.type, condition.reason or "", condition.message or "")
-    finish_time = status.completion_time if status else None
-    if finished and finished[0] == "Failed":
-        finish_time = next((c.last_transition_time for c in conditions
-                            if c.type == "Failed" and c.status == "True"), None)
+        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
+            finished = (condition["type"], condition.get("reason") or "", condition.get("message") or "")
+            if condition["type"] == "Failed":
+                finish_time = timestamps.parse(condition.get("lastTransitionTime"))
     return JobSnapshot(
-        uid=metadata.uid,
-        owner_uids=frozenset(ref.uid for ref in metadata.owner_references or []),
-        name=metadata.name or "",
-        namespace=metadata.namespace or "",
-        labels=dict(metadata.labels or {}),
-        active=(status.active if status else 0) or 0,
-        ready=(status.ready if status else 0) or 0,
-        succeeded=(status.succeeded if status else 0) or 0,
-        failed=(status.failed if status else 0) or 0,
+        uid=metadata.get("uid", ""),
+        owner_uids=frozenset(ref.get("uid") for ref in metadata.get("ownerReferences") or []),
+        name=metadata.get("name") or "",
+        namespace=metadata.get("namespace") or "",
+        labels=dict(metadata.get("labels") or {}),
+        active=status.get("active") or 0,
+        ready=status.get("ready") or 0,
+        succeeded=status.get("succeeded") or 0,
+        failed=status.get("failed") or 0,
         finished=finished,
-        start_time=status.start_time if status else None,
+        start_time=timestamps.parse(status.get("startTime")),
         completion_time=finish_time,
-        deleting=metadata.deletion_timestamp is not None,
-        finalizers=tuple(metadata.finalizers or ()),
+        deleting=metadata.get("deletionTimestamp") is not None,
+        finalizers=tuple(metadata.get("finalizers") or ()),
     )
 
 

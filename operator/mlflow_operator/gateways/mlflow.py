@@ -24,7 +24,7 @@ from mlflow.store.model_registry.rest_store import RestStore as RegistryRestStor
 from mlflow.store.tracking.rest_store import RestStore as TrackingRestStore
 from mlflow.utils.rest_utils import MlflowHostCreds
 
-from mlflow_operator.metrics import MLFLOW_REQUESTS
+from mlflow_operator.metrics import MLFLOW_REQUESTS, RECONCILING_KIND
 from mlflow_operator.servers import Origin, describe_origin, origin_of
 from mlflow_operator.tracking import (
     AlreadyExists,
@@ -204,7 +204,7 @@ class MlflowGateway:
                 raise translated from None
             raise
         finally:
-            MLFLOW_REQUESTS.labels(operation=operation, outcome=outcome).observe(time.perf_counter() - started)
+            MLFLOW_REQUESTS.labels(kind=RECONCILING_KIND.get(), operation=operation, outcome=outcome).observe(time.perf_counter() - started)
 
     # ------------------------------------------------------------------ experiments
 

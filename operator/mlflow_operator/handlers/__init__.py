@@ -17,6 +17,7 @@ from mlflow_operator.gateways.kubernetes import KubernetesGateway
 from mlflow_operator.gateways.mlflow import MlflowGateway
 from mlflow_operator.handlers import experiment, registeredmodel, trainingrun
 from mlflow_operator.reconcilers.common import Services
+from mlflow_operator.watched import Watched
 
 logger = logging.getLogger("mlflow_operator")
 
@@ -53,12 +54,14 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -
         return in_cluster_connection() or kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(registry=registry)
-    async def start_services(memo: kopf.Memo, **_: Any) -> None:
-        memo["locks"] = {}
+    async def start_services(memo: kopf.Memo, **kwargs: Any) -> None:
+        memo["objects"] = {}
         memo["services"] = Services(
             config=config,
             mlflow=MlflowGateway(concurrency=config.mlflow_concurrency),
-            kube=KubernetesGateway(concurrency=config.mlflow_concurrency),
+            kube=KubernetesGateway(concurrency=config.kubernetes_concurrency),
+            # kopf passes its indices by id; they fill from the watches before any handler runs.
+            watched=Watched(jobs=kwargs["training_jobs"], experiments=kwargs["experiments_by_name"]),
         )
         if config.heartbeat_file:
             memo["heartbeat"] = asyncio.create_task(heartbeat.beat_forever(Path(config.heartbeat_file)))

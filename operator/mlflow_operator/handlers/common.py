@@ -10,9 +10,11 @@ a patch applied after the lock is released could overwrite what a later reconcil
 from __future__ import annotations
 
 import asyncio
+import copy
+import random
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Generic
 
 from mlflow_operator.api.common import GROUP, VERSION, ObjectIdentity
@@ -30,7 +32,7 @@ from mlflow_operator.logic.conditions import (
     progressing,
     stalled,
 )
-from mlflow_operator.metrics import RECONCILE_DURATION, RECONCILES
+from mlflow_operator.metrics import EVENTS, RECONCILE_DURATION, RECONCILES, reconciling
 from mlflow_operator.reconcilers.common import Context, Event, Result, Services, SpecT, StatusWriter, parse_spec
 from mlflow_operator.tracking import TrackingError, TrackingUnauthorized, TrackingUnavailable
 
@@ -57,18 +59,33 @@ def services_of(memo: Any) -> Services:
     return memo["services"]
 
 
+@dataclass
+class ObjectState:
+    """What the operator keeps in memory per object: one reconcile at a time (shared by its
+    change handlers, its timer and handlers of other resources, e.g. a Job's events), and
+    the resourceVersion of its own last status write."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    written_version: str | None = None
+    # Whether this object's timer has been shifted by a random part of its interval.
+    dephased: bool = False
+
+
+def object_state(memo: Any, uid: str) -> ObjectState:
+    objects: dict[str, ObjectState] = memo["objects"]
+    state = objects.get(uid)
+    if state is None:
+        state = objects[uid] = ObjectState()
+    return state
+
+
 def object_lock(memo: Any, uid: str) -> asyncio.Lock:
-    """One reconcile at a time per object, shared by its change handlers, its drift timer
-    and handlers of other resources (a Job's events reconcile its TrainingRun)."""
-    locks: dict[str, asyncio.Lock] = memo["locks"]
-    lock = locks.get(uid)
-    if lock is None:
-        lock = locks[uid] = asyncio.Lock()
-    return lock
+    return object_state(memo, uid).lock
 
 
 def forget_object(memo: Any, uid: str) -> None:
-    memo["locks"].pop(uid, None)
+    memo["objects"].pop(uid, None)
+    services_of(memo).handled_jobs.forget(uid)
 
 
 def retry_delay(retry: int, cap: float) -> float:
@@ -101,9 +118,36 @@ def replace_maps(before: dict[str, Any], update: dict[str, Any]) -> dict[str, An
     return result
 
 
+def unchanged(status: dict[str, Any], patch: dict[str, Any]) -> bool:
+    """Whether a merge patch would leave `status` as it is."""
+    for key, value in patch.items():
+        if value is None:
+            if key in status:
+                return False
+        elif isinstance(value, dict) and isinstance(status.get(key), dict):
+            if not unchanged(status[key], value):
+                return False
+        elif status.get(key) != value:
+            return False
+    return True
+
+
 def post_events(body: Any, events: list[Event]) -> None:
     for type_, reason, message in events:
+        EVENTS.labels(kind=body.get("kind", ""), type=type_).inc()
         kopf.event(body, type=type_, reason=reason, message=message[:1024])
+
+
+async def dephase(memo: Any, uid: str, interval: float, stopped: kopf.DaemonStopped) -> bool:
+    """Objects seen at once (all of them, when the operator starts) would have their timers
+    fire together every interval: the first tick of each waits a random part of it (instead
+    of a whole interval), and later ticks keep that phase. True if the timer was stopped
+    meanwhile (the object is being deleted): the tick does nothing."""
+    state = object_state(memo, uid)
+    if not state.dephased:
+        state.dephased = True
+        await stopped.wait(random.uniform(0, interval))
+    return bool(stopped)
 
 
 def drift_check_due(body: Any, memo: Any) -> bool:
@@ -138,48 +182,73 @@ async def reconcile_and_report(
     Returns None when the object is gone.
     """
     services = services_of(memo)
-    metadata = body["metadata"]
-    async with object_lock(memo, metadata["uid"]):
-        for attempt in range(STALE_READ_ATTEMPTS):
-            try:
-                outcome = await _reconcile_once(kind, metadata, services, logger, drift_check)
-                break
-            except KubernetesError as error:
-                if error.status != 409 or attempt == STALE_READ_ATTEMPTS - 1:
-                    raise
-                logger.info("status changed while reconciling; reconciling again from a fresh read")
-        if outcome is None:
-            return None
+    with reconciling(kind.name):
+        outcome = await _reconcile_locked(kind, body, services, memo, logger, drift_check)
+    if outcome is None:
+        return None
     if outcome.state == "progressing" and retry is not None and not outcome.awaited:
         raise kopf.TemporaryError(f"{outcome.reason}: {outcome.message}",
                                   delay=retry_delay(retry, services.config.drift_interval))
     return outcome
 
 
-async def _reconcile_once(kind: Kind[Any], metadata: Any, services: Services,
+async def _reconcile_locked(kind: Kind[Any], body: Any, services: Services, memo: Any,
+                            logger: logging.Logger | logging.LoggerAdapter, drift_check: bool) -> Outcome | None:
+    state = object_state(memo, body["metadata"]["uid"])
+    async with state.lock:
+        for attempt in range(STALE_READ_ATTEMPTS):
+            try:
+                # The body of a watch event is as fresh as a read, unless this operator wrote
+                # status since it was sent; after a conflict, always read.
+                current = body if attempt == 0 and _is_current(body, state) else None
+                outcome = await _reconcile_once(kind, body["metadata"], current, state, services, logger,
+                                                drift_check)
+                break
+            except KubernetesError as error:
+                if error.status != 409 or attempt == STALE_READ_ATTEMPTS - 1:
+                    raise
+                logger.info("status changed while reconciling; reconciling again from a fresh read")
+    return outcome
+
+
+def _is_current(body: Any, state: ObjectState) -> bool:
+    """Whether a handler's body is a whole object as recent as this operator's last write
+    (a Job's event or a wake-up passes only the object's name and uid)."""
+    metadata = body.get("metadata") or {}
+    if "spec" not in body or not metadata.get("resourceVersion"):
+        return False
+    return state.written_version is None or state.written_version == metadata["resourceVersion"]
+
+
+async def _reconcile_once(kind: Kind[Any], metadata: Any, current: Any, state: ObjectState, services: Services,
                           logger: logging.Logger | logging.LoggerAdapter, drift_check: bool) -> Outcome | None:
     namespace, name = metadata["namespace"], metadata["name"]
-    fresh = await services.kube.get_object(kind.plural, namespace, name)
+    fresh = current if current is not None else await services.kube.get_object(kind.plural, namespace, name)
     if fresh is None or fresh["metadata"]["uid"] != metadata["uid"]:
         return None
     if fresh["metadata"].get("deletionTimestamp"):
         return None  # the delete handler owns it now
-    writer = StatusWriter(services.kube, kind.plural, namespace, name, fresh["metadata"].get("resourceVersion"))
+    writer = StatusWriter(services.kube, kind.plural, namespace, name, fresh["metadata"].get("resourceVersion"),
+                          on_write=lambda version: setattr(state, "written_version", version))
     started = time.perf_counter()
-    status_before = dict(fresh.get("status") or {})
+    status_before = copy.deepcopy(dict(fresh.get("status") or {}))
     ctx: Context[Any] | None = None
     try:
         ctx = Context(services, ObjectIdentity.from_body(fresh), parse_spec(kind.parse, fresh.get("spec")),
-                      dict(status_before), writer, drift_check=drift_check)
+                      dict(status_before), writer, drift_check=drift_check,
+                      created_at=timestamps.parse(fresh["metadata"].get("creationTimestamp")))
         result = await kind.reconcile(ctx)
-        outcome, status_update, events = result.outcome, dict(result.status), [*ctx.events, *result.events]
+        outcome, events = result.outcome, [*ctx.events, *result.events]
+        status_update = {**ctx.recorded, **result.status}
     except KubernetesError as error:
         if error.status == 409:
             raise  # decided on a stale read: start again
-        outcome, status_update = outcome_for_error(error), kind.status_on_error(status_before)
+        outcome = outcome_for_error(error)
+        status_update = {**(ctx.recorded if ctx else {}), **kind.status_on_error(status_before)}
         events = list(ctx.events) if ctx else []
     except (ReconcileProblem, TrackingError) as error:
-        outcome, status_update = outcome_for_error(error), kind.status_on_error(status_before)
+        outcome = outcome_for_error(error)
+        status_update = {**(ctx.recorded if ctx else {}), **kind.status_on_error(status_before)}
         events = list(ctx.events) if ctx else []
     except Exception:
         RECONCILES.labels(kind=kind.name, outcome="error").inc()
@@ -187,10 +256,22 @@ async def _reconcile_once(kind: Kind[Any], metadata: Any, services: Services,
     finally:
         RECONCILE_DURATION.labels(kind=kind.name).observe(time.perf_counter() - started)
 
+    await _report(kind, fresh, status_before, ctx.stored if ctx else status_before, outcome, status_update, events,
+                  writer, logger)
+    return outcome
+
+
+async def _report(kind: Kind[Any], fresh: Any, status_before: dict[str, Any], stored: dict[str, Any],
+                  outcome: Outcome, status_update: dict[str, Any], events: list[Event], writer: StatusWriter,
+                  logger: logging.Logger | logging.LoggerAdapter) -> None:
+    """Write the outcome to status (`stored`: as read, and what checkpoints wrote), post the
+    Events, count and log it."""
     generation = fresh["metadata"].get("generation")
     conditions = apply_outcome(status_before.get("conditions"), outcome, generation, managed_extra=kind.managed_extra)
     status_update.update(conditions=conditions, observedGeneration=generation)
-    await writer.write(replace_maps(status_before, status_update))
+    patch = replace_maps(stored, status_update)
+    if not unchanged(stored, patch):  # an idempotent reconcile writes nothing
+        await writer.write(patch)
     # A problem is an Event when it starts; expected progress (JobPending, Running, waiting for
     # an Experiment applied together) shows in the conditions and the log only.
     if not outcome.is_ready and not outcome.expected and changed_reason(status_before.get("conditions"), conditions):
@@ -204,7 +285,6 @@ async def _reconcile_once(kind: Kind[Any], metadata: Any, services: Services,
         RECONCILES.labels(kind=kind.name, outcome=outcome.state).inc()
         log = logger.info if outcome.expected else logger.warning
         log("%s: %s", outcome.reason, outcome.message)
-    return outcome
 
 
 DELETE_TIMEOUT_SECONDS = 3600  # our own budget below lets go first
@@ -232,8 +312,10 @@ def register_synced_kind(
     async def changed(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
         await run(body, memo, logger, retry)
 
-    @kopf.timer(*resource, id="drift", interval=config.drift_interval, initial_delay=config.drift_interval, registry=registry)
-    async def drift(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    @kopf.timer(*resource, id="drift", interval=config.drift_interval, registry=registry)
+    async def drift(body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:
+        if await dephase(memo, body["metadata"]["uid"], config.drift_interval, kwargs["stopped"]):
+            return
         if drift_check_due(body, memo):
             await run(body, memo, logger, None)
 
@@ -263,24 +345,25 @@ async def delete_and_report(
     that deleting an object or a whole namespace never hangs on MLflow."""
     services = services_of(memo)
     metadata = body["metadata"]
-    async with object_lock(memo, metadata["uid"]):
-        fresh = await services.kube.get_object(plural, metadata["namespace"], metadata["name"]) or body
-        try:
-            event = await delete(services, fresh)
-        except (ReconcileProblem, TrackingError, KubernetesError) as error:
-            outcome = outcome_for_error(error)
-            spent = timestamps.seconds_since(fresh["metadata"].get("deletionTimestamp"))
-            if cleanup_keeps_trying(outcome, spent, budget_seconds):
-                if retry == 0:
-                    post_events(fresh, [("Normal" if outcome.expected else "Warning",
-                                         outcome.reason if outcome.expected else "DeleteFailed", outcome.message)])
-                raise kopf.TemporaryError(f"{what}: {outcome.message}",
-                                          delay=retry_delay(retry, services.config.drift_interval)) from None
-            event = ("Warning", "CleanupAbandoned",
-                     f"{what} gave up, MLflow left as it is: {outcome.reason}: {outcome.message}")
-    if event:
-        post_events(fresh, [event])
-        (logger.warning if event[0] == "Warning" else logger.info)(event[2])
+    with reconciling(body.get("kind", "")):
+        async with object_lock(memo, metadata["uid"]):
+            fresh = await services.kube.get_object(plural, metadata["namespace"], metadata["name"]) or body
+            try:
+                event = await delete(services, fresh)
+            except (ReconcileProblem, TrackingError, KubernetesError) as error:
+                outcome = outcome_for_error(error)
+                spent = timestamps.seconds_since(fresh["metadata"].get("deletionTimestamp"))
+                if cleanup_keeps_trying(outcome, spent, budget_seconds):
+                    if retry == 0:
+                        post_events(fresh, [("Normal" if outcome.expected else "Warning",
+                                             outcome.reason if outcome.expected else "DeleteFailed", outcome.message)])
+                    raise kopf.TemporaryError(f"{what}: {outcome.message}",
+                                              delay=retry_delay(retry, services.config.drift_interval)) from None
+                event = ("Warning", "CleanupAbandoned",
+                         f"{what} gave up, MLflow left as it is: {outcome.reason}: {outcome.message}")
+        if event:
+            post_events(fresh, [event])
+            (logger.warning if event[0] == "Warning" else logger.info)(event[2])
     forget_object(memo, metadata["uid"])
 
 

@@ -15,14 +15,16 @@ from mlflow_operator.handlers.common import (
     DELETE_TIMEOUT_SECONDS,
     Kind,
     delete_and_report,
+    dephase,
     drift_check_due,
     reconcile_and_report,
     services_of,
 )
-from mlflow_operator.logic.conditions import ReconcileProblem
+from mlflow_operator.cluster import JobSnapshot
+from mlflow_operator.gateways.kubernetes import job_snapshot
+from mlflow_operator.logic import trainingrun as logic
 from mlflow_operator.logic.trainingrun import JOB_FINALIZER
 from mlflow_operator.reconcilers.trainingrun import (
-    is_closed,
     kill_training_run,
     parse_spec,
     reconcile_training_run,
@@ -39,22 +41,33 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     async def training_run_changed(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
         await _reconcile(body, memo, logger, retry=retry)
 
-    @kopf.timer(*resource, id="refresh", interval=config.drift_interval, initial_delay=config.drift_interval,
-                when=not_closed, registry=registry)
-    async def training_run_refresh(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    @kopf.timer(*resource, id="refresh", interval=config.drift_interval,
+                when=needs_refresh, registry=registry)
+    async def training_run_refresh(body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:
         """Live metrics while Running, and another try at whatever is left after the Job's
         last event (closing the run or registering the model after an MLflow outage)."""
+        if await dephase(memo, body["metadata"]["uid"], config.drift_interval, kwargs["stopped"]):
+            return
         if drift_check_due(body, memo):
             await _reconcile(body, memo, logger, retry=None, refresh_metrics=True)
 
+    # Training Jobs only, selected by the API server (settings.watching.label_selectors).
     @kopf.on.event("batch", "v1", "jobs", id="job", labels={LABEL_TRAINING_RUN: kopf.PRESENT}, registry=registry)
-    async def job_changed(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    async def job_changed(body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:
         owner = next((ref for ref in body["metadata"].get("ownerReferences") or []
                       if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION), None)
         if owner is None:
             return
-        if await _release_orphan(body, owner, memo):
+        job = job_snapshot(body)
+        closed: kopf.Index = kwargs["training_runs_closed"]
+        known = closed.get(owner["uid"])
+        if known is None:  # its TrainingRun is gone
+            await _release_orphan(job, memo)
             return
+        handled = services_of(memo).handled_jobs
+        signature = handled.signature(job, logic.phase_of(job))
+        if handled.handled(owner["uid"], signature) or ("closed" in known and not job.deleting):
+            return  # nothing the operator records changed; a closed run's Job is done
         # Enough to find the owner: the reconcile reads it fresh (and skips it if it is gone,
         # replaced, or being deleted).
         owner_ref = {"metadata": {"namespace": body["metadata"]["namespace"], "name": owner["name"],
@@ -67,6 +80,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
                                 delete=kill_training_run, what="closing the run")
 
     kopf.index(*resource, id="waiting_for_experiment", registry=registry)(waiting_for_experiment)
+    kopf.index(*resource, id="training_runs_closed", registry=registry)(training_run_closed)
+    kopf.index("batch", "v1", "jobs", id="training_jobs", labels={LABEL_TRAINING_RUN: kopf.PRESENT},
+               registry=registry)(training_job)
     kopf.on.event(GROUP, VERSION, EXPERIMENTS, id="wake_training_runs", when=experiment_ready,
                   registry=registry)(experiment_became_ready)
 
@@ -89,22 +105,24 @@ async def experiment_became_ready(*, body: kopf.Body, memo: Any, logger: Any, **
         await _reconcile({"metadata": {"namespace": namespace, **waiting}}, memo, logger, retry=None)
 
 
-async def _release_orphan(job: Any, owner: dict[str, Any], memo: kopf.Memo) -> bool:
+async def _release_orphan(job: JobSnapshot, memo: kopf.Memo) -> None:
     """A Job that ended while its TrainingRun is gone has no outcome to record: let it go.
-    (While the TrainingRun is being deleted, its delete handler lets the Job go.)"""
-    metadata = job["metadata"]
-    if JOB_FINALIZER not in (metadata.get("finalizers") or []):
-        return False
-    finished = any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-                   for c in (job.get("status") or {}).get("conditions") or [])
-    if not (finished or metadata.get("deletionTimestamp")):
-        return False
-    kube = services_of(memo).kube
-    training_run = await kube.get_object(PLURAL, metadata["namespace"], owner["name"])
-    if training_run is not None and training_run["metadata"]["uid"] == owner["uid"]:
-        return False
-    await kube.remove_job_finalizer(metadata["namespace"], metadata["name"], JOB_FINALIZER)
-    return True
+    (While the TrainingRun is being deleted, its delete handler lets the Job go; a running
+    Job is deleted by the garbage collector, and comes back here being deleted.)"""
+    if JOB_FINALIZER in job.finalizers and job.ended:
+        await services_of(memo).kube.remove_job_finalizer(job.namespace, job.name, JOB_FINALIZER)
+
+
+def training_run_closed(body: kopf.Body, **_: Any) -> dict[str, str]:
+    """Every TrainingRun by uid: whether it is closed. A Job's events need no read to know
+    whether its TrainingRun still exists or has anything left to do."""
+    return {body["metadata"]["uid"]: "open" if needs_job_events(body) else "closed"}
+
+
+def training_job(body: kopf.Body, **_: Any) -> dict[tuple[str, str], JobSnapshot]:
+    """Training Jobs as the watch last saw them (services.watched): reconciles read no Job."""
+    job = job_snapshot(body)
+    return {(job.namespace, job.name): job}
 
 
 def experiment_ready(body: kopf.Body, **_: Any) -> bool:
@@ -113,11 +131,25 @@ def experiment_ready(body: kopf.Body, **_: Any) -> bool:
         c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
-def not_closed(body: kopf.Body, **_: Any) -> bool:
-    try:
-        return not is_closed(parse_spec(body.get("spec")), dict(body.get("status") or {}))
-    except ReconcileProblem:
-        return False  # an invalid spec waits for a change, not for the timer
+def needs_job_events(body: Any) -> bool:
+    """Not closed yet. Called on every event of every TrainingRun: reads two fields, parses
+    nothing (a spec the operator cannot use is never closed)."""
+    registers_model = (body.get("spec") or {}).get("registerModel") is not None
+    return not logic.is_closed(body.get("status") or {}, registers_model)
+
+
+# Stalled for these, a run waits for its spec to change (the update handler), or for the
+# operator's configuration (a restart resumes every object): no timer.
+WAITS_FOR_SPEC = ("InvalidSpec", "InvalidTemplate", "TrackingServerNotAllowed")
+
+
+def needs_refresh(body: kopf.Body, **_: Any) -> bool:
+    """Open runs are refreshed (live metrics, what is left after an outage, a model logged
+    late); closed ones and those only a new spec can fix are not polled."""
+    status = body.get("status") or {}
+    stalled_on_spec = any(c.get("type") == "Stalled" and c.get("status") == "True"
+                          and c.get("reason") in WAITS_FOR_SPEC for c in status.get("conditions") or [])
+    return needs_job_events(body) and not stalled_on_spec
 
 
 def _pending_until_started(status: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, TypeVar
@@ -15,6 +17,7 @@ from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progress
 from mlflow_operator.logic.target import choose_target, credentials_from_secret
 from mlflow_operator.servers import Credentials
 from mlflow_operator.tracking import TrackingTarget
+from mlflow_operator.watched import HandledJobs, Watched
 
 
 class RememberedCredentials:
@@ -54,6 +57,12 @@ class Services:
     mlflow: MlflowGateway
     kube: KubernetesGateway
     remembered: RememberedCredentials = field(default_factory=RememberedCredentials)
+    # What the watches have seen (kopf indices); without them, reads through `kube`.
+    watched: Watched = field(default_factory=Watched)
+    handled_jobs: HandledJobs = field(default_factory=HandledJobs)
+    # When this process started, and the TrainingRuns it has tried to create a run for.
+    started_at: float = field(default_factory=time.time)
+    run_attempts: set[str] = field(default_factory=set)
 
 
 class StatusWriter:
@@ -61,14 +70,17 @@ class StatusWriter:
     decided on a stale read (another replica, an older event) gets 409 instead of landing."""
 
     def __init__(self, kube: KubernetesGateway, plural: str, namespace: str, name: str,
-                 resource_version: str | None) -> None:
+                 resource_version: str | None, on_write: Callable[[str], None] | None = None) -> None:
         self._kube, self._plural, self._namespace, self._name = kube, plural, namespace, name
         self.resource_version = resource_version
+        self._on_write = on_write
 
     async def write(self, fields: dict[str, Any]) -> None:
         self.resource_version = await self._kube.patch_status(
             self._plural, self._namespace, self._name, fields, resource_version=self.resource_version
         )
+        if self._on_write and self.resource_version:
+            self._on_write(self.resource_version)
 
 
 # --------------------------------------------------------------------------- the reconcile contract
@@ -99,16 +111,36 @@ class Context(Generic[SpecT]):
     writer: StatusWriter
     # A periodic check (drift timer, live metrics) rather than a change.
     drift_check: bool = False
+    # metadata.creationTimestamp.
+    created_at: dt.datetime | None = None
     # Deleting: credentials remembered from a Secret that is gone may be used.
     cleanup: bool = False
     # Events of steps already done: posted even if a later step fails.
     events: list[Event] = field(default_factory=list)
+    # Status fields recorded by steps done, written with the outcome at the latest.
+    recorded: dict[str, Any] = field(default_factory=dict)
+
+    # The status as stored in the API server: as read, plus what checkpoints wrote.
+    stored: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.stored = dict(self.status)
+
+    def record(self, fields: dict[str, Any]) -> None:
+        """Status fields of a step done, written with the next checkpoint or the outcome,
+        whatever happens next: for what a crash before that write can find again elsewhere
+        (a run by its uid tag, a Job by its name and the run id it carries)."""
+        self.recorded.update(fields)
+        self.status = {**self.status, **fields}
 
     async def checkpoint(self, fields: dict[str, Any]) -> None:
-        """Write status fields now, before the next external step depends on them (the
-        write-ahead record: a crash after the next step finds them)."""
-        await self.writer.write(fields)
+        """Write status fields now (and whatever was recorded), before the next external step
+        depends on them (the write-ahead record: a crash after the next step finds them)."""
+        written = {**self.recorded, **fields}
+        await self.writer.write(written)
+        self.recorded.clear()
         self.status = {**self.status, **fields}
+        self.stored = {**self.stored, **written}
 
     def event(self, type_: str, reason: str, message: str) -> None:
         self.events.append((type_, reason, message))

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from mlflow_operator.api.common import TAG_UID, ObjectIdentity, TrackingSpec
-from mlflow_operator.api.experiment import PLURAL as EXPERIMENTS
 from mlflow_operator.api.trainingrun import LABEL_RUN_ID, PLURAL, TrainingRunSpec
 from mlflow_operator.cluster import JobSnapshot
 from mlflow_operator.gateways.kubernetes import KubernetesError
@@ -73,22 +72,43 @@ async def reconcile_training_run(ctx: Context[TrainingRunSpec]) -> Result:
     live metrics while it runs."""
     services, identity, status, spec = ctx.services, ctx.identity, ctx.status, ctx.spec
     registers_model = spec.register_model is not None
-    # A closed run needs nothing from its Job (which may be long gone): no read.
-    job = None if logic.is_closed(status, registers_model) else await services.kube.get_job(
-        identity.namespace, identity.name)
+    if status.get("runId"):
+        services.run_attempts.discard(identity.uid)  # recorded: memory not needed any more
+    job = await _observed_job(ctx, registers_model)
     stage = logic.stage_of(status, job, registers_model)
-    return await STEPS[stage](ctx, job, ctx.drift_check)
+    result = await STEPS[stage](ctx, job, ctx.drift_check)
+    if job is not None and job.uid == ctx.status.get("jobUid"):
+        services.handled_jobs.record(identity.uid, services.handled_jobs.signature(job, logic.phase_of(job)))
+    return result
+
+
+async def _observed_job(ctx: Context[TrainingRunSpec], registers_model: bool) -> JobSnapshot | None:
+    """The run's Job as the watch last saw it. When status names a Job the watch has not
+    seen (yet), it is read, so a Job is never taken for lost on a watch's delay."""
+    kube, identity = ctx.services.kube, ctx.identity
+    job = await ctx.services.watched.job(kube, identity.namespace, identity.name)
+    known = ctx.status.get("jobUid")
+    if known and (job is None or job.uid != known) and not logic.is_closed(ctx.status, registers_model):
+        job = await kube.get_job(identity.namespace, identity.name)
+    return job
+
+
+async def _let_deleted_job_go(ctx: Context[TrainingRunSpec], job: JobSnapshot | None) -> None:
+    """The Job's outcome is recorded: if the Job is being deleted (a TTL, by hand), its
+    finalizer has done its work. Otherwise it stays until the TrainingRun is deleted."""
+    if job is not None and job.uid == ctx.status.get("jobUid") and job.deleting \
+            and logic.JOB_FINALIZER in job.finalizers:
+        await ctx.services.kube.remove_job_finalizer(ctx.identity.namespace, ctx.identity.name, logic.JOB_FINALIZER)
 
 
 async def _closed(ctx: Context[TrainingRunSpec], job: JobSnapshot | None, refresh_metrics: bool) -> Result:
+    await _let_deleted_job_go(ctx, job)
     return Result(outcome_of_closed(ctx.status))
 
 
 async def _closing(ctx: Context[TrainingRunSpec], job: JobSnapshot | None, refresh_metrics: bool) -> Result:
-    """The Job's outcome is recorded: what is left happens in MLflow and needs no Job (a
-    restart right after recording it may have left the Job's finalizer on)."""
-    if job is not None and job.uid == ctx.status.get("jobUid") and logic.JOB_FINALIZER in job.finalizers:
-        await ctx.services.kube.remove_job_finalizer(ctx.identity.namespace, ctx.identity.name, logic.JOB_FINALIZER)
+    """The Job's outcome is recorded: what is left happens in MLflow and needs no Job."""
+    await _let_deleted_job_go(ctx, job)
     return await _finish(ctx, await _resolve(ctx))
 
 
@@ -110,6 +130,7 @@ async def _starting(ctx: Context[TrainingRunSpec], job: JobSnapshot | None, refr
     run = await _ensure_run(ctx, resolved, job, events)
     job = await _ensure_job(ctx, resolved, run, job, events)
     if job is None:  # deleted, finalizer and all, before its outcome was recorded
+        await ctx.checkpoint({})
         result = await _job_lost(ctx, resolved)
     elif job.ended:
         result = await _job_ended(ctx, job, resolved)
@@ -136,7 +157,7 @@ async def _experiment_object(ctx: Context[TrainingRunSpec]) -> dict[str, Any] | 
     ref = ctx.spec.experiment_ref
     if ref is None:
         return None
-    return await ctx.services.kube.get_object(EXPERIMENTS, ctx.identity.namespace, ref.name)
+    return await ctx.services.watched.experiment(ctx.services.kube, ctx.identity.namespace, ref.name)
 
 
 def _tracking_for(spec: TrainingRunSpec, experiment_obj: dict[str, Any] | None) -> TrackingSpec | None:
@@ -230,6 +251,23 @@ async def _experiment_by_name(ctx: Context[TrainingRunSpec], target: TrackingTar
 # --------------------------------------------------------------------------- run
 
 
+# Allowance for the clocks of the API server (creationTimestamp) and the operator's host.
+CLOCK_MARGIN_SECONDS = 30
+
+
+def no_run_can_exist(ctx: Context[TrainingRunSpec]) -> bool:
+    """Whether this object cannot have an MLflow run yet, so starting it needs no search by
+    its uid tag: it was created after this process started, and this process has not tried
+    to create its run. Without peering only one process works at a time (the chart's
+    Recreate strategy), so no other one can have tried since. With peering, a standby that
+    takes over did not see what the active replica did: it always searches. Should a twin
+    appear anyway, closing the run finds and deletes it."""
+    services = ctx.services
+    if services.config.peering is not None or ctx.created_at is None or ctx.identity.uid in services.run_attempts:
+        return False
+    return ctx.created_at.timestamp() > services.started_at + CLOCK_MARGIN_SECONDS
+
+
 def _job_run_id(job: JobSnapshot | None, identity: ObjectIdentity) -> str | None:
     """The MLflow run a Job of this object was started for (from its label)."""
     if job is None or not job.owned_by(identity.uid):
@@ -251,22 +289,22 @@ async def _ensure_run(ctx: Context[TrainingRunSpec], resolved: Resolved, job: Jo
             raise ReconcileProblem(stalled("Conflict", f"MLflow run {known} is not tagged as this object's run"))
     else:
         in_job = _job_run_id(job, identity)
-        runs = await mlflow.find_runs_by_tag(target, resolved.experiment_id, TAG_UID, identity.uid)
+        runs = [] if in_job is None and no_run_can_exist(ctx) else await mlflow.find_runs_by_tag(
+            target, resolved.experiment_id, TAG_UID, identity.uid)
         run, duplicates = logic.canonical_run(runs, in_job)
         if run is None:
             await _check_job_template(ctx, resolved)
+            ctx.services.run_attempts.add(identity.uid)
             run = await mlflow.create_run(
                 target, resolved.experiment_id, logic.run_name(ctx.spec, identity),
                 logic.run_tags(ctx.spec, identity, logic.first_image(ctx.spec.template)),
                 start_time_ms=int(time.time() * 1000),
             )
-            # A POST retried by the client can leave a twin: settle on the oldest now.
-            runs = await mlflow.find_runs_by_tag(target, resolved.experiment_id, TAG_UID, identity.uid)
-            run, duplicates = logic.canonical_run(runs, None) if runs else (run, [])
-            assert run is not None
-        # Recorded before anything else happens, so no later step can create a second run;
-        # the write fails (409) if another reconcile recorded one since this one read.
-        await ctx.checkpoint({
+            # A POST retried by the client can leave a twin: closing the run finds it.
+        # Written with the Job's uid: until then, the run is found again by its uid tag,
+        # and once the Job exists, by the run id the Job carries. The write fails (409) if
+        # another reconcile recorded a run since this one read.
+        ctx.record({
             "phase": ctx.status.get("phase") or "Pending",
             "runId": run.run_id,
             "experimentId": resolved.experiment_id,
@@ -337,6 +375,11 @@ async def _ensure_job(ctx: Context[TrainingRunSpec], resolved: Resolved, run: Ru
             if error.status != 409:
                 raise _job_rejected(error, "was") or error from None
             job = await kube.get_job(identity.namespace, identity.name)
+            in_job = _job_run_id(job, identity)
+            if in_job and in_job != run.run_id:
+                # Created by an earlier attempt for a twin of this run: the Job's run is the
+                # one (closing the run deletes the other).
+                ctx.record({"runId": in_job, "url": resolved.target.run_url(resolved.experiment_id, in_job)})
     if job is None:
         raise ReconcileProblem(progressing("JobPending", "the Job disappeared while it was being created",
                                            awaited=True, expected=True))
@@ -347,7 +390,7 @@ async def _ensure_job(ctx: Context[TrainingRunSpec], resolved: Resolved, run: Ru
     if known_uid and job.uid != known_uid:
         return None  # the Job we created was deleted; this one is a stranger's recreation
     if known_uid != job.uid:
-        await ctx.checkpoint({"jobUid": job.uid, "jobName": identity.name})
+        ctx.record({"jobUid": job.uid, "jobName": identity.name})
     return job
 
 
@@ -388,13 +431,19 @@ async def _job_ended(ctx: Context[TrainingRunSpec], state: JobSnapshot, resolved
     the Job go (its finalizer held it until now), then close the run in MLflow."""
     pod_reasons = await _pod_failure_reasons(ctx) if state.finished and state.finished[0] == "Failed" else []
     ended = logic.job_outcome(state, ctx.identity.name, pod_reasons)
-    await ctx.checkpoint({
+    outcome = {
         "startTime": timestamps.rfc3339(state.start_time) or ctx.status.get("startTime"),
         "completionTime": timestamps.rfc3339(ended.completion_time),
         "jobOutcome": {"phase": ended.phase, "reason": ended.reason, "message": ended.message},
-    })
-    if logic.JOB_FINALIZER in state.finalizers:
-        await ctx.services.kube.remove_job_finalizer(ctx.identity.namespace, ctx.identity.name, logic.JOB_FINALIZER)
+    }
+    if state.deleting:
+        # The Job is going (a TTL, by hand): its outcome is written before it is let go.
+        await ctx.checkpoint(outcome)
+        await _let_deleted_job_go(ctx, state)
+    else:
+        # The Job stays (its finalizer too, until the TrainingRun is deleted): a crash before
+        # the outcome is written finds the Job ended again.
+        ctx.record(outcome)
     return await _finish(ctx, resolved or await _resolve(ctx))
 
 
@@ -422,10 +471,7 @@ async def _finish(ctx: Context[TrainingRunSpec], resolved: Resolved) -> Result:
     run_status = status.get("runStatus") or logic.final_run_status(phase, reason)
     update: dict[str, Any] = {}
     if not status.get("runStatus"):
-        run = await mlflow.get_run(target, run_id)
-        if run is None:
-            raise ReconcileProblem(stalled("RunDeletedInMLflow",
-                                           f"MLflow run {run_id} was deleted outside the operator"))
+        run = await _run_to_close(ctx, resolved, run_id)
         end_ms = timestamps.millis(timestamps.parse(status.get("completionTime"))) or int(time.time() * 1000)
         if run.status != run_status or run.end_time is None:
             await mlflow.set_run_status(target, run_id, run_status, run.end_time or end_ms)
@@ -446,6 +492,24 @@ async def _finish(ctx: Context[TrainingRunSpec], resolved: Resolved) -> Result:
     message = f"MLflow run {run_id} FINISHED; registered {version['uri']}"
     events.append(("Normal", "Succeeded", message))
     return Result(ready("Succeeded", message), {**update, "modelVersion": version}, events)
+
+
+async def _run_to_close(ctx: Context[TrainingRunSpec], resolved: Resolved, run_id: str) -> RunInfo:
+    """The run, found by the object's uid tag: the same one call also finds a twin that a
+    retried create_run POST may have left (same start time: the same request), which is
+    deleted now. Other runs with the tag (as after a hand-over) are left as they are."""
+    mlflow, target = ctx.services.mlflow, resolved.target
+    runs = await mlflow.find_runs_by_tag(target, resolved.experiment_id, TAG_UID, ctx.identity.uid)
+    run = next((r for r in runs if r.run_id == run_id), None) or await mlflow.get_run(target, run_id)
+    if run is None or run.lifecycle_stage == "deleted":
+        raise ReconcileProblem(stalled("RunDeletedInMLflow", f"MLflow run {run_id} was deleted outside the operator"))
+    for duplicate in runs:
+        if duplicate.run_id != run_id and duplicate.lifecycle_stage == "active" \
+                and duplicate.start_time == run.start_time:
+            await mlflow.set_run_tag(target, duplicate.run_id, DUPLICATE_TAG, run_id)
+            await mlflow.delete_run(target, duplicate.run_id)
+            ctx.event("Normal", "DuplicateRunDeleted", f"deleted duplicate MLflow run {duplicate.run_id} (kept {run_id})")
+    return run
 
 
 async def _register(ctx: Context[TrainingRunSpec], resolved: Resolved, run_id: str, events: list[Event]) -> dict[str, str]:

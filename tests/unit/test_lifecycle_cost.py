@@ -1,0 +1,97 @@
+"""What keeps a TrainingRun's lifecycle cheap: no write that changes nothing, no reconcile for
+a Job update that changes nothing the operator records, no timer for closed or Stalled runs,
+and Jobs read from watch events as from the API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fakes import FakeKube, FakeMlflow, Writes
+from mlflow_operator.cluster import JobSnapshot
+from mlflow_operator.config import OperatorConfig
+from mlflow_operator.gateways.kubernetes import job_snapshot
+from mlflow_operator.handlers import common as handlers_common
+from mlflow_operator.handlers.common import unchanged
+from mlflow_operator.handlers.experiment import EXPERIMENT
+from mlflow_operator.handlers.trainingrun import needs_job_events, needs_refresh
+from mlflow_operator.reconcilers.common import Services
+from mlflow_operator.watched import HandledJobs
+
+CLOSED = {"phase": "Succeeded", "runStatus": "FINISHED"}
+
+
+def test_a_merge_patch_that_repeats_the_status_is_unchanged():
+    status = {"phase": "Running", "metrics": {"loss": 0.1}, "conditions": [{"type": "Ready", "status": "False"}]}
+    assert unchanged(status, {"phase": "Running", "metrics": {"loss": 0.1}})
+
+
+def test_a_merge_patch_that_removes_or_changes_a_key_is_a_change():
+    status = {"phase": "Running", "metrics": {"loss": 0.1}}
+    assert not unchanged(status, {"metrics": {"loss": None}})
+    assert not unchanged(status, {"phase": "Succeeded"})
+    assert not unchanged(status, {"runId": "abc"})
+
+
+def stalled(reason: str) -> dict:
+    return {"conditions": [{"type": "Stalled", "status": "True", "reason": reason}], "phase": "Pending"}
+
+
+def test_closed_runs_and_runs_only_a_new_spec_can_fix_are_not_refreshed_by_the_timer():
+    assert not needs_refresh({"spec": {}, "status": CLOSED})
+    assert not needs_refresh({"spec": {}, "status": stalled("InvalidTemplate")})
+    assert needs_refresh({"spec": {}, "status": {"phase": "Running"}})
+
+
+def test_a_run_waiting_for_its_model_to_be_logged_is_refreshed():
+    assert needs_refresh({"spec": {"registerModel": {"name": "m"}}, "status": {**CLOSED, **stalled("ModelNotFound")}})
+
+
+def test_a_succeeded_run_that_registers_a_model_is_open_until_the_version_is_recorded():
+    spec = {"registerModel": {"name": "churn"}}
+    assert needs_job_events({"spec": spec, "status": CLOSED})
+    assert not needs_job_events({"spec": spec, "status": {**CLOSED, "modelVersion": {"version": "1"}}})
+
+
+def test_a_job_update_that_changes_nothing_recorded_is_handled_once():
+    handled = HandledJobs()
+    running = JobSnapshot(uid="j", owner_uids=frozenset({"o"}), active=1, ready=1)
+    handled.record("o", handled.signature(running, "Running"))
+    assert handled.handled("o", handled.signature(running, "Running"))
+    assert not handled.handled("o", handled.signature(running, "Succeeded"))
+    assert not handled.handled("o", handled.signature(
+        JobSnapshot(uid="j", owner_uids=frozenset({"o"}), deleting=True), "Running"))
+
+
+def test_a_job_from_a_watch_event_reads_as_one_from_the_api():
+    event_body = {
+        "metadata": {"uid": "j", "name": "run", "namespace": "ns", "finalizers": ["f"],
+                     "ownerReferences": [{"uid": "o"}], "labels": {"a": "b"}},
+        "status": {"startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:01:00Z", "succeeded": 1,
+                   "conditions": [{"type": "Complete", "status": "True"}]},
+    }
+    job = job_snapshot(event_body)
+    assert (job.uid, job.owner_uids, job.finalizers, job.succeeded) == ("j", frozenset({"o"}), ("f",), 1)
+    assert job.finished == ("Complete", "", "") and job.completion_time is not None and not job.deleting
+
+
+def test_a_reconcile_that_changes_nothing_writes_no_status(monkeypatch):
+    monkeypatch.setattr(handlers_common, "post_events", lambda body, events: None)
+    writes = Writes()
+    kube, mlflow = FakeKube(writes), FakeMlflow(writes)
+    kube.add_object("experiments", {"apiVersion": "mlflow.operator.dev/v1alpha1", "kind": "Experiment",
+                                    "metadata": {"namespace": "ns", "name": "e"}, "spec": {"name": "e"}})
+    memo = {"services": Services(OperatorConfig(default_tracking_uri="http://mlflow:5000"), mlflow, kube),  # type: ignore[arg-type]
+            "objects": {}}
+    logger = logging.getLogger("test")
+
+    def reconcile() -> None:
+        body = kube.objects[("experiments", "ns", "e")]
+        asyncio.run(handlers_common.reconcile_and_report(EXPERIMENT, body={"metadata": dict(body["metadata"])},
+                                                         memo=memo, logger=logger, retry=None, drift_check=True))
+
+    reconcile()
+    assert any(w.startswith("patch_status") for w in writes.log)
+    writes.log.clear()
+    reconcile()
+    assert writes.log == []
