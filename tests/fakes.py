@@ -163,11 +163,22 @@ class FakeMlflow:
         self._clock = itertools.count(1_000)
         # Reads worth counting (searches), in order.
         self.calls: list[str] = []
+        self.page_size = 1000
 
     # ---- experiments
 
     async def get_experiment(self, target: TrackingTarget, experiment_id: str) -> ExperimentInfo | None:
         return self.experiments.get(experiment_id)
+
+    async def search_experiments_page(self, target: TrackingTarget, filter_string: str,
+                                      page_token: str | None) -> tuple[list[ExperimentInfo], str | None]:
+        """Pages of `page_size`; only the namespace-tag filter the operator sends is understood."""
+        self.calls.append("search_experiments")
+        namespace = filter_string.split("=", 1)[1].strip().strip("'\"")
+        found = [e for e in self.experiments.values() if e.tags.get("k8s.namespace") == namespace]
+        start = int(page_token or 0)
+        end = start + self.page_size
+        return found[start:end], (str(end) if end < len(found) else None)
 
     async def get_experiment_by_name(self, target: TrackingTarget, name: str) -> ExperimentInfo | None:
         return next((e for e in self.experiments.values() if e.name == name), None)

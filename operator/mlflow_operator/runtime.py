@@ -36,9 +36,24 @@ def configure_environment(config: OperatorConfig) -> None:
         os.environ.pop(name, None)
 
 
+# kopf logs every successful call of a handler. For these, called on every Job update and
+# every timer tick, that is a line per object per interval saying nothing: what they did (if
+# anything) is logged by the reconcile itself.
+ROUTINE_SUCCESSES = frozenset({
+    "Handler 'job' succeeded.", "Handler 'wake_training_runs' succeeded.",
+    "Timer 'drift' succeeded.", "Timer 'refresh' succeeded.",
+})
+
+
+def drop_routine_successes(record: logging.LogRecord) -> bool:
+    return record.msg not in ROUTINE_SUCCESSES
+
+
 def configure_logging(config: OperatorConfig) -> None:
     log_format = kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL
     kopf.configure(verbose=config.verbose, log_format=log_format, log_prefix=True)
+    if not config.verbose:
+        logging.getLogger("kopf.objects").addFilter(drop_routine_successes)
     # The HTTP libraries log request lines (with URLs) at DEBUG; keep them out even in -v.
     for noisy in ("urllib3", "kubernetes.client.rest", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

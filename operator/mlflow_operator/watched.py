@@ -9,10 +9,15 @@ reconcile paths), every lookup is a read through the gateway.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+import asyncio
+import time
+from typing import Any, Callable, Iterable, Mapping
 
+from mlflow_operator.api.common import TAG_NAMESPACE
 from mlflow_operator.cluster import JobSnapshot
 from mlflow_operator.gateways.kubernetes import KubernetesGateway
+from mlflow_operator.gateways.mlflow import MlflowGateway, filter_literal
+from mlflow_operator.tracking import ExperimentInfo, TrackingTarget
 
 # Index keys: (namespace, name).
 Key = tuple[str, str]
@@ -60,3 +65,34 @@ class HandledJobs:
 
     def forget(self, owner_uid: str) -> None:
         self._seen.pop(owner_uid, None)
+
+
+class ExperimentPages:
+    """The experiments of one namespace on one server, as one paged search found them, kept
+    for part of the drift interval: each Experiment's drift check compares against them, so
+    the MLflow calls per interval grow with pages, not with objects."""
+
+    def __init__(self, max_age_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max_age, self._clock = max_age_seconds, clock
+        self._pages: dict[tuple[TrackingTarget, str], tuple[float, dict[str, ExperimentInfo]]] = {}
+        self._locks: dict[tuple[TrackingTarget, str], asyncio.Lock] = {}
+
+    async def experiments(self, mlflow: MlflowGateway, target: TrackingTarget,
+                          namespace: str) -> dict[str, ExperimentInfo]:
+        """By id: the experiments tagged with `namespace` (raises what MLflow raises)."""
+        key = (target, namespace)
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            cached = self._pages.get(key)
+            if cached is not None and self._clock() - cached[0] < self._max_age:
+                return cached[1]
+            found: dict[str, ExperimentInfo] = {}
+            literal = filter_literal(namespace)
+            token: str | None = None
+            while True:
+                page, token = await mlflow.search_experiments_page(target, f"tags.`{TAG_NAMESPACE}` = {literal}",
+                                                                   token)
+                found.update((e.experiment_id, e) for e in page)
+                if token is None:
+                    break
+            self._pages[key] = (self._clock(), found)
+            return found

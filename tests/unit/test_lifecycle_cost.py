@@ -95,3 +95,14 @@ def test_a_reconcile_that_changes_nothing_writes_no_status(monkeypatch):
     writes.log.clear()
     reconcile()
     assert writes.log == []
+
+
+def test_the_log_has_no_line_per_job_update_or_timer_tick():
+    from mlflow_operator.runtime import drop_routine_successes
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("kopf.objects", logging.INFO, __file__, 1, message, None, None)
+
+    assert not drop_routine_successes(record("Handler 'job' succeeded."))
+    assert not drop_routine_successes(record("Timer 'drift' succeeded."))
+    assert drop_routine_successes(record("Handler 'reconcile' succeeded."))

@@ -250,6 +250,17 @@ class MlflowGateway:
     async def restore_experiment(self, target: TrackingTarget, experiment_id: str) -> None:
         await self._call(target, "restore_experiment", lambda s: s.tracking.restore_experiment(experiment_id))
 
+    async def search_experiments_page(self, target: TrackingTarget, filter_string: str,
+                                      page_token: str | None) -> tuple[list[ExperimentInfo], str | None]:
+        """One page (up to 1,000) of the experiments matching `filter_string`, deleted ones
+        included, and the token of the next page (None after the last)."""
+        page = await self._call(
+            target, "search_experiments",
+            lambda s: s.tracking.search_experiments(view_type=ViewType.ALL, max_results=1000,
+                                                    filter_string=filter_string, page_token=page_token),
+        )
+        return [_experiment(e) for e in page], page.token or None
+
     # ------------------------------------------------------------------ runs
 
     async def find_runs_by_tag(

@@ -17,7 +17,7 @@ from mlflow_operator.gateways.kubernetes import KubernetesGateway
 from mlflow_operator.gateways.mlflow import MlflowGateway
 from mlflow_operator.handlers import experiment, registeredmodel, trainingrun
 from mlflow_operator.reconcilers.common import Services
-from mlflow_operator.watched import Watched
+from mlflow_operator.watched import ExperimentPages, Watched
 
 logger = logging.getLogger("mlflow_operator")
 
@@ -62,6 +62,8 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -
             kube=KubernetesGateway(concurrency=config.kubernetes_concurrency),
             # kopf passes its indices by id; they fill from the watches before any handler runs.
             watched=Watched(jobs=kwargs["training_jobs"], experiments=kwargs["experiments_by_name"]),
+            # Fetched at most twice per interval: drift is seen within 1.5 intervals.
+            experiment_pages=ExperimentPages(max_age_seconds=config.drift_interval / 2),
         )
         if config.heartbeat_file:
             memo["heartbeat"] = asyncio.create_task(heartbeat.beat_forever(Path(config.heartbeat_file)))

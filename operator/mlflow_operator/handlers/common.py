@@ -297,9 +297,12 @@ def register_synced_kind(
     config: OperatorConfig,
     kind: Kind[Any],
     delete: Callable[[Services, dict[str, Any]], Awaitable[Event | None]],
+    in_sync: Callable[[Services, Any], Awaitable[bool]] | None = None,
 ) -> None:
     """Handlers for a kind kept in sync with an MLflow entity (Experiment, RegisteredModel):
-    reconcile on create/update/resume, check drift on a timer, apply deletionPolicy."""
+    reconcile on create/update/resume, check drift on a timer, apply deletionPolicy.
+    `in_sync` tells the drift check, without MLflow calls of its own, that an object needs
+    no reconcile."""
     resource = (GROUP, VERSION, kind.plural)  # positional: kopf's typed selector
 
     async def run(body: Any, memo: Any, logger: Any, retry: int | None) -> None:
@@ -316,8 +319,13 @@ def register_synced_kind(
     async def drift(body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:
         if await dephase(memo, body["metadata"]["uid"], config.drift_interval, kwargs["stopped"]):
             return
-        if drift_check_due(body, memo):
-            await run(body, memo, logger, None)
+        if not drift_check_due(body, memo):
+            return
+        if in_sync is not None:
+            with reconciling(kind.name):
+                if await in_sync(services_of(memo), body):
+                    return
+        await run(body, memo, logger, None)
 
     @kopf.on.delete(*resource, id="delete", timeout=DELETE_TIMEOUT_SECONDS, registry=registry)
     async def deleted(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:

@@ -11,13 +11,13 @@ from mlflow_operator.api.common import GROUP, VERSION
 from mlflow_operator.api.experiment import KIND, PLURAL, ExperimentSpec
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.handlers.common import Kind, register_synced_kind
-from mlflow_operator.reconcilers.experiment import delete_experiment, reconcile_experiment
+from mlflow_operator.reconcilers.experiment import delete_experiment, experiment_in_sync, reconcile_experiment
 
 EXPERIMENT = Kind(KIND, PLURAL, ExperimentSpec.parse, reconcile_experiment)
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    register_synced_kind(registry, config, EXPERIMENT, delete=delete_experiment)
+    register_synced_kind(registry, config, EXPERIMENT, delete=delete_experiment, in_sync=experiment_in_sync)
     kopf.index(GROUP, VERSION, PLURAL, id="experiments_by_name", registry=registry)(experiment_summary)
 
 

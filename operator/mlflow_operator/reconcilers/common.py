@@ -17,7 +17,7 @@ from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progress
 from mlflow_operator.logic.target import choose_target, credentials_from_secret
 from mlflow_operator.servers import Credentials
 from mlflow_operator.tracking import TrackingTarget
-from mlflow_operator.watched import HandledJobs, Watched
+from mlflow_operator.watched import ExperimentPages, HandledJobs, Watched
 
 
 class RememberedCredentials:
@@ -60,6 +60,8 @@ class Services:
     # What the watches have seen (kopf indices); without them, reads through `kube`.
     watched: Watched = field(default_factory=Watched)
     handled_jobs: HandledJobs = field(default_factory=HandledJobs)
+    # Pages of experiments shared by the Experiments' drift checks (None: each reconciles).
+    experiment_pages: ExperimentPages | None = None
     # When this process started, and the TrainingRuns it has tried to create a run for.
     started_at: float = field(default_factory=time.time)
     run_attempts: set[str] = field(default_factory=set)

@@ -12,7 +12,8 @@ from mlflow_operator.api.trainingrun import PLURAL as TRAINING_RUNS
 from mlflow_operator.logic.conditions import ReconcileProblem, progressing, ready, stalled
 from mlflow_operator.logic.target import check_pinned
 from mlflow_operator.reconcilers.common import Context, Event, Result, Services, owner_alive, parse_spec, resolve_target
-from mlflow_operator.tracking import AlreadyExists, ExperimentInfo, InvalidRequest, TrackingTarget
+from mlflow_operator.gateways.kubernetes import KubernetesError
+from mlflow_operator.tracking import AlreadyExists, ExperimentInfo, InvalidRequest, TrackingError, TrackingTarget
 
 async def reconcile_experiment(ctx: Context[ExperimentSpec]) -> Result:
     """Bring MLflow in line with the spec. Raises ReconcileProblem (known failure) or
@@ -75,6 +76,31 @@ async def reconcile_experiment(ctx: Context[ExperimentSpec]) -> Result:
         },
         events=events,
     )
+
+
+async def experiment_in_sync(services: Services, body: Any) -> bool:
+    """Whether the drift check can leave this Experiment alone: Ready for its generation,
+    and its MLflow experiment, in the page of its namespace's experiments that all drift
+    checks share, needs no change. No MLflow call of its own; anything unexpected (a
+    problem, an experiment missing from the page) is for a full reconcile to report."""
+    pages, metadata, status = services.experiment_pages, body["metadata"], body.get("status") or {}
+    ready_now = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    if pages is None or not ready_now or not status.get("experimentId") \
+            or status.get("observedGeneration") != metadata.get("generation"):
+        return False
+    try:
+        spec = ExperimentSpec.parse(body.get("spec"))
+        identity = ObjectIdentity.from_body(body)
+        target = await resolve_target(services, identity.namespace, spec.tracking)
+        if target.uri != status.get("trackingUri"):
+            return False
+        experiment = (await pages.experiments(services.mlflow, target, identity.namespace)).get(status["experimentId"])
+    except (ValueError, ReconcileProblem, TrackingError, KubernetesError):
+        return False
+    if experiment is None or experiment.deleted:
+        return False
+    desired = logic.desired_experiment(spec, identity)
+    return not logic.plan_updates(desired, experiment, set(status.get("managedTags") or [])).changes
 
 
 async def _create(

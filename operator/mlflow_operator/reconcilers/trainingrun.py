@@ -368,6 +368,8 @@ async def _ensure_job(ctx: Context[TrainingRunSpec], resolved: Resolved, run: Ru
                                _credential_source(ctx, resolved))
         try:
             job = await kube.create_job(identity.namespace, body)
+            # Its first watch events (pending) bring nothing new: no reconcile for them.
+            ctx.services.handled_jobs.record(identity.uid, ctx.services.handled_jobs.signature(job, "Pending"))
             # One Event for the start: the run (created just before, or by an earlier attempt) and its Job.
             events.append(("Normal", "JobCreated", f"created Job {identity.name} for MLflow run {run.run_id} in "
                                                     f"experiment {resolved.experiment_name!r} ({resolved.experiment_id})"))
