@@ -12,7 +12,8 @@ Scenarios (sizes are flags, small by default; the README gives the recorded larg
 - synced objects: Experiments and RegisteredModels applied at once, then idle with them:
   operator CPU, MLflow calls per drift interval, RSS.
 
-Writes benchmarks/results/latest.json and latest.md. Numbers depend on the machine.
+Writes benchmarks/results/latest.json and latest.md (--output names others). Numbers depend
+on the machine.
 """
 
 from __future__ import annotations
@@ -347,6 +348,7 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=60)
     parser.add_argument("--closed-idle-seconds", type=float, default=2 * DRIFT_INTERVAL_SECONDS)
     parser.add_argument("--no-restart", action="store_true", help="keep the running operator")
+    parser.add_argument("--output", default="latest", help="results/OUTPUT.json and .md (default latest)")
     args = parser.parse_args()
 
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -370,8 +372,8 @@ def main() -> int:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     results["recorded_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "latest.md").write_text(render_markdown(results))
+    (RESULTS / f"{args.output}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"{args.output}.md").write_text(render_markdown(results))
     print(render_markdown(results))
     return 0
 
