@@ -14,6 +14,7 @@ import time
 from typing import Any, Callable, Iterable, Mapping
 
 from mlflow_operator.api.common import TAG_NAMESPACE
+from mlflow_operator.api.experiment import PLURAL as EXPERIMENTS
 from mlflow_operator.cluster import JobSnapshot
 from mlflow_operator.gateways.kubernetes import KubernetesGateway
 from mlflow_operator.gateways.mlflow import MlflowGateway, filter_literal
@@ -41,7 +42,7 @@ class Watched:
     async def experiment(self, kube: KubernetesGateway, namespace: str, name: str) -> dict[str, Any] | None:
         """An Experiment object's spec.tracking and status as last seen (None: no such object)."""
         if self._experiments is None:
-            return await kube.get_object("experiments", namespace, name)
+            return await kube.get_object(EXPERIMENTS, namespace, name)
         return _only(self._experiments.get((namespace, name)))
 
 

@@ -1,5 +1,9 @@
 """The Experiments' drift checks share one paged search per namespace and server: MLflow
-calls grow with pages, not with objects, and an experiment changed by hand is still seen."""
+calls grow with pages, not with objects, and an experiment changed by hand is still seen.
+
+The in-process MLflow fake (tests/fakes.py) counts searches and pages by a chosen size, which a
+real server would need hundreds of experiments for; tests/e2e/test_experiment.py runs the
+drift checks against the sandbox's MLflow server."""
 
 from __future__ import annotations
 

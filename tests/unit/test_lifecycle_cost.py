@@ -1,6 +1,9 @@
 """What keeps a TrainingRun's lifecycle cheap: no write that changes nothing, no reconcile for
 a Job update that changes nothing the operator records, no timer for closed or Stalled runs,
-and Jobs read from watch events as from the API."""
+and Jobs read from watch events as from the API.
+
+The reconcile test uses the in-process fakes (tests/fakes.py) to count every write exactly;
+the e2e suite runs the same paths against the sandbox's API server and MLflow server."""
 
 from __future__ import annotations
 
