@@ -260,8 +260,9 @@ def no_run_can_exist(ctx: Context[TrainingRunSpec]) -> bool:
     its uid tag: it was created after this process started, and this process has not tried
     to create its run. Without peering only one process works at a time (the chart's
     Recreate strategy), so no other one can have tried since. With peering, a standby that
-    takes over did not see what the active replica did: it always searches. Should a twin
-    appear anyway, closing the run finds and deletes it."""
+    takes over did not see what the active replica did: it always searches. A twin left by
+    two processes working at once anyway (which the chart prevents) is not deleted: only
+    the twin of a retried POST (same start time) is, when the run is closed."""
     services = ctx.services
     if services.config.peering is not None or ctx.created_at is None or ctx.identity.uid in services.run_attempts:
         return False
