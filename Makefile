@@ -3,15 +3,18 @@
 
 PYTHON ?= python3
 VENV ?= .venv
+# The sandbox's operator runs from its own virtualenv with the runtime dependencies only (what
+# the image holds), not from the dev venv: what the tests see is what users run.
+OPERATOR_VENV ?= .venv-operator
 SANDBOX_DIR ?= .sandbox
-export VENV SANDBOX_DIR
+export VENV OPERATOR_VENV SANDBOX_DIR
 
 PY := $(VENV)/bin/python
 SANDBOX := $(PY) sandbox/sandbox.py
 KUBECTL := $(SANDBOX_DIR)/bin/kubectl --kubeconfig $(SANDBOX_DIR)/kubeconfig --cache-dir $(SANDBOX_DIR)/kube-cache
 PYTEST_ARGS ?=
 
-.PHONY: bench chart-crds lint help venv binaries node-packages sandbox-up sandbox-helm sandbox-down sandbox sandbox-status sandbox-clean \
+.PHONY: bench chart-crds lint help venv operator-venv binaries node-packages sandbox-up sandbox-helm sandbox-down sandbox sandbox-status sandbox-clean \
         operator-restart test test-cluster test-unit lint
 
 help:
@@ -31,6 +34,16 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
+# Editable, so that `make operator-restart` runs changed code; the dependencies are exactly the
+# runtime ones scripts/install-operator.sh puts in the image.
+operator-venv: $(OPERATOR_VENV)/.installed
+
+$(OPERATOR_VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(OPERATOR_VENV)
+	$(OPERATOR_VENV)/bin/pip install --quiet --upgrade pip
+	$(OPERATOR_VENV)/bin/pip install --quiet -c constraints.txt -e .
+	touch $@
+
 binaries:
 	sandbox/build-binaries.sh
 
@@ -38,7 +51,7 @@ binaries:
 node-packages:
 	sandbox/node/install-packages.sh
 
-sandbox-up: venv binaries node-packages
+sandbox-up: venv operator-venv binaries node-packages
 	$(SANDBOX) up
 
 # Install (or upgrade) the chart with the locally built images as the sandbox's operator: its
@@ -54,7 +67,7 @@ sandbox-status:
 	$(SANDBOX) status
 
 # Restart the operator alone, e.g. after changing its code (the venv install is editable).
-operator-restart: venv
+operator-restart: venv operator-venv
 	$(SANDBOX) restart operator
 
 # Remove the sandbox's state (etcd data, MLflow store, PKI, logs) after stopping it.

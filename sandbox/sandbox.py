@@ -40,6 +40,8 @@ from pki import Pki, ensure_pki, write_kubeconfig  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("SANDBOX_DIR", ROOT / ".sandbox")).resolve()
 VENV = Path(os.environ.get("VENV", ROOT / ".venv")).resolve()
+# The operator's runtime-only install (`make operator-venv`): what the image holds.
+OPERATOR_VENV = Path(os.environ.get("OPERATOR_VENV", ROOT / ".venv-operator")).resolve()
 BIN = STATE / "bin"
 PIDS = STATE / "pids"
 LOGS = STATE / "logs"
@@ -462,7 +464,7 @@ class Sandbox:
             Component(
                 name="operator",
                 argv=[
-                    str(VENV / "bin" / "mlflow-operator"),
+                    str(OPERATOR_VENV / "bin" / "mlflow-operator"),
                     "run",
                     "--all-namespaces",
                     f"--tracking-uri={self.mlflow_url}",
@@ -577,7 +579,11 @@ class Sandbox:
             return False
         executable = Path(shutil.which(component.argv[0]) or component.argv[0])
         if not executable.exists():
-            hint = "make venv" if VENV in executable.parents else "make binaries"
+            hint = (
+                "make venv" if VENV in executable.parents
+                else "make operator-venv" if OPERATOR_VENV in executable.parents
+                else "make binaries"
+            )
             raise SandboxError(f"{name}: {executable} is missing: run `{hint}` first")
         port = self._own_port(name)
         if port is not None and _port_in_use(port):
