@@ -269,7 +269,26 @@ class FakeMlflow:
         self.writes.record("update_registered_model_description")
 
     async def model_versions(self, target: TrackingTarget, name: str) -> list[ModelVersionInfo]:
+        self.calls.append("model_versions")
         return list(self.versions.get(name, []))
+
+    async def search_registered_models_page(self, target: TrackingTarget, filter_string: str,
+                                            page_token: str | None) -> tuple[list[RegisteredModelInfo], str | None]:
+        """Pages of `page_size`; only the namespace-tag filter the operator sends is understood."""
+        self.calls.append("search_registered_models")
+        namespace = filter_string.split("=", 1)[1].strip().strip("'\"")
+        found = [m for m in self.models.values() if m.tags.get("k8s.namespace") == namespace]
+        start = int(page_token or 0)
+        end = start + self.page_size
+        return found[start:end], (str(end) if end < len(found) else None)
+
+    async def search_model_versions_page(self, target: TrackingTarget, filter_string: str,
+                                         page_token: str | None) -> tuple[list[ModelVersionInfo], str | None]:
+        """Every version of the models a `name IN (...)` filter names, in one page."""
+        self.calls.append("search_model_versions")
+        listed = filter_string.removeprefix("name IN (").removesuffix(")")
+        names = {literal.strip()[1:-1] for literal in listed.split(", ")}
+        return [v for name in sorted(names) for v in self.versions.get(name, [])], None
 
     async def create_model_version(self, target: TrackingTarget, name: str, source: str, run_id: str | None,
                                    model_id: str | None, tags: dict[str, str],

@@ -33,6 +33,9 @@ class OperatorConfig:
     mlflow_max_retries: int = 2
     mlflow_concurrency: int = 8
     kubernetes_concurrency: int = 16
+    # Watch the Secrets labelled for the operator (needs list/watch on Secrets) instead of
+    # reading a Secret on every reconcile and drift check.
+    watch_credentials: bool = True
     health_port: int = 8081
     metrics_port: int = 8080
     bind_address: str = "0.0.0.0"
@@ -124,6 +127,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="Kubernetes API requests of the operator's own client in flight at once (default 16)",
     )
     parser.add_argument(
+        "--credentials-watch", action=argparse.BooleanOptionalAction,
+        default=_env("CREDENTIALS_WATCH", "true") == "true",
+        help="watch the Secrets labelled mlflow.operator.dev/credentials=true (needs list and watch on "
+             "Secrets) instead of reading the Secret on each reconcile (default: watch)",
+    )
+    parser.add_argument(
         "--health-port", type=_PORT, default=_env("HEALTH_PORT", "8081"),
         help="port of the /healthz liveness and readiness endpoint (default 8081; 0 disables it)",
     )
@@ -187,6 +196,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         mlflow_max_retries=args.mlflow_max_retries,
         mlflow_concurrency=args.mlflow_concurrency,
         kubernetes_concurrency=args.kubernetes_concurrency,
+        watch_credentials=args.credentials_watch,
         health_port=args.health_port,
         metrics_port=args.metrics_port,
         bind_address=args.bind_address,

@@ -12,6 +12,7 @@ from mlflow_operator import __version__, metrics
 from mlflow_operator.api.common import GROUP, KINDS, OPERATOR_FINALIZER, VERSION
 from mlflow_operator.api.trainingrun import LABEL_TRAINING_RUN
 from mlflow_operator.config import OperatorConfig
+from mlflow_operator.gateways.kubernetes import CREDENTIALS_LABEL
 from mlflow_operator.handlers import register_handlers
 
 logger = logging.getLogger("mlflow_operator")
@@ -79,6 +80,8 @@ def build_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     # Only training Jobs reach the operator: the API server filters the watch, so neither
     # traffic nor memory grows with the cluster's other Jobs.
     settings.watching.label_selectors[("batch", "v1", "jobs")] = LABEL_TRAINING_RUN
+    # Likewise only the Secrets their owners labelled for the operator (with --credentials-watch).
+    settings.watching.label_selectors[("", "v1", "secrets")] = f"{CREDENTIALS_LABEL}=true"
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30

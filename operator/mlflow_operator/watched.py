@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Generic, Iterable, Mapping, TypeVar
 
 from mlflow_operator.api.common import TAG_NAMESPACE
 from mlflow_operator.api.experiment import PLURAL as EXPERIMENTS
 from mlflow_operator.cluster import JobSnapshot
-from mlflow_operator.gateways.kubernetes import KubernetesGateway
+from mlflow_operator.gateways.kubernetes import CredentialsSecret, KubernetesGateway
 from mlflow_operator.gateways.mlflow import MlflowGateway, filter_literal
-from mlflow_operator.tracking import ExperimentInfo, TrackingTarget
+from mlflow_operator.tracking import ExperimentInfo, ModelVersionInfo, RegisteredModelInfo, TrackingTarget
 
 # Index keys: (namespace, name).
 Key = tuple[str, str]
+K = TypeVar("K")
+T = TypeVar("T")
 
 
 def _only(store: Iterable[Any] | None) -> Any:
@@ -30,8 +33,9 @@ def _only(store: Iterable[Any] | None) -> Any:
 
 class Watched:
     def __init__(self, jobs: Mapping[Key, Iterable[JobSnapshot]] | None = None,
-                 experiments: Mapping[Key, Iterable[dict[str, Any]]] | None = None) -> None:
-        self._jobs, self._experiments = jobs, experiments
+                 experiments: Mapping[Key, Iterable[dict[str, Any]]] | None = None,
+                 credentials: Mapping[Key, Iterable[dict[str, str]]] | None = None) -> None:
+        self._jobs, self._experiments, self._credentials = jobs, experiments, credentials
 
     async def job(self, kube: KubernetesGateway, namespace: str, name: str) -> JobSnapshot | None:
         """A training Job as last seen (None: no such Job)."""
@@ -44,6 +48,16 @@ class Watched:
         if self._experiments is None:
             return await kube.get_object(EXPERIMENTS, namespace, name)
         return _only(self._experiments.get((namespace, name)))
+
+    async def credentials_secret(self, kube: KubernetesGateway, namespace: str, name: str) -> CredentialsSecret | None:
+        """A credentials Secret (None: no such Secret). The watch holds only the Secrets labelled
+        for the operator; one it has not seen (missing, not labelled, or created a moment ago)
+        is read, so that the object can say which."""
+        if self._credentials is not None:
+            data = _only(self._credentials.get((namespace, name)))
+            if data is not None:
+                return CredentialsSecret(name=name, opted_in=True, data=data)
+        return await kube.read_credentials_secret(namespace, name)
 
 
 class HandledJobs:
@@ -68,32 +82,105 @@ class HandledJobs:
         self._seen.pop(owner_uid, None)
 
 
-class ExperimentPages:
-    """The experiments of one namespace on one server, as one paged search found them, kept
-    for part of the drift interval: each Experiment's drift check compares against them, so
-    the MLflow calls per interval grow with pages, not with objects."""
+class _SharedPages(Generic[K, T]):
+    """What one paged search found, kept for part of the drift interval and shared by every
+    drift check that asks for the same key: the MLflow calls per interval grow with pages,
+    not with objects."""
 
     def __init__(self, max_age_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._max_age, self._clock = max_age_seconds, clock
-        self._pages: dict[tuple[TrackingTarget, str], tuple[float, dict[str, ExperimentInfo]]] = {}
-        self._locks: dict[tuple[TrackingTarget, str], asyncio.Lock] = {}
+        self._pages: dict[K, tuple[float, T]] = {}
+        self._locks: dict[K, asyncio.Lock] = {}
 
-    async def experiments(self, mlflow: MlflowGateway, target: TrackingTarget,
-                          namespace: str) -> dict[str, ExperimentInfo]:
-        """By id: the experiments tagged with `namespace` (raises what MLflow raises)."""
-        key = (target, namespace)
+    async def _cached(self, key: K, search: Callable[[], Awaitable[T]]) -> T:
         async with self._locks.setdefault(key, asyncio.Lock()):
             cached = self._pages.get(key)
             if cached is not None and self._clock() - cached[0] < self._max_age:
                 return cached[1]
-            found: dict[str, ExperimentInfo] = {}
-            literal = filter_literal(namespace)
-            token: str | None = None
-            while True:
-                page, token = await mlflow.search_experiments_page(target, f"tags.`{TAG_NAMESPACE}` = {literal}",
-                                                                   token)
-                found.update((e.experiment_id, e) for e in page)
-                if token is None:
-                    break
+            found = await search()
             self._pages[key] = (self._clock(), found)
             return found
+
+
+class ExperimentPages(_SharedPages[tuple[TrackingTarget, str], dict[str, ExperimentInfo]]):
+    """The experiments of one namespace on one server, as one paged search found them."""
+
+    async def experiments(self, mlflow: MlflowGateway, target: TrackingTarget,
+                          namespace: str) -> dict[str, ExperimentInfo]:
+        """By id: the experiments tagged with `namespace` (raises what MLflow raises)."""
+
+        async def search() -> dict[str, ExperimentInfo]:
+            found: dict[str, ExperimentInfo] = {}
+            namespace_filter = f"tags.`{TAG_NAMESPACE}` = {filter_literal(namespace)}"
+            token: str | None = None
+            while True:
+                page, token = await mlflow.search_experiments_page(target, namespace_filter, token)
+                found.update((e.experiment_id, e) for e in page)
+                if token is None:
+                    return found
+
+        return await self._cached((target, namespace), search)
+
+
+# A `name IN (...)` filter of at most this many characters goes in one search_model_versions
+# call (a GET: the filter is in the URL).
+VERSION_FILTER_MAX_CHARS = 8000
+
+
+@dataclass(frozen=True)
+class ModelInRegistry:
+    model: RegisteredModelInfo
+    versions: list[ModelVersionInfo]  # lowest number first
+
+
+class ModelPages(_SharedPages[tuple[TrackingTarget, str], dict[str, ModelInRegistry]]):
+    """The registered models of one namespace on one server and all their versions: one paged
+    `search_registered_models`, then `search_model_versions` for many names at a time."""
+
+    async def models(self, mlflow: MlflowGateway, target: TrackingTarget,
+                     namespace: str) -> dict[str, ModelInRegistry]:
+        """By name: the registered models tagged with `namespace` (raises what MLflow raises)."""
+
+        async def search() -> dict[str, ModelInRegistry]:
+            models: dict[str, RegisteredModelInfo] = {}
+            namespace_filter = f"tags.`{TAG_NAMESPACE}` = {filter_literal(namespace)}"
+            token: str | None = None
+            while True:
+                page, token = await mlflow.search_registered_models_page(target, namespace_filter, token)
+                models.update((m.name, m) for m in page)
+                if token is None:
+                    break
+            versions: dict[str, list[ModelVersionInfo]] = {name: [] for name in models}
+            for names_filter in names_in_filters(sorted(models)):
+                token = None
+                while True:
+                    found, token = await mlflow.search_model_versions_page(target, names_filter, token)
+                    for version in found:
+                        if version.name in versions:
+                            versions[version.name].append(version)
+                    if token is None:
+                        break
+            # A model whose name no filter can express is left out: its check reconciles.
+            return {name: ModelInRegistry(model, sorted(versions[name], key=lambda v: int(v.version)))
+                    for name, model in models.items() if filter_literal(name) is not None}
+
+        return await self._cached((target, namespace), search)
+
+
+def names_in_filters(names: Iterable[str], max_chars: int = VERSION_FILTER_MAX_CHARS) -> list[str]:
+    """`name IN (...)` filters that together cover every name a filter can express."""
+    filters: list[str] = []
+    chunk: list[str] = []
+    length = 0
+    for name in names:
+        literal = filter_literal(name)
+        if literal is None:
+            continue
+        if chunk and length + len(literal) + 2 > max_chars:
+            filters.append(f"name IN ({', '.join(chunk)})")
+            chunk, length = [], 0
+        chunk.append(literal)
+        length += len(literal) + 2
+    if chunk:
+        filters.append(f"name IN ({', '.join(chunk)})")
+    return filters

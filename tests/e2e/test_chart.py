@@ -166,7 +166,9 @@ def test_the_sandbox_operator_runs_as_the_charts_service_account(sandbox, api_cl
     [
         ("create", "jobs", "batch", True),
         ("get", "secrets", "", True),
-        ("list", "secrets", "", False),
+        # The credentials watch (credentialsWatch); its label selector keeps other Secrets out.
+        ("list", "secrets", "", True),
+        ("watch", "secrets", "", True),
         ("create", "pods", "", False),
         ("delete", "pods", "", False),
         ("update", "trainingruns/finalizers", "mlflow.operator.dev", True),
@@ -330,6 +332,15 @@ def test_two_peered_replicas_work_one_at_a_time(sandbox, namespace, custom, tmp_
                 process.wait(timeout=30)
         restarted = sandbox.sandbox("up")
         assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+
+
+def test_without_the_credentials_watch_the_operator_may_only_get_secrets(sandbox):
+    documents = [d for d in yaml.safe_load_all(render(sandbox, "nw", "ml", "credentialsWatch=false")) if d]
+    role = next(d for d in documents if d["kind"] == "ClusterRole")
+    secrets = [rule for rule in role["rules"] if "secrets" in rule.get("resources", [])]
+    assert [rule["verbs"] for rule in secrets] == [["get"]]
+    operator = next(d for d in documents if d["kind"] == "Deployment" and not d["metadata"]["name"].endswith("-mlflow"))
+    assert "--no-credentials-watch" in operator["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 def test_the_service_monitor_selects_the_metrics_service(sandbox):

@@ -69,10 +69,12 @@ app.kubernetes.io/component: mlflow
   resources: [pods]
   verbs: [list]
 # Credentials named by spec.tracking.secretRef, in the object's own namespace; only Secrets
-# labelled mlflow.operator.dev/credentials=true are used. No list or watch.
+# labelled mlflow.operator.dev/credentials=true are used. list and watch (credentialsWatch):
+# the operator watches those Secrets through a label selector instead of reading one per
+# reconcile; the API server sends it no other Secret.
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get]
+  verbs: {{ if .Values.credentialsWatch }}[get, list, watch]{{ else }}[get]{{ end }}
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]

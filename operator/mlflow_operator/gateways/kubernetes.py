@@ -39,6 +39,17 @@ class CredentialsSecret:
     data: dict[str, str] = field(repr=False)
 
 
+# The only keys whose values the operator keeps from a credentials Secret.
+CREDENTIAL_KEYS = frozenset({"token", "username", "password"})
+
+
+def credentials_data(encoded: Mapping[str, str] | None) -> dict[str, str]:
+    """A labelled Secret's `data` as the operator keeps it: the credential keys decoded, any
+    other key by its name only (to say which keys are there when none is usable)."""
+    return {key: base64.b64decode(value).decode("utf-8", errors="replace") if key in CREDENTIAL_KEYS else ""
+            for key, value in (encoded or {}).items()}
+
+
 class KubernetesError(Exception):
     def __init__(self, status: int, reason: str, message: str) -> None:
         super().__init__(f"{status} {reason}: {message}")
@@ -111,8 +122,7 @@ class KubernetesGateway:
         labels = dict(secret.metadata.labels or {})
         if labels.get(CREDENTIALS_LABEL) != "true":
             return CredentialsSecret(name=name, opted_in=False, data={})
-        data = {k: base64.b64decode(v).decode("utf-8", errors="replace") for k, v in (secret.data or {}).items()}
-        return CredentialsSecret(name=name, opted_in=True, data=data)
+        return CredentialsSecret(name=name, opted_in=True, data=credentials_data(secret.data))
 
     # ------------------------------------------------------------------ custom resources
 

@@ -402,17 +402,30 @@ class MlflowGateway:
     async def model_versions(self, target: TrackingTarget, name: str) -> list[ModelVersionInfo]:
         """Every version of the model, lowest number first (paging through all of them)."""
         name_filter = model_name_filter(name)
-        versions: list[Any] = []
+        versions: list[ModelVersionInfo] = []
         token: str | None = None
         while True:
-            page = await self._call(target, "search_model_versions",
-                                    _search_model_versions(name_filter, token))
-            versions.extend(page)
-            token = getattr(page, "token", None)
-            if not token:
+            page, token = await self.search_model_versions_page(target, name_filter, token)
+            versions.extend(v for v in page if v.name == name)
+            if token is None:
                 break
-        infos = [_model_version(v) for v in versions if v.name == name]
-        return sorted(infos, key=lambda v: int(v.version))
+        return sorted(versions, key=lambda v: int(v.version))
+
+    async def search_model_versions_page(self, target: TrackingTarget, filter_string: str,
+                                         page_token: str | None) -> tuple[list[ModelVersionInfo], str | None]:
+        """One page (up to 200,000, MLflow's limit) of the versions matching `filter_string`."""
+        page = await self._call(target, "search_model_versions", _search_model_versions(filter_string, page_token))
+        return [_model_version(v) for v in page], getattr(page, "token", None) or None
+
+    async def search_registered_models_page(self, target: TrackingTarget, filter_string: str,
+                                            page_token: str | None) -> tuple[list[RegisteredModelInfo], str | None]:
+        """One page (up to 1,000, MLflow's limit) of the registered models matching `filter_string`."""
+        page = await self._call(
+            target, "search_registered_models",
+            lambda s: s.registry.search_registered_models(filter_string=filter_string, max_results=1000,
+                                                          page_token=page_token),
+        )
+        return [_registered_model(m) for m in page], getattr(page, "token", None) or None
 
     async def create_model_version(
         self, target: TrackingTarget, name: str, source: str, run_id: str | None, model_id: str | None,

@@ -13,11 +13,11 @@ import kopf
 from mlflow_operator import heartbeat
 from mlflow_operator.api.common import GROUP, KINDS, VERSION
 from mlflow_operator.config import OperatorConfig
-from mlflow_operator.gateways.kubernetes import KubernetesGateway
+from mlflow_operator.gateways.kubernetes import CREDENTIALS_LABEL, KubernetesGateway, credentials_data
 from mlflow_operator.gateways.mlflow import MlflowGateway
 from mlflow_operator.handlers import experiment, registeredmodel, trainingrun
 from mlflow_operator.reconcilers.common import Services
-from mlflow_operator.watched import ExperimentPages, Watched
+from mlflow_operator.watched import ExperimentPages, ModelPages, Watched
 
 logger = logging.getLogger("mlflow_operator")
 
@@ -61,9 +61,11 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -
             mlflow=MlflowGateway(concurrency=config.mlflow_concurrency),
             kube=KubernetesGateway(concurrency=config.kubernetes_concurrency),
             # kopf passes its indices by id; they fill from the watches before any handler runs.
-            watched=Watched(jobs=kwargs["training_jobs"], experiments=kwargs["experiments_by_name"]),
+            watched=Watched(jobs=kwargs["training_jobs"], experiments=kwargs["experiments_by_name"],
+                            credentials=kwargs.get("credentials_secrets")),
             # Fetched at most twice per interval: drift is seen within 1.5 intervals.
             experiment_pages=ExperimentPages(max_age_seconds=config.drift_interval / 2),
+            model_pages=ModelPages(max_age_seconds=config.drift_interval / 2),
         )
         if config.heartbeat_file:
             memo["heartbeat"] = asyncio.create_task(heartbeat.beat_forever(Path(config.heartbeat_file)))
@@ -82,3 +84,14 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -
     experiment.register(registry, config)
     trainingrun.register(registry, config)
     registeredmodel.register(registry, config)
+    if config.watch_credentials:
+        # The API server sends only the labelled Secrets (runtime.py sets the selector).
+        kopf.index("", "v1", "secrets", id="credentials_secrets", labels={CREDENTIALS_LABEL: "true"},
+                   registry=registry)(credentials_secret)
+
+
+def credentials_secret(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, str]]:
+    """A labelled Secret's credentials as the watch last saw them: a reconcile or drift check
+    of an object that names it reads no Secret."""
+    metadata = body["metadata"]
+    return {(metadata["namespace"], metadata["name"]): credentials_data(body.get("data"))}

@@ -11,6 +11,7 @@ from mlflow_operator.reconcilers.registeredmodel import (
     EXTRA_CONDITIONS,
     delete_registered_model,
     reconcile_registered_model,
+    registered_model_in_sync,
 )
 
 REGISTERED_MODEL = Kind(KIND, PLURAL, RegisteredModelSpec.parse, reconcile_registered_model,
@@ -18,4 +19,5 @@ REGISTERED_MODEL = Kind(KIND, PLURAL, RegisteredModelSpec.parse, reconcile_regis
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    register_synced_kind(registry, config, REGISTERED_MODEL, delete=delete_registered_model)
+    register_synced_kind(registry, config, REGISTERED_MODEL, delete=delete_registered_model,
+                         in_sync=registered_model_in_sync)

@@ -17,7 +17,7 @@ from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progress
 from mlflow_operator.logic.target import choose_target, credentials_from_secret
 from mlflow_operator.servers import Credentials
 from mlflow_operator.tracking import TrackingTarget
-from mlflow_operator.watched import ExperimentPages, HandledJobs, Watched
+from mlflow_operator.watched import ExperimentPages, HandledJobs, ModelPages, Watched
 
 
 class RememberedCredentials:
@@ -60,8 +60,9 @@ class Services:
     # What the watches have seen (kopf indices); without them, reads through `kube`.
     watched: Watched = field(default_factory=Watched)
     handled_jobs: HandledJobs = field(default_factory=HandledJobs)
-    # Pages of experiments shared by the Experiments' drift checks (None: each reconciles).
+    # Pages shared by the drift checks of Experiments and RegisteredModels (None: each reconciles).
     experiment_pages: ExperimentPages | None = None
+    model_pages: ModelPages | None = None
     # When this process started, and the TrainingRuns it has tried to create a run for.
     started_at: float = field(default_factory=time.time)
     run_attempts: set[str] = field(default_factory=set)
@@ -167,7 +168,7 @@ async def resolve_target_and_secret(
     if choice.secret_name:
         key = (namespace, choice.secret_name, choice.uri)
         try:
-            secret = await services.kube.read_credentials_secret(namespace, choice.secret_name)
+            secret = await services.watched.credentials_secret(services.kube, namespace, choice.secret_name)
         except KubernetesError as error:
             raise ReconcileProblem(progressing(
                 "SecretUnreadable", f"cannot read Secret {choice.secret_name!r}: {error.message}"
@@ -193,6 +194,14 @@ async def resolve_target_and_secret(
         credentials = TrackingTarget(choice.uri).credentials
     ui_url = services.config.ui_url if choice.uri == services.config.default_tracking_uri else None
     return TrackingTarget(uri=choice.uri, credentials=credentials, ui_url=ui_url), choice.secret_name
+
+
+def ready_for_generation(body: Any) -> bool:
+    """Whether the object's last reconcile made it Ready for the spec it has now: only then may
+    a drift check compare it against a shared page instead of reconciling it."""
+    metadata, status = body["metadata"], body.get("status") or {}
+    ready_now = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return ready_now and status.get("observedGeneration") == metadata.get("generation")
 
 
 _PLURALS = {"Experiment": "experiments", "RegisteredModel": "registeredmodels", "TrainingRun": "trainingruns"}

@@ -11,7 +11,9 @@ from mlflow_operator.logic import ownership
 from mlflow_operator.api.trainingrun import PLURAL as TRAINING_RUNS
 from mlflow_operator.logic.conditions import ReconcileProblem, progressing, ready, stalled
 from mlflow_operator.logic.target import check_pinned
-from mlflow_operator.reconcilers.common import Context, Event, Result, Services, owner_alive, parse_spec, resolve_target
+from mlflow_operator.reconcilers.common import (
+    Context, Event, Result, Services, owner_alive, parse_spec, ready_for_generation, resolve_target,
+)
 from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.tracking import AlreadyExists, ExperimentInfo, InvalidRequest, TrackingError, TrackingTarget
 
@@ -83,10 +85,8 @@ async def experiment_in_sync(services: Services, body: Any) -> bool:
     and its MLflow experiment, in the page of its namespace's experiments that all drift
     checks share, needs no change. No MLflow call of its own; anything unexpected (a
     problem, an experiment missing from the page) is for a full reconcile to report."""
-    pages, metadata, status = services.experiment_pages, body["metadata"], body.get("status") or {}
-    ready_now = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-    if pages is None or not ready_now or not status.get("experimentId") \
-            or status.get("observedGeneration") != metadata.get("generation"):
+    pages, status = services.experiment_pages, body.get("status") or {}
+    if pages is None or not ready_for_generation(body) or not status.get("experimentId"):
         return False
     try:
         spec = ExperimentSpec.parse(body.get("spec"))

@@ -11,8 +11,11 @@ from mlflow_operator.logic import ownership
 from mlflow_operator.logic import registeredmodel as logic
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
 from mlflow_operator.logic.target import check_pinned
-from mlflow_operator.reconcilers.common import Context, Event, Result, Services, owner_alive, parse_spec, resolve_target
-from mlflow_operator.tracking import AlreadyExists, InvalidRequest, RegisteredModelInfo, TrackingTarget
+from mlflow_operator.gateways.kubernetes import KubernetesError
+from mlflow_operator.reconcilers.common import (
+    Context, Event, Result, Services, owner_alive, parse_spec, ready_for_generation, resolve_target,
+)
+from mlflow_operator.tracking import AlreadyExists, InvalidRequest, RegisteredModelInfo, TrackingError, TrackingTarget
 
 VERSION_NOT_FOUND = "VersionNotFound"
 DRIFTED = "Drifted"
@@ -45,6 +48,42 @@ async def reconcile_registered_model(ctx: Context[RegisteredModelSpec]) -> Resul
                      "trackingUri": target.uri,
                      "missingVersions": sorted(plan.missing, key=int) or None}
     return Result(_outcome(desired, plan, extra, len(versions)), status_update, events)
+
+
+async def registered_model_in_sync(services: Services, body: Any) -> bool:
+    """Whether the drift check can leave this RegisteredModel alone: Ready for its generation,
+    and its registered model and versions, in the page of its namespace's models that all
+    drift checks share, need no change and show what status shows. No MLflow call of its own;
+    anything else (a problem, a model missing from the page) is for a full reconcile."""
+    pages, status = services.model_pages, body.get("status") or {}
+    if pages is None or not ready_for_generation(body) or not status.get("modelName"):
+        return False
+    try:
+        spec = RegisteredModelSpec.parse(body.get("spec"))
+        identity = ObjectIdentity.from_body(body)
+        target = await resolve_target(services, identity.namespace, spec.tracking)
+        desired = logic.desired_model(spec, identity)
+        if target.uri != status.get("trackingUri") or desired.name != status["modelName"]:
+            return False
+        found = (await pages.models(services.mlflow, target, identity.namespace)).get(desired.name)
+    except (ValueError, ReconcileProblem, TrackingError, KubernetesError):
+        return False
+    if found is None:
+        return False
+    plan = logic.plan(desired, found.model, found.versions, logic.Managed.from_status(status))
+    if plan.changes or plan.missing:
+        return False
+    view = without_nulls(logic.status_view(found.model, found.versions))
+    return all(status.get(key) == value for key, value in view.items())
+
+
+def without_nulls(value: Any) -> Any:
+    """`value` as the API server stores it: a null field is dropped, not kept."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(v) for v in value]
+    return value
 
 
 async def _bind(services: Services, target: TrackingTarget, desired: logic.DesiredModel, spec: RegisteredModelSpec,

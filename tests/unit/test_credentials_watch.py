@@ -1,0 +1,48 @@
+"""Credentials Secrets come from the operator's watch of the Secrets labelled for it: a
+reconcile or drift check reads a Secret only when the watch has not seen it (missing, not
+labelled, or created a moment ago), so that the object can say which. The watch keeps the
+values of the credential keys only."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+from mlflow_operator.gateways.kubernetes import CredentialsSecret, credentials_data
+from mlflow_operator.watched import Watched
+
+
+class CountingKube:
+    """Answers every Secret read as 'exists, not labelled', and counts the reads."""
+
+    def __init__(self) -> None:
+        self.reads: list[tuple[str, str]] = []
+
+    async def read_credentials_secret(self, namespace: str, name: str) -> CredentialsSecret:
+        self.reads.append((namespace, name))
+        return CredentialsSecret(name=name, opted_in=False, data={})
+
+
+def encoded(**values: str) -> dict[str, str]:
+    return {key: base64.b64encode(value.encode()).decode() for key, value in values.items()}
+
+
+def test_a_watched_labelled_secret_is_used_without_a_read():
+    kube = CountingKube()
+    watched = Watched(credentials={("team-a", "creds"): [credentials_data(encoded(token="t0k"))]})
+    secret = asyncio.run(watched.credentials_secret(kube, "team-a", "creds"))  # type: ignore[arg-type]
+    assert secret == CredentialsSecret(name="creds", opted_in=True, data={"token": "t0k"})
+    assert kube.reads == []
+
+
+def test_a_secret_the_watch_has_not_seen_is_read_to_say_why():
+    kube = CountingKube()
+    watched = Watched(credentials={("team-a", "creds"): [credentials_data(encoded(token="t0k"))]})
+    secret = asyncio.run(watched.credentials_secret(kube, "team-b", "creds"))  # type: ignore[arg-type]
+    assert secret is not None and not secret.opted_in
+    assert kube.reads == [("team-b", "creds")]
+
+
+def test_the_watch_keeps_the_values_of_the_credential_keys_only():
+    data = credentials_data(encoded(username="ann", password="pw", ssh_key="PRIVATE"))
+    assert data == {"username": "ann", "password": "pw", "ssh_key": ""}
