@@ -9,8 +9,13 @@ Scenarios (sizes are flags, small by default; the README gives the recorded larg
   direct client with 8 threads creates the same N MLflow runs (tags and params) and N Jobs
   itself, waits for the Jobs and closes the runs. The cost of one TrainingRun lifecycle is
   read from the operator's own metrics (API calls labelled with the kind reconciled).
-- synced objects: Experiments and RegisteredModels applied at once, then idle with them:
-  operator CPU, MLflow calls per drift interval, RSS.
+- closed runs (--closed-training-runs): N TrainingRuns run to Succeeded and kept while the
+  next scenario runs, so that it measures an operator holding them too.
+- synced objects: Experiments and RegisteredModels applied at once, then, one interval later,
+  idle with them: operator CPU, MLflow calls per drift interval, RSS.
+
+The drift interval is the running operator's: the sandbox's 10 s, or SANDBOX_DRIFT_INTERVAL
+(e.g. 60, the chart's default) when the benchmark restarts the operator.
 
 Writes benchmarks/results/latest.json and latest.md (--output names others). Numbers depend
 on the machine.
@@ -52,7 +57,6 @@ from mlflow_operator.logic import trainingrun as training  # noqa: E402
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 GROUP, VERSION = "mlflow.operator.dev", "v1alpha1"
 THREADS = 8
-DRIFT_INTERVAL_SECONDS = 10  # the sandbox's (sandbox/sandbox.py)
 # Kubernetes API calls of the operator's gateway that change something (dry runs persist nothing).
 READ_PREFIXES = ("get_", "read_", "list_")
 
@@ -62,6 +66,12 @@ READ_PREFIXES = ("get_", "read_", "list_")
 
 def operator_pid() -> int:
     return int((STATE / "pids" / "operator.pid").read_text())
+
+
+def drift_interval(pid: int) -> float:
+    """The running operator's --drift-interval (the sandbox's, or SANDBOX_DRIFT_INTERVAL)."""
+    argv = Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+    return float(next(a for a in argv if a.startswith("--drift-interval=")).split("=", 1)[1])
 
 
 def rss_mib(pid: int) -> float:
@@ -296,12 +306,29 @@ def burst(cluster: Cluster, namespace: str, plural: str, kind: str, n: int, spec
     started = time.monotonic()
     with ThreadPoolExecutor(THREADS) as pool:
         list(pool.map(lambda i: objects.create(f"o-{i}", spec_of(i)), range(n)))
-    wait(lambda: sum(is_ready(item) for item in cluster.items(namespace, plural)) == n, 1800, f"{kind}s Ready", 0.5)
+    wait(lambda: sum(is_ready(item) for item in cluster.items(namespace, plural)) == n, max(1800, n), f"{kind}s Ready",
+         max(0.5, n / 1000))
     return {"n": n, "all_ready_after_seconds": round(time.monotonic() - started, 2)}
 
 
+def closed_runs(cluster: Cluster, n: int) -> tuple[str, dict]:
+    """N TrainingRuns run to Succeeded and kept (the namespace is returned for deletion later),
+    so that the synced-objects scenario measures an operator that also holds closed runs."""
+    namespace = cluster.namespace("bench-closed")
+    Objects(cluster.custom, namespace, "experiments", "Experiment").create("bench", {"name": f"bench-{namespace}"})
+    runs = Objects(cluster.custom, namespace, "trainingruns", "TrainingRun")
+    started = time.monotonic()
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(lambda i: runs.create(f"run-{i}", run_spec(i)), range(n)))
+    # Listing thousands of objects is itself load: poll less often the more there are.
+    wait(lambda: sum((item.get("status") or {}).get("phase") == "Succeeded"
+                     for item in cluster.items(namespace, "trainingruns")) == n,
+         max(1800, n), "every closed run Succeeded", max(0.5, n / 1000))
+    return namespace, {"n": n, "all_succeeded_after_seconds": round(time.monotonic() - started, 2)}
+
+
 def synced_objects(cluster: Cluster, metrics: OperatorMetrics, n_experiments: int, n_models: int,
-                   idle_seconds: float) -> dict:
+                   idle_seconds: float, interval: float) -> dict:
     namespace = cluster.namespace("bench-synced")
     pid = operator_pid()
     result: dict[str, Any] = {}
@@ -313,12 +340,12 @@ def synced_objects(cluster: Cluster, metrics: OperatorMetrics, n_experiments: in
             lambda i: {"name": f"bench-{namespace}-{i}", "description": "bench", "tags": {"a": "b"}})
         result["rss_mib_after_load"] = round(rss_mib(pid), 1)
         # Retries and trailing events of the burst belong to it, not to the idle operator.
-        time.sleep(DRIFT_INTERVAL_SECONDS)
+        time.sleep(interval)
         before, cpu_before = metrics.snapshot(), cpu_seconds(pid)
         time.sleep(idle_seconds)
         idle_cpu, after = cpu_seconds(pid) - cpu_before, metrics.snapshot()
         calls = OperatorMetrics.delta(before, after)
-        intervals = idle_seconds / DRIFT_INTERVAL_SECONDS
+        intervals = idle_seconds / interval
         kube_writes = sum(v for (api, op), v in calls.items() if api == "kubernetes" and not op.startswith(READ_PREFIXES))
 
         def per_100(kind: str, n: int) -> float:
@@ -327,7 +354,7 @@ def synced_objects(cluster: Cluster, metrics: OperatorMetrics, n_experiments: in
 
         result["idle"] = {
             "objects": n_experiments + n_models, "seconds": idle_seconds,
-            "drift_interval_seconds": DRIFT_INTERVAL_SECONDS,
+            "drift_interval_seconds": interval,
             "operator_cpu_percent_of_one_core": round(100 * idle_cpu / idle_seconds, 1),
             "mlflow_calls_per_interval_per_100_experiments": per_100("Experiment", n_experiments),
             "mlflow_calls_per_interval_per_100_models": per_100("RegisteredModel", n_models),
@@ -348,7 +375,9 @@ def main() -> int:
     parser.add_argument("--experiments", type=int, default=50)
     parser.add_argument("--models", type=int, default=20)
     parser.add_argument("--idle-seconds", type=float, default=60)
-    parser.add_argument("--closed-idle-seconds", type=float, default=2 * DRIFT_INTERVAL_SECONDS)
+    parser.add_argument("--closed-idle-seconds", type=float, help="default: two drift intervals")
+    parser.add_argument("--closed-training-runs", type=int, default=0,
+                        help="TrainingRuns run to Succeeded and kept during the synced-objects scenario")
     parser.add_argument("--no-restart", action="store_true", help="keep the running operator")
     parser.add_argument("--output", default="latest", help="results/OUTPUT.json and .md (default latest)")
     args = parser.parse_args()
@@ -361,16 +390,25 @@ def main() -> int:
                        capture_output=True)
     cluster, metrics = Cluster(), OperatorMetrics()
     pid = operator_pid()
+    interval = drift_interval(pid)
     results["rss_mib_idle_start"] = round(rss_mib(pid), 1)
     tracking_uri = f"http://127.0.0.1:{json.loads((STATE / 'ports.json').read_text())['mlflow']}"
     if args.training_runs:
         results["floor"] = floor_dispatch(cluster, args.training_runs, tracking_uri)
-        results["operator"] = operator_dispatch(cluster, metrics, args.training_runs, args.closed_idle_seconds)
+        results["operator"] = operator_dispatch(cluster, metrics, args.training_runs,
+                                                args.closed_idle_seconds or 2 * interval)
         results["dispatch_ratio"] = round(results["operator"]["dispatch_seconds"]
                                           / results["floor"]["dispatch_seconds"], 2)
         results["rss_mib_after_runs"] = round(rss_mib(pid), 1)
+    closed_namespace = None
+    if args.closed_training_runs:
+        closed_namespace, results["closed"] = closed_runs(cluster, args.closed_training_runs)
+        results["closed"]["rss_mib"] = round(rss_mib(pid), 1)
     if args.experiments or args.models:
-        results["synced"] = synced_objects(cluster, metrics, args.experiments, args.models, args.idle_seconds)
+        results["synced"] = synced_objects(cluster, metrics, args.experiments, args.models, args.idle_seconds,
+                                           interval)
+    if closed_namespace:
+        cluster.delete_namespace(closed_namespace, wait_gone=False)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     results["recorded_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -402,6 +440,10 @@ def render_markdown(r: dict) -> str:
             "| call per run | count |", "|---|---|",
             *(f"| {op} | {count} |" for op, count in life["by_operation"].items()), "",
         ]
+    if "closed" in r:
+        c = r["closed"]
+        lines += [f"**{c['n']} TrainingRuns** applied at once and all Succeeded after {c['all_succeeded_after_seconds']}"
+                  f" s; kept (closed) during what follows. RSS then: {c['rss_mib']} MiB.", ""]
     if "synced" in r:
         s, idle = r["synced"], r["synced"]["idle"]
         lines += [
