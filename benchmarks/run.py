@@ -12,7 +12,10 @@ Scenarios (sizes are flags, small by default; the README gives the recorded larg
 - closed runs (--closed-training-runs): N TrainingRuns run to Succeeded and kept while the
   next scenario runs, so that it measures an operator holding them too.
 - synced objects: Experiments and RegisteredModels applied at once, then, one interval later,
-  idle with them: operator CPU, MLflow calls per drift interval, RSS.
+  idle with them: operator CPU, MLflow calls per drift interval, RSS. With
+  --restart-with-objects, the operator is then restarted with every object present and, once
+  it has resumed them all, measured again: the footprint of holding the objects, without the
+  peak of the burst that made them.
 
 The drift interval is the running operator's: the sandbox's 10 s, or SANDBOX_DRIFT_INTERVAL
 (e.g. 60, the chart's default) when the benchmark restarts the operator.
@@ -327,8 +330,49 @@ def closed_runs(cluster: Cluster, n: int) -> tuple[str, dict]:
     return namespace, {"n": n, "all_succeeded_after_seconds": round(time.monotonic() - started, 2)}
 
 
+def idle_window(pid: int, metrics: OperatorMetrics, seconds: float, interval: float, n_experiments: int,
+                n_models: int) -> dict:
+    """The operator left alone with its objects for `seconds`: CPU, calls per interval, RSS."""
+    before, cpu_before = metrics.snapshot(), cpu_seconds(pid)
+    time.sleep(seconds)
+    idle_cpu, after = cpu_seconds(pid) - cpu_before, metrics.snapshot()
+    calls = OperatorMetrics.delta(before, after)
+    intervals = seconds / interval
+    kube_writes = sum(v for (api, op), v in calls.items() if api == "kubernetes" and not op.startswith(READ_PREFIXES))
+
+    def per_100(kind: str, n: int) -> float:
+        kind_calls = OperatorMetrics.delta(before, after, kind)
+        return round(100 * sum(v for (api, _), v in kind_calls.items() if api == "mlflow") / intervals / max(n, 1), 1)
+
+    return {
+        "seconds": seconds, "drift_interval_seconds": interval,
+        "operator_cpu_percent_of_one_core": round(100 * idle_cpu / seconds, 1),
+        "mlflow_calls_per_interval_per_100_experiments": per_100("Experiment", n_experiments),
+        "mlflow_calls_per_interval_per_100_models": per_100("RegisteredModel", n_models),
+        "kubernetes_writes_per_interval": round(kube_writes / intervals, 1),
+        "rss_mib": round(rss_mib(pid), 1),
+    }
+
+
+def restart_operator() -> None:
+    subprocess.run([sys.executable, str(ROOT / "sandbox" / "sandbox.py"), "restart", "operator"], check=True,
+                   capture_output=True)
+
+
+def wait_settled(pid: int, window: float = 10, busy_percent: float = 20, timeout: float = 1800) -> float:
+    """Seconds until the operator's CPU stays under `busy_percent` of a core for a window:
+    after a restart, kopf resumes every object before it goes quiet."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = cpu_seconds(pid)
+        time.sleep(window)
+        if 100 * (cpu_seconds(pid) - before) / window < busy_percent:
+            return round(time.monotonic() - started, 1)
+    raise TimeoutError(f"the operator stayed busy for {timeout}s after its restart")
+
+
 def synced_objects(cluster: Cluster, metrics: OperatorMetrics, n_experiments: int, n_models: int,
-                   idle_seconds: float, interval: float) -> dict:
+                   idle_seconds: float, interval: float, other_objects: int, restart: bool) -> dict:
     namespace = cluster.namespace("bench-synced")
     pid = operator_pid()
     result: dict[str, Any] = {}
@@ -338,29 +382,20 @@ def synced_objects(cluster: Cluster, metrics: OperatorMetrics, n_experiments: in
         result["registeredmodels"] = burst(
             cluster, namespace, "registeredmodels", "RegisteredModel", n_models,
             lambda i: {"name": f"bench-{namespace}-{i}", "description": "bench", "tags": {"a": "b"}})
+        result["objects"] = n_experiments + n_models + other_objects
         result["rss_mib_after_load"] = round(rss_mib(pid), 1)
         # Retries and trailing events of the burst belong to it, not to the idle operator.
         time.sleep(interval)
-        before, cpu_before = metrics.snapshot(), cpu_seconds(pid)
-        time.sleep(idle_seconds)
-        idle_cpu, after = cpu_seconds(pid) - cpu_before, metrics.snapshot()
-        calls = OperatorMetrics.delta(before, after)
-        intervals = idle_seconds / interval
-        kube_writes = sum(v for (api, op), v in calls.items() if api == "kubernetes" and not op.startswith(READ_PREFIXES))
-
-        def per_100(kind: str, n: int) -> float:
-            kind_calls = OperatorMetrics.delta(before, after, kind)
-            return round(100 * sum(v for (api, _), v in kind_calls.items() if api == "mlflow") / intervals / max(n, 1), 1)
-
-        result["idle"] = {
-            "objects": n_experiments + n_models, "seconds": idle_seconds,
-            "drift_interval_seconds": interval,
-            "operator_cpu_percent_of_one_core": round(100 * idle_cpu / idle_seconds, 1),
-            "mlflow_calls_per_interval_per_100_experiments": per_100("Experiment", n_experiments),
-            "mlflow_calls_per_interval_per_100_models": per_100("RegisteredModel", n_models),
-            "kubernetes_writes_per_interval": round(kube_writes / intervals, 1),
-        }
-        result["rss_mib_after_idle"] = round(rss_mib(pid), 1)
+        result["idle"] = idle_window(pid, metrics, idle_seconds, interval, n_experiments, n_models)
+        if restart:
+            # The footprint of holding the objects, without the burst's peak: a new process
+            # that finds them all at start, as after an upgrade.
+            restart_operator()
+            pid = operator_pid()
+            result["resume_seconds"] = wait_settled(pid)
+            time.sleep(interval)
+            result["after_restart"] = idle_window(pid, OperatorMetrics(), idle_seconds, interval, n_experiments,
+                                                  n_models)
     finally:
         cluster.delete_namespace(namespace)  # before the next scenario measures an idle operator
     return result
@@ -379,6 +414,9 @@ def main() -> int:
     parser.add_argument("--closed-training-runs", type=int, default=0,
                         help="TrainingRuns run to Succeeded and kept during the synced-objects scenario")
     parser.add_argument("--no-restart", action="store_true", help="keep the running operator")
+    parser.add_argument("--restart-with-objects", action="store_true",
+                        help="after the synced scenario's idle window, restart the operator with every object "
+                             "present and measure it again once it has resumed them")
     parser.add_argument("--output", default="latest", help="results/OUTPUT.json and .md (default latest)")
     args = parser.parse_args()
 
@@ -386,8 +424,7 @@ def main() -> int:
                                            "kernel": platform.release()},
                                "arguments": vars(args)}
     if not args.no_restart:
-        subprocess.run([sys.executable, str(ROOT / "sandbox" / "sandbox.py"), "restart", "operator"], check=True,
-                       capture_output=True)
+        restart_operator()
     cluster, metrics = Cluster(), OperatorMetrics()
     pid = operator_pid()
     interval = drift_interval(pid)
@@ -406,7 +443,7 @@ def main() -> int:
         results["closed"]["rss_mib"] = round(rss_mib(pid), 1)
     if args.experiments or args.models:
         results["synced"] = synced_objects(cluster, metrics, args.experiments, args.models, args.idle_seconds,
-                                           interval)
+                                           interval, args.closed_training_runs, args.restart_with_objects)
     if closed_namespace:
         cluster.delete_namespace(closed_namespace, wait_gone=False)
 
@@ -416,6 +453,13 @@ def main() -> int:
     (RESULTS / f"{args.output}.md").write_text(render_markdown(results))
     print(render_markdown(results))
     return 0
+
+
+def idle_row(after: str, idle: dict) -> str:
+    return (f"| {after} | {idle['seconds']:.0f} | {idle['drift_interval_seconds']:.0f} | "
+            f"{idle['operator_cpu_percent_of_one_core']} | {idle['mlflow_calls_per_interval_per_100_experiments']} | "
+            f"{idle['mlflow_calls_per_interval_per_100_models']} | {idle['kubernetes_writes_per_interval']} | "
+            f"{idle['rss_mib']} |")
 
 
 def render_markdown(r: dict) -> str:
@@ -445,18 +489,21 @@ def render_markdown(r: dict) -> str:
         lines += [f"**{c['n']} TrainingRuns** applied at once and all Succeeded after {c['all_succeeded_after_seconds']}"
                   f" s; kept (closed) during what follows. RSS then: {c['rss_mib']} MiB.", ""]
     if "synced" in r:
-        s, idle = r["synced"], r["synced"]["idle"]
+        s = r["synced"]
         lines += [
             f"**{s['experiments']['n']} Experiments** Ready after {s['experiments']['all_ready_after_seconds']} s, "
             f"**{s['registeredmodels']['n']} RegisteredModels** after "
-            f"{s['registeredmodels']['all_ready_after_seconds']} s (applied at once). One interval later, idle for "
-            f"{idle['seconds']:.0f} s with a {idle['drift_interval_seconds']} s drift interval: "
-            f"{idle['operator_cpu_percent_of_one_core']} % of one core, "
-            f"MLflow calls per interval per 100 objects: {idle['mlflow_calls_per_interval_per_100_experiments']} "
-            f"for Experiments, {idle['mlflow_calls_per_interval_per_100_models']} for RegisteredModels; "
-            f"{idle['kubernetes_writes_per_interval']} Kubernetes writes per interval; RSS "
-            f"{s['rss_mib_after_load']} MiB after the load, {s['rss_mib_after_idle']} MiB after idle.", "",
+            f"{s['registeredmodels']['all_ready_after_seconds']} s (applied at once); {s['objects']} objects in all. "
+            f"RSS after the load: {s['rss_mib_after_load']} MiB.", "",
+            "| idle, one interval after | seconds | drift interval s | CPU % of one core | MLflow calls per interval "
+            "per 100 Experiments | per 100 RegisteredModels | Kubernetes writes per interval | RSS MiB |",
+            "|---|---|---|---|---|---|---|---|",
+            idle_row("the load", s["idle"]),
         ]
+        if "after_restart" in s:
+            lines.append(idle_row(f"a restart with every object present (resumed in {s['resume_seconds']} s)",
+                                  s["after_restart"]))
+        lines.append("")
     return "\n".join(lines)
 
 
