@@ -49,7 +49,18 @@ class ContainerExit:
 
 
 @dataclass(frozen=True)
+class ContainerImage:
+    name: str
+    image: str
+    # As the node resolved it (container status imageID), e.g. repo@sha256:...; "" before it runs.
+    image_id: str
+
+
+@dataclass(frozen=True)
 class PodSnapshot:
     name: str
     # Containers that terminated with a non-zero exit code.
     failed_containers: tuple[ContainerExit, ...] = ()
+    node: str | None = None
+    created: str | None = None  # RFC 3339, sorts in time order
+    containers: tuple[ContainerImage, ...] = ()

@@ -10,6 +10,7 @@ reconcile paths), every lookup is a read through the gateway.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Generic, Iterable, Mapping, TypeVar
@@ -18,7 +19,7 @@ from mlflow_operator.api.common import TAG_NAMESPACE
 from mlflow_operator.api.experiment import PLURAL as EXPERIMENTS
 from mlflow_operator.cluster import JobSnapshot
 from mlflow_operator.gateways.kubernetes import CredentialsSecret, KubernetesGateway
-from mlflow_operator.gateways.mlflow import MlflowGateway, filter_literal
+from mlflow_operator.gateways.mlflow import MlflowGateway, every_page, filter_literal
 from mlflow_operator.tracking import ExperimentInfo, ModelVersionInfo, RegisteredModelInfo, TrackingTarget
 
 # Index keys: (namespace, name).
@@ -110,16 +111,16 @@ class ExperimentPages(_SharedPages[tuple[TrackingTarget, str], dict[str, Experim
         """By id: the experiments tagged with `namespace` (raises what MLflow raises)."""
 
         async def search() -> dict[str, ExperimentInfo]:
-            found: dict[str, ExperimentInfo] = {}
-            namespace_filter = f"tags.`{TAG_NAMESPACE}` = {filter_literal(namespace)}"
-            token: str | None = None
-            while True:
-                page, token = await mlflow.search_experiments_page(target, namespace_filter, token)
-                found.update((e.experiment_id, e) for e in page)
-                if token is None:
-                    return found
+            namespace_filter = _namespace_filter(namespace)
+            found = await every_page(lambda token: mlflow.search_experiments_page(target, namespace_filter, token))
+            return {e.experiment_id: e for e in found}
 
         return await self._cached((target, namespace), search)
+
+
+def _namespace_filter(namespace: str) -> str:
+    """MLflow entities tagged with the namespace (a DNS label: always a valid literal)."""
+    return f"tags.`{TAG_NAMESPACE}` = {filter_literal(namespace)}"
 
 
 # A `name IN (...)` filter of at most this many characters goes in one search_model_versions
@@ -142,24 +143,15 @@ class ModelPages(_SharedPages[tuple[TrackingTarget, str], dict[str, ModelInRegis
         """By name: the registered models tagged with `namespace` (raises what MLflow raises)."""
 
         async def search() -> dict[str, ModelInRegistry]:
-            models: dict[str, RegisteredModelInfo] = {}
-            namespace_filter = f"tags.`{TAG_NAMESPACE}` = {filter_literal(namespace)}"
-            token: str | None = None
-            while True:
-                page, token = await mlflow.search_registered_models_page(target, namespace_filter, token)
-                models.update((m.name, m) for m in page)
-                if token is None:
-                    break
+            namespace_filter = _namespace_filter(namespace)
+            models = {m.name: m for m in await every_page(
+                lambda token: mlflow.search_registered_models_page(target, namespace_filter, token))}
             versions: dict[str, list[ModelVersionInfo]] = {name: [] for name in models}
             for names_filter in names_in_filters(sorted(models)):
-                token = None
-                while True:
-                    found, token = await mlflow.search_model_versions_page(target, names_filter, token)
-                    for version in found:
-                        if version.name in versions:
-                            versions[version.name].append(version)
-                    if token is None:
-                        break
+                for version in await every_page(functools.partial(mlflow.search_model_versions_page, target,
+                                                                  names_filter)):
+                    if version.name in versions:
+                        versions[version.name].append(version)
             # A model whose name no filter can express is left out: its check reconciles.
             return {name: ModelInRegistry(model, sorted(versions[name], key=lambda v: int(v.version)))
                     for name, model in models.items() if filter_literal(name) is not None}

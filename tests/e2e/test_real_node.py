@@ -63,6 +63,22 @@ def test_the_example_trains_in_a_container_on_the_real_node_and_registers_its_mo
     assert mlflow_client.get_model_version_by_alias(model, "champion").run_id == status["runId"]
 
 
+def test_the_run_carries_the_pod_node_and_the_image_digest_the_node_resolved(runs, core, real_node_namespace,
+                                                                              mlflow_client):
+    runs.create("provenance", {
+        "experimentName": unique("real-node"), "description": "digest check",
+        "template": {"spec": {"containers": [{"name": "train", "image": IMAGE, "args": ["--n-estimators", "5"]}]}},
+    })
+    status = runs.wait_ready("provenance", timeout=240)["status"]
+    [pod] = pods_of(core, real_node_namespace, "provenance")
+    tags = mlflow_client.get_run(status["runId"]).data.tags
+    assert tags["k8s.pod"] == pod.metadata.name and tags["k8s.node"] == "localhost"
+    assert tags["k8s.image"] == IMAGE
+    assert tags["k8s.image.digest"].startswith("sha256:")
+    assert tags["k8s.image.digest"] in pod.status.container_statuses[0].image_id
+    assert tags["mlflow.note.content"] == "digest check"
+
+
 def test_kubectl_logs_shows_what_the_training_container_printed(runs, real_node_namespace, sandbox):
     runs.create("talk", {"experimentName": unique("logs"),
                          "template": python("print('hello from a real container')")})

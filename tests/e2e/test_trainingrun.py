@@ -118,6 +118,24 @@ def test_success_path_runs_the_churn_example_and_registers_the_model(
         "JobCreated", "ModelRegistered", "Succeeded"]
 
 
+def test_the_run_carries_its_gitops_source_and_after_the_job_its_pod_and_node(
+    runs, ready_experiment, namespace, custom, mlflow_client
+):
+    body = {"apiVersion": "mlflow.operator.dev/v1alpha1", "kind": "TrainingRun",
+            "metadata": {"name": "sourced", "annotations": {
+                "mlflow.operator.dev/source-repo": "https://git.example.com/ml/runs.git",
+                "mlflow.operator.dev/source-revision": "abc1234"}},
+            "spec": spec(description="from the pipeline")}
+    custom.create_namespaced_custom_object("mlflow.operator.dev", "v1alpha1", namespace, "trainingruns", body)
+    assert play(namespace, "sourced", [sys.executable, "-c", "pass"]) == 0
+    status = runs.wait_ready("sourced", timeout=60)["status"]
+    tags = mlflow_client.get_run(status["runId"]).data.tags
+    assert tags["mlflow.operator.dev/source-repo"] == "https://git.example.com/ml/runs.git"
+    assert tags["mlflow.operator.dev/source-revision"] == "abc1234"
+    assert tags["mlflow.note.content"] == "from the pipeline"
+    assert tags["k8s.image"] == "trainer:1" and tags["k8s.pod"].startswith("sourced-") and tags["k8s.node"]
+
+
 def test_the_job_is_wired_to_the_run_and_owned_by_the_object(runs, ready_experiment, namespace, batch):
     obj = runs.create("wired", spec(params={"alpha": "0.5"}))
     status = wait_phase(runs, "wired", "Running")["status"]

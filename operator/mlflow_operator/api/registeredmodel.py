@@ -32,6 +32,26 @@ class VersionSpec(Model):
         return _version_text(value)
 
 
+class MetricBound(Model):
+    """Bounds on one metric of a version's source run (its latest value)."""
+
+    min: float | None = None
+    max: float | None = None
+
+
+class NotWorseThanCurrent(Model):
+    metric: str = Field(min_length=1, max_length=250)
+    goal: Literal["maximize", "minimize"] = "maximize"
+
+
+class PromotionRule(Model):
+    """What a version must show before the operator moves an alias to it."""
+
+    metrics: dict[str, MetricBound] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
+    not_worse_than_current: NotWorseThanCurrent | None = Field(default=None, alias="notWorseThanCurrent")
+
+
 class RegisteredModelSpec(Model):
     name: str | None = Field(default=None, min_length=1, max_length=256)
     description: str | None = None
@@ -42,6 +62,7 @@ class RegisteredModelSpec(Model):
     drift_policy: Literal["Enforce", "Observe"] = Field(default="Enforce", alias="driftPolicy")
     deletion_policy: Literal["Retain", "Delete"] = Field(default="Retain", alias="deletionPolicy")
     adopt: bool = False
+    promotion: dict[str, PromotionRule] = Field(default_factory=dict)
     tracking: TrackingSpec | None = None
 
     @field_validator("aliases", mode="before")

@@ -22,7 +22,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from mlflow_operator.api.common import GROUP, VERSION
-from mlflow_operator.cluster import ContainerExit, JobSnapshot, PodSnapshot
+from mlflow_operator.cluster import ContainerExit, ContainerImage, JobSnapshot, PodSnapshot
 from mlflow_operator.logic import timestamps
 from mlflow_operator.metrics import KUBERNETES_REQUESTS, RECONCILING_KIND
 
@@ -328,4 +328,9 @@ def pod_snapshot(pod: Any) -> PodSnapshot:
         terminated = container.state.terminated if container.state else None
         if terminated and terminated.exit_code:
             exits.append(ContainerExit(container.name, terminated.exit_code, terminated.reason or "Error"))
-    return PodSnapshot(name=pod.metadata.name, failed_containers=tuple(exits))
+    images = tuple(ContainerImage(c.name, c.image or "", c.image_id or "")
+                   for c in (pod.status.container_statuses if pod.status else None) or [])
+    created = pod.metadata.creation_timestamp
+    return PodSnapshot(name=pod.metadata.name, failed_containers=tuple(exits),
+                       node=pod.spec.node_name if pod.spec else None,
+                       created=created.isoformat() if created else None, containers=images)

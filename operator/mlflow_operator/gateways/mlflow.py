@@ -14,7 +14,7 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 from urllib.parse import urlsplit
 
 from mlflow.entities import ExperimentTag, Param, RunTag, ViewType
@@ -129,6 +129,21 @@ def filter_literal(value: str) -> str | None:
     if '"' not in value:
         return f'"{value}"'
     return None
+
+
+Item = TypeVar("Item")
+
+
+async def every_page(search: Callable[[str | None], Awaitable[tuple[list[Item], str | None]]]) -> list[Item]:
+    """What a paged search finds on all its pages: `search(token)` returns one page and the
+    next page's token (None after the last)."""
+    found: list[Item] = []
+    token: str | None = None
+    while True:
+        page, token = await search(token)
+        found.extend(page)
+        if token is None:
+            return found
 
 
 def model_name_filter(name: str) -> str:
@@ -402,14 +417,8 @@ class MlflowGateway:
     async def model_versions(self, target: TrackingTarget, name: str) -> list[ModelVersionInfo]:
         """Every version of the model, lowest number first (paging through all of them)."""
         name_filter = model_name_filter(name)
-        versions: list[ModelVersionInfo] = []
-        token: str | None = None
-        while True:
-            page, token = await self.search_model_versions_page(target, name_filter, token)
-            versions.extend(v for v in page if v.name == name)
-            if token is None:
-                break
-        return sorted(versions, key=lambda v: int(v.version))
+        found = await every_page(lambda token: self.search_model_versions_page(target, name_filter, token))
+        return sorted((v for v in found if v.name == name), key=lambda v: int(v.version))
 
     async def search_model_versions_page(self, target: TrackingTarget, filter_string: str,
                                          page_token: str | None) -> tuple[list[ModelVersionInfo], str | None]:

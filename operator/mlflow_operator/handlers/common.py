@@ -236,7 +236,8 @@ async def _reconcile_once(kind: Kind[Any], metadata: Any, current: Any, state: O
     try:
         ctx = Context(services, ObjectIdentity.from_body(fresh), parse_spec(kind.parse, fresh.get("spec")),
                       dict(status_before), writer, drift_check=drift_check,
-                      created_at=timestamps.parse(fresh["metadata"].get("creationTimestamp")))
+                      created_at=timestamps.parse(fresh["metadata"].get("creationTimestamp")),
+                      metadata=fresh["metadata"])
         result = await kind.reconcile(ctx)
         outcome, events = result.outcome, [*ctx.events, *result.events]
         status_update = {**ctx.recorded, **result.status}

@@ -187,7 +187,7 @@ def _alias_changes(desired: DesiredModel, model: RegisteredModelInfo, existing: 
             changes.append(Change("set_alias", alias, version, previous=model.aliases.get(alias)))
     for alias in sorted(managed.aliases - set(desired.aliases)):
         if alias in model.aliases:
-            changes.append(Change("delete_alias", alias))
+            changes.append(Change("delete_alias", alias, previous=model.aliases[alias]))
     return changes, managed_aliases
 
 

@@ -65,6 +65,12 @@ def first_image(template: dict[str, Any]) -> str | None:
     return containers[0].get("image") if containers else None
 
 
+def first_container_name(template: dict[str, Any]) -> str | None:
+    """The training container: the first one (as for k8s.image and the MLflow environment)."""
+    containers = ((template.get("spec") or {}).get("containers")) or []
+    return containers[0].get("name") if containers else None
+
+
 @dataclass(frozen=True)
 class CredentialSource:
     """Where a Job's containers read MLflow credentials from: a Secret, by reference only."""

@@ -6,7 +6,7 @@ import datetime as dt
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Mapping, TypeVar
 
 from mlflow_operator.api.common import TAG_KIND, TAG_NAME, TAG_UID, ObjectIdentity, TrackingSpec
 from mlflow_operator.config import OperatorConfig
@@ -116,6 +116,8 @@ class Context(Generic[SpecT]):
     drift_check: bool = False
     # metadata.creationTimestamp.
     created_at: dt.datetime | None = None
+    # The object's metadata as read (generation, annotations, labels: who made a change).
+    metadata: Mapping[str, Any] = field(default_factory=dict)
     # Deleting: credentials remembered from a Secret that is gone may be used.
     cleanup: bool = False
     # Events of steps already done: posted even if a later step fails.

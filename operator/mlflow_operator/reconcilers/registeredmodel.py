@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 from typing import Any, assert_never
 
 from mlflow_operator.api.common import ObjectIdentity
 from mlflow_operator.api.registeredmodel import RegisteredModelSpec
 from mlflow_operator.gateways.mlflow import MlflowGateway
-from mlflow_operator.logic import ownership
+from mlflow_operator.logic import ownership, promotion, provenance
 from mlflow_operator.logic import registeredmodel as logic
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
 from mlflow_operator.logic.target import check_pinned
@@ -15,11 +17,14 @@ from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.reconcilers.common import (
     Context, Event, Result, Services, owner_alive, parse_spec, ready_for_generation, resolve_target,
 )
-from mlflow_operator.tracking import AlreadyExists, InvalidRequest, RegisteredModelInfo, TrackingError, TrackingTarget
+from mlflow_operator.tracking import (
+    AlreadyExists, InvalidRequest, ModelVersionInfo, RegisteredModelInfo, RunInfo, TrackingError, TrackingTarget,
+)
 
 VERSION_NOT_FOUND = "VersionNotFound"
 DRIFTED = "Drifted"
-EXTRA_CONDITIONS = (VERSION_NOT_FOUND, DRIFTED)
+PROMOTION_BLOCKED = "PromotionBlocked"
+EXTRA_CONDITIONS = (VERSION_NOT_FOUND, DRIFTED, PROMOTION_BLOCKED)
 
 
 async def reconcile_registered_model(ctx: Context[RegisteredModelSpec]) -> Result:
@@ -35,9 +40,20 @@ async def reconcile_registered_model(ctx: Context[RegisteredModelSpec]) -> Resul
 
     versions = await mlflow.model_versions(target, desired.name)
     plan = logic.plan(desired, model, versions, logic.Managed.from_status(status))
+    plan, blocked = await _hold_back_blocked_promotions(services, target, spec, model, versions, plan)
+    actor = promotion.Actor(identity.kind, identity.namespace, identity.name, ctx.metadata.get("generation"),
+                            provenance.gitops_source(ctx.metadata))
+    audited: list[dict[str, Any]] = []
     extra = await _apply_plan(services, target, desired, plan, status, events,
                               observe_only=drift_check and spec.drift_policy == "Observe" and kind == "use",
-                              announce=(kind == "use"), drift_check=drift_check)
+                              announce=(kind == "use"), drift_check=drift_check,
+                              actor=actor, audited=audited)
+    if blocked:
+        message = "; ".join(blocked)
+        extra[PROMOTION_BLOCKED] = ("True", PROMOTION_BLOCKED, message)
+        previous = next((c for c in status.get("conditions") or [] if c.get("type") == PROMOTION_BLOCKED), None)
+        if not previous or previous.get("message") != message:
+            events.append(("Warning", PROMOTION_BLOCKED, message))
     if plan.changes:
         model = await mlflow.get_registered_model(target, desired.name) or model
         versions = await mlflow.model_versions(target, desired.name)
@@ -47,7 +63,44 @@ async def reconcile_registered_model(ctx: Context[RegisteredModelSpec]) -> Resul
     status_update = {**view, **logic.managed_status(plan.managed), "url": target.model_url(desired.name),
                      "trackingUri": target.uri,
                      "missingVersions": sorted(plan.missing, key=int) or None}
+    if audited:
+        status_update["lastPromotion"] = audited[-1]
     return Result(_outcome(desired, plan, extra, len(versions)), status_update, events)
+
+
+async def _hold_back_blocked_promotions(
+    services: Services, target: TrackingTarget, spec: RegisteredModelSpec, model: RegisteredModelInfo,
+    versions: list[ModelVersionInfo], plan: logic.Plan,
+) -> tuple[logic.Plan, list[str]]:
+    """The plan without the alias moves that fail the alias's promotion rule, and why each
+    failed. Reads the source runs of the candidate and of the version holding the alias."""
+    by_version = {v.version: v for v in versions}
+    runs: dict[str, RunInfo | None] = {}
+
+    async def evidence(version: str) -> promotion.Evidence:
+        found = by_version.get(version)
+        run_id = found.run_id if found else None
+        if run_id and run_id not in runs:
+            runs[run_id] = await services.mlflow.get_run(target, run_id)
+        run = runs.get(run_id) if run_id else None
+        return promotion.Evidence(version, dict(found.tags) if found else {}, run_id,
+                                  dict(run.metrics) if run is not None else None)
+
+    kept: list[logic.Change] = []
+    blocked: list[str] = []
+    for change in plan.changes:
+        rule = spec.promotion.get(change.key) if change.action == "set_alias" else None
+        if rule is None:
+            kept.append(change)
+            continue
+        holder = model.aliases.get(change.key)
+        verdict = promotion.evaluate(rule, await evidence(change.value),
+                                     await evidence(holder) if holder else None)
+        if verdict.passed:
+            kept.append(change)
+        else:
+            blocked.append(promotion.blocked_message(change.key, change.value, verdict))
+    return dataclasses.replace(plan, changes=kept), blocked
 
 
 async def registered_model_in_sync(services: Services, body: Any) -> bool:
@@ -114,7 +167,8 @@ async def _bind(services: Services, target: TrackingTarget, desired: logic.Desir
 
 async def _apply_plan(services: Services, target: TrackingTarget, desired: logic.DesiredModel, plan: logic.Plan,
                       status: dict[str, Any], events: list[Event], *, observe_only: bool, announce: bool,
-                      drift_check: bool) -> dict[str, tuple[str, str, str]]:
+                      drift_check: bool, actor: promotion.Actor,
+                      audited: list[dict[str, Any]]) -> dict[str, tuple[str, str, str]]:
     """Apply the plan; with driftPolicy Observe, report drift instead of restoring it.
     Returns the extra conditions to set."""
     extra: dict[str, tuple[str, str, str]] = {}
@@ -123,7 +177,7 @@ async def _apply_plan(services: Services, target: TrackingTarget, desired: logic
     pending = [c for c in plan.changes if c.target_version in waiting]
     drift = [c for c in plan.changes if c.target_version not in waiting]
     if pending:
-        await _apply(services, target, desired, logic.Plan(pending))
+        await _apply(services, target, desired, logic.Plan(pending), actor, events, audited)
         events.append(("Normal", "Updated", "set " + logic.Plan(pending).describe() + " (the version now exists)"))
     if not drift:
         return extra
@@ -134,7 +188,7 @@ async def _apply_plan(services: Services, target: TrackingTarget, desired: logic
         if not previous or previous.get("message") != extra[DRIFTED][2]:
             events.append(("Warning", "DriftDetected", f"MLflow differs from the spec (driftPolicy Observe): {text}"))
         return extra
-    await _apply(services, target, desired, logic.Plan(drift))
+    await _apply(services, target, desired, logic.Plan(drift), actor, events, audited)
     if announce:
         events.append(("Normal", "DriftCorrected", f"MLflow was changed outside the operator; restored {text}")
                       if drift_check else ("Normal", "Updated", f"set {text}"))
@@ -148,6 +202,9 @@ def _outcome(desired: logic.DesiredModel, plan: logic.Plan, extra: dict[str, tup
         # The drift timer looks for the version again.
         return progressing(VERSION_NOT_FOUND, message, awaited=True,
                            extra={**extra, VERSION_NOT_FOUND: ("True", VERSION_NOT_FOUND, message)})
+    if PROMOTION_BLOCKED in extra:
+        # The drift timer evaluates the rule again: a tag added in MLflow unblocks it.
+        return progressing(PROMOTION_BLOCKED, extra[PROMOTION_BLOCKED][2], awaited=True, extra=extra)
     if DRIFTED in extra:
         return ready("DriftDetected",
                      f"registered model {desired.name!r} observed; drift left in place (driftPolicy Observe)",
@@ -155,12 +212,41 @@ def _outcome(desired: logic.DesiredModel, plan: logic.Plan, extra: dict[str, tup
     return ready("Reconciled", f"registered model {desired.name!r} is in sync ({version_count} versions)")
 
 
-async def _apply(services: Services, target: TrackingTarget, desired: logic.DesiredModel, plan: logic.Plan) -> None:
+async def _apply(services: Services, target: TrackingTarget, desired: logic.DesiredModel, plan: logic.Plan,
+                 actor: promotion.Actor, events: list[Event], audited: list[dict[str, Any]]) -> None:
     for change in plan.changes:
         try:
             await _apply_change(services.mlflow, target, desired, change)
+            await _audit(services.mlflow, target, desired.name, change, actor, events, audited)
         except InvalidRequest as error:
             raise ReconcileProblem(stalled("InvalidSpec", f"MLflow rejected {change.describe()}: {error}")) from None
+
+
+async def _audit(mlflow: MlflowGateway, target: TrackingTarget, name: str, change: logic.Change,
+                 actor: promotion.Actor, events: list[Event], audited: list[dict[str, Any]]) -> None:
+    """Record an alias or stage change on the version it is about (tags) and as an Event."""
+    now = dt.datetime.now(dt.timezone.utc)
+    source = promotion.describe_source(actor)
+    if change.action == "set_alias":
+        version, subject, previous = change.value, f"alias.{change.key}", change.previous
+        text = (f"alias {change.key} moved to version {version}"
+                + (f" from version {previous}" if previous else "") + f" by {actor.describe()}{source}")
+        reason = "Promoted"
+        audited.append({"alias": change.key, "version": version, "previousVersion": previous,
+                        "at": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "by": actor.describe(),
+                        "sourceRevision": actor.source.get("source-revision")})
+    elif change.action == "delete_alias" and change.previous:
+        version, subject, previous = change.previous, f"alias.{change.key}.removed", None
+        text, reason = f"alias {change.key} removed from version {version} by {actor.describe()}{source}", "AliasRemoved"
+    elif change.action == "transition":
+        version, subject, previous = change.version, "stage", change.previous
+        text = f"version {version} moved from stage {previous} to {change.value} by {actor.describe()}{source}"
+        reason = "StageChanged"
+    else:
+        return
+    for key, value in promotion.audit_tags(subject, actor, now, previous or "none").items():
+        await mlflow.set_model_version_tag(target, name, version, key, value)
+    events.append(("Normal", reason, text))
 
 
 async def _apply_change(mlflow: MlflowGateway, target: TrackingTarget, desired: logic.DesiredModel,

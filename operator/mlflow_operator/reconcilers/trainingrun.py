@@ -14,9 +14,9 @@ from typing import Any, Awaitable, Callable
 
 from mlflow_operator.api.common import TAG_UID, ObjectIdentity, TrackingSpec
 from mlflow_operator.api.trainingrun import LABEL_RUN_ID, PLURAL, TrainingRunSpec
-from mlflow_operator.cluster import JobSnapshot
+from mlflow_operator.cluster import JobSnapshot, PodSnapshot
 from mlflow_operator.gateways.kubernetes import KubernetesError
-from mlflow_operator.logic import ownership
+from mlflow_operator.logic import ownership, provenance
 from mlflow_operator.logic import timestamps
 from mlflow_operator.logic import trainingrun as logic
 from mlflow_operator.logic.conditions import (
@@ -298,7 +298,8 @@ async def _ensure_run(ctx: Context[TrainingRunSpec], resolved: Resolved, job: Jo
             ctx.services.run_attempts.add(identity.uid)
             run = await mlflow.create_run(
                 target, resolved.experiment_id, logic.run_name(ctx.spec, identity),
-                logic.run_tags(ctx.spec, identity, logic.first_image(ctx.spec.template)),
+                {**logic.run_tags(ctx.spec, identity, logic.first_image(ctx.spec.template)),
+                 **provenance.source_run_tags(ctx.metadata)},
                 start_time_ms=int(time.time() * 1000),
             )
             # A POST retried by the client can leave a twin: closing the run finds it.
@@ -420,8 +421,7 @@ async def _in_progress(ctx: Context[TrainingRunSpec], state: JobSnapshot, refres
 # --------------------------------------------------------------------------- closing
 
 
-async def _pod_failure_reasons(ctx: Context[TrainingRunSpec]) -> list[str]:
-    pods = await ctx.services.kube.list_pods(ctx.identity.namespace, f"job-name={ctx.identity.name}")
+def _pod_failure_reasons(pods: list[PodSnapshot]) -> list[str]:
     reasons: list[str] = []
     for pod in pods:
         reasons += [f"pod {pod.name} container {exit.container} exited with code {exit.exit_code} ({exit.reason})"
@@ -432,7 +432,9 @@ async def _pod_failure_reasons(ctx: Context[TrainingRunSpec]) -> list[str]:
 async def _job_ended(ctx: Context[TrainingRunSpec], state: JobSnapshot, resolved: Resolved | None = None) -> Result:
     """The Job finished, or is being deleted: record its outcome in status first, then let
     the Job go (its finalizer held it until now), then close the run in MLflow."""
-    pod_reasons = await _pod_failure_reasons(ctx) if state.finished and state.finished[0] == "Failed" else []
+    # The pods say why a Job failed, and what the run ran on (pod, node, image digest).
+    pods = await ctx.services.kube.list_pods(ctx.identity.namespace, f"job-name={ctx.identity.name}")
+    pod_reasons = _pod_failure_reasons(pods) if state.finished and state.finished[0] == "Failed" else []
     ended = logic.job_outcome(state, ctx.identity.name, pod_reasons)
     outcome = {
         "startTime": timestamps.rfc3339(state.start_time) or ctx.status.get("startTime"),
@@ -447,7 +449,8 @@ async def _job_ended(ctx: Context[TrainingRunSpec], state: JobSnapshot, resolved
         # The Job stays (its finalizer too, until the TrainingRun is deleted): a crash before
         # the outcome is written finds the Job ended again.
         ctx.record(outcome)
-    return await _finish(ctx, resolved or await _resolve(ctx))
+    ran_on = provenance.pod_run_tags(pods, logic.first_container_name(ctx.spec.template))
+    return await _finish(ctx, resolved or await _resolve(ctx), ran_on)
 
 
 
@@ -463,9 +466,10 @@ async def _job_lost(ctx: Context[TrainingRunSpec], resolved: Resolved) -> Result
     return await _finish(ctx, resolved)
 
 
-async def _finish(ctx: Context[TrainingRunSpec], resolved: Resolved) -> Result:
+async def _finish(ctx: Context[TrainingRunSpec], resolved: Resolved, ran_on: dict[str, str] | None = None) -> Result:
     """Close the MLflow run from the recorded outcome (never from what the container
-    reported), copy its metrics, and register the model of a successful run."""
+    reported), with the tags that say what it ran on; copy its metrics, and register the
+    model of a successful run."""
     mlflow, target, status = ctx.services.mlflow, resolved.target, ctx.status
     recorded = status.get("jobOutcome") or {}
     # The phase moves to Succeeded/Failed with the run's final status, not before it.
@@ -475,6 +479,9 @@ async def _finish(ctx: Context[TrainingRunSpec], resolved: Resolved) -> Result:
     update: dict[str, Any] = {}
     if not status.get("runStatus"):
         run = await _run_to_close(ctx, resolved, run_id)
+        missing_tags = {key: value for key, value in (ran_on or {}).items() if run.tags.get(key) != value}
+        if missing_tags:
+            await mlflow.log_params_and_tags(target, run_id, {}, missing_tags)
         end_ms = timestamps.millis(timestamps.parse(status.get("completionTime"))) or int(time.time() * 1000)
         if run.status != run_status or run.end_time is None:
             await mlflow.set_run_status(target, run_id, run_status, run.end_time or end_ms)
