@@ -314,20 +314,32 @@ def burst(cluster: Cluster, namespace: str, plural: str, kind: str, n: int, spec
     return {"n": n, "all_ready_after_seconds": round(time.monotonic() - started, 2)}
 
 
-def closed_runs(cluster: Cluster, n: int) -> tuple[str, dict]:
+def create_missing(objects: Objects, name: str, spec: dict) -> None:
+    try:
+        objects.create(name, spec)
+    except client.ApiException as error:
+        if error.status != 409:
+            raise
+
+
+def closed_runs(cluster: Cluster, n: int, namespace: str | None) -> tuple[str, dict]:
     """N TrainingRuns run to Succeeded and kept (the namespace is returned for deletion later),
-    so that the synced-objects scenario measures an operator that also holds closed runs."""
-    namespace = cluster.namespace("bench-closed")
-    Objects(cluster.custom, namespace, "experiments", "Experiment").create("bench", {"name": f"bench-{namespace}"})
+    so that the synced-objects scenario measures an operator that also holds closed runs.
+    Given the namespace of an earlier such run, its runs are kept and only the missing ones made."""
+    reused = namespace is not None
+    namespace = namespace or cluster.namespace("bench-closed")
+    create_missing(Objects(cluster.custom, namespace, "experiments", "Experiment"), "bench",
+                   {"name": f"bench-{namespace}"})
     runs = Objects(cluster.custom, namespace, "trainingruns", "TrainingRun")
     started = time.monotonic()
     with ThreadPoolExecutor(THREADS) as pool:
-        list(pool.map(lambda i: runs.create(f"run-{i}", run_spec(i)), range(n)))
+        list(pool.map(lambda i: create_missing(runs, f"run-{i}", run_spec(i)), range(n)))
     # Listing thousands of objects is itself load: poll less often the more there are.
     wait(lambda: sum((item.get("status") or {}).get("phase") == "Succeeded"
                      for item in cluster.items(namespace, "trainingruns")) == n,
          max(1800, n), "every closed run Succeeded", max(0.5, n / 1000))
-    return namespace, {"n": n, "all_succeeded_after_seconds": round(time.monotonic() - started, 2)}
+    return namespace, {"n": n, "all_succeeded_after_seconds": round(time.monotonic() - started, 2),
+                       "kept_from_an_earlier_run": reused}
 
 
 def idle_window(pid: int, metrics: OperatorMetrics, seconds: float, interval: float, n_experiments: int,
@@ -397,7 +409,8 @@ def synced_objects(cluster: Cluster, metrics: OperatorMetrics, n_experiments: in
             result["after_restart"] = idle_window(pid, OperatorMetrics(), idle_seconds, interval, n_experiments,
                                                   n_models)
     finally:
-        cluster.delete_namespace(namespace)  # before the next scenario measures an idle operator
+        # The last scenario: nothing measures after it, so its thousands of objects may go slowly.
+        cluster.delete_namespace(namespace, wait_gone=False)
     return result
 
 
@@ -414,6 +427,7 @@ def main() -> int:
     parser.add_argument("--closed-training-runs", type=int, default=0,
                         help="TrainingRuns run to Succeeded and kept during the synced-objects scenario")
     parser.add_argument("--no-restart", action="store_true", help="keep the running operator")
+    parser.add_argument("--closed-namespace", help="keep the closed runs of this namespace (an earlier run's)")
     parser.add_argument("--restart-with-objects", action="store_true",
                         help="after the synced scenario's idle window, restart the operator with every object "
                              "present and measure it again once it has resumed them")
@@ -439,7 +453,7 @@ def main() -> int:
         results["rss_mib_after_runs"] = round(rss_mib(pid), 1)
     closed_namespace = None
     if args.closed_training_runs:
-        closed_namespace, results["closed"] = closed_runs(cluster, args.closed_training_runs)
+        closed_namespace, results["closed"] = closed_runs(cluster, args.closed_training_runs, args.closed_namespace)
         results["closed"]["rss_mib"] = round(rss_mib(pid), 1)
     if args.experiments or args.models:
         results["synced"] = synced_objects(cluster, metrics, args.experiments, args.models, args.idle_seconds,
@@ -486,7 +500,8 @@ def render_markdown(r: dict) -> str:
         ]
     if "closed" in r:
         c = r["closed"]
-        lines += [f"**{c['n']} TrainingRuns** applied at once and all Succeeded after {c['all_succeeded_after_seconds']}"
+        applied = "kept from an earlier run" if c.get("kept_from_an_earlier_run") else "applied at once"
+        lines += [f"**{c['n']} TrainingRuns** {applied}, all Succeeded after {c['all_succeeded_after_seconds']}"
                   f" s; kept (closed) during what follows. RSS then: {c['rss_mib']} MiB.", ""]
     if "synced" in r:
         s = r["synced"]
