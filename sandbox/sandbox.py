@@ -91,6 +91,7 @@ CRD_NAMES = (
     "experiments.mlflow.operator.dev",
     "trainingruns.mlflow.operator.dev",
     "registeredmodels.mlflow.operator.dev",
+    "trainingsweeps.mlflow.operator.dev",
 )
 
 

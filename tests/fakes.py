@@ -81,8 +81,10 @@ class FakeKube:
         found = self.objects.get((plural, namespace, name))
         return copy.deepcopy(found) if found is not None else None
 
-    async def list_objects(self, plural: str, namespace: str) -> list[dict[str, Any]]:
-        return [copy.deepcopy(o) for (p, ns, _), o in self.objects.items() if p == plural and ns == namespace]
+    async def list_objects(self, plural: str, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
+        wanted = dict(part.split("=", 1) for part in label_selector.split(",") if part)
+        return [copy.deepcopy(o) for (p, ns, _), o in self.objects.items() if p == plural and ns == namespace
+                and all((o["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())]
 
     async def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any],
                            resource_version: str | None = None) -> str:
@@ -217,9 +219,10 @@ class FakeMlflow:
         return run
 
     async def log_params_and_tags(self, target: TrackingTarget, run_id: str, params: dict[str, str],
-                                  tags: dict[str, str]) -> None:
+                                  tags: dict[str, str], metrics: dict[str, float] | None = None) -> None:
         run = self.runs[run_id]
-        self.runs[run_id] = replace(run, params={**run.params, **params}, tags={**run.tags, **tags})
+        self.runs[run_id] = replace(run, params={**run.params, **params}, tags={**run.tags, **tags},
+                                    metrics={**run.metrics, **(metrics or {})})
         self.writes.record("log_params_and_tags")
 
     async def set_run_tag(self, target: TrackingTarget, run_id: str, key: str, value: str) -> None:

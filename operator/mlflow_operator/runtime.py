@@ -41,7 +41,7 @@ def configure_environment(config: OperatorConfig) -> None:
 # every timer tick, that is a line per object per interval saying nothing: what they did (if
 # anything) is logged by the reconcile itself.
 ROUTINE_SUCCESSES = frozenset({
-    "Handler 'job' succeeded.", "Handler 'wake_training_runs' succeeded.",
+    "Handler 'job' succeeded.", "Handler 'wake_training_runs' succeeded.", "Handler 'trial' succeeded.",
     "Timer 'drift' succeeded.", "Timer 'refresh' succeeded.",
 })
 

@@ -54,6 +54,7 @@ def test_crds_are_established_with_the_mlflow_category(sandbox):
         "experiments.mlflow.operator.dev",
         "registeredmodels.mlflow.operator.dev",
         "trainingruns.mlflow.operator.dev",
+        "trainingsweeps.mlflow.operator.dev",
     ]
 
 

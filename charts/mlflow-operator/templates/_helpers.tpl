@@ -51,14 +51,18 @@ app.kubernetes.io/component: mlflow
 {{/* Rules for the namespaced resources the operator reads and writes. */}}
 {{- define "mlflow-operator.namespacedRules" -}}
 - apiGroups: [mlflow.operator.dev]
-  resources: [experiments, trainingruns, registeredmodels]
+  resources: [experiments, trainingruns, registeredmodels, trainingsweeps]
   verbs: [get, list, watch, patch]
+# A TrainingSweep's trials are TrainingRuns the operator creates.
 - apiGroups: [mlflow.operator.dev]
-  resources: [experiments/status, trainingruns/status, registeredmodels/status]
+  resources: [trainingruns]
+  verbs: [create]
+- apiGroups: [mlflow.operator.dev]
+  resources: [experiments/status, trainingruns/status, registeredmodels/status, trainingsweeps/status]
   verbs: [get, patch]
-# Jobs are created with ownerReferences.blockOwnerDeletion, which needs this.
+# Jobs and trials are created with ownerReferences.blockOwnerDeletion, which needs this.
 - apiGroups: [mlflow.operator.dev]
-  resources: [trainingruns/finalizers]
+  resources: [trainingruns/finalizers, trainingsweeps/finalizers]
   verbs: [update]
 # patch: to remove the operator's finalizer once a Job's outcome is recorded.
 - apiGroups: [batch]

@@ -1,4 +1,4 @@
-"""Types shared by the three kinds: API coordinates, tracking settings, ownership tags."""
+"""Types shared by the kinds: API coordinates, tracking settings, ownership tags."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 GROUP = "mlflow.operator.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
-KINDS = ("Experiment", "TrainingRun", "RegisteredModel")
-PLURALS = ("experiments", "trainingruns", "registeredmodels")
+KINDS = ("Experiment", "TrainingRun", "RegisteredModel", "TrainingSweep")
+PLURALS = ("experiments", "trainingruns", "registeredmodels", "trainingsweeps")
 # kopf's finalizer on every object the operator handles.
 OPERATOR_FINALIZER = f"{GROUP}/finalizer"
 

@@ -139,14 +139,23 @@ class KubernetesGateway:
                 return None
             raise
 
-    async def list_objects(self, plural: str, namespace: str) -> list[dict[str, Any]]:
+    async def list_objects(self, plural: str, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
         result = await self._call(
             f"list_{plural}",
             lambda: self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, _request_timeout=REQUEST_TIMEOUT
+                GROUP, VERSION, namespace, plural, label_selector=label_selector, _request_timeout=REQUEST_TIMEOUT
             ),
         )
         return list(result.get("items") or [])
+
+    async def create_object(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create one of the operator's own objects (a sweep's trial); 409 if the name is taken."""
+        return await self._call(
+            f"create_{plural}",
+            lambda: self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, body, _request_timeout=REQUEST_TIMEOUT
+            ),
+        )
 
     async def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any],
                            resource_version: str | None = None) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, TypeVar
 from urllib.parse import urlsplit
 
-from mlflow.entities import ExperimentTag, Param, RunTag, ViewType
+from mlflow.entities import ExperimentTag, Metric, Param, RunTag, ViewType
 from mlflow.entities.model_registry import ModelVersionTag, RegisteredModelTag
 from mlflow.exceptions import MlflowException
 from mlflow.store.model_registry.rest_store import RestStore as RegistryRestStore
@@ -318,16 +318,22 @@ class MlflowGateway:
         return _run(run)
 
     async def log_params_and_tags(
-        self, target: TrackingTarget, run_id: str, params: dict[str, str], tags: dict[str, str]
+        self, target: TrackingTarget, run_id: str, params: dict[str, str], tags: dict[str, str],
+        metrics: dict[str, float] | None = None,
     ) -> None:
-        """Log params and tags in batches of MLflow's per-request limit (100)."""
+        """Log params and tags (and metrics, in the first batch) in batches of MLflow's
+        per-request limit (100 entries)."""
         items: list[Param | RunTag] = [Param(k, v) for k, v in params.items()]
         items += [RunTag(k, v) for k, v in tags.items()]
-        for start in range(0, len(items), 100):
+        timestamp = int(time.time() * 1000)
+        pending = [Metric(k, v, timestamp, 0) for k, v in (metrics or {}).items()]
+        for start in range(0, max(len(items), 1), 100):
             chunk = items[start:start + 100]
             chunk_params = [i for i in chunk if isinstance(i, Param)]
             chunk_tags = [i for i in chunk if isinstance(i, RunTag)]
-            await self._call(target, "log_batch", _log_batch(run_id, chunk_params, chunk_tags))
+            if chunk or pending:
+                await self._call(target, "log_batch", _log_batch(run_id, chunk_params, chunk_tags, pending))
+            pending = []
 
     async def set_run_tag(self, target: TrackingTarget, run_id: str, key: str, value: str) -> None:
         await self._call(target, "set_tag", lambda s: s.tracking.set_tag(run_id, RunTag(key, value)))
@@ -533,9 +539,10 @@ def _model_version(mv: Any) -> ModelVersionInfo:
     )
 
 
-def _log_batch(run_id: str, params: list[Param], tags: list[RunTag]) -> Callable[[_Stores], None]:
-    """One chunk of params and tags, bound now (not when the thread runs it)."""
-    return lambda stores: stores.tracking.log_batch(run_id, metrics=[], params=params, tags=tags)
+def _log_batch(run_id: str, params: list[Param], tags: list[RunTag],
+               metrics: list[Metric] | None = None) -> Callable[[_Stores], None]:
+    """One chunk of params, tags and metrics, bound now (not when the thread runs it)."""
+    return lambda stores: stores.tracking.log_batch(run_id, metrics=metrics or [], params=params, tags=tags)
 
 
 def _search_model_versions(name_filter: str, token: str | None) -> Callable[[_Stores], Any]:

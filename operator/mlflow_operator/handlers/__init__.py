@@ -15,7 +15,7 @@ from mlflow_operator.api.common import GROUP, KINDS, VERSION
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.gateways.kubernetes import CREDENTIALS_LABEL, KubernetesGateway, credentials_data
 from mlflow_operator.gateways.mlflow import MlflowGateway
-from mlflow_operator.handlers import experiment, registeredmodel, trainingrun
+from mlflow_operator.handlers import experiment, registeredmodel, trainingrun, trainingsweep
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.watched import ExperimentPages, ModelPages, Watched
 
@@ -84,6 +84,7 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -
     experiment.register(registry, config)
     trainingrun.register(registry, config)
     registeredmodel.register(registry, config)
+    trainingsweep.register(registry, config)
     if config.watch_credentials:
         # The API server sends only the labelled Secrets (runtime.py sets the selector).
         kopf.index("", "v1", "secrets", id="credentials_secrets", labels={CREDENTIALS_LABEL: "true"},

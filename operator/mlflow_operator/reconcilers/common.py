@@ -206,7 +206,8 @@ def ready_for_generation(body: Any) -> bool:
     return ready_now and status.get("observedGeneration") == metadata.get("generation")
 
 
-_PLURALS = {"Experiment": "experiments", "RegisteredModel": "registeredmodels", "TrainingRun": "trainingruns"}
+_PLURALS = {"Experiment": "experiments", "RegisteredModel": "registeredmodels", "TrainingRun": "trainingruns",
+            "TrainingSweep": "trainingsweeps"}
 
 
 async def owner_alive(services: Services, tags: dict[str, str], identity: ObjectIdentity) -> bool:

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from mlflow_operator.api.common import TAG_UID, ObjectIdentity, TrackingSpec
-from mlflow_operator.api.trainingrun import LABEL_RUN_ID, PLURAL, TrainingRunSpec
+from mlflow_operator.api.trainingrun import LABEL_RUN_ID, PLURAL, RegisterModelSpec, TrainingRunSpec
 from mlflow_operator.cluster import JobSnapshot, PodSnapshot
 from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.logic import ownership, provenance
 from mlflow_operator.logic import timestamps
 from mlflow_operator.logic import trainingrun as logic
+from mlflow_operator.logic.trainingsweep import trial_run_tags
 from mlflow_operator.logic.conditions import (
     READY,
     Outcome,
@@ -153,14 +154,14 @@ STEPS: dict[logic.Stage, Step] = {
 # --------------------------------------------------------------------------- experiment
 
 
-async def _experiment_object(ctx: Context[TrainingRunSpec]) -> dict[str, Any] | None:
+async def _experiment_object(ctx: Context[Any]) -> dict[str, Any] | None:
     ref = ctx.spec.experiment_ref
     if ref is None:
         return None
     return await ctx.services.watched.experiment(ctx.services.kube, ctx.identity.namespace, ref.name)
 
 
-def _tracking_for(spec: TrainingRunSpec, experiment_obj: dict[str, Any] | None) -> TrackingSpec | None:
+def _tracking_for(spec: Any, experiment_obj: dict[str, Any] | None) -> TrackingSpec | None:
     """A run uses its Experiment's server; it may bring its own Secret for it."""
     own = spec.tracking
     if experiment_obj is None:
@@ -189,11 +190,17 @@ def _pinned(tracking: TrackingSpec | None, status: dict[str, Any]) -> TrackingSp
 
 
 async def _resolve(ctx: Context[TrainingRunSpec]) -> Resolved:
-    """The experiment and server for the run. Before the run starts, an experimentRef must be
-    Ready; afterwards the run goes on whatever happens to the Experiment object."""
+    return await resolve_experiment(ctx, run_field="runId")
+
+
+async def resolve_experiment(ctx: Context[Any], run_field: str) -> Resolved:
+    """The experiment and server for the run (of a TrainingRun, or the parent run of a
+    TrainingSweep: the spec has experimentRef/experimentName and tracking, and status
+    `run_field`). Before the run starts, an experimentRef must be Ready; afterwards the run
+    goes on whatever happens to the Experiment object."""
     spec, identity, status = ctx.spec, ctx.identity, ctx.status
     experiment_obj = await _experiment_object(ctx)
-    started = bool(status.get("runId") and status.get("experimentId"))
+    started = bool(status.get(run_field) and status.get("experimentId"))
     if spec.experiment_ref and not started:
         name = spec.experiment_ref.name
         if experiment_obj is None:
@@ -222,7 +229,7 @@ async def _resolve(ctx: Context[TrainingRunSpec]) -> Resolved:
     return await _experiment_by_name(ctx, target, secret_name)
 
 
-async def _experiment_by_name(ctx: Context[TrainingRunSpec], target: TrackingTarget, secret_name: str | None) -> Resolved:
+async def _experiment_by_name(ctx: Context[Any], target: TrackingTarget, secret_name: str | None) -> Resolved:
     name = ctx.spec.experiment_name
     assert name is not None
     mlflow = ctx.services.mlflow
@@ -255,7 +262,7 @@ async def _experiment_by_name(ctx: Context[TrainingRunSpec], target: TrackingTar
 CLOCK_MARGIN_SECONDS = 30
 
 
-def no_run_can_exist(ctx: Context[TrainingRunSpec]) -> bool:
+def no_run_can_exist(ctx: Context[Any]) -> bool:
     """Whether this object cannot have an MLflow run yet, so starting it needs no search by
     its uid tag: it was created after this process started, and this process has not tried
     to create its run. Without peering only one process works at a time (the chart's
@@ -299,7 +306,7 @@ async def _ensure_run(ctx: Context[TrainingRunSpec], resolved: Resolved, job: Jo
             run = await mlflow.create_run(
                 target, resolved.experiment_id, logic.run_name(ctx.spec, identity),
                 {**logic.run_tags(ctx.spec, identity, logic.first_image(ctx.spec.template)),
-                 **provenance.source_run_tags(ctx.metadata)},
+                 **provenance.source_run_tags(ctx.metadata), **trial_run_tags(ctx.metadata)},
                 start_time_ms=int(time.time() * 1000),
             )
             # A POST retried by the client can leave a twin: closing the run finds it.
@@ -498,7 +505,7 @@ async def _finish(ctx: Context[TrainingRunSpec], resolved: Resolved, ran_on: dic
         # Worth keeping even if registration fails below.
         await ctx.checkpoint(update)
     events: list[Event] = []
-    version = await _register(ctx, resolved, run_id, events)
+    version = await register_model(ctx, resolved, run_id, ctx.spec.register_model, events)
     message = f"MLflow run {run_id} FINISHED; registered {version['uri']}"
     events.append(("Normal", "Succeeded", message))
     return Result(ready("Succeeded", message), {**update, "modelVersion": version}, events)
@@ -522,11 +529,11 @@ async def _run_to_close(ctx: Context[TrainingRunSpec], resolved: Resolved, run_i
     return run
 
 
-async def _register(ctx: Context[TrainingRunSpec], resolved: Resolved, run_id: str, events: list[Event]) -> dict[str, str]:
+async def register_model(ctx: Context[Any], resolved: Resolved, run_id: str, spec: RegisterModelSpec,
+                         events: list[Event]) -> dict[str, str]:
     """Create (once) the model version from the run's logged model and point the aliases at it,
-    in a registered model of this namespace only."""
-    spec = ctx.spec.register_model
-    assert spec is not None
+    in a registered model of this namespace only (a TrainingRun's registerModel, a
+    TrainingSweep's registerBest)."""
     mlflow, target, identity = ctx.services.mlflow, resolved.target, ctx.identity
     models = await mlflow.logged_models_of_run(target, resolved.experiment_id, run_id)
     model = logic.pick_logged_model(models, spec.artifact_path)

@@ -1,0 +1,70 @@
+"""TrainingSweep: the typed spec, as the CRD in crds/trainingsweeps.yaml declares it."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from mlflow_operator.api.common import Model, TrackingSpec
+from mlflow_operator.api.trainingrun import ExperimentRef, RegisterModelSpec
+
+PLURAL = "trainingsweeps"
+KIND = "TrainingSweep"
+
+# On every trial (a TrainingRun the sweep owns): which sweep, which index. The parent run's
+# id is an annotation, read only on TrainingRuns whose controller is a TrainingSweep.
+LABEL_SWEEP = "mlflow.operator.dev/sweep"
+LABEL_TRIAL = "mlflow.operator.dev/trial"
+ANNOTATION_PARENT_RUN = "mlflow.operator.dev/parent-run-id"
+
+# Trials a sweep may have: bounds its children, its status and the length of their names.
+MAX_TRIALS = 1000
+
+
+class SearchParameter(Model):
+    """One searched parameter: a list of values, or a numeric range."""
+
+    values: list[str] | None = None
+    min: float | None = None
+    max: float | None = None
+    type: Literal["int", "float"] = "float"
+    scale: Literal["linear", "log"] = "linear"
+    # Grid points of a range (a grid over an int range without it takes every integer).
+    steps: int | None = Field(default=None, ge=2)
+
+
+class Algorithm(Model):
+    type: Literal["grid", "random"] = "grid"
+    seed: int | None = None
+
+
+class Objective(Model):
+    metric: str = Field(min_length=1)
+    goal: Literal["maximize", "minimize"] = "maximize"
+
+
+class TrainingSweepSpec(Model):
+    experiment_ref: ExperimentRef | None = Field(default=None, alias="experimentRef")
+    experiment_name: str | None = Field(default=None, alias="experimentName")
+    run_name: str | None = Field(default=None, alias="runName")
+    description: str | None = None
+    params: dict[str, str] = Field(default_factory=dict)
+    parameters: dict[str, SearchParameter]
+    algorithm: Algorithm = Field(default_factory=Algorithm)
+    objective: Objective
+    max_trials: int | None = Field(default=None, alias="maxTrials", ge=1, le=MAX_TRIALS)
+    parallelism: int = Field(default=1, ge=1)
+    max_failed_trials: int | None = Field(default=None, alias="maxFailedTrials", ge=0)
+    template: dict[str, Any]
+    backoff_limit: int = Field(default=0, alias="backoffLimit", ge=0)
+    active_deadline_seconds: int | None = Field(default=None, alias="activeDeadlineSeconds", ge=1)
+    register_best: RegisterModelSpec | None = Field(default=None, alias="registerBest")
+    tracking: TrackingSpec | None = None
+
+    @classmethod
+    def parse(cls, spec: Any) -> "TrainingSweepSpec":
+        parsed = cls.model_validate(dict(spec or {}))
+        if (parsed.experiment_ref is None) == (parsed.experiment_name is None):
+            raise ValueError("set exactly one of experimentRef or experimentName")
+        return parsed

@@ -1,0 +1,95 @@
+"""kopf wiring for TrainingSweep: its own events, its trials' phase changes (the watch of
+TrainingRuns the operator already has), a timer as a safety net while it runs, and deletion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from mlflow_operator.api.common import GROUP, VERSION
+from mlflow_operator.api.trainingrun import PLURAL as TRAINING_RUNS
+from mlflow_operator.api.trainingsweep import KIND, LABEL_SWEEP, PLURAL
+from mlflow_operator.config import OperatorConfig
+from mlflow_operator.handlers.common import (
+    DELETE_TIMEOUT_SECONDS,
+    Kind,
+    delete_and_report,
+    dephase,
+    drift_check_due,
+    reconcile_and_report,
+)
+from mlflow_operator.logic.trainingsweep import controller_sweep
+from mlflow_operator.reconcilers.trainingsweep import (
+    is_closed,
+    kill_training_sweep,
+    parse_spec,
+    reconcile_training_sweep,
+)
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+    resource = (GROUP, VERSION, PLURAL)  # positional: kopf's typed selector
+
+    @kopf.on.resume(*resource, id="reconcile", registry=registry)
+    @kopf.on.create(*resource, id="reconcile", registry=registry)
+    @kopf.on.update(*resource, id="reconcile", field="spec", registry=registry)
+    async def sweep_changed(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
+        await _reconcile(body, memo, logger, retry=retry)
+
+    @kopf.timer(*resource, id="refresh", interval=config.drift_interval, when=sweep_open, registry=registry)
+    async def sweep_refresh(body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:
+        """Another try at what is left after an outage, or a trial event missed while the
+        operator was down (a restart also resumes every sweep)."""
+        if await dephase(memo, body["metadata"]["uid"], config.drift_interval, kwargs["stopped"]):
+            return
+        if drift_check_due(body, memo):
+            await _reconcile(body, memo, logger, retry=None)
+
+    @kopf.on.event(GROUP, VERSION, TRAINING_RUNS, id="trial", labels={LABEL_SWEEP: kopf.PRESENT}, registry=registry)
+    async def trial_changed(body: kopf.Body, memo: kopf.Memo, logger: Any, type: str | None = None,
+                            **_: Any) -> None:
+        """A trial's phase moved (or it is gone): its sweep may start the next trial or close."""
+        sweep = controller_sweep(body["metadata"])
+        if sweep is None:
+            return
+        seen: dict[str, str] = memo.setdefault("trial_phases", {})
+        uid = body["metadata"]["uid"]
+        phase = "Deleted" if type == "DELETED" else (body.get("status") or {}).get("phase") or "Pending"
+        if seen.get(uid) == phase:
+            return
+        if phase == "Deleted":
+            seen.pop(uid, None)
+        else:
+            seen[uid] = phase
+        owner = {"metadata": {"namespace": body["metadata"]["namespace"], "name": sweep["name"], "uid": sweep["uid"]}}
+        await _reconcile(owner, memo, logger, retry=None)
+
+    @kopf.on.delete(*resource, id="delete", timeout=DELETE_TIMEOUT_SECONDS, registry=registry)
+    async def sweep_deleted(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
+        await delete_and_report(plural=PLURAL, body=body, memo=memo, logger=logger, retry=retry,
+                                delete=kill_training_sweep, what="closing the parent run")
+
+
+# Stalled for these, a sweep waits for a new object (its spec is immutable once started)
+# or the operator's configuration: no timer.
+WAITS_FOR_SPEC = ("InvalidSpec", "TrackingServerNotAllowed", "TrialConflict")
+
+
+def sweep_open(body: kopf.Body, **_: Any) -> bool:
+    status = body.get("status") or {}
+    registers_model = (body.get("spec") or {}).get("registerBest") is not None
+    stalled_on_spec = any(c.get("type") == "Stalled" and c.get("status") == "True"
+                          and c.get("reason") in WAITS_FOR_SPEC for c in status.get("conditions") or [])
+    return not is_closed(status, registers_model) and not stalled_on_spec
+
+
+def _pending_until_started(status: dict[str, Any]) -> dict[str, Any]:
+    return {} if status.get("phase") else {"phase": "Pending"}
+
+
+TRAINING_SWEEP = Kind(KIND, PLURAL, parse_spec, reconcile_training_sweep, status_on_error=_pending_until_started)
+
+
+async def _reconcile(body: Any, memo: kopf.Memo, logger: Any, retry: int | None) -> None:
+    await reconcile_and_report(TRAINING_SWEEP, body=body, memo=memo, logger=logger, retry=retry)
