@@ -5,14 +5,17 @@ containers reach MLflow on 127.0.0.1)."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client
 
 from helpers import Objects, wait_for
 
+ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "mlflow-operator-examples/churn-train:0.1.0"
 REAL_NODE_LABEL = "sandbox.mlflow.operator.dev/real-node"
 CREDENTIALS_LABEL = {"mlflow.operator.dev/credentials": "true"}
@@ -155,3 +158,55 @@ def test_deleting_a_run_mid_training_stops_its_container_and_kills_the_run(runs,
     assert mlflow_client.get_run(run_id).info.status == "KILLED"
     wait_for(lambda: not processes_with(marker), timeout=60, message="the container to be stopped")
     wait_for(lambda: not pods_of(core, real_node_namespace, "doomed"), timeout=60, message="the pod to go")
+
+
+class MostUnfinished(threading.Thread):
+    """Polls a sweep's trials while it runs: the most that were unfinished at one time."""
+
+    def __init__(self, custom, namespace: str, sweep: str) -> None:
+        super().__init__(daemon=True)
+        self.custom, self.namespace, self.sweep = custom, namespace, sweep
+        self.most = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            trials = self.custom.list_namespaced_custom_object(
+                "mlflow.operator.dev", "v1alpha1", self.namespace, "trainingruns",
+                label_selector=f"mlflow.operator.dev/sweep={self.sweep}")["items"]
+            unfinished = [t for t in trials if (t.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+            self.most = max(self.most, len(unfinished))
+
+
+def test_the_sweep_example_trains_12_trials_3_at_a_time_in_containers_and_registers_the_best(
+    custom, real_node_namespace, sandbox, mlflow_client
+):
+    example = yaml.safe_load((ROOT / "examples" / "04-trainingsweep.yaml").read_text())
+    model = unique("churn-tuned")
+    example["metadata"]["namespace"] = real_node_namespace
+    spec = example["spec"]
+    del spec["experimentRef"]
+    spec["experimentName"] = unique("sweep-example")
+    spec["registerBest"]["name"] = model
+    monitor = MostUnfinished(custom, real_node_namespace, "churn-grid")
+    monitor.start()
+    try:
+        custom.create_namespaced_custom_object("mlflow.operator.dev", "v1alpha1", real_node_namespace,
+                                               "trainingsweeps", example)
+        waited = sandbox.kubectl("wait", "trainingsweep/churn-grid", "-n", real_node_namespace,
+                                 "--for=condition=Ready", "--timeout=900s", check=False)
+    finally:
+        monitor.stop.set()
+    sweep = custom.get_namespaced_custom_object("mlflow.operator.dev", "v1alpha1", real_node_namespace,
+                                                "trainingsweeps", "churn-grid")
+    assert waited.returncode == 0, (waited.stderr, sweep.get("status"))
+    status = sweep["status"]
+    assert status["trials"]["succeeded"] == 12 and monitor.most <= 3
+    children = mlflow_client.search_runs([status["experimentId"]],
+                                         f"tags.`mlflow.parentRunId` = '{status['parentRunId']}'")
+    assert len(children) == 12
+    best = max(children, key=lambda run: run.data.metrics["accuracy"])
+    assert status["bestTrial"]["value"] == best.data.metrics["accuracy"]
+    assert mlflow_client.get_run(status["bestTrial"]["runId"]).data.metrics["accuracy"] == best.data.metrics["accuracy"]
+    assert mlflow_client.get_model_version_by_alias(model, "tuned").run_id == status["bestTrial"]["runId"]
+    assert status["modelVersion"]["uri"].startswith(f"models:/{model}/")

@@ -10,7 +10,7 @@ lua51 = pytest.importorskip("lupa.lua51")
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "gitops" / "argocd" / "resource_customizations" / "mlflow.operator.dev"
-KINDS = ("Experiment", "TrainingRun", "RegisteredModel")
+KINDS = ("Experiment", "TrainingRun", "RegisteredModel", "TrainingSweep")
 
 
 def cases():
