@@ -54,6 +54,7 @@ def main() -> None:
     print("  kubectl get mlflow -A                   # every Experiment, TrainingRun, RegisteredModel")
     print("  kubectl describe experiments -A         # conditions and Events")
     print("  kubectl logs -n default -l job-name=churn-rf-1   # the training container's output")
+    print("  kubectl get trainingsweeps -n default -w          # the example sweep: 12 trials, 3 at a time")
     print(f"  open http://127.0.0.1:{ports['mlflow']}    # the MLflow UI")
     print(f"  tail -f {STATE / 'logs' / 'operator.log'}")
     print(f"  curl -s http://127.0.0.1:{ports['operator-metrics']}/metrics | grep mlflow_operator")
