@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from typing import Callable
 
 import pytest
@@ -39,7 +40,9 @@ def template(hold: bool = True) -> dict:
 
 
 def sweep_spec(experiment: str, **overrides) -> dict:
-    spec = {"experimentName": experiment, "parameters": GRID, "objective": {"metric": "accuracy"},
+    """A sweep in its own MLflow experiment (`experiment` and a random suffix: experiments
+    belong to the namespace that made them, and every test has its own namespace)."""
+    spec = {"experimentName": f"{experiment}-{uuid.uuid4().hex[:8]}", "parameters": GRID, "objective": {"metric": "accuracy"},
             "parallelism": 3, "template": template()}
     spec.update(overrides)
     return spec
