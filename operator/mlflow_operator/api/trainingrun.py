@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mlflow_operator.api.common import Model, TrackingSpec
 
@@ -29,9 +29,22 @@ class RegisterModelSpec(Model):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
-class TrainingRunSpec(Model):
+class InExperiment(Model):
+    """What a kind that makes runs names: its experiment (an Experiment object or an MLflow
+    name, exactly one) and its server. TrainingRun and TrainingSweep share it."""
+
     experiment_ref: ExperimentRef | None = Field(default=None, alias="experimentRef")
     experiment_name: str | None = Field(default=None, alias="experimentName")
+    tracking: TrackingSpec | None = None
+
+    @model_validator(mode="after")
+    def _one_experiment(self) -> "InExperiment":
+        if (self.experiment_ref is None) == (self.experiment_name is None):
+            raise ValueError("set exactly one of experimentRef or experimentName")
+        return self
+
+
+class TrainingRunSpec(InExperiment):
     run_name: str | None = Field(default=None, alias="runName")
     description: str | None = None
     params: dict[str, str] = Field(default_factory=dict)
@@ -42,11 +55,7 @@ class TrainingRunSpec(Model):
     active_deadline_seconds: int | None = Field(default=None, alias="activeDeadlineSeconds", ge=1)
     ttl_seconds_after_finished: int | None = Field(default=None, alias="ttlSecondsAfterFinished", ge=0)
     register_model: RegisterModelSpec | None = Field(default=None, alias="registerModel")
-    tracking: TrackingSpec | None = None
 
     @classmethod
     def parse(cls, spec: Any) -> "TrainingRunSpec":
-        parsed = cls.model_validate(dict(spec or {}))
-        if (parsed.experiment_ref is None) == (parsed.experiment_name is None):
-            raise ValueError("set exactly one of experimentRef or experimentName")
-        return parsed
+        return cls.model_validate(dict(spec or {}))

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from mlflow_operator.api.common import Model, TrackingSpec
-from mlflow_operator.api.trainingrun import ExperimentRef, RegisterModelSpec
+from mlflow_operator.api.common import Model
+from mlflow_operator.api.trainingrun import InExperiment, RegisterModelSpec
 
 PLURAL = "trainingsweeps"
 KIND = "TrainingSweep"
@@ -44,9 +44,7 @@ class Objective(Model):
     goal: Literal["maximize", "minimize"] = "maximize"
 
 
-class TrainingSweepSpec(Model):
-    experiment_ref: ExperimentRef | None = Field(default=None, alias="experimentRef")
-    experiment_name: str | None = Field(default=None, alias="experimentName")
+class TrainingSweepSpec(InExperiment):
     run_name: str | None = Field(default=None, alias="runName")
     description: str | None = None
     params: dict[str, str] = Field(default_factory=dict)
@@ -60,11 +58,7 @@ class TrainingSweepSpec(Model):
     backoff_limit: int = Field(default=0, alias="backoffLimit", ge=0)
     active_deadline_seconds: int | None = Field(default=None, alias="activeDeadlineSeconds", ge=1)
     register_best: RegisterModelSpec | None = Field(default=None, alias="registerBest")
-    tracking: TrackingSpec | None = None
 
     @classmethod
     def parse(cls, spec: Any) -> "TrainingSweepSpec":
-        parsed = cls.model_validate(dict(spec or {}))
-        if (parsed.experiment_ref is None) == (parsed.experiment_name is None):
-            raise ValueError("set exactly one of experimentRef or experimentName")
-        return parsed
+        return cls.model_validate(dict(spec or {}))

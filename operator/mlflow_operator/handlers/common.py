@@ -334,6 +334,39 @@ def register_synced_kind(
                                 delete=delete, what="deletionPolicy Delete")
 
 
+def register_lifecycle_kind(
+    registry: kopf.OperatorRegistry,
+    config: OperatorConfig,
+    kind: Kind[Any],
+    *,
+    is_open: Callable[..., bool],
+    delete: Callable[[Services, dict[str, Any]], Awaitable[Event | None]],
+    what: str,
+) -> None:
+    """Handlers for a kind that works through to an end (TrainingRun, TrainingSweep):
+    reconcile on create/update/resume; while `is_open`, a timer (live progress, and what is
+    left after an outage or an event missed while the operator was down); its deletion step."""
+    resource = (GROUP, VERSION, kind.plural)  # positional: kopf's typed selector
+
+    @kopf.on.resume(*resource, id="reconcile", registry=registry)
+    @kopf.on.create(*resource, id="reconcile", registry=registry)
+    @kopf.on.update(*resource, id="reconcile", field="spec", registry=registry)
+    async def changed(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
+        await reconcile_and_report(kind, body=body, memo=memo, logger=logger, retry=retry)
+
+    @kopf.timer(*resource, id="refresh", interval=config.drift_interval, when=is_open, registry=registry)
+    async def refresh(body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:
+        if await dephase(memo, body["metadata"]["uid"], config.drift_interval, kwargs["stopped"]):
+            return
+        if drift_check_due(body, memo):
+            await reconcile_and_report(kind, body=body, memo=memo, logger=logger, drift_check=True)
+
+    @kopf.on.delete(*resource, id="delete", timeout=DELETE_TIMEOUT_SECONDS, registry=registry)
+    async def deleted(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
+        await delete_and_report(plural=kind.plural, body=body, memo=memo, logger=logger, retry=retry,
+                                delete=delete, what=what)
+
+
 async def delete_and_report(
     *,
     plural: str,

@@ -11,15 +11,7 @@ from mlflow_operator.api.common import API_VERSION, GROUP, VERSION
 from mlflow_operator.api.experiment import PLURAL as EXPERIMENTS
 from mlflow_operator.api.trainingrun import KIND, LABEL_TRAINING_RUN, PLURAL
 from mlflow_operator.config import OperatorConfig
-from mlflow_operator.handlers.common import (
-    DELETE_TIMEOUT_SECONDS,
-    Kind,
-    delete_and_report,
-    dephase,
-    drift_check_due,
-    reconcile_and_report,
-    services_of,
-)
+from mlflow_operator.handlers.common import Kind, reconcile_and_report, register_lifecycle_kind, services_of
 from mlflow_operator.cluster import JobSnapshot
 from mlflow_operator.gateways.kubernetes import job_snapshot
 from mlflow_operator.logic import trainingrun as logic
@@ -35,21 +27,10 @@ from mlflow_operator.reconcilers.trainingrun import (
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     resource = (GROUP, VERSION, PLURAL)  # positional: kopf's typed selector
 
-    @kopf.on.resume(*resource, id="reconcile", registry=registry)
-    @kopf.on.create(*resource, id="reconcile", registry=registry)
-    @kopf.on.update(*resource, id="reconcile", field="spec", registry=registry)
-    async def training_run_changed(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
-        await _reconcile(body, memo, logger, retry=retry)
-
-    @kopf.timer(*resource, id="refresh", interval=config.drift_interval,
-                when=needs_refresh, registry=registry)
-    async def training_run_refresh(body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:
-        """Live metrics while Running, and another try at whatever is left after the Job's
-        last event (closing the run or registering the model after an MLflow outage)."""
-        if await dephase(memo, body["metadata"]["uid"], config.drift_interval, kwargs["stopped"]):
-            return
-        if drift_check_due(body, memo):
-            await _reconcile(body, memo, logger, retry=None, refresh_metrics=True)
+    # Changes, the refresh timer while open (live metrics; what is left after the Job's last
+    # event, e.g. closing the run or registering the model after an MLflow outage), deletion.
+    register_lifecycle_kind(registry, config, TRAINING_RUN, is_open=needs_refresh, delete=kill_training_run,
+                            what="closing the run")
 
     # Training Jobs only, selected by the API server (settings.watching.label_selectors).
     @kopf.on.event("batch", "v1", "jobs", id="job", labels={LABEL_TRAINING_RUN: kopf.PRESENT}, registry=registry)
@@ -73,11 +54,6 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         owner_ref = {"metadata": {"namespace": body["metadata"]["namespace"], "name": owner["name"],
                                   "uid": owner["uid"]}}
         await _reconcile(owner_ref, memo, logger, retry=None)
-
-    @kopf.on.delete(*resource, id="delete", timeout=DELETE_TIMEOUT_SECONDS, registry=registry)
-    async def training_run_deleted(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
-        await delete_and_report(plural=PLURAL, body=body, memo=memo, logger=logger, retry=retry,
-                                delete=kill_training_run, what="closing the run")
 
     kopf.index(*resource, id="waiting_for_experiment", registry=registry)(waiting_for_experiment)
     kopf.index(*resource, id="training_runs_closed", registry=registry)(training_run_closed)

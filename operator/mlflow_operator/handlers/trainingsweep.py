@@ -11,14 +11,7 @@ from mlflow_operator.api.common import GROUP, VERSION
 from mlflow_operator.api.trainingrun import PLURAL as TRAINING_RUNS
 from mlflow_operator.api.trainingsweep import KIND, LABEL_SWEEP, PLURAL
 from mlflow_operator.config import OperatorConfig
-from mlflow_operator.handlers.common import (
-    DELETE_TIMEOUT_SECONDS,
-    Kind,
-    delete_and_report,
-    dephase,
-    drift_check_due,
-    reconcile_and_report,
-)
+from mlflow_operator.handlers.common import Kind, reconcile_and_report, register_lifecycle_kind
 from mlflow_operator.logic.trainingsweep import controller_sweep
 from mlflow_operator.reconcilers.trainingsweep import (
     is_closed,
@@ -29,22 +22,10 @@ from mlflow_operator.reconcilers.trainingsweep import (
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    resource = (GROUP, VERSION, PLURAL)  # positional: kopf's typed selector
-
-    @kopf.on.resume(*resource, id="reconcile", registry=registry)
-    @kopf.on.create(*resource, id="reconcile", registry=registry)
-    @kopf.on.update(*resource, id="reconcile", field="spec", registry=registry)
-    async def sweep_changed(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
-        await _reconcile(body, memo, logger, retry=retry)
-
-    @kopf.timer(*resource, id="refresh", interval=config.drift_interval, when=sweep_open, registry=registry)
-    async def sweep_refresh(body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:
-        """Another try at what is left after an outage, or a trial event missed while the
-        operator was down (a restart also resumes every sweep)."""
-        if await dephase(memo, body["metadata"]["uid"], config.drift_interval, kwargs["stopped"]):
-            return
-        if drift_check_due(body, memo):
-            await _reconcile(body, memo, logger, retry=None)
+    # Changes, the refresh timer while open (what is left after an outage, a trial event
+    # missed while the operator was down), deletion (closing the parent run).
+    register_lifecycle_kind(registry, config, TRAINING_SWEEP, is_open=sweep_open, delete=kill_training_sweep,
+                            what="closing the parent run")
 
     @kopf.on.event(GROUP, VERSION, TRAINING_RUNS, id="trial", labels={LABEL_SWEEP: kopf.PRESENT}, registry=registry)
     async def trial_changed(body: kopf.Body, memo: kopf.Memo, logger: Any, type: str | None = None,
@@ -64,11 +45,6 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             seen[uid] = phase
         owner = {"metadata": {"namespace": body["metadata"]["namespace"], "name": sweep["name"], "uid": sweep["uid"]}}
         await _reconcile(owner, memo, logger, retry=None)
-
-    @kopf.on.delete(*resource, id="delete", timeout=DELETE_TIMEOUT_SECONDS, registry=registry)
-    async def sweep_deleted(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
-        await delete_and_report(plural=PLURAL, body=body, memo=memo, logger=logger, retry=retry,
-                                delete=kill_training_sweep, what="closing the parent run")
 
 
 # Stalled for these, a sweep waits for a new object (its spec is immutable once started)
