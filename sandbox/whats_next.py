@@ -51,7 +51,7 @@ def main() -> None:
         sys.exit(1)
     print("Next:")
     print(f"  source {STATE / 'env'}            # kubectl, helm, KUBECONFIG, MLFLOW_TRACKING_URI")
-    print("  kubectl get mlflow -A                   # every Experiment, TrainingRun, RegisteredModel")
+    print("  kubectl get mlflow -A                   # every Experiment, TrainingRun, RegisteredModel, TrainingSweep")
     print("  kubectl describe experiments -A         # conditions and Events")
     print("  kubectl logs -n default -l job-name=churn-rf-1   # the training container's output")
     print("  kubectl get trainingsweeps -n default -w          # the example sweep: 12 trials, 3 at a time")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import itertools
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from mlflow_operator.cluster import JobSnapshot, PodSnapshot
 from mlflow_operator.gateways.kubernetes import KubernetesError
@@ -26,6 +26,8 @@ from mlflow_operator.tracking import (
     TrackingTarget,
 )
 
+
+T = TypeVar("T")
 
 class Crash(BaseException):
     """The operator process died right after an external write."""
@@ -169,6 +171,12 @@ class FakeMlflow:
 
     # ---- experiments
 
+    def _page(self, found: list[T], page_token: str | None) -> tuple[list[T], str | None]:
+        """One page of `page_size` and the token of the next (an offset), as MLflow pages."""
+        start = int(page_token or 0)
+        end = start + self.page_size
+        return found[start:end], (str(end) if end < len(found) else None)
+
     async def get_experiment(self, target: TrackingTarget, experiment_id: str) -> ExperimentInfo | None:
         return self.experiments.get(experiment_id)
 
@@ -177,10 +185,8 @@ class FakeMlflow:
         """Pages of `page_size`; only the namespace-tag filter the operator sends is understood."""
         self.calls.append("search_experiments")
         namespace = filter_string.split("=", 1)[1].strip().strip("'\"")
-        found = [e for e in self.experiments.values() if e.tags.get("k8s.namespace") == namespace]
-        start = int(page_token or 0)
-        end = start + self.page_size
-        return found[start:end], (str(end) if end < len(found) else None)
+        return self._page([e for e in self.experiments.values() if e.tags.get("k8s.namespace") == namespace],
+                          page_token)
 
     async def get_experiment_by_name(self, target: TrackingTarget, name: str) -> ExperimentInfo | None:
         return next((e for e in self.experiments.values() if e.name == name), None)
@@ -280,10 +286,8 @@ class FakeMlflow:
         """Pages of `page_size`; only the namespace-tag filter the operator sends is understood."""
         self.calls.append("search_registered_models")
         namespace = filter_string.split("=", 1)[1].strip().strip("'\"")
-        found = [m for m in self.models.values() if m.tags.get("k8s.namespace") == namespace]
-        start = int(page_token or 0)
-        end = start + self.page_size
-        return found[start:end], (str(end) if end < len(found) else None)
+        return self._page([m for m in self.models.values() if m.tags.get("k8s.namespace") == namespace],
+                          page_token)
 
     async def search_model_versions_page(self, target: TrackingTarget, filter_string: str,
                                          page_token: str | None) -> tuple[list[ModelVersionInfo], str | None]:

@@ -16,9 +16,8 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from helpers import Objects, event_reasons, wait_for
-from test_trainingrun import kill_operator, restart_operator
+from test_trainingrun import kill_operator, restart_operator, template
 
-HOLD = {"sandbox.mlflow.operator.dev/hold": "true"}
 FINISH = "sandbox.mlflow.operator.dev/finish"
 SWEEP_LABEL = "mlflow.operator.dev/sweep"
 GRID = {"n_estimators": {"values": ["10", "50", "100"]}, "max_depth": {"values": ["2", "4", "8", "16"]}}
@@ -32,11 +31,6 @@ def sweeps(custom, namespace) -> Objects:
 @pytest.fixture
 def runs(custom, namespace) -> Objects:
     return Objects(custom, namespace, "trainingruns", "TrainingRun")
-
-
-def template(hold: bool = True) -> dict:
-    return {"metadata": {"annotations": dict(HOLD) if hold else {}},
-            "spec": {"containers": [{"name": "train", "image": "trainer:1"}]}}
 
 
 def sweep_spec(experiment: str, **overrides) -> dict:

@@ -334,6 +334,19 @@ def register_synced_kind(
                                 delete=delete, what="deletionPolicy Delete")
 
 
+def pending_until_started(status: dict[str, Any]) -> dict[str, Any]:
+    """A TrainingRun or TrainingSweep that failed before it started is still Pending, with the
+    reason in the conditions."""
+    return {} if status.get("phase") else {"phase": "Pending"}
+
+
+def stalled_for(status: dict[str, Any], reasons: tuple[str, ...]) -> bool:
+    """Whether the object is Stalled for one of `reasons` (those only a new spec or a
+    restart of the operator can fix: no timer needs to look at it)."""
+    return any(c.get("type") == "Stalled" and c.get("status") == "True" and c.get("reason") in reasons
+               for c in status.get("conditions") or [])
+
+
 def register_lifecycle_kind(
     registry: kopf.OperatorRegistry,
     config: OperatorConfig,

@@ -11,7 +11,14 @@ from mlflow_operator.api.common import API_VERSION, GROUP, VERSION
 from mlflow_operator.api.experiment import PLURAL as EXPERIMENTS
 from mlflow_operator.api.trainingrun import KIND, LABEL_TRAINING_RUN, PLURAL
 from mlflow_operator.config import OperatorConfig
-from mlflow_operator.handlers.common import Kind, reconcile_and_report, register_lifecycle_kind, services_of
+from mlflow_operator.handlers.common import (
+    Kind,
+    pending_until_started,
+    reconcile_and_report,
+    register_lifecycle_kind,
+    services_of,
+    stalled_for,
+)
 from mlflow_operator.cluster import JobSnapshot
 from mlflow_operator.gateways.kubernetes import job_snapshot
 from mlflow_operator.logic import trainingrun as logic
@@ -123,17 +130,10 @@ def needs_refresh(body: kopf.Body, **_: Any) -> bool:
     """Open runs are refreshed (live metrics, what is left after an outage, a model logged
     late); closed ones and those only a new spec can fix are not polled."""
     status = body.get("status") or {}
-    stalled_on_spec = any(c.get("type") == "Stalled" and c.get("status") == "True"
-                          and c.get("reason") in WAITS_FOR_SPEC for c in status.get("conditions") or [])
-    return needs_job_events(body) and not stalled_on_spec
+    return needs_job_events(body) and not stalled_for(status, WAITS_FOR_SPEC)
 
 
-def _pending_until_started(status: dict[str, Any]) -> dict[str, Any]:
-    """A run that failed before it started is still Pending, with the reason in the conditions."""
-    return {} if status.get("phase") else {"phase": "Pending"}
-
-
-TRAINING_RUN = Kind(KIND, PLURAL, parse_spec, reconcile_training_run, status_on_error=_pending_until_started)
+TRAINING_RUN = Kind(KIND, PLURAL, parse_spec, reconcile_training_run, status_on_error=pending_until_started)
 
 
 async def _reconcile(body: Any, memo: kopf.Memo, logger: Any, retry: int | None,

@@ -11,10 +11,16 @@ from mlflow_operator.api.common import GROUP, VERSION
 from mlflow_operator.api.trainingrun import PLURAL as TRAINING_RUNS
 from mlflow_operator.api.trainingsweep import KIND, LABEL_SWEEP, PLURAL
 from mlflow_operator.config import OperatorConfig
-from mlflow_operator.handlers.common import Kind, reconcile_and_report, register_lifecycle_kind
+from mlflow_operator.handlers.common import (
+    Kind,
+    pending_until_started,
+    reconcile_and_report,
+    register_lifecycle_kind,
+    stalled_for,
+)
+from mlflow_operator.logic.trainingrun import is_closed
 from mlflow_operator.logic.trainingsweep import controller_sweep
 from mlflow_operator.reconcilers.trainingsweep import (
-    is_closed,
     kill_training_sweep,
     parse_spec,
     reconcile_training_sweep,
@@ -55,16 +61,10 @@ WAITS_FOR_SPEC = ("InvalidSpec", "TrackingServerNotAllowed", "TrialConflict")
 def sweep_open(body: kopf.Body, **_: Any) -> bool:
     status = body.get("status") or {}
     registers_model = (body.get("spec") or {}).get("registerBest") is not None
-    stalled_on_spec = any(c.get("type") == "Stalled" and c.get("status") == "True"
-                          and c.get("reason") in WAITS_FOR_SPEC for c in status.get("conditions") or [])
-    return not is_closed(status, registers_model) and not stalled_on_spec
+    return not is_closed(status, registers_model) and not stalled_for(status, WAITS_FOR_SPEC)
 
 
-def _pending_until_started(status: dict[str, Any]) -> dict[str, Any]:
-    return {} if status.get("phase") else {"phase": "Pending"}
-
-
-TRAINING_SWEEP = Kind(KIND, PLURAL, parse_spec, reconcile_training_sweep, status_on_error=_pending_until_started)
+TRAINING_SWEEP = Kind(KIND, PLURAL, parse_spec, reconcile_training_sweep, status_on_error=pending_until_started)
 
 
 async def _reconcile(body: Any, memo: kopf.Memo, logger: Any, retry: int | None) -> None:

@@ -16,7 +16,7 @@ from mlflow_operator.logic import ownership
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, stalled
 from mlflow_operator.logic.target import choose_target, credentials_from_secret
 from mlflow_operator.servers import Credentials
-from mlflow_operator.tracking import TrackingTarget
+from mlflow_operator.tracking import TrackingError, TrackingTarget
 from mlflow_operator.watched import ExperimentPages, HandledJobs, ModelPages, Watched
 
 
@@ -196,6 +196,24 @@ async def resolve_target_and_secret(
         credentials = TrackingTarget(choice.uri).credentials
     ui_url = services.config.ui_url if choice.uri == services.config.default_tracking_uri else None
     return TrackingTarget(uri=choice.uri, credentials=credentials, ui_url=ui_url), choice.secret_name
+
+
+async def shared_page_candidate(services: Services, body: Any, parse: Callable[[Any], Any],
+                                id_field: str) -> tuple[Any, ObjectIdentity, TrackingTarget] | None:
+    """For a drift check that compares an object against a shared page: its parsed spec,
+    identity and server, if it is Ready for its generation, has its MLflow id (`id_field`)
+    and is still bound to that server. None: a full reconcile decides (and reports any
+    problem)."""
+    status = body.get("status") or {}
+    if not ready_for_generation(body) or not status.get(id_field):
+        return None
+    try:
+        spec = parse(body.get("spec"))
+        identity = ObjectIdentity.from_body(body)
+        target = await resolve_target(services, identity.namespace, spec.tracking)
+    except (ValueError, ReconcileProblem, TrackingError, KubernetesError):
+        return None
+    return (spec, identity, target) if target.uri == status.get("trackingUri") else None
 
 
 def ready_for_generation(body: Any) -> bool:

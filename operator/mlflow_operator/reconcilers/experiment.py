@@ -12,9 +12,8 @@ from mlflow_operator.api.trainingrun import PLURAL as TRAINING_RUNS
 from mlflow_operator.logic.conditions import ReconcileProblem, progressing, ready, stalled
 from mlflow_operator.logic.target import check_pinned
 from mlflow_operator.reconcilers.common import (
-    Context, Event, Result, Services, owner_alive, parse_spec, ready_for_generation, resolve_target,
+    Context, Event, Result, Services, owner_alive, parse_spec, shared_page_candidate, resolve_target,
 )
-from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.tracking import AlreadyExists, ExperimentInfo, InvalidRequest, TrackingError, TrackingTarget
 
 async def reconcile_experiment(ctx: Context[ExperimentSpec]) -> Result:
@@ -85,17 +84,15 @@ async def experiment_in_sync(services: Services, body: Any) -> bool:
     and its MLflow experiment, in the page of its namespace's experiments that all drift
     checks share, needs no change. No MLflow call of its own; anything unexpected (a
     problem, an experiment missing from the page) is for a full reconcile to report."""
-    pages, status = services.experiment_pages, body.get("status") or {}
-    if pages is None or not ready_for_generation(body) or not status.get("experimentId"):
+    pages = services.experiment_pages
+    candidate = await shared_page_candidate(services, body, ExperimentSpec.parse, "experimentId") if pages else None
+    if pages is None or candidate is None:
         return False
+    spec, identity, target = candidate
+    status = body["status"]
     try:
-        spec = ExperimentSpec.parse(body.get("spec"))
-        identity = ObjectIdentity.from_body(body)
-        target = await resolve_target(services, identity.namespace, spec.tracking)
-        if target.uri != status.get("trackingUri"):
-            return False
         experiment = (await pages.experiments(services.mlflow, target, identity.namespace)).get(status["experimentId"])
-    except (ValueError, ReconcileProblem, TrackingError, KubernetesError):
+    except TrackingError:
         return False
     if experiment is None or experiment.deleted:
         return False

@@ -13,9 +13,8 @@ from mlflow_operator.logic import ownership, promotion, provenance
 from mlflow_operator.logic import registeredmodel as logic
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
 from mlflow_operator.logic.target import check_pinned
-from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.reconcilers.common import (
-    Context, Event, Result, Services, owner_alive, parse_spec, ready_for_generation, resolve_target,
+    Context, Event, Result, Services, owner_alive, parse_spec, shared_page_candidate, resolve_target,
 )
 from mlflow_operator.tracking import (
     AlreadyExists, InvalidRequest, ModelVersionInfo, RegisteredModelInfo, RunInfo, TrackingError, TrackingTarget,
@@ -108,18 +107,18 @@ async def registered_model_in_sync(services: Services, body: Any) -> bool:
     and its registered model and versions, in the page of its namespace's models that all
     drift checks share, need no change and show what status shows. No MLflow call of its own;
     anything else (a problem, a model missing from the page) is for a full reconcile."""
-    pages, status = services.model_pages, body.get("status") or {}
-    if pages is None or not ready_for_generation(body) or not status.get("modelName"):
+    pages = services.model_pages
+    candidate = await shared_page_candidate(services, body, RegisteredModelSpec.parse, "modelName") if pages else None
+    if pages is None or candidate is None:
         return False
+    spec, identity, target = candidate
+    status = body["status"]
     try:
-        spec = RegisteredModelSpec.parse(body.get("spec"))
-        identity = ObjectIdentity.from_body(body)
-        target = await resolve_target(services, identity.namespace, spec.tracking)
         desired = logic.desired_model(spec, identity)
-        if target.uri != status.get("trackingUri") or desired.name != status["modelName"]:
+        if desired.name != status["modelName"]:
             return False
         found = (await pages.models(services.mlflow, target, identity.namespace)).get(desired.name)
-    except (ValueError, ReconcileProblem, TrackingError, KubernetesError):
+    except (ReconcileProblem, TrackingError):
         return False
     if found is None:
         return False

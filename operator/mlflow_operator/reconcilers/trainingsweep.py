@@ -21,13 +21,14 @@ from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.logic import provenance, timestamps
 from mlflow_operator.logic import trainingrun as run_logic
 from mlflow_operator.logic import trainingsweep as logic
-from mlflow_operator.logic.conditions import READY, Outcome, ReconcileProblem, condition, progressing, ready, stalled
+from mlflow_operator.logic.conditions import ReconcileProblem, progressing, ready, stalled
 from mlflow_operator.reconcilers import common
 from mlflow_operator.reconcilers.common import Context, Event, Result, Services, StatusWriter
 from mlflow_operator.reconcilers.trainingrun import (
     DUPLICATE_TAG,
     Resolved,
     no_run_can_exist,
+    outcome_of_closed,
     register_model,
     resolve_experiment,
 )
@@ -51,25 +52,11 @@ def _parse_sweep(raw_spec: Any) -> TrainingSweepSpec:
     return spec
 
 
-def is_closed(status: dict[str, Any], registers_model: bool) -> bool:
-    """Over, the parent run closed, and the best model registered if asked for."""
-    if status.get("phase") not in ("Succeeded", "Failed") or not status.get("runStatus"):
-        return False
-    return status["phase"] == "Failed" or not registers_model or bool(status.get("modelVersion"))
-
-
-def _outcome_of_closed(status: dict[str, Any]) -> Outcome:
-    ready_condition = condition(status.get("conditions"), READY) or {}
-    reason, message = ready_condition.get("reason", status["phase"]), ready_condition.get("message", "")
-    if status["phase"] == "Succeeded" and ready_condition.get("status") == "True":
-        return ready(reason, message)
-    return stalled(reason, message)
-
-
 async def reconcile_training_sweep(ctx: Context[TrainingSweepSpec]) -> Result:
     spec, status = ctx.spec, ctx.status
-    if is_closed(status, spec.register_best is not None):
-        return Result(_outcome_of_closed(status))
+    # Closed as a TrainingRun is: ended, the (parent) run closed, the model registered if asked.
+    if run_logic.is_closed(status, registers_model=spec.register_best is not None):
+        return Result(outcome_of_closed(status))
     total = logic.trial_count(spec)
     resolved = await resolve_experiment(ctx, run_field=RUN_FIELD)
     parent_run_id = await _ensure_parent_run(ctx, resolved)
@@ -164,8 +151,7 @@ async def _create_trial(ctx: Context[TrainingSweepSpec], index: int, parent_run_
                 "TrialConflict", f"a TrainingRun named {name!r} exists and is not a trial of this TrainingSweep; "
                 "delete or rename it")) from None
         return None  # created by an earlier attempt
-    shown = ", ".join(f"{k}={v}" for k, v in logic.searched_values(spec, index, logic.seed_source(spec, identity.uid))
-                      .items())
+    shown = ", ".join(f"{name}={params[name]}" for name in sorted(spec.parameters))
     return ("Normal", "TrialCreated", f"created trial {name} ({shown})")
 
 
