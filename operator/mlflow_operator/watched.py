@@ -1,10 +1,11 @@
 """What the operator's watches have seen, so that a reconcile does not read again what a
 watch event just delivered.
 
-kopf fills its indices from the watch streams and starts no handler before every index is
-filled, so an object missing from an index does not exist (or was created a moment ago:
-its own watch event then triggers what depends on it). Without indices (unit tests of the
-reconcile paths), every lookup is a read through the gateway.
+The caches are filled by kopf event handlers as the watches' events arrive. They never hold
+up the operator's start (kopf's own indices do: no handler runs before every index is
+filled, and that bookkeeping costs more than linear time in the number of objects), so a
+key a cache does not hold is unknown, not absent: a lookup that needs to know reads through
+the gateway. Without caches (unit tests of the reconcile paths), every lookup is a read.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import asyncio
 import functools
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Generic, Iterable, Mapping, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Iterable, TypeVar
 
 from mlflow_operator.api.common import TAG_NAMESPACE
 from mlflow_operator.api.experiment import PLURAL as EXPERIMENTS
@@ -22,40 +23,97 @@ from mlflow_operator.gateways.kubernetes import CredentialsSecret, KubernetesGat
 from mlflow_operator.gateways.mlflow import MlflowGateway, every_page, filter_literal
 from mlflow_operator.tracking import ExperimentInfo, ModelVersionInfo, RegisteredModelInfo, TrackingTarget
 
-# Index keys: (namespace, name).
+# Cache keys of namespaced objects: (namespace, name).
 Key = tuple[str, str]
 K = TypeVar("K")
 T = TypeVar("T")
 
 
-def _only(store: Iterable[Any] | None) -> Any:
-    return next(iter(store), None) if store is not None else None
+class WatchCache(Generic[K, T]):
+    """The last value a watch event gave for each key; a deleted object's key is dropped."""
+
+    def __init__(self) -> None:
+        self._values: dict[K, T] = {}
+
+    def get(self, key: K) -> T | None:
+        return self._values.get(key)
+
+    def put(self, key: K, value: T | None) -> None:
+        """Record what the latest event says; None: the object is gone (or no longer matches)."""
+        if value is None:
+            self._values.pop(key, None)
+        else:
+            self._values[key] = value
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+class Waiting:
+    """Objects waiting for another one, by the key of what they wait for (TrainingRuns for the
+    Experiment they name): an object waits for one thing at a time."""
+
+    def __init__(self) -> None:
+        self._by_target: dict[Key, dict[str, str]] = {}  # target -> {uid: name}
+        self._target_of: dict[str, Key] = {}
+
+    def put(self, uid: str, name: str, target: Key | None) -> None:
+        """Record what `uid` waits for now (None: nothing)."""
+        before = self._target_of.pop(uid, None)
+        if before is not None:
+            waiting = self._by_target.get(before, {})
+            waiting.pop(uid, None)
+            if not waiting:
+                self._by_target.pop(before, None)
+        if target is not None:
+            self._target_of[uid] = target
+            self._by_target.setdefault(target, {})[uid] = name
+
+    def waiting_for(self, target: Key) -> list[tuple[str, str]]:
+        """(name, uid) of each object waiting for `target`."""
+        return [(name, uid) for uid, name in self._by_target.get(target, {}).items()]
+
+    def __len__(self) -> int:
+        return len(self._target_of)
 
 
 class Watched:
-    def __init__(self, jobs: Mapping[Key, Iterable[JobSnapshot]] | None = None,
-                 experiments: Mapping[Key, Iterable[dict[str, Any]]] | None = None,
-                 credentials: Mapping[Key, Iterable[dict[str, str]]] | None = None) -> None:
-        self._jobs, self._experiments, self._credentials = jobs, experiments, credentials
+    def __init__(self, jobs: WatchCache[Key, JobSnapshot] | None = None,
+                 experiments: WatchCache[Key, dict[str, Any]] | None = None,
+                 credentials: WatchCache[Key, dict[str, str]] | None = None) -> None:
+        self.jobs, self.experiments, self.credentials = jobs, experiments, credentials
+        # TrainingRuns by uid: whether they are closed (a Job's events need no read to know).
+        self.training_runs_closed: WatchCache[str, bool] = WatchCache()
+        # TrainingRuns not started yet, by the Experiment they name (woken when it is Ready).
+        self.waiting_for_experiment = Waiting()
+
+    @classmethod
+    def filled_by_watches(cls, credentials: bool = True) -> Watched:
+        """Caches for the operator's watch event handlers (credentials: if Secrets are watched)."""
+        return cls(jobs=WatchCache(), experiments=WatchCache(), credentials=WatchCache() if credentials else None)
 
     async def job(self, kube: KubernetesGateway, namespace: str, name: str) -> JobSnapshot | None:
-        """A training Job as last seen (None: no such Job)."""
-        if self._jobs is None:
+        """A training Job as last seen; None: the watch has not seen it. A TrainingRun that
+        has recorded its Job's uid reads a Job the watch has not seen (trainingrun.py), and
+        creating a Job that exists is a conflict that reads it, so a Job is never taken for
+        lost or made twice on a watch's delay."""
+        if self.jobs is None:
             return await kube.get_job(namespace, name)
-        return _only(self._jobs.get((namespace, name)))
+        return self.jobs.get((namespace, name))
 
     async def experiment(self, kube: KubernetesGateway, namespace: str, name: str) -> dict[str, Any] | None:
-        """An Experiment object's spec.tracking and status as last seen (None: no such object)."""
-        if self._experiments is None:
-            return await kube.get_object(EXPERIMENTS, namespace, name)
-        return _only(self._experiments.get((namespace, name)))
+        """An Experiment object's spec.tracking and status as last seen, or read (None: no such object)."""
+        seen = self.experiments.get((namespace, name)) if self.experiments is not None else None
+        if seen is not None:
+            return seen
+        return await kube.get_object(EXPERIMENTS, namespace, name)
 
     async def credentials_secret(self, kube: KubernetesGateway, namespace: str, name: str) -> CredentialsSecret | None:
         """A credentials Secret (None: no such Secret). The watch holds only the Secrets labelled
         for the operator; one it has not seen (missing, not labelled, or created a moment ago)
         is read, so that the object can say which."""
-        if self._credentials is not None:
-            data = _only(self._credentials.get((namespace, name)))
+        if self.credentials is not None:
+            data = self.credentials.get((namespace, name))
             if data is not None:
                 return CredentialsSecret(name=name, opted_in=True, data=data)
         return await kube.read_credentials_secret(namespace, name)

@@ -9,7 +9,7 @@ import asyncio
 import base64
 
 from mlflow_operator.gateways.kubernetes import CredentialsSecret, credentials_data
-from mlflow_operator.watched import Watched
+from mlflow_operator.watched import WatchCache, Watched
 
 
 class CountingKube:
@@ -27,9 +27,15 @@ def encoded(**values: str) -> dict[str, str]:
     return {key: base64.b64encode(value.encode()).decode() for key, value in values.items()}
 
 
+def watched_with(key: tuple[str, str], data: dict[str, str]) -> Watched:
+    cache: WatchCache[tuple[str, str], dict[str, str]] = WatchCache()
+    cache.put(key, data)
+    return Watched(credentials=cache)
+
+
 def test_a_watched_labelled_secret_is_used_without_a_read():
     kube = CountingKube()
-    watched = Watched(credentials={("team-a", "creds"): [credentials_data(encoded(token="t0k"))]})
+    watched = watched_with(("team-a", "creds"), credentials_data(encoded(token="t0k")))
     secret = asyncio.run(watched.credentials_secret(kube, "team-a", "creds"))  # type: ignore[arg-type]
     assert secret == CredentialsSecret(name="creds", opted_in=True, data={"token": "t0k"})
     assert kube.reads == []
@@ -37,7 +43,7 @@ def test_a_watched_labelled_secret_is_used_without_a_read():
 
 def test_a_secret_the_watch_has_not_seen_is_read_to_say_why():
     kube = CountingKube()
-    watched = Watched(credentials={("team-a", "creds"): [credentials_data(encoded(token="t0k"))]})
+    watched = watched_with(("team-a", "creds"), credentials_data(encoded(token="t0k")))
     secret = asyncio.run(watched.credentials_secret(kube, "team-b", "creds"))  # type: ignore[arg-type]
     assert secret is not None and not secret.opted_in
     assert kube.reads == [("team-b", "creds")]
@@ -46,3 +52,13 @@ def test_a_secret_the_watch_has_not_seen_is_read_to_say_why():
 def test_the_watch_keeps_the_values_of_the_credential_keys_only():
     data = credentials_data(encoded(username="ann", password="pw", ssh_key="PRIVATE"))
     assert data == {"username": "ann", "password": "pw", "ssh_key": ""}
+
+
+def test_a_secret_deleted_or_unlabelled_is_dropped_from_the_watch_and_read_again():
+    kube = CountingKube()
+    watched = watched_with(("team-a", "creds"), credentials_data(encoded(token="t0k")))
+    assert watched.credentials is not None
+    watched.credentials.put(("team-a", "creds"), None)  # a DELETED event
+    secret = asyncio.run(watched.credentials_secret(kube, "team-a", "creds"))  # type: ignore[arg-type]
+    assert secret is not None and not secret.opted_in
+    assert kube.reads == [("team-a", "creds")]

@@ -17,6 +17,7 @@ from mlflow_operator.gateways.kubernetes import CREDENTIALS_LABEL, KubernetesGat
 from mlflow_operator.gateways.mlflow import MlflowGateway
 from mlflow_operator.handlers import experiment, registeredmodel, trainingrun, trainingsweep
 from mlflow_operator.reconcilers.common import Services
+from mlflow_operator.handlers.common import services_of
 from mlflow_operator.watched import ExperimentPages, ModelPages, Watched
 
 logger = logging.getLogger("mlflow_operator")
@@ -60,9 +61,8 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -
             config=config,
             mlflow=MlflowGateway(concurrency=config.mlflow_concurrency),
             kube=KubernetesGateway(concurrency=config.kubernetes_concurrency),
-            # kopf passes its indices by id; they fill from the watches before any handler runs.
-            watched=Watched(jobs=kwargs["training_jobs"], experiments=kwargs["experiments_by_name"],
-                            credentials=kwargs.get("credentials_secrets")),
+            # Filled by the watch event handlers below and in each kind's module.
+            watched=Watched.filled_by_watches(credentials=config.watch_credentials),
             # Fetched at most twice per interval: drift is seen within 1.5 intervals.
             experiment_pages=ExperimentPages(max_age_seconds=config.drift_interval / 2),
             model_pages=ModelPages(max_age_seconds=config.drift_interval / 2),
@@ -87,12 +87,13 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -
     trainingsweep.register(registry, config)
     if config.watch_credentials:
         # The API server sends only the labelled Secrets (runtime.py sets the selector).
-        kopf.index("", "v1", "secrets", id="credentials_secrets", labels={CREDENTIALS_LABEL: "true"},
-                   registry=registry)(credentials_secret)
-
-
-def credentials_secret(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, str]]:
-    """A labelled Secret's credentials as the watch last saw them: a reconcile or drift check
-    of an object that names it reads no Secret."""
-    metadata = body["metadata"]
-    return {(metadata["namespace"], metadata["name"]): credentials_data(body.get("data"))}
+        @kopf.on.event("", "v1", "secrets", id="credentials", labels={CREDENTIALS_LABEL: "true"}, registry=registry)
+        async def credentials_secret_seen(body: kopf.Body, memo: kopf.Memo, type: str | None = None,
+                                          **_: Any) -> None:
+            """A labelled Secret's credentials as the watch last saw them: a reconcile or drift
+            check of an object that names it reads no Secret."""
+            cache = services_of(memo).watched.credentials
+            assert cache is not None
+            metadata = body["metadata"]
+            cache.put((metadata["namespace"], metadata["name"]),
+                      None if type == "DELETED" else credentials_data(body.get("data")))

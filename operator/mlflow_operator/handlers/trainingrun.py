@@ -8,7 +8,6 @@ from typing import Any
 import kopf
 
 from mlflow_operator.api.common import API_VERSION, GROUP, VERSION
-from mlflow_operator.api.experiment import PLURAL as EXPERIMENTS
 from mlflow_operator.api.trainingrun import KIND, LABEL_TRAINING_RUN, PLURAL
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.handlers.common import (
@@ -20,7 +19,7 @@ from mlflow_operator.handlers.common import (
     stalled_for,
 )
 from mlflow_operator.cluster import JobSnapshot
-from mlflow_operator.gateways.kubernetes import job_snapshot
+from mlflow_operator.gateways.kubernetes import KubernetesGateway, job_snapshot
 from mlflow_operator.logic import trainingrun as logic
 from mlflow_operator.logic.trainingrun import JOB_FINALIZER
 from mlflow_operator.reconcilers.trainingrun import (
@@ -41,51 +40,65 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
 
     # Training Jobs only, selected by the API server (settings.watching.label_selectors).
     @kopf.on.event("batch", "v1", "jobs", id="job", labels={LABEL_TRAINING_RUN: kopf.PRESENT}, registry=registry)
-    async def job_changed(body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:
+    async def job_changed(body: kopf.Body, memo: kopf.Memo, logger: Any, type: str | None = None,
+                          **_: Any) -> None:
+        job = job_snapshot(body)
+        services = services_of(memo)
+        assert services.watched.jobs is not None
+        services.watched.jobs.put((job.namespace, job.name), None if type == "DELETED" else job)
         owner = next((ref for ref in body["metadata"].get("ownerReferences") or []
                       if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION), None)
         if owner is None:
             return
-        job = job_snapshot(body)
-        closed: kopf.Index = kwargs["training_runs_closed"]
-        known = closed.get(owner["uid"])
-        if known is None:  # its TrainingRun is gone
+        closed = services.watched.training_runs_closed.get(owner["uid"])
+        if closed is None:  # not seen (yet): read it
+            closed = await _closed_or_gone(services.kube, job.namespace, owner)
+        if closed is None:  # its TrainingRun is gone
             await _release_orphan(job, memo)
             return
-        handled = services_of(memo).handled_jobs
+        handled = services.handled_jobs
         signature = handled.signature(job, logic.phase_of(job))
-        if handled.handled(owner["uid"], signature) or ("closed" in known and not job.deleting):
+        if handled.handled(owner["uid"], signature) or (closed and not job.deleting):
             return  # nothing the operator records changed; a closed run's Job is done
         # Enough to find the owner: the reconcile reads it fresh (and skips it if it is gone,
         # replaced, or being deleted).
-        owner_ref = {"metadata": {"namespace": body["metadata"]["namespace"], "name": owner["name"],
-                                  "uid": owner["uid"]}}
+        owner_ref = {"metadata": {"namespace": job.namespace, "name": owner["name"], "uid": owner["uid"]}}
         await _reconcile(owner_ref, memo, logger, retry=None)
 
-    kopf.index(*resource, id="waiting_for_experiment", registry=registry)(waiting_for_experiment)
-    kopf.index(*resource, id="training_runs_closed", registry=registry)(training_run_closed)
-    kopf.index("batch", "v1", "jobs", id="training_jobs", labels={LABEL_TRAINING_RUN: kopf.PRESENT},
-               registry=registry)(training_job)
-    kopf.on.event(GROUP, VERSION, EXPERIMENTS, id="wake_training_runs", when=experiment_ready,
-                  registry=registry)(experiment_became_ready)
+    @kopf.on.event(*resource, id="watch", registry=registry)
+    async def training_run_seen(body: kopf.Body, memo: kopf.Memo, type: str | None = None, **_: Any) -> None:
+        """What a Job's events and an Experiment's Ready status need to know of each run."""
+        watched, metadata = services_of(memo).watched, body["metadata"]
+        gone = type == "DELETED"
+        watched.training_runs_closed.put(metadata["uid"], None if gone else not needs_job_events(body))
+        watched.waiting_for_experiment.put(metadata["uid"], metadata["name"],
+                                           None if gone else waiting_for_experiment(body))
 
 
-def waiting_for_experiment(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, str]] | None:
-    """TrainingRuns not started yet, by the Experiment they name: woken when it is Ready."""
+def waiting_for_experiment(body: kopf.Body) -> tuple[str, str] | None:
+    """The Experiment a TrainingRun that has not started yet waits for (by its experimentRef):
+    its Ready status starts the run."""
     name = ((body.get("spec") or {}).get("experimentRef") or {}).get("name")
     if not name or (body.get("status") or {}).get("runId"):
         return None
-    metadata = body["metadata"]
-    return {(metadata["namespace"], name): {"name": metadata["name"], "uid": metadata["uid"]}}
+    return body["metadata"]["namespace"], name
 
 
-async def experiment_became_ready(*, body: kopf.Body, memo: Any, logger: Any, **kwargs: Any) -> None:
+async def wake_training_runs(experiment: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
     """A run applied together with its Experiment waits without retries or errors: the
     Experiment's Ready status is what starts it."""
-    index: kopf.Index = kwargs["waiting_for_experiment"]  # kopf passes indices by their id
-    namespace = body["metadata"]["namespace"]
-    for waiting in list(index.get((namespace, body["metadata"]["name"]), [])):
-        await _reconcile({"metadata": {"namespace": namespace, **waiting}}, memo, logger, retry=None)
+    namespace = experiment["metadata"]["namespace"]
+    waiting = services_of(memo).watched.waiting_for_experiment.waiting_for((namespace, experiment["metadata"]["name"]))
+    for name, uid in waiting:
+        await _reconcile({"metadata": {"namespace": namespace, "name": name, "uid": uid}}, memo, logger, retry=None)
+
+
+async def _closed_or_gone(kube: KubernetesGateway, namespace: str, owner: dict[str, Any]) -> bool | None:
+    """Whether a Job's TrainingRun is closed, read (None: it is gone or was replaced)."""
+    run = await kube.get_object(PLURAL, namespace, owner["name"])
+    if run is None or run["metadata"]["uid"] != owner["uid"]:
+        return None
+    return not needs_job_events(run)
 
 
 async def _release_orphan(job: JobSnapshot, memo: kopf.Memo) -> None:
@@ -94,18 +107,6 @@ async def _release_orphan(job: JobSnapshot, memo: kopf.Memo) -> None:
     Job is deleted by the garbage collector, and comes back here being deleted.)"""
     if JOB_FINALIZER in job.finalizers and job.ended:
         await services_of(memo).kube.remove_job_finalizer(job.namespace, job.name, JOB_FINALIZER)
-
-
-def training_run_closed(body: kopf.Body, **_: Any) -> dict[str, str]:
-    """Every TrainingRun by uid: whether it is closed. A Job's events need no read to know
-    whether its TrainingRun still exists or has anything left to do."""
-    return {body["metadata"]["uid"]: "open" if needs_job_events(body) else "closed"}
-
-
-def training_job(body: kopf.Body, **_: Any) -> dict[tuple[str, str], JobSnapshot]:
-    """Training Jobs as the watch last saw them (services.watched): reconciles read no Job."""
-    job = job_snapshot(body)
-    return {(job.namespace, job.name): job}
 
 
 def experiment_ready(body: kopf.Body, **_: Any) -> bool:
