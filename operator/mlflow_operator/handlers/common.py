@@ -310,22 +310,29 @@ def register_synced_kind(
         await reconcile_and_report(kind, body=body, memo=memo, logger=logger, retry=retry,
                                    drift_check=retry is None)
 
+    async def left_alone(body: Any, memo: Any) -> bool:
+        if in_sync is None:
+            return False
+        with reconciling(kind.name):
+            return await in_sync(services_of(memo), body)
+
     @kopf.on.resume(*resource, id="reconcile", registry=registry)
     @kopf.on.create(*resource, id="reconcile", registry=registry)
     @kopf.on.update(*resource, id="reconcile", field="spec", registry=registry)
-    async def changed(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
+    async def changed(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, reason: str,
+                      **_: Any) -> None:
+        # A restart resumes every object: one that is Ready for its spec and matches the
+        # shared page costs no MLflow call of its own (as a drift check).
+        if reason == kopf.Reason.RESUME.value and retry == 0 and await left_alone(body, memo):
+            return
         await run(body, memo, logger, retry)
 
     @kopf.timer(*resource, id="drift", interval=config.drift_interval, registry=registry)
     async def drift(body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:
         if await dephase(memo, body["metadata"]["uid"], config.drift_interval, kwargs["stopped"]):
             return
-        if not drift_check_due(body, memo):
+        if not drift_check_due(body, memo) or await left_alone(body, memo):
             return
-        if in_sync is not None:
-            with reconciling(kind.name):
-                if await in_sync(services_of(memo), body):
-                    return
         await run(body, memo, logger, None)
 
     @kopf.on.delete(*resource, id="delete", timeout=DELETE_TIMEOUT_SECONDS, registry=registry)
