@@ -5,7 +5,14 @@ import pytest
 from mlflow_operator.api.common import ObjectIdentity
 from mlflow_operator.api.registeredmodel import RegisteredModelSpec
 from mlflow_operator.logic.conditions import ReconcileProblem
-from mlflow_operator.logic.registeredmodel import Managed, bind, desired_model, plan, status_view
+from mlflow_operator.logic.registeredmodel import (
+    STATUS_DESCRIPTION_CHARS,
+    Managed,
+    bind,
+    desired_model,
+    plan,
+    status_view,
+)
 from mlflow_operator.tracking import ModelVersionInfo, RegisteredModelInfo
 
 ME = ObjectIdentity(kind="RegisteredModel", namespace="ml", name="churn", uid="uid-1")
@@ -102,3 +109,18 @@ def test_status_view_lists_versions_with_their_aliases():
     assert view["aliasSummary"] == "backup=2,champion=2"
     assert view["versions"][1]["aliases"] == ["backup", "champion"]
     assert view["versions"][0]["aliases"] == []
+
+
+def test_status_lists_the_newest_versions_and_only_those_that_matter_besides():
+    versions = [version(str(n)) for n in range(1, 101)]
+    versions[9] = version("10", stage="Production")
+    versions[19] = version("20", stage="Archived")  # not shown for that
+    view = status_view(model(aliases={"champion": "3"}), versions, declared=frozenset({"5"}))
+    shown = [v["version"] for v in view["versions"]]
+    assert shown == ["3", "5", "10", *[str(n) for n in range(81, 101)]]
+    assert view["versionCount"] == 100
+
+
+def test_a_long_version_description_is_cut_in_status():
+    view = status_view(model(), [version("1", description="x" * 5000)])
+    assert view["versions"][0]["description"] == "x" * STATUS_DESCRIPTION_CHARS

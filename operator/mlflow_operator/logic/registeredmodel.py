@@ -14,8 +14,13 @@ from mlflow_operator.logic.conditions import ReconcileProblem, stalled
 from mlflow_operator.logic.ownership import Relation
 from mlflow_operator.tracking import ModelVersionInfo, RegisteredModelInfo
 
-# status.versions lists at most this many versions (the newest); versionCount has them all.
-STATUS_VERSION_LIMIT = 1000
+# status.versions lists the newest this many versions, and besides them only those that
+# matter (aliased, in Staging or Production, declared in the spec): a model with thousands of
+# versions keeps a small object. versionCount counts them all.
+STATUS_RECENT_VERSIONS = 20
+# A version's description in status is cut to this many characters (MLflow allows 5,000).
+STATUS_DESCRIPTION_CHARS = 200
+NOTABLE_STAGES = ("Staging", "Production")
 
 
 @dataclass(frozen=True)
@@ -229,12 +234,16 @@ def _declared_version_changes(version: str, declared: DesiredVersion, current: M
     return changes
 
 
-def status_view(model: RegisteredModelInfo, versions: list[ModelVersionInfo]) -> dict[str, Any]:
-    """The registry as `kubectl get -o yaml` should show it."""
-    shown = versions[-STATUS_VERSION_LIMIT:]
+def status_view(model: RegisteredModelInfo, versions: list[ModelVersionInfo],
+                declared: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The registry as `kubectl get -o yaml` should show it. `versions`: lowest number first;
+    `declared`: the version numbers the spec names."""
     aliases_by_version: dict[str, list[str]] = defaultdict(list)
     for alias, version in model.aliases.items():
         aliases_by_version[version].append(alias)
+    recent = {v.version for v in versions[-STATUS_RECENT_VERSIONS:]}
+    shown = [v for v in versions if v.version in recent or v.version in aliases_by_version
+             or v.version in declared or v.stage in NOTABLE_STAGES]
     return {
         "modelName": model.name,
         "versionCount": len(versions),
@@ -248,7 +257,7 @@ def status_view(model: RegisteredModelInfo, versions: list[ModelVersionInfo]) ->
                 "runId": v.run_id,
                 "source": v.source,
                 "status": v.status,
-                "description": v.description or None,
+                "description": (v.description or "")[:STATUS_DESCRIPTION_CHARS] or None,
             }
             for v in shown
         ],

@@ -57,7 +57,7 @@ async def reconcile_registered_model(ctx: Context[RegisteredModelSpec]) -> Resul
         model = await mlflow.get_registered_model(target, desired.name) or model
         versions = await mlflow.model_versions(target, desired.name)
 
-    view = logic.status_view(model, versions)
+    view = logic.status_view(model, versions, frozenset(desired.versions))
     # What this object declares (and exists) is what it may later remove, drift or not.
     status_update = {**view, **logic.managed_status(plan.managed), "url": target.model_url(desired.name),
                      "trackingUri": target.uri,
@@ -125,7 +125,7 @@ async def registered_model_in_sync(services: Services, body: Any) -> bool:
     plan = logic.plan(desired, found.model, found.versions, logic.Managed.from_status(status))
     if plan.changes or plan.missing:
         return False
-    view = without_nulls(logic.status_view(found.model, found.versions))
+    view = without_nulls(logic.status_view(found.model, found.versions, frozenset(desired.versions)))
     return all(status.get(key) == value for key, value in view.items())
 
 
