@@ -1,5 +1,6 @@
 # The operator image: a slim Python base, the operator and mlflow-skinny in a virtualenv,
-# a non-root user, no compilers or package installers in the final stage.
+# a non-root user, no compilers or package installers in the final stage. MALLOC_ARENA_MAX:
+# glibc's malloc arenas, one per thread by default, keep what a burst freed (README: Benchmarks).
 #   docker build -t ghcr.io/mlflow-operator/mlflow-operator:0.1.0 .
 # The sandbox builds it with buildah on a local Debian base (sandbox/node/build-images.sh):
 #   --build-arg BASE_IMAGE=localhost/sandbox/debian-python:12
@@ -22,7 +23,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
-    MLFLOW_DISABLE_TELEMETRY=true
+    MLFLOW_DISABLE_TELEMETRY=true \
+    MALLOC_ARENA_MAX=2
 USER 10001:10001
 EXPOSE 8080 8081
 ENTRYPOINT ["mlflow-operator"]

@@ -476,7 +476,8 @@ class Sandbox:
                     f"--metrics-port={p['operator-metrics']}",
                     "--bind-address=127.0.0.1",
                 ],
-                env={"KUBECONFIG": str(OPERATOR_KUBECONFIG)},
+                # As in the image (Dockerfile).
+                env={"KUBECONFIG": str(OPERATOR_KUBECONFIG), "MALLOC_ARENA_MAX": "2"},
                 ready=lambda: http_ok(f"http://127.0.0.1:{p['operator-health']}/healthz"),
                 marker=f"--health-port={p['operator-health']}",
             ),
