@@ -37,11 +37,12 @@ def configure_environment(config: OperatorConfig) -> None:
         os.environ.pop(name, None)
 
 
-# kopf logs every successful call of a handler. For these, called on every Job update and
+# kopf logs every successful call of a handler. For these, called on every watch event and
 # every timer tick, that is a line per object per interval saying nothing: what they did (if
 # anything) is logged by the reconcile itself.
 ROUTINE_SUCCESSES = frozenset({
-    "Handler 'job' succeeded.", "Handler 'wake_training_runs' succeeded.", "Handler 'trial' succeeded.",
+    "Handler 'job' succeeded.", "Handler 'watch' succeeded.", "Handler 'credentials' succeeded.",
+    "Handler 'trial' succeeded.",
     "Timer 'drift' succeeded.", "Timer 'refresh' succeeded.",
 })
 

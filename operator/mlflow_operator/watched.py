@@ -84,8 +84,10 @@ class Watched:
         self.jobs, self.experiments, self.credentials = jobs, experiments, credentials
         # TrainingRuns by uid: whether they are closed (a Job's events need no read to know).
         self.training_runs_closed: WatchCache[str, bool] = WatchCache()
-        # TrainingRuns not started yet, by the Experiment they name (woken when it is Ready).
+        # TrainingRuns and TrainingSweeps not started yet, by the Experiment they name (woken
+        # when it is Ready).
         self.waiting_for_experiment = Waiting()
+        self.sweeps_waiting_for_experiment = Waiting()
 
     @classmethod
     def filled_by_watches(cls, credentials: bool = True) -> Watched:

@@ -33,6 +33,11 @@ def runs(custom, namespace) -> Objects:
     return Objects(custom, namespace, "trainingruns", "TrainingRun")
 
 
+@pytest.fixture
+def experiments(custom, namespace) -> Objects:
+    return Objects(custom, namespace, "experiments", "Experiment")
+
+
 def sweep_spec(experiment: str, **overrides) -> dict:
     """A sweep in its own MLflow experiment (`experiment` and a random suffix: experiments
     belong to the namespace that made them, and every test has its own namespace)."""
@@ -124,6 +129,20 @@ def test_a_12_trial_grid_with_parallelism_3_runs_every_trial_three_at_most_at_on
     assert parent.data.params == {"max_depth": "8", "n_estimators": "50"}
     assert parent.data.tags["mlflow.operator.dev/best-trial"] == best["name"]
     assert sweeps.condition("grid")["status"] == "True"
+
+
+def test_a_sweep_applied_before_its_experiment_starts_once_the_experiment_is_ready(
+    sweeps, experiments, core, namespace
+):
+    spec = sweep_spec("sweep-later", parameters={"max_depth": {"values": ["2"]}}, parallelism=1)
+    del spec["experimentName"]
+    sweeps.create("waits", {**spec, "experimentRef": {"name": "later"}})
+    condition = sweeps.wait_reason("waits", "ExperimentNotFound")
+    assert "later" in condition["message"] and not sweeps.get("waits")["status"].get("parentRunId")
+    experiments.create("later", {})
+    started = wait_for(lambda: sweeps.get("waits")["status"].get("parentRunId"), timeout=60)
+    assert started
+    assert "Started" in event_reasons(core, namespace, "waits")
 
 
 def test_kubectl_get_trainingruns_by_the_sweep_label_lists_its_trials(sweeps, sandbox, namespace):

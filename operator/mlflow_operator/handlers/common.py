@@ -35,6 +35,7 @@ from mlflow_operator.logic.conditions import (
 from mlflow_operator.metrics import EVENTS, RECONCILE_DURATION, RECONCILES, reconciling
 from mlflow_operator.reconcilers.common import Context, Event, Result, Services, SpecT, StatusWriter, parse_spec
 from mlflow_operator.tracking import TrackingError, TrackingUnauthorized, TrackingUnavailable
+from mlflow_operator.watched import Waiting
 
 def _no_status(status: dict[str, Any]) -> dict[str, Any]:
     return {}
@@ -339,6 +340,16 @@ def register_synced_kind(
     async def deleted(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
         await delete_and_report(plural=kind.plural, body=body, memo=memo, logger=logger, retry=retry,
                                 delete=delete, what="deletionPolicy Delete")
+
+
+async def wake_waiting(kind: Kind[Any], waiting: Waiting, target: Any, memo: Any,
+                       logger: logging.Logger | logging.LoggerAdapter) -> None:
+    """Reconcile the objects of `kind` waiting for `target` (an object whose watch event said
+    it is ready for them)."""
+    namespace = target["metadata"]["namespace"]
+    for name, uid in waiting.waiting_for((namespace, target["metadata"]["name"])):
+        await reconcile_and_report(kind, body={"metadata": {"namespace": namespace, "name": name, "uid": uid}},
+                                   memo=memo, logger=logger)
 
 
 def pending_until_started(status: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from mlflow_operator.api.experiment import KIND, PLURAL, ExperimentSpec
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.handlers.common import Kind, register_synced_kind, services_of
 from mlflow_operator.handlers.trainingrun import experiment_ready, wake_training_runs
+from mlflow_operator.handlers.trainingsweep import wake_training_sweeps
 from mlflow_operator.reconcilers.experiment import delete_experiment, experiment_in_sync, reconcile_experiment
 
 EXPERIMENT = Kind(KIND, PLURAL, ExperimentSpec.parse, reconcile_experiment)
@@ -23,7 +24,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     @kopf.on.event(GROUP, VERSION, PLURAL, id="watch", registry=registry)
     async def experiment_seen(body: kopf.Body, memo: kopf.Memo, logger: Any, type: str | None = None,
                               **_: Any) -> None:
-        """Kept for the TrainingRuns that name it; once Ready, it starts those waiting for it
+        """Kept for the TrainingRuns that name it; once Ready, it starts the runs and sweeps waiting for it
         (after the cache holds it Ready, so that their reconcile sees it so)."""
         cache = services_of(memo).watched.experiments
         assert cache is not None
@@ -31,6 +32,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         cache.put(key, None if type == "DELETED" else experiment_summary(body))
         if type != "DELETED" and experiment_ready(body):
             await wake_training_runs(body, memo, logger)
+            await wake_training_sweeps(body, memo, logger)
 
 
 def experiment_summary(body: kopf.Body) -> dict[str, Any]:

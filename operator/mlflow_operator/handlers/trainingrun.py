@@ -17,6 +17,7 @@ from mlflow_operator.handlers.common import (
     register_lifecycle_kind,
     services_of,
     stalled_for,
+    wake_waiting,
 )
 from mlflow_operator.cluster import JobSnapshot
 from mlflow_operator.gateways.kubernetes import KubernetesGateway, job_snapshot
@@ -75,11 +76,11 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
                                            None if gone else waiting_for_experiment(body))
 
 
-def waiting_for_experiment(body: kopf.Body) -> tuple[str, str] | None:
-    """The Experiment a TrainingRun that has not started yet waits for (by its experimentRef):
-    its Ready status starts the run."""
+def waiting_for_experiment(body: kopf.Body, started_field: str = "runId") -> tuple[str, str] | None:
+    """The Experiment an object that has not started yet (no `started_field` in status) waits
+    for, by its experimentRef: its Ready status starts the object."""
     name = ((body.get("spec") or {}).get("experimentRef") or {}).get("name")
-    if not name or (body.get("status") or {}).get("runId"):
+    if not name or (body.get("status") or {}).get(started_field):
         return None
     return body["metadata"]["namespace"], name
 
@@ -87,10 +88,7 @@ def waiting_for_experiment(body: kopf.Body) -> tuple[str, str] | None:
 async def wake_training_runs(experiment: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
     """A run applied together with its Experiment waits without retries or errors: the
     Experiment's Ready status is what starts it."""
-    namespace = experiment["metadata"]["namespace"]
-    waiting = services_of(memo).watched.waiting_for_experiment.waiting_for((namespace, experiment["metadata"]["name"]))
-    for name, uid in waiting:
-        await _reconcile({"metadata": {"namespace": namespace, "name": name, "uid": uid}}, memo, logger, retry=None)
+    await wake_waiting(TRAINING_RUN, services_of(memo).watched.waiting_for_experiment, experiment, memo, logger)
 
 
 async def _closed_or_gone(kube: KubernetesGateway, namespace: str, owner: dict[str, Any]) -> bool | None:

@@ -16,11 +16,15 @@ from mlflow_operator.handlers.common import (
     pending_until_started,
     reconcile_and_report,
     register_lifecycle_kind,
+    services_of,
     stalled_for,
+    wake_waiting,
 )
 from mlflow_operator.logic.trainingrun import is_closed
 from mlflow_operator.logic.trainingsweep import controller_sweep
+from mlflow_operator.handlers.trainingrun import waiting_for_experiment
 from mlflow_operator.reconcilers.trainingsweep import (
+    RUN_FIELD,
     kill_training_sweep,
     parse_spec,
     reconcile_training_sweep,
@@ -32,6 +36,13 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     # missed while the operator was down), deletion (closing the parent run).
     register_lifecycle_kind(registry, config, TRAINING_SWEEP, is_open=sweep_open, delete=kill_training_sweep,
                             what="closing the parent run")
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="watch", registry=registry)
+    async def training_sweep_seen(body: kopf.Body, memo: kopf.Memo, type: str | None = None, **_: Any) -> None:
+        """A sweep not started yet waits for the Experiment it names, as a TrainingRun does."""
+        metadata = body["metadata"]
+        waiting = None if type == "DELETED" else waiting_for_experiment(body, started_field=RUN_FIELD)
+        services_of(memo).watched.sweeps_waiting_for_experiment.put(metadata["uid"], metadata["name"], waiting)
 
     @kopf.on.event(GROUP, VERSION, TRAINING_RUNS, id="trial", labels={LABEL_SWEEP: kopf.PRESENT}, registry=registry)
     async def trial_changed(body: kopf.Body, memo: kopf.Memo, logger: Any, type: str | None = None,
@@ -56,6 +67,11 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
 # Stalled for these, a sweep waits for a new object (its spec is immutable once started)
 # or the operator's configuration: no timer.
 WAITS_FOR_SPEC = ("InvalidSpec", "TrackingServerNotAllowed", "TrialConflict")
+
+
+async def wake_training_sweeps(experiment: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
+    await wake_waiting(TRAINING_SWEEP, services_of(memo).watched.sweeps_waiting_for_experiment, experiment, memo,
+                       logger)
 
 
 def sweep_open(body: kopf.Body, **_: Any) -> bool:
