@@ -142,7 +142,7 @@ def test_a_sweep_applied_before_its_experiment_starts_once_the_experiment_is_rea
     experiments.create("later", {})
     started = wait_for(lambda: sweeps.get("waits")["status"].get("parentRunId"), timeout=60)
     assert started
-    assert "Started" in event_reasons(core, namespace, "waits")
+    wait_for(lambda: "Started" in event_reasons(core, namespace, "waits"), message="a Started Event")
 
 
 def test_kubectl_get_trainingruns_by_the_sweep_label_lists_its_trials(sweeps, sandbox, namespace):
