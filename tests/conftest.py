@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "sandbox"))
 
-from helpers import wait_for  # noqa: E402
+from helpers import Objects, wait_for  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,27 @@ def custom(api_client):
     from kubernetes import client
 
     return client.CustomObjectsApi(api_client)
+
+
+@pytest.fixture
+def experiments(custom, namespace) -> Objects:
+    """The test namespace's objects of each kind."""
+    return Objects(custom, namespace, "experiments", "Experiment")
+
+
+@pytest.fixture
+def runs(custom, namespace) -> Objects:
+    return Objects(custom, namespace, "trainingruns", "TrainingRun")
+
+
+@pytest.fixture
+def models(custom, namespace) -> Objects:
+    return Objects(custom, namespace, "registeredmodels", "RegisteredModel")
+
+
+@pytest.fixture
+def sweeps(custom, namespace) -> Objects:
+    return Objects(custom, namespace, "trainingsweeps", "TrainingSweep")
 
 
 @pytest.fixture

@@ -11,18 +11,13 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from helpers import Objects, event_reasons, events_for, stays, wait_for
+from helpers import event_reasons, events_for, stays, wait_for
 
 # Credentials Secrets are used only with their owner's consent (this label).
 CREDENTIALS_LABEL = {"mlflow.operator.dev/credentials": "true"}
 
 NOTE = "mlflow.note.content"
 DRIFT_WAIT = 40  # the sandbox checks drift every 10 s
-
-
-@pytest.fixture
-def experiments(custom, namespace) -> Objects:
-    return Objects(custom, namespace, "experiments", "Experiment")
 
 
 def unique(prefix: str) -> str:

@@ -17,11 +17,6 @@ AUDIT = "mlflow.operator.dev/"
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
-@pytest.fixture
-def models(custom, namespace) -> Objects:
-    return Objects(custom, namespace, "registeredmodels", "RegisteredModel")
-
-
 def model_with_versions(mlflow_client, namespace: str, metrics: list[dict[str, float]]) -> str:
     """A model of this namespace whose version i+1 comes from a run that logged metrics[i]."""
     name = f"promo-{uuid.uuid4().hex[:8]}"

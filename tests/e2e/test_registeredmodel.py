@@ -21,11 +21,6 @@ TRAINER = [sys.executable, "-W", "ignore", str(Path(__file__).parent / "trainers
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
-@pytest.fixture
-def models(custom, namespace) -> Objects:
-    return Objects(custom, namespace, "registeredmodels", "RegisteredModel")
-
-
 def unique(prefix: str = "model") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 

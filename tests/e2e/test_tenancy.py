@@ -29,21 +29,6 @@ def objects(custom, namespace: str, kind: str) -> Objects:
 
 
 @pytest.fixture
-def experiments(custom, namespace) -> Objects:
-    return objects(custom, namespace, "Experiment")
-
-
-@pytest.fixture
-def runs(custom, namespace) -> Objects:
-    return objects(custom, namespace, "TrainingRun")
-
-
-@pytest.fixture
-def models(custom, namespace) -> Objects:
-    return objects(custom, namespace, "RegisteredModel")
-
-
-@pytest.fixture
 def other_namespace(core):
     name = f"t-tenant-b-{uuid.uuid4().hex[:6]}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))

@@ -31,16 +31,6 @@ HOLD = {"sandbox.mlflow.operator.dev/hold": "true"}
 
 
 @pytest.fixture
-def runs(custom, namespace) -> Objects:
-    return Objects(custom, namespace, "trainingruns", "TrainingRun")
-
-
-@pytest.fixture
-def experiments(custom, namespace) -> Objects:
-    return Objects(custom, namespace, "experiments", "Experiment")
-
-
-@pytest.fixture
 def ready_experiment(experiments) -> dict:
     experiments.create("exp", {})
     return experiments.wait_ready("exp")

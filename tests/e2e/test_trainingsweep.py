@@ -23,21 +23,6 @@ SWEEP_LABEL = "mlflow.operator.dev/sweep"
 GRID = {"n_estimators": {"values": ["10", "50", "100"]}, "max_depth": {"values": ["2", "4", "8", "16"]}}
 
 
-@pytest.fixture
-def sweeps(custom, namespace) -> Objects:
-    return Objects(custom, namespace, "trainingsweeps", "TrainingSweep")
-
-
-@pytest.fixture
-def runs(custom, namespace) -> Objects:
-    return Objects(custom, namespace, "trainingruns", "TrainingRun")
-
-
-@pytest.fixture
-def experiments(custom, namespace) -> Objects:
-    return Objects(custom, namespace, "experiments", "Experiment")
-
-
 def sweep_spec(experiment: str, **overrides) -> dict:
     """A sweep in its own MLflow experiment (`experiment` and a random suffix: experiments
     belong to the namespace that made them, and every test has its own namespace)."""
