@@ -51,20 +51,21 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
                       if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION), None)
         if owner is None:
             return
+        # Enough to find the owner: the reconcile reads it fresh (and skips it if it is gone,
+        # replaced, or being deleted).
+        run: Any = {"metadata": {"namespace": job.namespace, "name": owner["name"], "uid": owner["uid"]}}
         closed = services.watched.training_runs_closed.get(owner["uid"])
-        if closed is None:  # not seen (yet): read it
-            closed = await _closed_or_gone(services.kube, job.namespace, owner)
-        if closed is None:  # its TrainingRun is gone
-            await _release_orphan(job, memo)
-            return
+        if closed is None:  # not seen (yet): read it, and reconcile from that read
+            run = await _owner_if_alive(services.kube, job.namespace, owner)
+            if run is None:  # its TrainingRun is gone
+                await _release_orphan(job, memo)
+                return
+            closed = not needs_job_events(run)
         handled = services.handled_jobs
         signature = handled.signature(job, logic.phase_of(job))
         if handled.handled(owner["uid"], signature) or (closed and not job.deleting):
             return  # nothing the operator records changed; a closed run's Job is done
-        # Enough to find the owner: the reconcile reads it fresh (and skips it if it is gone,
-        # replaced, or being deleted).
-        owner_ref = {"metadata": {"namespace": job.namespace, "name": owner["name"], "uid": owner["uid"]}}
-        await _reconcile(owner_ref, memo, logger, retry=None)
+        await _reconcile(run, memo, logger, retry=None)
 
     @kopf.on.event(*resource, id="watch", registry=registry)
     async def training_run_seen(body: kopf.Body, memo: kopf.Memo, type: str | None = None, **_: Any) -> None:
@@ -91,12 +92,10 @@ async def wake_training_runs(experiment: kopf.Body, memo: kopf.Memo, logger: Any
     await wake_waiting(TRAINING_RUN, services_of(memo).watched.waiting_for_experiment, experiment, memo, logger)
 
 
-async def _closed_or_gone(kube: KubernetesGateway, namespace: str, owner: dict[str, Any]) -> bool | None:
-    """Whether a Job's TrainingRun is closed, read (None: it is gone or was replaced)."""
+async def _owner_if_alive(kube: KubernetesGateway, namespace: str, owner: dict[str, Any]) -> dict[str, Any] | None:
+    """A Job's TrainingRun, read (None: it is gone or was replaced)."""
     run = await kube.get_object(PLURAL, namespace, owner["name"])
-    if run is None or run["metadata"]["uid"] != owner["uid"]:
-        return None
-    return not needs_job_events(run)
+    return run if run is not None and run["metadata"]["uid"] == owner["uid"] else None
 
 
 async def _release_orphan(job: JobSnapshot, memo: kopf.Memo) -> None:
@@ -107,7 +106,7 @@ async def _release_orphan(job: JobSnapshot, memo: kopf.Memo) -> None:
         await services_of(memo).kube.remove_job_finalizer(job.namespace, job.name, JOB_FINALIZER)
 
 
-def experiment_ready(body: kopf.Body, **_: Any) -> bool:
+def experiment_ready(body: kopf.Body) -> bool:
     status = body.get("status") or {}
     return bool(status.get("experimentId")) and any(
         c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
