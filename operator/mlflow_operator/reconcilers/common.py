@@ -57,7 +57,7 @@ class Services:
     mlflow: MlflowGateway
     kube: KubernetesGateway
     remembered: RememberedCredentials = field(default_factory=RememberedCredentials)
-    # What the watches have seen (kopf indices); without them, reads through `kube`.
+    # What the watches have seen (watch caches); without them, reads through `kube`.
     watched: Watched = field(default_factory=Watched)
     handled_jobs: HandledJobs = field(default_factory=HandledJobs)
     # Pages shared by the drift checks of Experiments and RegisteredModels (None: each reconciles).
