@@ -211,8 +211,9 @@ def test_status_mirrors_versions_registered_by_anyone(models, mlflow_client, nam
     models.wait_ready("mirror")
     add_versions(mlflow_client, name, 3, namespace)
     mlflow_client.set_registered_model_alias(name, "by-hand", "3")
-    status = wait_for(lambda: (lambda s: s if s.get("versionCount") == 3 else None)(models.get("mirror")["status"]),
-                      timeout=DRIFT_WAIT, message="three versions in status")
+    # The alias is set after the versions: a drift check may see the versions first.
+    status = wait_for(lambda: (lambda s: s if s.get("versionCount") == 3 and s.get("aliases") else None)(
+        models.get("mirror")["status"]), timeout=DRIFT_WAIT, message="three versions and the alias in status")
     assert [v["version"] for v in status["versions"]] == ["1", "2", "3"]
     assert status["versions"][2]["aliases"] == ["by-hand"]
     assert status["versions"][0]["source"] == f"s3://bucket/{name}/0"
