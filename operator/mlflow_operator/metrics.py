@@ -48,6 +48,17 @@ KUBERNETES_REQUESTS = Histogram(
     ["kind", "operation", "outcome"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+DRIFT_PASS_DURATION = Histogram(
+    "mlflow_operator_drift_pass_duration_seconds",
+    "Time one drift pass over every object of a kind took, reconciles of drifted objects included.",
+    ["kind"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+DRIFTED = Counter(
+    "mlflow_operator_drifted_objects_total",
+    "Objects a drift pass found different from MLflow (or not comparable) and reconciled, by kind.",
+    ["kind"],
+)
 EVENTS = Counter(
     "mlflow_operator_events_total",
     "Kubernetes Events posted by the operator, by kind and type (Normal, Warning).",

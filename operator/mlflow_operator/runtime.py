@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 import zlib
 
 import kopf
@@ -14,6 +15,7 @@ from mlflow_operator.api.trainingrun import LABEL_TRAINING_RUN
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.gateways.kubernetes import CREDENTIALS_LABEL
 from mlflow_operator.handlers import register_handlers
+from mlflow_operator.handlers.drift import PEER_IDENTITY
 
 logger = logging.getLogger("mlflow_operator")
 
@@ -43,7 +45,7 @@ def configure_environment(config: OperatorConfig) -> None:
 ROUTINE_SUCCESSES = frozenset({
     "Handler 'job' succeeded.", "Handler 'watch' succeeded.", "Handler 'credentials' succeeded.",
     "Handler 'trial' succeeded.",
-    "Timer 'drift' succeeded.", "Timer 'refresh' succeeded.",
+    "Timer 'refresh' succeeded.",
 })
 
 
@@ -107,6 +109,12 @@ def peering_priority(config: OperatorConfig) -> int:
     return zlib.crc32(identity.encode()) % 1_000_000
 
 
+def peer_identity() -> str:
+    """This process among kopf's peers: its pod (or host), process and a random part, as kopf's own."""
+    host = os.environ.get("POD_NAME") or os.uname().nodename
+    return f"{host}/{os.getpid()}/{uuid.uuid4().hex[:6]}"
+
+
 def describe_scope(config: OperatorConfig) -> str:
     return "all namespaces" if config.all_namespaces else "namespaces " + ", ".join(config.namespaces)
 
@@ -124,6 +132,7 @@ def run_operator(config: OperatorConfig) -> None:
         config.default_tracking_uri or "none (objects must set spec.tracking.uri)",
     )
     settings = build_settings(config)
+    identity = peer_identity()
     kopf.run(
         registry=registry,
         settings=settings,
@@ -133,5 +142,7 @@ def run_operator(config: OperatorConfig) -> None:
         clusterwide=config.all_namespaces,
         namespaces=list(config.namespaces),
         liveness_endpoint=f"http://{config.bind_address}:{config.health_port}/healthz" if config.health_port else None,
-        memo=kopf.Memo(config=config),
+        # The identity kopf records among the peers, known to the drift passes (handlers/drift.py).
+        identity=identity,  # type: ignore[arg-type]  # kopf.Identity: a NewType of str, not exported
+        memo=kopf.Memo(config=config, **{PEER_IDENTITY: identity}),
     )

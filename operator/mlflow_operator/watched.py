@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable, Generic, Iterable, TypeVar
 
 from mlflow_operator.api.common import TAG_NAMESPACE
 from mlflow_operator.api.experiment import PLURAL as EXPERIMENTS
+from mlflow_operator.api.registeredmodel import PLURAL as REGISTERED_MODELS
 from mlflow_operator.cluster import JobSnapshot
 from mlflow_operator.gateways.kubernetes import CredentialsSecret, KubernetesGateway
 from mlflow_operator.gateways.mlflow import MlflowGateway, every_page, filter_literal
@@ -44,6 +45,10 @@ class WatchCache(Generic[K, T]):
             self._values.pop(key, None)
         else:
             self._values[key] = value
+
+    def values(self) -> list[T]:
+        """A snapshot of every value (safe to iterate while events keep arriving)."""
+        return list(self._values.values())
 
     def __len__(self) -> int:
         return len(self._values)
@@ -80,8 +85,12 @@ class Waiting:
 class Watched:
     def __init__(self, jobs: WatchCache[Key, JobSnapshot] | None = None,
                  experiments: WatchCache[Key, dict[str, Any]] | None = None,
-                 credentials: WatchCache[Key, dict[str, str]] | None = None) -> None:
+                 credentials: WatchCache[Key, dict[str, str]] | None = None,
+                 registered_models: WatchCache[Key, dict[str, Any]] | None = None) -> None:
         self.jobs, self.experiments, self.credentials = jobs, experiments, credentials
+        # Experiments and RegisteredModels as their watch last saw them (synced_view): what the
+        # drift pass goes through, and what a TrainingRun needs of its Experiment.
+        self.registered_models = registered_models
         # TrainingRuns by uid: whether they are closed (a Job's events need no read to know).
         self.training_runs_closed: WatchCache[str, bool] = WatchCache()
         # TrainingRuns and TrainingSweeps not started yet, by the Experiment they name (woken
@@ -92,7 +101,12 @@ class Watched:
     @classmethod
     def filled_by_watches(cls, credentials: bool = True) -> Watched:
         """Caches for the operator's watch event handlers (credentials: if Secrets are watched)."""
-        return cls(jobs=WatchCache(), experiments=WatchCache(), credentials=WatchCache() if credentials else None)
+        return cls(jobs=WatchCache(), experiments=WatchCache(), credentials=WatchCache() if credentials else None,
+                   registered_models=WatchCache())
+
+    def synced(self, plural: str) -> WatchCache[Key, dict[str, Any]] | None:
+        """The watch cache of a kind kept in sync with MLflow (None: no watches, unit tests)."""
+        return {EXPERIMENTS: self.experiments, REGISTERED_MODELS: self.registered_models}.get(plural)
 
     async def job(self, kube: KubernetesGateway, namespace: str, name: str) -> JobSnapshot | None:
         """A training Job as last seen; None: the watch has not seen it. A TrainingRun that
@@ -104,7 +118,7 @@ class Watched:
         return self.jobs.get((namespace, name))
 
     async def experiment(self, kube: KubernetesGateway, namespace: str, name: str) -> dict[str, Any] | None:
-        """An Experiment object's spec.tracking and status as last seen, or read (None: no such object)."""
+        """An Experiment object as last seen (its synced_view), or read (None: no such object)."""
         seen = self.experiments.get((namespace, name)) if self.experiments is not None else None
         if seen is not None:
             return seen

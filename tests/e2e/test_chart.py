@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -276,9 +277,11 @@ def test_the_embedded_servers_allowed_hosts_accept_its_service_names_and_refuse_
         server.wait(timeout=30)
 
 
-def test_two_peered_replicas_work_one_at_a_time(sandbox, namespace, custom, tmp_path):
-    """replicaCount > 1: kopf peering under the chart's namespaced RBAC keeps one replica
-    active; when it stops, the standby takes over."""
+@pytest.fixture
+def peered(sandbox, namespace, tmp_path):
+    """Replicas of the operator peered under the chart's namespaced RBAC, instead of the
+    sandbox's operator (restarted afterwards): `peered(name, priority)` starts one and
+    returns its process and log."""
     release = f"peer-{uuid.uuid4().hex[:6]}"
     manifest = render(sandbox, release, namespace, "watch.scope=namespaces", f"watch.namespaces={{{namespace}}}",
                       "mlflow.enabled=false", "replicaCount=2", include_crds=True)
@@ -291,40 +294,24 @@ def test_two_peered_replicas_work_one_at_a_time(sandbox, namespace, custom, tmp_
     peering = next(d["metadata"]["name"] for d in keep if d["kind"] == "KopfPeering")
     service_account = next(d["metadata"]["name"] for d in keep if d["kind"] == "ServiceAccount")
     kubeconfig = token_kubeconfig(sandbox, service_account, namespace, tmp_path / "kubeconfig")
+    processes: list[subprocess.Popen] = []
 
-    def start(name: str, priority: int) -> tuple[subprocess.Popen, Path, int]:
+    def start(name: str, priority: int) -> tuple[subprocess.Popen, Path]:
         health, log_path = free_port(), tmp_path / f"{name}.log"
         process = subprocess.Popen(
             [str(ROOT / ".venv" / "bin" / "mlflow-operator"), "run", f"--namespace={namespace}",
              f"--tracking-uri={sandbox.tracking_uri}", f"--peering={peering}", f"--peering-priority={priority}",
              f"--health-port={health}", "--metrics-port=0", "--bind-address=127.0.0.1", "--drift-interval=5"],
             env={**os.environ, "KUBECONFIG": str(kubeconfig)}, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+        processes.append(process)
         wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2).status == 200,
                  timeout=30, message=f"operator {name} to be healthy")
-        return process, log_path, health
+        return process, log_path
 
-    experiments = Objects(custom, namespace, "experiments", "Experiment")
     stopped = sandbox.sandbox("stop", "operator")
     assert stopped.returncode == 0, stopped.stderr
-    processes = []
     try:
-        active, active_log, _ = start("active", 200)
-        processes.append(active)
-        standby, standby_log, _ = start("standby", 100)
-        processes.append(standby)
-        # kopf starts a peered operator paused until it has seen the peers: the standby never
-        # un-pauses while the higher-priority replica is alive.
-        experiments.create("first", {})
-        experiments.wait_ready("first")
-        assert "[{}/first]".format(namespace) in active_log.read_text()
-        assert "[{}/first]".format(namespace) not in standby_log.read_text()
-        active.terminate()  # a graceful exit removes its peering record at once
-        active.wait(timeout=30)
-        wait_for(lambda: "Resuming operations after the pause" in standby_log.read_text(), timeout=60,
-                 message="the standby replica to take over")
-        experiments.create("second", {})
-        experiments.wait_ready("second")
-        assert "[{}/second]".format(namespace) in standby_log.read_text()
+        yield start
     finally:
         for process in processes:
             if process.poll() is None:
@@ -332,6 +319,46 @@ def test_two_peered_replicas_work_one_at_a_time(sandbox, namespace, custom, tmp_
                 process.wait(timeout=30)
         restarted = sandbox.sandbox("up")
         assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+
+
+def test_two_peered_replicas_work_one_at_a_time(peered, namespace, custom):
+    """replicaCount > 1: kopf peering under the chart's namespaced RBAC keeps one replica
+    active; when it stops, the standby takes over."""
+    experiments = Objects(custom, namespace, "experiments", "Experiment")
+    active, active_log = peered("active", 200)
+    _, standby_log = peered("standby", 100)
+    # kopf starts a peered operator paused until it has seen the peers: the standby never
+    # un-pauses while the higher-priority replica is alive.
+    experiments.create("first", {})
+    experiments.wait_ready("first")
+    assert "[{}/first]".format(namespace) in active_log.read_text()
+    assert "[{}/first]".format(namespace) not in standby_log.read_text()
+    active.terminate()  # a graceful exit removes its peering record at once
+    active.wait(timeout=30)
+    wait_for(lambda: "Resuming operations after the pause" in standby_log.read_text(), timeout=60,
+             message="the standby replica to take over")
+    experiments.create("second", {})
+    experiments.wait_ready("second")
+    assert "[{}/second]".format(namespace) in standby_log.read_text()
+
+
+def test_a_replica_paused_for_a_peer_runs_no_drift_pass(peered, namespace, custom, mlflow_client):
+    """The drift passes run outside kopf's handlers: a replica that worked, then stood by
+    for a peer of higher priority, leaves the drift it saw to that peer."""
+    experiments = Objects(custom, namespace, "experiments", "Experiment")
+    _, first_log = peered("first", 100)
+    experiments.create("tagged", {"tags": {"team": "a"}})
+    experiment_id = experiments.wait_ready("tagged")["status"]["experimentId"]
+    peered("second", 200)
+    wait_for(lambda: "Pausing operations in favour of" in first_log.read_text(), timeout=60,
+             message="the first replica to stand by")
+    paused_at = len(first_log.read_text())
+
+    mlflow_client.set_experiment_tag(experiment_id, "team", "changed by hand")
+    wait_for(lambda: mlflow_client.get_experiment(experiment_id).tags.get("team") == "a", timeout=60,
+             message="the active replica's drift pass to restore the tag")
+    time.sleep(6)  # one more drift interval of the paused replica
+    assert "[{}/tagged]".format(namespace) not in first_log.read_text()[paused_at:]
 
 
 def test_without_the_credentials_watch_the_operator_may_only_get_secrets(sandbox):

@@ -107,5 +107,6 @@ def test_the_log_has_no_line_per_job_update_or_timer_tick():
         return logging.LogRecord("kopf.objects", logging.INFO, __file__, 1, message, None, None)
 
     assert not drop_routine_successes(record("Handler 'job' succeeded."))
-    assert not drop_routine_successes(record("Timer 'drift' succeeded."))
+    assert not drop_routine_successes(record("Timer 'refresh' succeeded."))
+    assert not drop_routine_successes(record("Handler 'watch' succeeded."))
     assert drop_routine_successes(record("Handler 'reconcile' succeeded."))

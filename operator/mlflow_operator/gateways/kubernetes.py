@@ -139,6 +139,23 @@ class KubernetesGateway:
                 return None
             raise
 
+    async def get_peering_status(self, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """The peers kopf recorded in its peering object (cluster-wide when `namespace` is None);
+        None: no such object."""
+        def read() -> Any:
+            if namespace is None:
+                return self.custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", name,
+                                                             _request_timeout=REQUEST_TIMEOUT)
+            return self.custom.get_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", name,
+                                                            _request_timeout=REQUEST_TIMEOUT)
+        try:
+            found = await self._call("get_kopfpeering", read)
+        except KubernetesError as error:
+            if error.status == 404:
+                return None
+            raise
+        return dict(found.get("status") or {})
+
     async def list_objects(self, plural: str, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
         result = await self._call(
             f"list_{plural}",

@@ -18,6 +18,7 @@ from mlflow_operator.gateways.mlflow import MlflowGateway
 from mlflow_operator.handlers import experiment, registeredmodel, trainingrun, trainingsweep
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.handlers.common import services_of
+from mlflow_operator.handlers.drift import KOPF_SETTINGS
 from mlflow_operator.watched import ExperimentPages, ModelPages, Watched
 
 logger = logging.getLogger("mlflow_operator")
@@ -55,15 +56,18 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -
         return in_cluster_connection() or kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(registry=registry)
-    async def start_services(memo: kopf.Memo, **kwargs: Any) -> None:
+    async def start_services(memo: kopf.Memo, settings: kopf.OperatorSettings, **kwargs: Any) -> None:
         memo["objects"] = {}
+        memo[KOPF_SETTINGS] = settings
+        # Tasks of the operator's own (the drift passes), stopped at cleanup.
+        memo["background"] = {}
         memo["services"] = Services(
             config=config,
             mlflow=MlflowGateway(concurrency=config.mlflow_concurrency),
             kube=KubernetesGateway(concurrency=config.kubernetes_concurrency),
             # Filled by the watch event handlers below and in each kind's module.
             watched=Watched.filled_by_watches(credentials=config.watch_credentials),
-            # Fetched at most twice per interval: drift is seen within 1.5 intervals.
+            # Searched afresh by each drift pass (one per interval), shared by the checks in it.
             experiment_pages=ExperimentPages(max_age_seconds=config.drift_interval / 2),
             model_pages=ModelPages(max_age_seconds=config.drift_interval / 2),
         )
@@ -76,6 +80,8 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -
         beating: asyncio.Task[None] | None = memo.get("heartbeat")
         if beating:
             beating.cancel()
+        for task in (memo.get("background") or {}).values():
+            task.cancel()
         services: Services | None = memo.get("services")
         if services:
             services.mlflow.close()

@@ -294,54 +294,6 @@ DELETE_TIMEOUT_SECONDS = 3600  # our own budget below lets go first
 CLEANUP_BUDGET_SECONDS = 120
 
 
-def register_synced_kind(
-    registry: kopf.OperatorRegistry,
-    config: OperatorConfig,
-    kind: Kind[Any],
-    delete: Callable[[Services, dict[str, Any]], Awaitable[Event | None]],
-    in_sync: Callable[[Services, Any], Awaitable[bool]] | None = None,
-) -> None:
-    """Handlers for a kind kept in sync with an MLflow entity (Experiment, RegisteredModel):
-    reconcile on create/update/resume, check drift on a timer, apply deletionPolicy.
-    `in_sync` tells the drift check, without MLflow calls of its own, that an object needs
-    no reconcile."""
-    resource = (GROUP, VERSION, kind.plural)  # positional: kopf's typed selector
-
-    async def run(body: Any, memo: Any, logger: Any, retry: int | None) -> None:
-        await reconcile_and_report(kind, body=body, memo=memo, logger=logger, retry=retry,
-                                   drift_check=retry is None)
-
-    async def left_alone(body: Any, memo: Any) -> bool:
-        if in_sync is None:
-            return False
-        with reconciling(kind.name):
-            return await in_sync(services_of(memo), body)
-
-    @kopf.on.resume(*resource, id="reconcile", registry=registry)
-    @kopf.on.create(*resource, id="reconcile", registry=registry)
-    @kopf.on.update(*resource, id="reconcile", field="spec", registry=registry)
-    async def changed(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, reason: str,
-                      **_: Any) -> None:
-        # A restart resumes every object: one that is Ready for its spec and matches the
-        # shared page costs no MLflow call of its own (as a drift check).
-        if reason == kopf.Reason.RESUME.value and retry == 0 and await left_alone(body, memo):
-            return
-        await run(body, memo, logger, retry)
-
-    @kopf.timer(*resource, id="drift", interval=config.drift_interval, registry=registry)
-    async def drift(body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:
-        if await dephase(memo, body["metadata"]["uid"], config.drift_interval, kwargs["stopped"]):
-            return
-        if not drift_check_due(body, memo) or await left_alone(body, memo):
-            return
-        await run(body, memo, logger, None)
-
-    @kopf.on.delete(*resource, id="delete", timeout=DELETE_TIMEOUT_SECONDS, registry=registry)
-    async def deleted(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
-        await delete_and_report(plural=kind.plural, body=body, memo=memo, logger=logger, retry=retry,
-                                delete=delete, what="deletionPolicy Delete")
-
-
 async def wake_waiting(kind: Kind[Any], waiting: Waiting, target: Any, memo: Any,
                        logger: logging.Logger | logging.LoggerAdapter) -> None:
     """Reconcile the objects of `kind` waiting for `target` (an object whose watch event said

@@ -1,4 +1,4 @@
-"""kopf wiring for RegisteredModel: change events and the drift timer -> reconciler -> status."""
+"""kopf wiring for RegisteredModel: change events and the drift pass -> reconciler -> status."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import kopf
 
 from mlflow_operator.api.registeredmodel import KIND, PLURAL, RegisteredModelSpec
 from mlflow_operator.config import OperatorConfig
-from mlflow_operator.handlers.common import Kind, register_synced_kind
+from mlflow_operator.handlers.common import Kind
+from mlflow_operator.handlers.synced import register_synced_kind
 from mlflow_operator.reconcilers.registeredmodel import (
     EXTRA_CONDITIONS,
     delete_registered_model,

@@ -32,7 +32,7 @@ class Outcome:
     message: str
     # Further condition types to set, e.g. {"VersionNotFound": ("True", reason, message)}.
     extra: dict[str, tuple[str, str, str]] = field(default_factory=dict)
-    # Progress that something else continues (a watch, the drift timer): kopf need not retry.
+    # Progress that something else continues (a watch, the drift pass): kopf need not retry.
     awaited: bool = False
     # Progress that is expected rather than a problem: its Event is Normal, not Warning.
     expected: bool = False

@@ -112,7 +112,7 @@ class Context(Generic[SpecT]):
     # The status as read; checkpoint() keeps it current.
     status: dict[str, Any]
     writer: StatusWriter
-    # A periodic check (drift timer, live metrics) rather than a change.
+    # A periodic check (drift pass, live metrics) rather than a change.
     drift_check: bool = False
     # metadata.creationTimestamp.
     created_at: dt.datetime | None = None

@@ -198,11 +198,11 @@ def _outcome(desired: logic.DesiredModel, plan: logic.Plan, extra: dict[str, tup
              version_count: int) -> Outcome:
     if plan.missing:
         message = plan.describe_missing()
-        # The drift timer looks for the version again.
+        # The next drift pass looks for the version again.
         return progressing(VERSION_NOT_FOUND, message, awaited=True,
                            extra={**extra, VERSION_NOT_FOUND: ("True", VERSION_NOT_FOUND, message)})
     if PROMOTION_BLOCKED in extra:
-        # The drift timer evaluates the rule again: a tag added in MLflow unblocks it.
+        # The next drift pass evaluates the rule again: a tag added in MLflow unblocks it.
         return progressing(PROMOTION_BLOCKED, extra[PROMOTION_BLOCKED][2], awaited=True, extra=extra)
     if DRIFTED in extra:
         return ready("DriftDetected",
