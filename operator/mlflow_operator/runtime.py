@@ -110,9 +110,12 @@ def peering_priority(config: OperatorConfig) -> int:
 
 
 def peer_identity() -> str:
-    """This process among kopf's peers: its pod (or host), process and a random part, as kopf's own."""
-    host = os.environ.get("POD_NAME") or os.uname().nodename
-    return f"{host}/{os.getpid()}/{uuid.uuid4().hex[:6]}"
+    """This process among kopf's peers, as kopf names it: POD_ID (the chart sets the pod's
+    name), else the host, the process and a random part."""
+    pod = os.environ.get("POD_ID")
+    if pod:
+        return pod
+    return f"{os.uname().nodename}/{os.getpid()}/{uuid.uuid4().hex[:6]}"
 
 
 def describe_scope(config: OperatorConfig) -> str:

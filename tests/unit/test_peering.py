@@ -34,3 +34,17 @@ def test_a_peer_whose_record_expired_is_dead():
 
 def test_a_record_that_cannot_be_read_counts_as_a_live_peer():
     assert standing_by({"other": {"priority": 200, "lastseen": "yesterday"}}, "me", 100, NOW)
+
+
+def test_the_peer_identity_is_the_pod_name_the_chart_sets_as_kopf_reads_it(monkeypatch):
+    from mlflow_operator.runtime import peer_identity
+
+    monkeypatch.setenv("POD_ID", "mlflow-operator-7d9f-abcde")
+    assert peer_identity() == "mlflow-operator-7d9f-abcde"
+
+
+def test_without_a_pod_name_each_process_has_its_own_peer_identity(monkeypatch):
+    from mlflow_operator.runtime import peer_identity
+
+    monkeypatch.delenv("POD_ID", raising=False)
+    assert peer_identity() != peer_identity()
