@@ -1,4 +1,4 @@
-# The operator image: a slim Python base, the operator and mlflow-skinny in a virtualenv,
+# The operator image: a slim Python base, the operator and its runtime dependencies in a virtualenv,
 # a non-root user, no compilers or package installers in the final stage. MALLOC_ARENA_MAX:
 # glibc's malloc arenas, one per thread by default, keep what a burst freed (README: Benchmarks).
 #   docker build -t ghcr.io/mlflow-operator/mlflow-operator:0.1.0 .

@@ -28,16 +28,9 @@ FINALIZER = OPERATOR_FINALIZER
 
 
 def configure_environment(config: OperatorConfig) -> None:
-    """Set the MLflow client's process-wide knobs before any client is created.
-
-    The credentials the operator was started with are kept in `config` and removed from the
-    environment, so the MLflow client can never send them to a server they were not meant for.
-    """
-    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(config.mlflow_max_retries)
-    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"  # an int in MLflow
-    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0.5"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, config.mlflow_timeout)))
+    """Drop the MLflow credentials the operator may have been started with, so that no part of
+    the process (nor a library reading the environment) sends them to a tenant's server: each
+    request carries only the credentials of its own target."""
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
         os.environ.pop(name, None)
 
@@ -62,11 +55,8 @@ def configure_logging(config: OperatorConfig) -> None:
     if not config.verbose:
         logging.getLogger("kopf.objects").addFilter(drop_routine_successes)
     # The HTTP libraries log request lines (with URLs) at DEBUG; keep them out even in -v.
-    for noisy in ("urllib3", "kubernetes.client.rest", "aiohttp.access"):
+    for noisy in ("urllib3", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    # The MLflow client logs parts of server replies (e.g. an unknown error code) as warnings;
-    # no reply of a server ever reaches the operator's log. The gateway reports every failure.
-    logging.getLogger("mlflow").setLevel(logging.CRITICAL)
 
 
 def build_settings(config: OperatorConfig) -> kopf.OperatorSettings:

@@ -24,6 +24,8 @@ class RecordingServer:
     port: int
     status: int = 200
     body: str = "<html>not an MLflow server</html>"
+    # Sent as the Location header (with a 3xx status: a redirect).
+    location: str | None = None
     requests: list[Received] = field(default_factory=list)
 
     def under(self, prefix: str) -> list[Received]:
@@ -40,6 +42,8 @@ class RecordingServer:
                 payload = recorder.body.encode()
                 self.send_response(recorder.status)
                 self.send_header("Content-Type", "text/html")
+                if recorder.location:
+                    self.send_header("Location", recorder.location)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)

@@ -97,6 +97,19 @@ def test_an_error_reply_is_reported_by_status_code_not_by_its_body(experiments, 
     assert SECRET not in everything_shown(core, namespace, "gateway", experiments.get("gateway"))
 
 
+def test_a_redirect_to_another_server_is_not_followed(experiments, core, namespace, sandbox):
+    """An allowlisted server cannot send the operator, or its credentials, anywhere else."""
+    make_secret(core, namespace, "creds", {"token": SECRET})
+    port = sandbox.ports["test-server"]
+    with RecordingServer(unused_port()) as elsewhere, \
+            RecordingServer(port, status=307, location=f"http://127.0.0.1:{elsewhere.port}/api"):
+        experiments.create("redirect", {"tracking": {"uri": f"http://127.0.0.1:{port}/{namespace}",
+                                                     "secretRef": {"name": "creds"}}})
+        condition = experiments.wait_reason("redirect", "TrackingRejected")
+        assert "HTTP 307" in condition["message"]
+        assert stays(lambda: not elsewhere.requests, duration=3)
+
+
 @pytest.mark.parametrize("uri", [
     "http://169.254.169.254/latest/meta-data/iam?/api/2.0/mlflow",
     "http://127.0.0.1:5000#/api/2.0",
@@ -325,21 +338,18 @@ def test_a_recorded_run_id_wins_over_an_older_run_with_the_same_tag(runs, namesp
     assert mlflow_client.get_run(older.info.run_id).info.lifecycle_stage == "active"
 
 
-def test_a_status_write_decided_on_a_stale_read_is_refused(runs, sandbox):
+def test_a_status_write_decided_on_a_stale_read_is_refused(runs, sandbox, monkeypatch):
     """The gateway's precondition, against the real API server: a write carrying the
     resourceVersion of an older read gets 409 instead of landing."""
     import asyncio
-
-    from kubernetes import client as k8s, config as k8s_config
 
     from mlflow_operator.gateways.kubernetes import KubernetesError, KubernetesGateway
 
     runs.create("stale", {"experimentName": unique("stale"), "template": template()})
     seen = runs.get("stale")["metadata"]["resourceVersion"]
     runs.patch_status("stale", {"url": "http://changed-meanwhile"})
-    configuration = k8s.Configuration()
-    k8s_config.load_kube_config(config_file=str(sandbox.kubeconfig), client_configuration=configuration)
-    gateway = KubernetesGateway(configuration=configuration)
+    monkeypatch.setenv("KUBECONFIG", str(sandbox.kubeconfig))  # the gateway logs in as kopf does
+    gateway = KubernetesGateway()
 
     async def write(resource_version: str) -> str:
         return await gateway.patch_status("trainingruns", runs.namespace, "stale", {"primaryMetric": "x"},

@@ -1,4 +1,5 @@
-"""The Kubernetes gateway hands the reconcilers plain snapshots, never client models."""
+"""The Kubernetes gateway reads the API server's JSON into plain snapshots. The JSON here is
+what the official client's models serialize to, i.e. what the API server sends."""
 
 import datetime as dt
 
@@ -9,6 +10,10 @@ from mlflow_operator.gateways.kubernetes import job_snapshot, pod_snapshot
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
 T1 = T0 + dt.timedelta(minutes=5)
+
+
+def as_json(model):
+    return client.ApiClient().sanitize_for_serialization(model)
 
 
 def v1_job(conditions=None, deleting=False, **status) -> client.V1Job:
@@ -23,7 +28,7 @@ def v1_job(conditions=None, deleting=False, **status) -> client.V1Job:
 
 
 def test_a_running_job_reads_as_active_and_not_ended():
-    job = job_snapshot(v1_job(active=1, ready=1))
+    job = job_snapshot(as_json(v1_job(active=1, ready=1)))
     assert (job.uid, job.name, job.namespace, job.active, job.ready) == ("job-uid", "train", "team-a", 1, 1)
     assert job.owned_by("owner-uid") and not job.owned_by("someone")
     assert job.labels == {"mlflow.operator.dev/run-id": "r1"}
@@ -34,13 +39,13 @@ def test_a_running_job_reads_as_active_and_not_ended():
 def test_a_failed_job_ends_when_its_failed_condition_turned_true():
     failed = client.V1JobCondition(type="Failed", status="True", reason="BackoffLimitExceeded",
                                    message="Job has reached the specified backoff limit", last_transition_time=T1)
-    job = job_snapshot(v1_job(conditions=[failed], failed=1))
+    job = job_snapshot(as_json(v1_job(conditions=[failed], failed=1)))
     assert job.ended and job.finished == ("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
     assert job.completion_time == T1
 
 
 def test_a_job_being_deleted_has_ended():
-    assert job_snapshot(v1_job(deleting=True, active=1)).ended
+    assert job_snapshot(as_json(v1_job(deleting=True, active=1))).ended
 
 
 def test_a_pod_lists_only_the_containers_that_failed():
@@ -51,5 +56,5 @@ def test_a_pod_lists_only_the_containers_that_failed():
 
     pod = client.V1Pod(metadata=client.V1ObjectMeta(name="train-x"), status=client.V1PodStatus(
         container_statuses=[status("ok", 0, "Completed"), status("train", 137, "OOMKilled"), status("side", 3, None)]))
-    assert pod_snapshot(pod).failed_containers == (ContainerExit("train", 137, "OOMKilled"),
+    assert pod_snapshot(as_json(pod)).failed_containers == (ContainerExit("train", 137, "OOMKilled"),
                                                    ContainerExit("side", 3, "Error"))

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from mlflow_operator.handlers import in_cluster_connection
+from mlflow_operator.gateways.kubernetes import in_cluster_connection
 
 
 def service_account(tmp_path: Path) -> Path:

@@ -1,25 +1,31 @@
 """The one place the operator's own logic calls the Kubernetes API.
 
 kopf watches and patches the custom resources it handles; everything else (Secrets, Jobs,
-Pods, reading another custom resource, writing status early) goes through here: the
-blocking official client in a bounded thread pool, with every call timed for /metrics.
-Secret values are returned to the caller and never logged.
+Pods, reading another custom resource, writing status early) goes through here: plain REST
+calls with `requests`, logged in as kopf logs in, in a bounded thread pool, every call timed
+for /metrics. (The official client's generated models weigh 40 MiB in memory once imported,
+and the operator reads JSON anyway; decision 0018.) Secret values are returned to the caller
+and never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import json
 import os
+import ssl
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Mapping, TypeVar
+from urllib.parse import quote
 
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+import kopf
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from mlflow_operator.api.common import GROUP, VERSION
 from mlflow_operator.cluster import ContainerExit, ContainerImage, JobSnapshot, PodSnapshot
@@ -30,6 +36,9 @@ T = TypeVar("T")
 REQUEST_TIMEOUT = 30
 # A Secret's owner consents to the operator using it by labelling it so.
 CREDENTIALS_LABEL = f"{GROUP}/credentials"
+# The credentials are read again this often, so a rotated ServiceAccount token is picked up.
+LOGIN_EVERY_SECONDS = 60.0
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 @dataclass(frozen=True)
@@ -58,52 +67,123 @@ class KubernetesError(Exception):
         self.message = message
 
 
-def _load_configuration() -> client.Configuration:
-    configuration = client.Configuration()
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config(client_configuration=configuration)
-    else:
-        config.load_kube_config(client_configuration=configuration)
-    return configuration
+def in_cluster_connection(account_dir: Path = SERVICE_ACCOUNT_DIR,
+                          environ: Mapping[str, str] = os.environ) -> kopf.ConnectionInfo | None:
+    """The API server as a pod finds it: KUBERNETES_SERVICE_HOST and _PORT, as client-go
+    does (kopf's own service-account login always names kubernetes.default.svc, which needs
+    cluster DNS), with the ServiceAccount's token and CA. Read on every login, so a rotated
+    token is picked up."""
+    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
+    token = account_dir / "token"
+    if not (host and port and token.exists()):
+        return None
+    namespace = account_dir / "namespace"
+    return kopf.ConnectionInfo(
+        server=f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}",
+        ca_path=str(account_dir / "ca.crt"),
+        scheme="Bearer",
+        token=token.read_text().strip(),
+        default_namespace=namespace.read_text().strip() if namespace.exists() else None,
+    )
 
 
-def _json(response: Any) -> dict[str, Any]:
-    """The JSON of a reply read without the client's models (much less CPU per call)."""
-    return json.loads(response.data)
+def cluster_connection() -> kopf.ConnectionInfo:
+    """Where the API server is and how to log in: in a pod, its ServiceAccount; elsewhere
+    (the sandbox, a laptop), KUBECONFIG or ~/.kube/config. kopf logs in the same way."""
+    connection = in_cluster_connection() or kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
+    if connection is None:
+        raise kopf.LoginError("no ServiceAccount, KUBECONFIG or ~/.kube/config to log in to the API server with")
+    return connection
 
 
-def _error(error: ApiException) -> KubernetesError:
-    message = error.reason or ""
-    with contextlib.suppress(ValueError):  # a body that is not JSON: keep the reason
-        message = json.loads(error.body or "{}").get("message") or message
-    return KubernetesError(error.status or 0, error.reason or "", message)
+class _TlsAdapter(HTTPAdapter):
+    """Connections with the login's own TLS context (its CA, its client certificate)."""
+
+    def __init__(self, context: ssl.SSLContext, pool_maxsize: int) -> None:
+        self._context = context
+        # Connection failures are retried as the official client retries them (urllib3's
+        # default); an answer never is.
+        super().__init__(pool_connections=1, pool_maxsize=pool_maxsize, max_retries=Retry(3, redirect=0))
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ssl_context"] = self._context
+        super().init_poolmanager(*args, **kwargs)
+
+
+def _error(response: requests.Response) -> KubernetesError:
+    message = response.reason or ""
+    try:
+        body = response.json()
+    except ValueError:  # a body that is not JSON: keep the reason
+        body = {}
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        message = body["message"]
+    return KubernetesError(response.status_code, response.reason or "", message)
+
+
+def _custom(namespace: str | None, plural: str, name: str = "", group: str = GROUP, version: str = VERSION) -> str:
+    where = f"/namespaces/{quote(namespace)}" if namespace is not None else ""
+    return f"/apis/{group}/{version}{where}/{plural}" + (f"/{quote(name)}" if name else "")
+
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 
 
 class KubernetesGateway:
-    def __init__(self, concurrency: int = 8, configuration: client.Configuration | None = None) -> None:
-        configuration = configuration or _load_configuration()
-        configuration.connection_pool_maxsize = concurrency  # one connection per thread
-        self._api = client.ApiClient(configuration)
+    def __init__(self, concurrency: int = 8,
+                 login: Callable[[], kopf.ConnectionInfo] = cluster_connection) -> None:
+        self._login = login
+        connection = login()
+        self._base = connection.server.rstrip("/")
+        self._headers = connection.as_http_headers()
+        self._logged_in_at = time.monotonic()
+        self._http = requests.Session()
+        self._http.trust_env = False  # no proxy or .netrc from the environment: the login says it all
+        adapter = _TlsAdapter(connection.as_ssl_context(), pool_maxsize=concurrency)
+        self._http.mount("https://", adapter)
+        self._http.mount("http://", adapter)
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="kube")
-        self.core = client.CoreV1Api(self._api)
-        self.batch = client.BatchV1Api(self._api)
-        self.custom = client.CustomObjectsApi(self._api)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-        self._api.close()
+        self._http.close()
 
-    async def _call(self, operation: str, fn: Callable[[], T]) -> T:
+    def _auth_headers(self) -> dict[str, str]:
+        if time.monotonic() - self._logged_in_at > LOGIN_EVERY_SECONDS:
+            self._headers = self._login().as_http_headers()
+            self._logged_in_at = time.monotonic()
+        return self._headers
+
+    def _send(self, method: str, path: str, params: dict[str, str] | None = None, body: Any = None,
+              content_type: str = "application/json") -> dict[str, Any]:
+        headers = {**self._auth_headers(), "Accept": "application/json"}
+        data = None
+        if body is not None:
+            headers["Content-Type"] = content_type
+            data = json.dumps(body)
+        response = self._http.request(method, self._base + path, params=params or None, data=data,
+                                      headers=headers, timeout=REQUEST_TIMEOUT, allow_redirects=False)
+        with response:
+            if not 200 <= response.status_code < 300:
+                raise _error(response)
+            answer = response.json()
+        return answer if isinstance(answer, dict) else {}
+
+    async def _call(self, operation: str, method: str, path: str, params: dict[str, str] | None = None,
+                    body: Any = None, content_type: str = "application/json") -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         outcome = "ok"
         try:
-            return await loop.run_in_executor(self._executor, fn)
-        except ApiException as error:
+            return await loop.run_in_executor(
+                self._executor, lambda: self._send(method, path, params, body, content_type))
+        except KubernetesError as error:
             outcome = str(error.status)
-            raise _error(error) from None
+            raise
         finally:
-            KUBERNETES_REQUESTS.labels(kind=RECONCILING_KIND.get(), operation=operation, outcome=outcome).observe(time.perf_counter() - started)
+            KUBERNETES_REQUESTS.labels(kind=RECONCILING_KIND.get(), operation=operation, outcome=outcome).observe(
+                time.perf_counter() - started)
 
     # ------------------------------------------------------------------ secrets
 
@@ -111,29 +191,21 @@ class KubernetesGateway:
         """The Secret, or None if it does not exist. Its values are decoded only when it carries
         the opt-in label; otherwise the caller gets its name and labels and nothing else."""
         try:
-            secret = await self._call(
-                "read_secret",
-                lambda: self.core.read_namespaced_secret(name, namespace, _request_timeout=REQUEST_TIMEOUT),
-            )
+            secret = await self._call("read_secret", "GET", f"/api/v1/namespaces/{quote(namespace)}/secrets/{quote(name)}")
         except KubernetesError as error:
             if error.status == 404:
                 return None
             raise
-        labels = dict(secret.metadata.labels or {})
+        labels = dict((secret.get("metadata") or {}).get("labels") or {})
         if labels.get(CREDENTIALS_LABEL) != "true":
             return CredentialsSecret(name=name, opted_in=False, data={})
-        return CredentialsSecret(name=name, opted_in=True, data=credentials_data(secret.data))
+        return CredentialsSecret(name=name, opted_in=True, data=credentials_data(secret.get("data")))
 
     # ------------------------------------------------------------------ custom resources
 
     async def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await self._call(
-                f"get_{plural}",
-                lambda: self.custom.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, plural, name, _request_timeout=REQUEST_TIMEOUT
-                ),
-            )
+            return await self._call(f"get_{plural}", "GET", _custom(namespace, plural, name))
         except KubernetesError as error:
             if error.status == 404:
                 return None
@@ -142,14 +214,10 @@ class KubernetesGateway:
     async def get_peering_status(self, namespace: str | None, name: str) -> dict[str, Any] | None:
         """The peers kopf recorded in its peering object (cluster-wide when `namespace` is None);
         None: no such object."""
-        def read() -> Any:
-            if namespace is None:
-                return self.custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", name,
-                                                             _request_timeout=REQUEST_TIMEOUT)
-            return self.custom.get_namespaced_custom_object("kopf.dev", "v1", namespace, "kopfpeerings", name,
-                                                            _request_timeout=REQUEST_TIMEOUT)
+        plural = "clusterkopfpeerings" if namespace is None else "kopfpeerings"
         try:
-            found = await self._call("get_kopfpeering", read)
+            found = await self._call("get_kopfpeering", "GET",
+                                     _custom(namespace, plural, name, group="kopf.dev", version="v1"))
         except KubernetesError as error:
             if error.status == 404:
                 return None
@@ -157,22 +225,13 @@ class KubernetesGateway:
         return dict(found.get("status") or {})
 
     async def list_objects(self, plural: str, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
-        result = await self._call(
-            f"list_{plural}",
-            lambda: self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, label_selector=label_selector, _request_timeout=REQUEST_TIMEOUT
-            ),
-        )
+        params = {"labelSelector": label_selector} if label_selector else None
+        result = await self._call(f"list_{plural}", "GET", _custom(namespace, plural), params=params)
         return list(result.get("items") or [])
 
     async def create_object(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create one of the operator's own objects (a sweep's trial); 409 if the name is taken."""
-        return await self._call(
-            f"create_{plural}",
-            lambda: self.custom.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, body, _request_timeout=REQUEST_TIMEOUT
-            ),
-        )
+        return await self._call(f"create_{plural}", "POST", _custom(namespace, plural), body=body)
 
     async def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any],
                            resource_version: str | None = None) -> str:
@@ -183,46 +242,30 @@ class KubernetesGateway:
         body: dict[str, Any] = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        result = await self._call(
-            f"patch_{plural}_status",
-            lambda: self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, namespace, plural, name, body, _request_timeout=REQUEST_TIMEOUT
-            ),
-        )
+        result = await self._call(f"patch_{plural}_status", "PATCH", _custom(namespace, plural, name) + "/status",
+                                  body=body, content_type=MERGE_PATCH)
         return str(result["metadata"]["resourceVersion"])
 
     # ------------------------------------------------------------------ jobs and pods
 
     async def get_job(self, namespace: str, name: str) -> JobSnapshot | None:
         try:
-            return job_snapshot(await self._call(
-                "read_job",
-                lambda: _json(self.batch.read_namespaced_job(name, namespace, _request_timeout=REQUEST_TIMEOUT,
-                                                             _preload_content=False)),
-            ))
+            return job_snapshot(await self._call("read_job", "GET", _jobs(namespace, name)))
         except KubernetesError as error:
             if error.status == 404:
                 return None
             raise
 
     async def create_job(self, namespace: str, body: dict[str, Any], dry_run: bool = False) -> JobSnapshot:
-        kwargs: dict[str, Any] = {"_request_timeout": REQUEST_TIMEOUT, "_preload_content": False}
-        if dry_run:
-            kwargs["dry_run"] = "All"
         return job_snapshot(await self._call(
-            "create_job_dry_run" if dry_run else "create_job",
-            lambda: _json(self.batch.create_namespaced_job(namespace, body, **kwargs)),
-        ))
+            "create_job_dry_run" if dry_run else "create_job", "POST", _jobs(namespace),
+            params={"dryRun": "All"} if dry_run else None, body=body))
 
     async def delete_job(self, namespace: str, name: str, propagation: str = "Background") -> bool:
         """Delete the Job and (by propagation) its pods; False if it was already gone."""
         try:
-            await self._call(
-                "delete_job",
-                lambda: self.batch.delete_namespaced_job(
-                    name, namespace, propagation_policy=propagation, _request_timeout=REQUEST_TIMEOUT
-                ),
-            )
+            await self._call("delete_job", "DELETE", _jobs(namespace, name),
+                             body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation})
             return True
         except KubernetesError as error:
             if error.status == 404:
@@ -240,15 +283,14 @@ class KubernetesGateway:
         async def write(finalizers: list[str], keep: list[str]) -> None:
             patch = [{"op": "test", "path": "/metadata/finalizers", "value": finalizers},
                      {"op": "replace", "path": "/metadata/finalizers", "value": keep}]
-            await self._call("patch_job", lambda: self.batch.patch_namespaced_job(
-                name, namespace, patch, _request_timeout=REQUEST_TIMEOUT))
+            await self._call("patch_job", "PATCH", _jobs(namespace, name), body=patch, content_type=JSON_PATCH)
 
         await self._remove_finalizer(f"Job {name}", finalizer, read, write)
 
     async def remove_object_finalizer(self, plural: str, namespace: str, name: str, finalizer: str) -> None:
         """Take `finalizer` off one of the operator's own objects (a no-op if gone or absent).
-        A merge patch (the only kind this client sends for custom objects) on the version read,
-        so a list that changed meanwhile is read again rather than overwritten."""
+        A merge patch on the version read, so a list that changed meanwhile is read again
+        rather than overwritten."""
         version = ""
 
         async def read() -> list[str] | None:
@@ -261,8 +303,8 @@ class KubernetesGateway:
 
         async def write(finalizers: list[str], keep: list[str]) -> None:
             body = {"metadata": {"resourceVersion": version, "finalizers": keep}}
-            await self._call(f"patch_{plural}", lambda: self.custom.patch_namespaced_custom_object(
-                GROUP, VERSION, namespace, plural, name, body, _request_timeout=REQUEST_TIMEOUT))
+            await self._call(f"patch_{plural}", "PATCH", _custom(namespace, plural, name), body=body,
+                             content_type=MERGE_PATCH)
 
         await self._remove_finalizer(f"{plural}/{name}", finalizer, read, write)
 
@@ -285,43 +327,29 @@ class KubernetesGateway:
 
     async def list_objects_everywhere(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
         """The operator's objects of one kind in `namespace`, or in every namespace (None)."""
-        if namespace is not None:
-            return await self.list_objects(plural, namespace)
-        result = await self._call(
-            f"list_{plural}",
-            lambda: self.custom.list_cluster_custom_object(GROUP, VERSION, plural, _request_timeout=REQUEST_TIMEOUT),
-        )
+        result = await self._call(f"list_{plural}", "GET", _custom(namespace, plural))
         return list(result.get("items") or [])
 
     async def list_jobs(self, namespace: str | None, label_selector: str) -> list[JobSnapshot]:
         """Jobs matching `label_selector` in `namespace`, or in every namespace (None)."""
-        result = await self._call(
-            "list_jobs",
-            lambda: self.batch.list_namespaced_job(
-                namespace, label_selector=label_selector, _request_timeout=REQUEST_TIMEOUT)
-            if namespace is not None else
-            self.batch.list_job_for_all_namespaces(label_selector=label_selector, _request_timeout=REQUEST_TIMEOUT),
-        )
-        return [job_snapshot(job) for job in result.items]
+        result = await self._call("list_jobs", "GET", _jobs(namespace), params={"labelSelector": label_selector})
+        return [job_snapshot(job) for job in result.get("items") or []]
 
     async def list_pods(self, namespace: str, label_selector: str) -> list[PodSnapshot]:
-        result = await self._call(
-            "list_pods",
-            lambda: self.core.list_namespaced_pod(
-                namespace, label_selector=label_selector, _request_timeout=REQUEST_TIMEOUT
-            ),
-        )
-        return [pod_snapshot(pod) for pod in result.items]
+        result = await self._call("list_pods", "GET", f"/api/v1/namespaces/{quote(namespace)}/pods",
+                                  params={"labelSelector": label_selector})
+        return [pod_snapshot(pod) for pod in result.get("items") or []]
 
 
-_SERIALIZER = client.ApiClient.__new__(client.ApiClient)  # sanitize_for_serialization needs no state
+def _jobs(namespace: str | None, name: str = "") -> str:
+    where = f"/namespaces/{quote(namespace)}" if namespace is not None else ""
+    return f"/apis/batch/v1{where}/jobs" + (f"/{quote(name)}" if name else "")
 
 
-def job_snapshot(job: Any) -> JobSnapshot:
-    """What the operator reads from a Job (a V1Job, or the JSON of a watch event or a raw
-    reply): identity, bookkeeping, progress and how it ended."""
-    manifest: Mapping[str, Any] = job if isinstance(job, Mapping) else _SERIALIZER.sanitize_for_serialization(job)
-    metadata, status = manifest.get("metadata") or {}, manifest.get("status") or {}
+def job_snapshot(job: Mapping[str, Any]) -> JobSnapshot:
+    """What the operator reads from a Job (the JSON of a reply or a watch event): identity,
+    bookkeeping, progress and how it ended."""
+    metadata, status = job.get("metadata") or {}, job.get("status") or {}
     conditions = status.get("conditions") or []
     finished = None
     finish_time = timestamps.parse(status.get("completionTime"))
@@ -348,15 +376,17 @@ def job_snapshot(job: Any) -> JobSnapshot:
     )
 
 
-def pod_snapshot(pod: Any) -> PodSnapshot:
+def pod_snapshot(pod: Mapping[str, Any]) -> PodSnapshot:
+    """What the close of a run reads from one of its Job's pods (the JSON of a list reply)."""
+    metadata, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+    containers = status.get("containerStatuses") or []
     exits = []
-    for container in (pod.status.container_statuses if pod.status else None) or []:
-        terminated = container.state.terminated if container.state else None
-        if terminated and terminated.exit_code:
-            exits.append(ContainerExit(container.name, terminated.exit_code, terminated.reason or "Error"))
-    images = tuple(ContainerImage(c.name, c.image or "", c.image_id or "")
-                   for c in (pod.status.container_statuses if pod.status else None) or [])
-    created = pod.metadata.creation_timestamp
-    return PodSnapshot(name=pod.metadata.name, failed_containers=tuple(exits),
-                       node=pod.spec.node_name if pod.spec else None,
-                       created=created.isoformat() if created else None, containers=images)
+    for container in containers:
+        terminated = (container.get("state") or {}).get("terminated") or {}
+        if terminated.get("exitCode"):
+            exits.append(ContainerExit(container.get("name", ""), terminated["exitCode"],
+                                       terminated.get("reason") or "Error"))
+    images = tuple(ContainerImage(c.get("name", ""), c.get("image") or "", c.get("imageID") or "")
+                   for c in containers)
+    return PodSnapshot(name=metadata.get("name", ""), failed_containers=tuple(exits),
+                       node=spec.get("nodeName"), created=metadata.get("creationTimestamp"), containers=images)

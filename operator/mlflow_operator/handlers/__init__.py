@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import kopf
 
 from mlflow_operator import heartbeat
 from mlflow_operator.api.common import GROUP, KINDS, VERSION
 from mlflow_operator.config import OperatorConfig
-from mlflow_operator.gateways.kubernetes import CREDENTIALS_LABEL, KubernetesGateway, credentials_data
-from mlflow_operator.gateways.mlflow import MlflowGateway
+from mlflow_operator.gateways.kubernetes import (
+    CREDENTIALS_LABEL,
+    KubernetesGateway,
+    credentials_data,
+    in_cluster_connection,
+)
+from mlflow_operator.gateways.mlflow import HttpSettings, MlflowGateway
 from mlflow_operator.handlers import experiment, registeredmodel, trainingrun, trainingsweep
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.handlers.common import services_of
@@ -22,29 +26,6 @@ from mlflow_operator.handlers.drift import KOPF_SETTINGS
 from mlflow_operator.watched import ExperimentPages, ModelPages, Watched
 
 logger = logging.getLogger("mlflow_operator")
-
-
-SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-
-
-def in_cluster_connection(account_dir: Path = SERVICE_ACCOUNT_DIR,
-                          environ: Mapping[str, str] = os.environ) -> kopf.ConnectionInfo | None:
-    """The API server as a pod finds it: KUBERNETES_SERVICE_HOST and _PORT, as client-go and
-    the Kubernetes client do (kopf's own service-account login always names
-    kubernetes.default.svc, which needs cluster DNS), with the ServiceAccount's token and CA.
-    Read on every login, so a rotated token is picked up."""
-    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
-    token = account_dir / "token"
-    if not (host and port and token.exists()):
-        return None
-    namespace = account_dir / "namespace"
-    return kopf.ConnectionInfo(
-        server=f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}",
-        ca_path=str(account_dir / "ca.crt"),
-        scheme="Bearer",
-        token=token.read_text().strip(),
-        default_namespace=namespace.read_text().strip() if namespace.exists() else None,
-    )
 
 
 def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
@@ -63,7 +44,8 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -
         memo["background"] = {}
         memo["services"] = Services(
             config=config,
-            mlflow=MlflowGateway(concurrency=config.mlflow_concurrency),
+            mlflow=MlflowGateway(concurrency=config.mlflow_concurrency, settings=HttpSettings(
+                timeout=config.mlflow_timeout, max_retries=config.mlflow_max_retries)),
             kube=KubernetesGateway(concurrency=config.kubernetes_concurrency),
             # Filled by the watch event handlers below and in each kind's module.
             watched=Watched.filled_by_watches(credentials=config.watch_credentials),
