@@ -112,11 +112,17 @@ def prepare_cgroup_root(root: str, record: Path) -> None:
     record.write_text("".join(f"{path}\n" for path in created))
 
 
+def _dirs_below(directory: Path) -> list[Path]:
+    """Every directory below `directory`. os.walk, not Path.rglob: cgroups of pods that end
+    meanwhile vanish during the walk, which rglob raises on and os.walk skips."""
+    return [Path(parent) / name for parent, names, _ in os.walk(directory) for name in names]
+
+
 def _pids_below(directory: Path) -> list[int]:
     pids: list[int] = []
-    for procs in directory.rglob("cgroup.procs"):
+    for cgroup in [directory, *_dirs_below(directory)]:
         try:
-            pids += [int(p) for p in procs.read_text().split()]
+            pids += [int(p) for p in (cgroup / "cgroup.procs").read_text().split()]
         except OSError:
             continue
     return pids
@@ -136,7 +142,7 @@ def remove_cgroup_root(root: str, record: Path) -> None:
         time.sleep(0.1)
     for top in tops:
         if top.exists():
-            _remove_empty_dirs([*(d for d in top.rglob("*") if d.is_dir()), top])
+            _remove_empty_dirs([*_dirs_below(top), top])
     if record.exists():
         _remove_empty_dirs([Path(line) for line in record.read_text().split()])
         record.unlink()
