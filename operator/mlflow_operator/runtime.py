@@ -21,6 +21,8 @@ logger = logging.getLogger("mlflow_operator")
 
 # Objects kopf works on at once, per resource kind (see build_settings).
 QUEUE_WORKERS = 100
+# Objects per page of the listing each watch starts with (see build_settings).
+LIST_CHUNK = 500
 
 # Annotation prefix for kopf's own bookkeeping, so it never clutters `.status`.
 BOOKKEEPING_PREFIX = GROUP
@@ -85,6 +87,9 @@ def build_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     # after a restart instead of 186. Idle workers leave at once, so the limit costs no waiting.
     settings.queueing.worker_limit = QUEUE_WORKERS
     settings.queueing.idle_timeout = 0.5
+    # The listing a watch starts with comes in pages, not as one reply of every object: with
+    # thousands of objects, one reply (its bytes and their parse, at once) is the start's peak.
+    settings.watching.chunk_size = LIST_CHUNK
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
     # Watching only some namespaces, the operator may not list namespaces or CRDs (namespaced

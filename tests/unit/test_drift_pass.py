@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from typing import Any
 
 from fakes import FakeKube, FakeMlflow, Writes
@@ -101,4 +102,19 @@ def test_the_cached_view_keeps_no_resource_version_or_managed_fields():
     view = synced_view(body(0))
     assert "resourceVersion" not in view["metadata"]
     assert "managedFields" not in view["metadata"]
+    assert view["spec"] == {"tags": {"team": "a"}}
+
+
+def test_the_cached_views_share_their_keys_and_short_strings():
+    # Each watch event is parsed anew: without sharing, every view holds its own copies.
+    first, second = (synced_view(json.loads(json.dumps(body(n)))) for n in (0, 1))
+    assert first["spec"] == second["spec"]
+    assert next(iter(first["spec"]["tags"])) is next(iter(second["spec"]["tags"]))
+    assert first["metadata"]["namespace"] is second["metadata"]["namespace"]
+
+
+def test_the_cached_view_is_a_copy():
+    source = body(0)
+    view = synced_view(source)
+    source["spec"]["tags"]["team"] = "b"
     assert view["spec"] == {"tags": {"team": "a"}}
