@@ -64,7 +64,7 @@ def test_an_answer_without_an_error_code_maps_by_its_status(status, kind):
 
 
 def test_a_success_that_is_not_mlflow_json_is_rejected():
-    translated = translate(Answered(200, None, json_body=False), "get_experiment", SERVER)
+    translated = translate(Answered(200), "get_experiment", SERVER)
     assert isinstance(translated, TrackingRejected) and "not with MLflow's JSON" in str(translated)
 
 

@@ -19,7 +19,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Mapping, TypeVar
+from typing import Any, Awaitable, Callable, Mapping
 from urllib.parse import quote
 
 import kopf
@@ -32,7 +32,6 @@ from mlflow_operator.cluster import ContainerExit, ContainerImage, JobSnapshot, 
 from mlflow_operator.logic import timestamps
 from mlflow_operator.metrics import KUBERNETES_REQUESTS, RECONCILING_KIND
 
-T = TypeVar("T")
 REQUEST_TIMEOUT = 30
 # A Secret's owner consents to the operator using it by labelling it so.
 CREDENTIALS_LABEL = f"{GROUP}/credentials"

@@ -11,7 +11,6 @@ footprint; decision 0018.)
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,8 +38,6 @@ from mlflow_operator.tracking import (
     TrackingUnavailable,
 )
 
-logger = logging.getLogger("mlflow_operator.mlflow")
-T = TypeVar("T")
 
 API = "/api/2.0/mlflow"
 _NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "ENDPOINT_NOT_FOUND"}
@@ -64,12 +61,12 @@ class HttpSettings:
 
 
 class Answered(Exception):
-    """MLflow answered, but not with success: the HTTP status and MLflow's error code (only a
-    name from MLflow's own enum is kept), never the body."""
+    """MLflow answered, but not with success: the HTTP status (200: a body that is not MLflow's
+    JSON) and MLflow's error code (only a name from MLflow's own enum is kept), never the body."""
 
-    def __init__(self, status: int, code: str | None = None, json_body: bool = True) -> None:
+    def __init__(self, status: int, code: str | None = None) -> None:
         super().__init__(f"HTTP {status} ({code or 'no error code'})")
-        self.status, self.code, self.json_body = status, code, json_body
+        self.status, self.code = status, code
 
 
 def _error_code(response: requests.Response) -> str | None:
@@ -206,9 +203,9 @@ class _Session:
             try:
                 answer = response.json()
             except ValueError:
-                raise Answered(200, None, json_body=False) from None
+                raise Answered(200) from None
         if not isinstance(answer, dict):
-            raise Answered(200, None, json_body=False)
+            raise Answered(200)
         return answer
 
 
