@@ -89,7 +89,7 @@ class FakeKube:
                 and all((o["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())]
 
     async def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any],
-                           resource_version: str | None = None) -> str:
+                           resource_version: str | None = None) -> dict[str, Any]:
         body = self.objects.get((plural, namespace, name))
         if body is None:
             raise KubernetesError(404, "NotFound", f"{plural} {name} not found")
@@ -98,7 +98,7 @@ class FakeKube:
         body["status"] = merge_patch(body.get("status") or {}, status)
         body["metadata"]["resourceVersion"] = str(next(self._versions))
         self.writes.record(f"patch_status {plural}/{name} {sorted(status)}")
-        return body["metadata"]["resourceVersion"]
+        return copy.deepcopy(body)
 
     async def read_credentials_secret(self, namespace: str, name: str) -> None:
         return None

@@ -91,8 +91,11 @@ class Watched:
         # Experiments and RegisteredModels as their watch last saw them (synced_view): what the
         # drift pass goes through, and what a TrainingRun needs of its Experiment.
         self.registered_models = registered_models
-        # TrainingRuns by uid: whether they are closed (a Job's events need no read to know).
+        # TrainingRuns by uid: whether they are closed (a Job's events need no read to know),
+        # and the open ones as last seen (by their watch, or as a status write left them): a
+        # Job's event reconciles its run from there instead of reading it.
         self.training_runs_closed: WatchCache[str, bool] = WatchCache()
+        self.open_training_runs: WatchCache[str, dict[str, Any]] = WatchCache()
         # TrainingRuns and TrainingSweeps not started yet, by the Experiment they name (woken
         # when it is Ready).
         self.waiting_for_experiment = Waiting()

@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -351,7 +352,7 @@ def test_a_status_write_decided_on_a_stale_read_is_refused(runs, sandbox, monkey
     monkeypatch.setenv("KUBECONFIG", str(sandbox.kubeconfig))  # the gateway logs in as kopf does
     gateway = KubernetesGateway()
 
-    async def write(resource_version: str) -> str:
+    async def write(resource_version: str) -> dict[str, Any]:
         return await gateway.patch_status("trainingruns", runs.namespace, "stale", {"primaryMetric": "x"},
                                           resource_version=resource_version)
 

@@ -8,6 +8,7 @@ the e2e suite runs the same paths against the sandbox's API server and MLflow se
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 
 from fakes import FakeKube, FakeMlflow, Writes
@@ -17,7 +18,7 @@ from mlflow_operator.gateways.kubernetes import job_snapshot
 from mlflow_operator.handlers import common as handlers_common
 from mlflow_operator.handlers.common import unchanged
 from mlflow_operator.handlers.experiment import EXPERIMENT
-from mlflow_operator.handlers.trainingrun import needs_job_events, needs_refresh
+from mlflow_operator.handlers.trainingrun import needs_job_events, needs_refresh, open_run_copy
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.watched import HandledJobs
 
@@ -110,3 +111,62 @@ def test_the_log_has_no_line_per_job_update_or_timer_tick():
     assert not drop_routine_successes(record("Timer 'refresh' succeeded."))
     assert not drop_routine_successes(record("Handler 'watch' succeeded."))
     assert drop_routine_successes(record("Handler 'reconcile' succeeded."))
+
+
+def _experiment_memo(monkeypatch):
+    monkeypatch.setattr(handlers_common, "post_events", lambda body, events: None)
+    writes = Writes()
+    kube, mlflow = FakeKube(writes), FakeMlflow(writes)
+    kube.add_object("experiments", {"apiVersion": "mlflow.operator.dev/v1alpha1", "kind": "Experiment",
+                                    "metadata": {"namespace": "ns", "name": "e"}, "spec": {"name": "e"}})
+    reads: list[str] = []
+    read = kube.get_object
+
+    async def counted_read(plural: str, namespace: str, name: str):
+        reads.append(f"{plural}/{name}")
+        return await read(plural, namespace, name)
+
+    monkeypatch.setattr(kube, "get_object", counted_read)
+    memo = {"services": Services(OperatorConfig(default_tracking_uri="http://mlflow:5000"), mlflow, kube),  # type: ignore[arg-type]
+            "objects": {}}
+    return kube, memo, reads
+
+
+def _reconcile_from(body: dict, memo: dict) -> None:
+    asyncio.run(handlers_common.reconcile_and_report(EXPERIMENT, body=copy.deepcopy(body), memo=memo,
+                                                     logger=logging.getLogger("test"), drift_check=True))
+
+
+def test_a_body_that_holds_the_last_status_write_needs_no_read_after_kopf_annotates_it(monkeypatch):
+    kube, memo, reads = _experiment_memo(monkeypatch)
+    stored = kube.objects[("experiments", "ns", "e")]
+    _reconcile_from({"metadata": dict(stored["metadata"])}, memo)  # a name and uid only: read
+    assert reads == ["experiments/e"]
+    # kopf records the handled spec in an annotation after the handler: a newer version.
+    stored["metadata"]["annotations"] = {"kopf.zalando.org/last-handled-configuration": "{}"}
+    stored["metadata"]["resourceVersion"] = "999"
+    _reconcile_from(stored, memo)
+    assert reads == ["experiments/e"]
+
+
+def test_a_body_from_before_the_last_status_write_is_read_again(monkeypatch):
+    kube, memo, reads = _experiment_memo(monkeypatch)
+    before_write = copy.deepcopy(kube.objects[("experiments", "ns", "e")])
+    before_write["metadata"]["resourceVersion"] = before_write["metadata"].get("resourceVersion") or "1"
+    _reconcile_from({"metadata": dict(before_write["metadata"])}, memo)
+    reads.clear()
+    _reconcile_from(before_write, memo)  # an older watch event, delivered late
+    assert reads == ["experiments/e"]
+
+
+def test_an_open_run_is_kept_for_its_job_events_without_its_managed_fields():
+    body = {"metadata": {"namespace": "ns", "name": "r", "uid": "u", "resourceVersion": "7",
+                         "managedFields": [{"manager": "kubectl"}]},
+            "spec": {}, "status": {"phase": "Running", "runId": "abc"}}
+    kept = open_run_copy(body)
+    assert kept is not None and "managedFields" not in kept["metadata"]
+    assert kept["status"] == body["status"] and kept["metadata"]["resourceVersion"] == "7"
+
+
+def test_a_closed_run_is_not_kept():
+    assert open_run_copy({"metadata": {"uid": "u"}, "spec": {}, "status": CLOSED}) is None

@@ -233,17 +233,19 @@ class KubernetesGateway:
         return await self._call(f"create_{plural}", "POST", _custom(namespace, plural), body=body)
 
     async def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any],
-                           resource_version: str | None = None) -> str:
+                           resource_version: str | None = None) -> dict[str, Any]:
         """Merge-patch the status subresource now (not at the end of the handler, as kopf does).
 
         With `resource_version`, the write applies only to that version of the object (409
-        otherwise), so a decision made on a stale read never lands. Returns the new version."""
+        otherwise), so a decision made on a stale read never lands. Returns the object as
+        written (its new resourceVersion and status)."""
         body: dict[str, Any] = {"status": status}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        result = await self._call(f"patch_{plural}_status", "PATCH", _custom(namespace, plural, name) + "/status",
-                                  body=body, content_type=MERGE_PATCH)
-        return str(result["metadata"]["resourceVersion"])
+        result: dict[str, Any] = await self._call(f"patch_{plural}_status", "PATCH",
+                                                  _custom(namespace, plural, name) + "/status",
+                                                  body=body, content_type=MERGE_PATCH)
+        return result
 
     # ------------------------------------------------------------------ jobs and pods
 

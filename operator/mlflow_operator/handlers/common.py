@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import random
+import json
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Generic
@@ -54,6 +55,8 @@ class Kind(Generic[SpecT]):
     managed_extra: tuple[str, ...] = ()
     # Status fields written with a failed outcome, from the status read (TrainingRun: Pending).
     status_on_error: Callable[[dict[str, Any]], dict[str, Any]] = _no_status
+    # Told of the object as each status write left it (TrainingRun: its cache of open runs).
+    written: Callable[[Services, dict[str, Any]], None] | None = None
 
 
 def services_of(memo: Any) -> Services:
@@ -64,10 +67,11 @@ def services_of(memo: Any) -> Services:
 class ObjectState:
     """What the operator keeps in memory per object: one reconcile at a time (shared by its
     change handlers, its timer and handlers of other resources, e.g. a Job's events), and
-    the resourceVersion of its own last status write."""
+    its own last status write: its resourceVersion and a digest of the status it left."""
 
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     written_version: str | None = None
+    written_status: int | None = None
     # Whether this object's timer has been shifted by a random part of its interval.
     dephased: bool = False
 
@@ -212,13 +216,28 @@ async def _reconcile_locked(kind: Kind[Any], body: Any, services: Services, memo
     return outcome
 
 
+def status_digest(status: Any) -> int:
+    return hash(json.dumps(status or {}, sort_keys=True, separators=(",", ":")))
+
+
 def _is_current(body: Any, state: ObjectState) -> bool:
-    """Whether a handler's body is a whole object as recent as this operator's last write
-    (a Job's event or a wake-up passes only the object's name and uid)."""
+    """Whether a handler's body is a whole object that holds this operator's last status
+    write (a wake-up passes only the object's name and uid). Its version may be newer: kopf
+    writes its annotations after a handler, and a spec change is what the body brings. A
+    status write decided on a body older than the object is refused (409) and read again."""
     metadata = body.get("metadata") or {}
     if "spec" not in body or not metadata.get("resourceVersion"):
         return False
-    return state.written_version is None or state.written_version == metadata["resourceVersion"]
+    if state.written_version is None or state.written_version == metadata["resourceVersion"]:
+        return True
+    return state.written_status == status_digest(body.get("status"))
+
+
+def _remember_write(kind: Kind[Any], services: Services, state: ObjectState, written: dict[str, Any]) -> None:
+    state.written_version = written["metadata"]["resourceVersion"]
+    state.written_status = status_digest(written.get("status"))
+    if kind.written is not None:
+        kind.written(services, written)
 
 
 async def _reconcile_once(kind: Kind[Any], metadata: Any, current: Any, state: ObjectState, services: Services,
@@ -230,7 +249,7 @@ async def _reconcile_once(kind: Kind[Any], metadata: Any, current: Any, state: O
     if fresh["metadata"].get("deletionTimestamp"):
         return None  # the delete handler owns it now
     writer = StatusWriter(services.kube, kind.plural, namespace, name, fresh["metadata"].get("resourceVersion"),
-                          on_write=lambda version: setattr(state, "written_version", version))
+                          on_write=lambda written: _remember_write(kind, services, state, written))
     started = time.perf_counter()
     status_before = copy.deepcopy(dict(fresh.get("status") or {}))
     ctx: Context[Any] | None = None

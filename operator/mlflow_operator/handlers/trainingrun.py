@@ -20,6 +20,8 @@ from mlflow_operator.handlers.common import (
     wake_waiting,
 )
 from mlflow_operator.cluster import JobSnapshot
+from mlflow_operator.handlers.synced import shared_copy
+from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.gateways.kubernetes import KubernetesGateway, job_snapshot
 from mlflow_operator.logic import trainingrun as logic
 from mlflow_operator.logic.trainingrun import JOB_FINALIZER
@@ -51,9 +53,10 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
                       if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION), None)
         if owner is None:
             return
-        # Enough to find the owner: the reconcile reads it fresh (and skips it if it is gone,
-        # replaced, or being deleted).
-        run: Any = {"metadata": {"namespace": job.namespace, "name": owner["name"], "uid": owner["uid"]}}
+        # The run as last seen if it is open; else enough to find it: the reconcile reads it
+        # fresh (and skips it if it is gone, replaced, or being deleted).
+        run: Any = services.watched.open_training_runs.get(owner["uid"]) or {
+            "metadata": {"namespace": job.namespace, "name": owner["name"], "uid": owner["uid"]}}
         closed = services.watched.training_runs_closed.get(owner["uid"])
         if closed is None:  # not seen (yet): read it, and reconcile from that read
             run = await _owner_if_alive(services.kube, job.namespace, owner)
@@ -73,6 +76,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         watched, metadata = services_of(memo).watched, body["metadata"]
         gone = type == "DELETED"
         watched.training_runs_closed.put(metadata["uid"], None if gone else not needs_job_events(body))
+        watched.open_training_runs.put(metadata["uid"], None if gone else open_run_copy(body))
         watched.waiting_for_experiment.put(metadata["uid"], metadata["name"],
                                            None if gone else waiting_for_experiment(body))
 
@@ -106,6 +110,20 @@ async def _release_orphan(job: JobSnapshot, memo: kopf.Memo) -> None:
         await services_of(memo).kube.remove_job_finalizer(job.namespace, job.name, JOB_FINALIZER)
 
 
+def open_run_copy(body: Any) -> dict[str, Any] | None:
+    """A copy of the run if it is open (a closed run's Job events need no reconcile),
+    without its managedFields."""
+    if not needs_job_events(body):
+        return None
+    metadata = {key: value for key, value in body["metadata"].items() if key != "managedFields"}
+    return shared_copy({**body, "metadata": metadata})
+
+
+def _written(services: Services, run: dict[str, Any]) -> None:
+    """A status write's reply is the run as it is now: fresher than the watch, for a while."""
+    services.watched.open_training_runs.put(run["metadata"]["uid"], open_run_copy(run))
+
+
 def experiment_ready(body: kopf.Body) -> bool:
     status = body.get("status") or {}
     return bool(status.get("experimentId")) and any(
@@ -131,7 +149,8 @@ def needs_refresh(body: kopf.Body, **_: Any) -> bool:
     return needs_job_events(body) and not stalled_for(status, WAITS_FOR_SPEC)
 
 
-TRAINING_RUN = Kind(KIND, PLURAL, parse_spec, reconcile_training_run, status_on_error=pending_until_started)
+TRAINING_RUN = Kind(KIND, PLURAL, parse_spec, reconcile_training_run, status_on_error=pending_until_started,
+                    written=_written)
 
 
 async def _reconcile(body: Any, memo: kopf.Memo, logger: Any, retry: int | None,

@@ -73,17 +73,18 @@ class StatusWriter:
     decided on a stale read (another replica, an older event) gets 409 instead of landing."""
 
     def __init__(self, kube: KubernetesGateway, plural: str, namespace: str, name: str,
-                 resource_version: str | None, on_write: Callable[[str], None] | None = None) -> None:
+                 resource_version: str | None, on_write: Callable[[dict[str, Any]], None] | None = None) -> None:
         self._kube, self._plural, self._namespace, self._name = kube, plural, namespace, name
         self.resource_version = resource_version
         self._on_write = on_write
 
     async def write(self, fields: dict[str, Any]) -> None:
-        self.resource_version = await self._kube.patch_status(
+        written = await self._kube.patch_status(
             self._plural, self._namespace, self._name, fields, resource_version=self.resource_version
         )
-        if self._on_write and self.resource_version:
-            self._on_write(self.resource_version)
+        self.resource_version = written["metadata"]["resourceVersion"]
+        if self._on_write:
+            self._on_write(written)
 
 
 # --------------------------------------------------------------------------- the reconcile contract
