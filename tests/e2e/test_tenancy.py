@@ -339,6 +339,23 @@ def test_a_recorded_run_id_wins_over_an_older_run_with_the_same_tag(runs, namesp
     assert mlflow_client.get_run(older.info.run_id).info.lifecycle_stage == "active"
 
 
+def test_the_api_server_is_trusted_with_the_cluster_ca_alone(sandbox, monkeypatch):
+    """The gateway's connections verify the API server with the CA its login names, not
+    also with the public CAs a TLS library would add (any of them could vouch for it)."""
+    import asyncio
+
+    from mlflow_operator.gateways.kubernetes import KubernetesGateway
+
+    monkeypatch.setenv("KUBECONFIG", str(sandbox.kubeconfig))
+    gateway = KubernetesGateway()
+    try:
+        asyncio.run(gateway.get_object("trainingruns", "default", "absent"))  # opens a connection
+        context = gateway._http.get_adapter("https://").poolmanager.connection_pool_kw["ssl_context"]
+        assert context.cert_store_stats()["x509_ca"] == 1  # the sandbox's cluster CA
+    finally:
+        gateway.close()
+
+
 def test_a_status_write_decided_on_a_stale_read_is_refused(runs, sandbox, monkeypatch):
     """The gateway's precondition, against the real API server: a write carrying the
     resourceVersion of an older read gets 409 instead of landing."""

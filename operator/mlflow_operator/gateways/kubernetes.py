@@ -108,6 +108,14 @@ class _TlsAdapter(HTTPAdapter):
         kwargs["ssl_context"] = self._context
         super().init_poolmanager(*args, **kwargs)
 
+    def cert_verify(self, conn: Any, url: str, verify: Any, cert: Any) -> None:
+        """Verify as the login's context says, with its CAs only. requests would load its
+        public CA bundle into that context on every new connection: the API server would
+        be trusted with any public certificate, and each connection would cost a parse of
+        the bundle (a fifth of the operator's CPU while it opens its connections)."""
+        conn.cert_reqs = self._context.verify_mode
+        conn.ca_certs = conn.ca_cert_dir = None
+
 
 def _error(response: requests.Response) -> KubernetesError:
     message = response.reason or ""
