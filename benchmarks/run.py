@@ -9,6 +9,9 @@ Scenarios (sizes are flags, small by default; the README gives the recorded larg
   direct client with 8 threads creates the same N MLflow runs (tags and params) and N Jobs
   itself, waits for the Jobs and closes the runs. The cost of one TrainingRun lifecycle is
   read from the operator's own metrics (API calls labelled with the kind reconciled).
+  The scenario runs --rounds times (floor, then operator, each in a new namespace); the
+  table gives the median of each side and their ratio, with every round's figures beside:
+  on 2 shared cores one round's floor varies by a factor of two.
 - closed runs (--closed-training-runs): N TrainingRuns run to Succeeded and kept while the
   next scenario runs, so that it measures an operator holding them too.
 - synced objects: Experiments and RegisteredModels applied at once, then, one interval later,
@@ -300,6 +303,32 @@ def operator_dispatch(cluster: Cluster, metrics: OperatorMetrics, n: int, closed
     return result
 
 
+def dispatch_medians(rounds: list[tuple[dict, dict]]) -> dict[str, Any]:
+    """The median round of each side, the ratio of the medians, the lifecycle cost averaged
+    over the rounds, and every round as measured."""
+    floors, operators = [f for f, _ in rounds], [o for _, o in rounds]
+
+    def median(side: list[dict], key: str) -> float:
+        return round(statistics.median(item[key] for item in side), 2)
+
+    lifecycles = [o["lifecycle"] for o in operators]
+    operations = sorted({op for life in lifecycles for op in life["by_operation"]})
+    lifecycle = {key: round(statistics.mean(life[key] for life in lifecycles), 2)
+                 for key in lifecycles[0] if key != "by_operation"}
+    lifecycle["by_operation"] = {op: round(statistics.mean(life["by_operation"].get(op, 0) for life in lifecycles), 2)
+                                 for op in operations}
+    floor = {key: median(floors, key) for key in ("dispatch_seconds", "end_to_end_seconds")}
+    operator = {key: median(operators, key) for key in ("apply_seconds", "dispatch_seconds", "end_to_end_seconds")}
+    operator.update(lifecycle=lifecycle, closed_runs_idle_seconds=operators[0]["closed_runs_idle_seconds"],
+                    mlflow_calls_for_closed_runs=max(o["mlflow_calls_for_closed_runs"] for o in operators))
+    return {
+        "floor": floor, "operator": operator,
+        "dispatch_ratio": round(operator["dispatch_seconds"] / floor["dispatch_seconds"], 2),
+        "rounds": [{"floor_dispatch_seconds": f["dispatch_seconds"], "operator_dispatch_seconds": o["dispatch_seconds"],
+                    "ratio": round(o["dispatch_seconds"] / f["dispatch_seconds"], 2)} for f, o in rounds],
+    }
+
+
 # --------------------------------------------------------------------------- synced objects
 
 
@@ -420,6 +449,7 @@ def synced_objects(cluster: Cluster, metrics: OperatorMetrics, n_experiments: in
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--training-runs", type=int, default=50, help="dispatch scenario size (0 skips it)")
+    parser.add_argument("--rounds", type=int, default=3, help="dispatch scenario rounds (medians are reported)")
     parser.add_argument("--experiments", type=int, default=50)
     parser.add_argument("--models", type=int, default=20)
     parser.add_argument("--idle-seconds", type=float, default=60)
@@ -445,11 +475,10 @@ def main() -> int:
     results["rss_mib_idle_start"] = round(rss_mib(pid), 1)
     tracking_uri = f"http://127.0.0.1:{json.loads((STATE / 'ports.json').read_text())['mlflow']}"
     if args.training_runs:
-        results["floor"] = floor_dispatch(cluster, args.training_runs, tracking_uri)
-        results["operator"] = operator_dispatch(cluster, metrics, args.training_runs,
-                                                args.closed_idle_seconds or 2 * interval)
-        results["dispatch_ratio"] = round(results["operator"]["dispatch_seconds"]
-                                          / results["floor"]["dispatch_seconds"], 2)
+        rounds = [(floor_dispatch(cluster, args.training_runs, tracking_uri),
+                   operator_dispatch(cluster, metrics, args.training_runs, args.closed_idle_seconds or 2 * interval))
+                  for _ in range(args.rounds)]
+        results.update(dispatch_medians(rounds))
         results["rss_mib_after_runs"] = round(rss_mib(pid), 1)
     closed_namespace = None
     if args.closed_training_runs:
@@ -482,16 +511,20 @@ def render_markdown(r: dict) -> str:
     if "operator" in r:
         o, f, life = r["operator"], r["floor"], r["operator"]["lifecycle"]
         n = r["arguments"]["training_runs"]
+        rounds = r.get("rounds") or []
+        each = "; ".join(f"{x['operator_dispatch_seconds']} / {x['floor_dispatch_seconds']} = {x['ratio']}"
+                         for x in rounds)
         lines += [
             f"**{n} TrainingRuns applied at once** (8 threads), beside a direct client doing the same work "
-            "with 8 threads (the floor):", "",
+            f"with 8 threads (the floor); median of {max(len(rounds), 1)} rounds:", "",
             "| | operator s | floor s | ratio |", "|---|---|---|---|",
             f"| dispatch (every run has its MLflow run and its Job) | {o['dispatch_seconds']} | "
             f"{f['dispatch_seconds']} | {r['dispatch_ratio']} |",
             f"| end to end (every run closed) | {o['end_to_end_seconds']} | {f['end_to_end_seconds']} | "
             f"{round(o['end_to_end_seconds'] / f['end_to_end_seconds'], 2)} |", "",
+            *([f"Dispatch in each round, operator / floor s: {each}.", ""] if rounds else []),
             f"Cost of one TrainingRun lifecycle (create -> Succeeded, no registration), from the operator's "
-            f"metrics: {life['mlflow_calls']} MLflow calls, {life['kubernetes_writes']} Kubernetes writes, "
+            f"metrics (mean of the rounds): {life['mlflow_calls']} MLflow calls, {life['kubernetes_writes']} Kubernetes writes, "
             f"{life['kubernetes_reads']} reads, {life['kubernetes_dry_runs']} dry runs, {life['events']} Events. "
             f"MLflow calls for the {n} closed runs in {o['closed_runs_idle_seconds']:.0f} s afterwards: "
             f"{o['mlflow_calls_for_closed_runs']}. RSS after: {r['rss_mib_after_runs']} MiB.", "",
