@@ -9,7 +9,7 @@ from typing import Any
 
 import kopf
 
-from mlflow_operator import heartbeat
+from mlflow_operator import heartbeat, memory
 from mlflow_operator.api.common import GROUP, KINDS, VERSION
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.gateways.kubernetes import (
@@ -53,6 +53,7 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -
             experiment_pages=ExperimentPages(max_age_seconds=config.drift_interval / 2),
             model_pages=ModelPages(max_age_seconds=config.drift_interval / 2),
         )
+        memo["background"]["memory"] = asyncio.create_task(memory.release_freed_memory_forever())
         if config.heartbeat_file:
             memo["heartbeat"] = asyncio.create_task(heartbeat.beat_forever(Path(config.heartbeat_file)))
         logger.info("watching %s in group %s/%s", ", ".join(KINDS), GROUP, VERSION)
