@@ -170,3 +170,11 @@ def test_an_open_run_is_kept_for_its_job_events_without_its_managed_fields():
 
 def test_a_closed_run_is_not_kept():
     assert open_run_copy({"metadata": {"uid": "u"}, "spec": {}, "status": CLOSED}) is None
+
+
+def test_an_object_deleted_before_its_status_is_written_is_left_alone(monkeypatch):
+    kube, memo, reads = _experiment_memo(monkeypatch)
+    body = kube.objects.pop(("experiments", "ns", "e"))  # gone (its namespace deleted, say)
+    outcome = asyncio.run(handlers_common.reconcile_and_report(EXPERIMENT, body=body, memo=memo,
+                                                               logger=logging.getLogger("test"), retry=0))
+    assert outcome is None and reads == []

@@ -203,13 +203,15 @@ async def _reconcile_locked(kind: Kind[Any], body: Any, services: Services, memo
     async with state.lock:
         for attempt in range(STALE_READ_ATTEMPTS):
             try:
-                # The body of a watch event is as fresh as a read, unless this operator wrote
-                # status since it was sent; after a conflict, always read.
+                # The body of a watch event is as fresh as a read if it holds this operator's
+                # last status write; after a conflict, always read.
                 current = body if attempt == 0 and _is_current(body, state) else None
                 outcome = await _reconcile_once(kind, body["metadata"], current, state, services, logger,
                                                 drift_check)
                 break
             except KubernetesError as error:
+                if error.status == 404:
+                    return None  # deleted (with its namespace, say) before its status was written
                 if error.status != 409 or attempt == STALE_READ_ATTEMPTS - 1:
                     raise
                 logger.info("status changed while reconciling; reconciling again from a fresh read")
