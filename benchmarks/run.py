@@ -9,6 +9,8 @@ Scenarios (sizes are flags, small by default; the README gives the recorded larg
   direct client with 8 threads creates the same N MLflow runs (tags and params) and N Jobs
   itself, waits for the Jobs and closes the runs. The cost of one TrainingRun lifecycle is
   read from the operator's own metrics (API calls labelled with the kind reconciled).
+  The API server's own request count gives the writes per run of every client on each
+  side (the Job controller's, the scheduler's and kwok's as well as the operator's).
   The scenario runs --rounds times (floor, then operator, each in a new namespace); the
   table gives the median of each side and their ratio, with every round's figures beside:
   on 2 shared cores one round's floor varies by a factor of two.
@@ -65,6 +67,7 @@ GROUP, VERSION = "mlflow.operator.dev", "v1alpha1"
 THREADS = 8
 # Kubernetes API calls of the operator's gateway that change something (dry runs persist nothing).
 READ_PREFIXES = ("get_", "read_", "list_")
+WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE", "APPLY")
 
 
 # --------------------------------------------------------------------------- measuring the process
@@ -189,6 +192,22 @@ class Cluster:
                 return False
             raise
 
+    def api_server_writes(self) -> dict[str, float]:
+        """The API server's count of the requests that change something (every client: the
+        operator, kopf, the benchmark, the Job controller, the scheduler, kwok), by verb and
+        resource; dry runs are counted apart."""
+        response = self.api.call_api("/metrics", "GET", _preload_content=False, auth_settings=["BearerToken"])[0]
+        counts: dict[str, float] = {}
+        for family in text_string_to_metric_families(response.data.decode()):
+            for sample in family.samples:
+                labels = sample.labels
+                if sample.name != "apiserver_request_total" or labels.get("verb") not in WRITE_VERBS:
+                    continue
+                resource = "/".join(part for part in (labels.get("resource"), labels.get("subresource")) if part)
+                key = f"{labels['verb']} {resource}" + (" (dry run)" if labels.get("dry_run") else "")
+                counts[key] = counts.get(key, 0) + sample.value
+        return counts
+
     # Lists for polling are served from the API server's watch cache (resourceVersion "0"),
     # so that measuring loads the API server as little as possible.
     def items(self, namespace: str, plural: str) -> list[dict]:
@@ -230,7 +249,16 @@ def run_spec(i: int) -> dict:
     return {"experimentRef": {"name": "bench"}, "params": {"i": str(i), "lr": "0.01"}, "template": TEMPLATE}
 
 
-def floor_dispatch(cluster: Cluster, n: int, tracking_uri: str) -> dict[str, float]:
+def writes_per_run(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, Any]:
+    """API server writes per run between two counts: in all, and by verb and resource."""
+    delta = {key: after[key] - before.get(key, 0) for key in after if after[key] - before.get(key, 0) > 0}
+    real = {key: value for key, value in delta.items() if not key.endswith("(dry run)")}
+    return {"all": round(sum(real.values()) / n, 2),
+            "by_request": {key: round(value / n, 2) for key, value in sorted(delta.items(), key=lambda kv: -kv[1])
+                           if value / n >= 0.05}}
+
+
+def floor_dispatch(cluster: Cluster, n: int, tracking_uri: str) -> dict[str, Any]:
     """What a direct client needs for the same work: N MLflow runs with their tags and
     params, N Jobs (the operator's Job body, without its owner and finalizer), 8 threads;
     then it waits for the Jobs and closes the runs."""
@@ -252,17 +280,22 @@ def floor_dispatch(cluster: Cluster, n: int, tracking_uri: str) -> dict[str, flo
         cluster.batch.create_namespaced_job(namespace, job)
         return run.info.run_id
 
+    writes_before = cluster.api_server_writes()
     started = time.monotonic()
     with ThreadPoolExecutor(THREADS) as pool:
         run_ids = list(pool.map(dispatch_one, range(n)))
     dispatched = time.monotonic() - started
+    writes_dispatched = cluster.api_server_writes()
     wait(lambda: sum(job_finished(j) for j in cluster.jobs(namespace)) == n, 1800, "floor Jobs finished", 0.5)
     with ThreadPoolExecutor(THREADS) as pool:
         list(pool.map(lambda run_id: store.update_run_info(run_id, "FINISHED", int(time.time() * 1000), None),
                       run_ids))
     end_to_end = time.monotonic() - started
+    writes_after = cluster.api_server_writes()
     cluster.delete_namespace(namespace)
-    return {"dispatch_seconds": round(dispatched, 2), "end_to_end_seconds": round(end_to_end, 2)}
+    return {"dispatch_seconds": round(dispatched, 2), "end_to_end_seconds": round(end_to_end, 2),
+            "api_server_writes_per_run_dispatch": writes_per_run(writes_before, writes_dispatched, n),
+            "api_server_writes_per_run_end_to_end": writes_per_run(writes_before, writes_after, n)}
 
 
 def operator_dispatch(cluster: Cluster, metrics: OperatorMetrics, n: int, closed_idle_seconds: float) -> dict:
@@ -272,6 +305,7 @@ def operator_dispatch(cluster: Cluster, metrics: OperatorMetrics, n: int, closed
     wait(lambda: is_ready(experiments.get("bench")), 60, "Experiment bench Ready")
     runs = Objects(cluster.custom, namespace, "trainingruns", "TrainingRun")
     before = metrics.snapshot()
+    writes_before = cluster.api_server_writes()
 
     started = time.monotonic()
     with ThreadPoolExecutor(THREADS) as pool:
@@ -284,9 +318,11 @@ def operator_dispatch(cluster: Cluster, metrics: OperatorMetrics, n: int, closed
 
     wait(dispatched, 1800, "every TrainingRun with its run and Job", 0.25)
     dispatch_seconds = time.monotonic() - started
+    writes_dispatched = cluster.api_server_writes()
     wait(lambda: sum((item.get("status") or {}).get("phase") == "Succeeded"
                      for item in cluster.items(namespace, "trainingruns")) == n, 1800, "every run Succeeded", 0.5)
     end_to_end = time.monotonic() - started
+    writes_after = cluster.api_server_writes()
     after = metrics.snapshot()
     time.sleep(closed_idle_seconds)
     idle = metrics.snapshot()
@@ -298,9 +334,18 @@ def operator_dispatch(cluster: Cluster, metrics: OperatorMetrics, n: int, closed
         "lifecycle": lifecycle_cost(OperatorMetrics.delta(before, after, "TrainingRun"), n),
         "closed_runs_idle_seconds": closed_idle_seconds,
         "mlflow_calls_for_closed_runs": int(sum(v for (api, _), v in closed_calls.items() if api == "mlflow")),
+        "api_server_writes_per_run_dispatch": writes_per_run(writes_before, writes_dispatched, n),
+        "api_server_writes_per_run_end_to_end": writes_per_run(writes_before, writes_after, n),
     }
     cluster.delete_namespace(namespace)  # before the next scenario measures an idle operator
     return result
+
+
+def mean_writes(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    requests = sorted({key for r in rounds for key in r["by_request"]})
+    by_request = {key: round(statistics.mean(r["by_request"].get(key, 0) for r in rounds), 2) for key in requests}
+    return {"all": round(statistics.mean(r["all"] for r in rounds), 2),
+            "by_request": dict(sorted(by_request.items(), key=lambda kv: -kv[1]))}
 
 
 def dispatch_medians(rounds: list[tuple[dict, dict]]) -> dict[str, Any]:
@@ -317,8 +362,13 @@ def dispatch_medians(rounds: list[tuple[dict, dict]]) -> dict[str, Any]:
                  for key in lifecycles[0] if key != "by_operation"}
     lifecycle["by_operation"] = {op: round(statistics.mean(life["by_operation"].get(op, 0) for life in lifecycles), 2)
                                  for op in operations}
-    floor = {key: median(floors, key) for key in ("dispatch_seconds", "end_to_end_seconds")}
-    operator = {key: median(operators, key) for key in ("apply_seconds", "dispatch_seconds", "end_to_end_seconds")}
+    floor: dict[str, Any] = {key: median(floors, key) for key in ("dispatch_seconds", "end_to_end_seconds")}
+    operator: dict[str, Any] = {key: median(operators, key)
+                                for key in ("apply_seconds", "dispatch_seconds", "end_to_end_seconds")}
+    for side, items in ((floor, floors), (operator, operators)):
+        for window in ("dispatch", "end_to_end"):
+            key = f"api_server_writes_per_run_{window}"
+            side[key] = mean_writes([item[key] for item in items])
     operator.update(lifecycle=lifecycle, closed_runs_idle_seconds=operators[0]["closed_runs_idle_seconds"],
                     mlflow_calls_for_closed_runs=max(o["mlflow_calls_for_closed_runs"] for o in operators))
     return {
@@ -505,6 +555,23 @@ def idle_row(after: str, idle: dict) -> str:
             f"{idle['rss_mib']} |")
 
 
+def writes_table(o: dict, f: dict) -> list[str]:
+    """API server writes per run, every client counted (the Job controller's, kwok's too)."""
+    od, fd = o["api_server_writes_per_run_dispatch"], f["api_server_writes_per_run_dispatch"]
+    oe, fe = o["api_server_writes_per_run_end_to_end"], f["api_server_writes_per_run_end_to_end"]
+    keys = sorted(set(od["by_request"]) | set(fd["by_request"]),
+                  key=lambda k: -(od["by_request"].get(k, 0) + fd["by_request"].get(k, 0)))
+    return [
+        "API server writes per run, from the API server's own count (every client: the operator, kopf, the "
+        "benchmark, the Job controller, the scheduler, kwok; dry runs apart):", "",
+        "| | operator | floor |", "|---|---|---|",
+        f"| during dispatch | {od['all']} | {fd['all']} |",
+        f"| until every run is closed | {oe['all']} | {fe['all']} |",
+        *(f"| during dispatch: {k} | {od['by_request'].get(k, 0)} | {fd['by_request'].get(k, 0)} |" for k in keys),
+        "",
+    ]
+
+
 def render_markdown(r: dict) -> str:
     lines = [f"Recorded {r['recorded_at']} on {r['machine']['cpus']} CPUs, Python {r['machine']['python']}; "
              f"operator RSS {r['rss_mib_idle_start']} MiB at start.", ""]
@@ -523,6 +590,7 @@ def render_markdown(r: dict) -> str:
             f"| end to end (every run closed) | {o['end_to_end_seconds']} | {f['end_to_end_seconds']} | "
             f"{round(o['end_to_end_seconds'] / f['end_to_end_seconds'], 2)} |", "",
             *([f"Dispatch in each round, operator / floor s: {each}.", ""] if rounds else []),
+            *(writes_table(o, f) if "api_server_writes_per_run_dispatch" in o else []),
             f"Cost of one TrainingRun lifecycle (create -> Succeeded, no registration), from the operator's "
             f"metrics (mean of the rounds): {life['mlflow_calls']} MLflow calls, {life['kubernetes_writes']} Kubernetes writes, "
             f"{life['kubernetes_reads']} reads, {life['kubernetes_dry_runs']} dry runs, {life['events']} Events. "
