@@ -80,19 +80,12 @@ def test_a_job_from_a_watch_event_reads_as_one_from_the_api():
 
 
 def test_a_reconcile_that_changes_nothing_writes_no_status(monkeypatch):
-    monkeypatch.setattr(handlers_common, "post_events", lambda body, events: None)
-    writes = Writes()
-    kube, mlflow = FakeKube(writes), FakeMlflow(writes)
-    kube.add_object("experiments", {"apiVersion": "mlflow.operator.dev/v1alpha1", "kind": "Experiment",
-                                    "metadata": {"namespace": "ns", "name": "e"}, "spec": {"name": "e"}})
-    memo = {"services": Services(OperatorConfig(default_tracking_uri="http://mlflow:5000"), mlflow, kube),  # type: ignore[arg-type]
-            "objects": {}}
-    logger = logging.getLogger("test")
+    kube, memo, _ = _experiment_memo(monkeypatch)
+    writes = kube.writes
 
     def reconcile() -> None:
         body = kube.objects[("experiments", "ns", "e")]
-        asyncio.run(handlers_common.reconcile_and_report(EXPERIMENT, body={"metadata": dict(body["metadata"])},
-                                                         memo=memo, logger=logger, retry=None, drift_check=True))
+        _reconcile_from({"metadata": dict(body["metadata"])}, memo)
 
     reconcile()
     assert any(w.startswith("patch_status") for w in writes.log)
