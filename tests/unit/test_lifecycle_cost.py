@@ -171,3 +171,25 @@ def test_an_object_deleted_before_its_status_is_written_is_left_alone(monkeypatc
     outcome = asyncio.run(handlers_common.reconcile_and_report(EXPERIMENT, body=body, memo=memo,
                                                                logger=logging.getLogger("test"), retry=0))
     assert outcome is None and reads == []
+
+
+def test_a_reconcile_that_waited_for_the_deletion_leaves_the_object_alone(monkeypatch):
+    kube, memo, reads = _experiment_memo(monkeypatch)
+    stored = kube.objects[("experiments", "ns", "e")]
+    _reconcile_from({"metadata": dict(stored["metadata"])}, memo)
+    as_last_seen = copy.deepcopy(stored)  # holds the operator's last write: no read needed
+    logger = logging.getLogger("test")
+
+    async def delete_step(services, fresh):
+        await asyncio.sleep(0.05)  # the reconcile below arrives meanwhile and waits
+
+    async def scenario():
+        deleting = asyncio.create_task(handlers_common.delete_and_report(
+            plural="experiments", body=copy.deepcopy(stored), memo=memo, logger=logger, retry=0,
+            delete=delete_step, what="deletionPolicy Delete"))
+        await asyncio.sleep(0.01)
+        waited = await handlers_common.reconcile_and_report(EXPERIMENT, body=as_last_seen, memo=memo, logger=logger)
+        await deleting
+        return waited
+
+    assert asyncio.run(scenario()) is None

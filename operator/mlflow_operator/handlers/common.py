@@ -74,6 +74,9 @@ class ObjectState:
     written_status: int | None = None
     # Whether this object's timer has been shifted by a random part of its interval.
     dephased: bool = False
+    # Its deletion step is done: a reconcile that waited for the lock meanwhile (a Job's
+    # event, with the run as last seen) must not act on it.
+    deleted: bool = False
 
 
 def object_state(memo: Any, uid: str) -> ObjectState:
@@ -90,7 +93,9 @@ def object_lock(memo: Any, uid: str) -> asyncio.Lock:
 
 def forget_object(memo: Any, uid: str) -> None:
     memo["objects"].pop(uid, None)
-    services_of(memo).handled_jobs.forget(uid)
+    services = services_of(memo)
+    services.handled_jobs.forget(uid)
+    services.watched.open_training_runs.put(uid, None)
 
 
 def retry_delay(retry: int, cap: float) -> float:
@@ -201,6 +206,8 @@ async def _reconcile_locked(kind: Kind[Any], body: Any, services: Services, memo
                             logger: logging.Logger | logging.LoggerAdapter, drift_check: bool) -> Outcome | None:
     state = object_state(memo, body["metadata"]["uid"])
     async with state.lock:
+        if state.deleted:
+            return None
         for attempt in range(STALE_READ_ATTEMPTS):
             try:
                 # The body of a watch event is as fresh as a read if it holds this operator's
@@ -219,6 +226,7 @@ async def _reconcile_locked(kind: Kind[Any], body: Any, services: Services, memo
 
 
 def status_digest(status: Any) -> int:
+    """Which status a body holds, in a word per object (not a copy of it)."""
     return hash(json.dumps(status or {}, sort_keys=True, separators=(",", ":")))
 
 
@@ -392,7 +400,8 @@ async def delete_and_report(
     services = services_of(memo)
     metadata = body["metadata"]
     with reconciling(body.get("kind", "")):
-        async with object_lock(memo, metadata["uid"]):
+        state = object_state(memo, metadata["uid"])
+        async with state.lock:
             fresh = await services.kube.get_object(plural, metadata["namespace"], metadata["name"]) or body
             try:
                 event = await delete(services, fresh)
@@ -407,6 +416,7 @@ async def delete_and_report(
                                               delay=retry_delay(retry, services.config.drift_interval)) from None
                 event = ("Warning", "CleanupAbandoned",
                          f"{what} gave up, MLflow left as it is: {outcome.reason}: {outcome.message}")
+            state.deleted = True  # kopf lets the object go now
         if event:
             post_events(fresh, [event])
             (logger.warning if event[0] == "Warning" else logger.info)(event[2])

@@ -53,10 +53,11 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
                       if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION), None)
         if owner is None:
             return
-        # The run as last seen if it is open; else enough to find it: the reconcile reads it
-        # fresh (and skips it if it is gone, replaced, or being deleted).
-        run: Any = services.watched.open_training_runs.get(owner["uid"]) or {
-            "metadata": {"namespace": job.namespace, "name": owner["name"], "uid": owner["uid"]}}
+        # The run as last seen if it is open; else, and when its Job is going (as when the
+        # run is deleted), enough to find it: the reconcile reads it fresh (and skips it if
+        # it is gone, replaced, or being deleted).
+        seen = None if job.deleting or type == "DELETED" else services.watched.open_training_runs.get(owner["uid"])
+        run: Any = seen or {"metadata": {"namespace": job.namespace, "name": owner["name"], "uid": owner["uid"]}}
         closed = services.watched.training_runs_closed.get(owner["uid"])
         if closed is None:  # not seen (yet): read it, and reconcile from that read
             run = await _owner_if_alive(services.kube, job.namespace, owner)
