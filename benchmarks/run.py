@@ -341,11 +341,13 @@ def operator_dispatch(cluster: Cluster, metrics: OperatorMetrics, n: int, closed
     return result
 
 
-def mean_writes(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    requests = sorted({key for r in rounds for key in r["by_request"]})
-    by_request = {key: round(statistics.mean(r["by_request"].get(key, 0) for r in rounds), 2) for key in requests}
-    return {"all": round(statistics.mean(r["all"] for r in rounds), 2),
-            "by_request": dict(sorted(by_request.items(), key=lambda kv: -kv[1]))}
+def mean_costs(rounds: list[dict[str, Any]], detail: str) -> dict[str, Any]:
+    """Per-run costs averaged over the rounds: each total, and each entry of `detail` (a
+    count by operation or request; one missing from a round counts 0 there)."""
+    keys = sorted({key for r in rounds for key in r[detail]})
+    mean = {key: round(statistics.mean(r[key] for r in rounds), 2) for key in rounds[0] if key != detail}
+    mean[detail] = {key: round(statistics.mean(r[detail].get(key, 0) for r in rounds), 2) for key in keys}
+    return mean
 
 
 def dispatch_medians(rounds: list[tuple[dict, dict]]) -> dict[str, Any]:
@@ -356,19 +358,14 @@ def dispatch_medians(rounds: list[tuple[dict, dict]]) -> dict[str, Any]:
     def median(side: list[dict], key: str) -> float:
         return round(statistics.median(item[key] for item in side), 2)
 
-    lifecycles = [o["lifecycle"] for o in operators]
-    operations = sorted({op for life in lifecycles for op in life["by_operation"]})
-    lifecycle = {key: round(statistics.mean(life[key] for life in lifecycles), 2)
-                 for key in lifecycles[0] if key != "by_operation"}
-    lifecycle["by_operation"] = {op: round(statistics.mean(life["by_operation"].get(op, 0) for life in lifecycles), 2)
-                                 for op in operations}
+    lifecycle = mean_costs([o["lifecycle"] for o in operators], "by_operation")
     floor: dict[str, Any] = {key: median(floors, key) for key in ("dispatch_seconds", "end_to_end_seconds")}
     operator: dict[str, Any] = {key: median(operators, key)
                                 for key in ("apply_seconds", "dispatch_seconds", "end_to_end_seconds")}
     for side, items in ((floor, floors), (operator, operators)):
         for window in ("dispatch", "end_to_end"):
             key = f"api_server_writes_per_run_{window}"
-            side[key] = mean_writes([item[key] for item in items])
+            side[key] = mean_costs([item[key] for item in items], "by_request")
     operator.update(lifecycle=lifecycle, closed_runs_idle_seconds=operators[0]["closed_runs_idle_seconds"],
                     mlflow_calls_for_closed_runs=max(o["mlflow_calls_for_closed_runs"] for o in operators))
     return {
@@ -496,10 +493,20 @@ def synced_objects(cluster: Cluster, metrics: OperatorMetrics, n_experiments: in
 # --------------------------------------------------------------------------- main
 
 
+def at_least_one(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number} is too few: at least 1 round is needed for a median")
+    return number
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--training-runs", type=int, default=50, help="dispatch scenario size (0 skips it)")
-    parser.add_argument("--rounds", type=int, default=3, help="dispatch scenario rounds (medians are reported)")
+    parser.add_argument("--rounds", type=at_least_one, default=3, help="dispatch scenario rounds (medians are reported)")
     parser.add_argument("--experiments", type=int, default=50)
     parser.add_argument("--models", type=int, default=20)
     parser.add_argument("--idle-seconds", type=float, default=60)
@@ -560,7 +567,7 @@ def writes_table(o: dict, f: dict) -> list[str]:
     od, fd = o["api_server_writes_per_run_dispatch"], f["api_server_writes_per_run_dispatch"]
     oe, fe = o["api_server_writes_per_run_end_to_end"], f["api_server_writes_per_run_end_to_end"]
     keys = sorted(set(od["by_request"]) | set(fd["by_request"]),
-                  key=lambda k: -(od["by_request"].get(k, 0) + fd["by_request"].get(k, 0)))
+                  key=lambda k: (-(od["by_request"].get(k, 0) + fd["by_request"].get(k, 0)), k))
     return [
         "API server writes per run, from the API server's own count (every client: the operator, kopf, the "
         "benchmark, the Job controller, the scheduler, kwok; dry runs apart):", "",

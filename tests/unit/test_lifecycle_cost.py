@@ -174,6 +174,8 @@ def test_an_object_deleted_before_its_status_is_written_is_left_alone(monkeypatc
 
 
 def test_a_reconcile_that_waited_for_the_deletion_leaves_the_object_alone(monkeypatch):
+    # In-process fakes: the reconcile must arrive exactly while the deletion step holds the
+    # object's lock, an interleaving the sandbox's API server cannot be made to show.
     kube, memo, reads = _experiment_memo(monkeypatch)
     stored = kube.objects[("experiments", "ns", "e")]
     _reconcile_from({"metadata": dict(stored["metadata"])}, memo)

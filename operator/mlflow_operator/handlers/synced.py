@@ -3,7 +3,6 @@ reconcile on change, a watch that feeds one drift pass per interval, deletionPol
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Awaitable, Callable
 
 import kopf
@@ -20,6 +19,7 @@ from mlflow_operator.handlers.common import (
 from mlflow_operator.handlers.drift import start_drift_passes
 from mlflow_operator.metrics import reconciling
 from mlflow_operator.reconcilers.common import Event, Services
+from mlflow_operator.watched import shared_copy
 
 
 def synced_view(body: Any) -> dict[str, Any]:
@@ -34,23 +34,6 @@ def synced_view(body: Any) -> dict[str, Any]:
         "spec": dict(body.get("spec") or {}),
         "status": dict(body.get("status") or {}),
     })
-
-
-# Strings up to this long are shared between the views (keys, reasons, namespaces, URIs).
-SHARED_STRING_CHARS = 64
-
-
-def shared_copy(value: Any) -> Any:
-    """A deep copy of JSON whose keys and short strings are interned: thousands of views hold
-    one copy of "lastTransitionTime", "Ready" or their namespace instead of one each (each
-    watch event is parsed anew), half the memory of a plain deep copy."""
-    if isinstance(value, dict):
-        return {sys.intern(key) if isinstance(key, str) else key: shared_copy(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [shared_copy(item) for item in value]
-    if type(value) is str and len(value) <= SHARED_STRING_CHARS:
-        return sys.intern(value)
-    return value
 
 
 Seen = Callable[[Any, Any, Any, "str | None"], Awaitable[None]]

@@ -20,9 +20,9 @@ from mlflow_operator.handlers.common import (
     wake_waiting,
 )
 from mlflow_operator.cluster import JobSnapshot
-from mlflow_operator.handlers.synced import shared_copy
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.gateways.kubernetes import KubernetesGateway, job_snapshot
+from mlflow_operator.watched import shared_copy
 from mlflow_operator.logic import trainingrun as logic
 from mlflow_operator.logic.trainingrun import JOB_FINALIZER
 from mlflow_operator.reconcilers.trainingrun import (
