@@ -15,7 +15,9 @@ from mlflow_operator.api.trainingrun import LABEL_TRAINING_RUN
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.gateways.kubernetes import CREDENTIALS_LABEL
 from mlflow_operator.handlers import register_handlers
+from mlflow_operator.handlers.common import HANDLED
 from mlflow_operator.handlers.drift import PEER_IDENTITY
+from mlflow_operator.handlers.handled import HandledGenerationDiffBase, HandledGenerations
 
 logger = logging.getLogger("mlflow_operator")
 
@@ -61,13 +63,13 @@ def configure_logging(config: OperatorConfig) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def build_settings(config: OperatorConfig) -> kopf.OperatorSettings:
+def build_settings(config: OperatorConfig, handled: HandledGenerations) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=BOOKKEEPING_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=BOOKKEEPING_PREFIX, key="last-handled-configuration"
-    )
+    # What was handled is status.observedGeneration and the handlers' memory, not a copy of
+    # the object written to an annotation after every change (decision 0019).
+    settings.persistence.diffbase_storage = HandledGenerationDiffBase(handled)
     # Only events the operator posts on purpose, under its own name.
     settings.posting.level = logging.INFO
     settings.posting.reporting_component = "mlflow-operator"
@@ -138,7 +140,8 @@ def run_operator(config: OperatorConfig) -> None:
         __version__, ", ".join(KINDS), GROUP, VERSION, describe_scope(config),
         config.default_tracking_uri or "none (objects must set spec.tracking.uri)",
     )
-    settings = build_settings(config)
+    handled = HandledGenerations()
+    settings = build_settings(config, handled)
     identity = peer_identity()
     kopf.run(
         registry=registry,
@@ -151,5 +154,5 @@ def run_operator(config: OperatorConfig) -> None:
         liveness_endpoint=f"http://{config.bind_address}:{config.health_port}/healthz" if config.health_port else None,
         # The identity kopf records among the peers, known to the drift passes (handlers/drift.py).
         identity=identity,  # type: ignore[arg-type]  # kopf.Identity: a NewType of str, not exported
-        memo=kopf.Memo(config=config, **{PEER_IDENTITY: identity}),
+        memo=kopf.Memo(config=config, **{PEER_IDENTITY: identity, HANDLED: handled}),
     )

@@ -58,6 +58,17 @@ def test_status_holds_only_the_operators_fields_not_kopf_bookkeeping(experiments
     assert {c["type"] for c in status["conditions"]} == {"Ready", "Reconciling", "Stalled"}
 
 
+def test_a_spec_change_is_handled_without_kopf_keeping_a_copy_of_the_object(experiments, mlflow_client):
+    experiments.create("light", {"description": "first"})
+    experiments.wait_ready("light")
+    experiments.patch_spec("light", {"description": "second"})
+    status = wait_for(lambda: (s := experiments.get("light")["status"])["observedGeneration"] == 2 and s,
+                      timeout=60, message="generation 2 observed")
+    assert mlflow_client.get_experiment(status["experimentId"]).tags["mlflow.note.content"] == "second"
+    annotations = experiments.get("light")["metadata"].get("annotations") or {}
+    assert not [key for key in annotations if key.endswith("last-handled-configuration")]
+
+
 def test_spec_name_overrides_the_default_name(experiments, mlflow_client):
     name = unique("custom-name")
     experiments.create("named", {"name": name})

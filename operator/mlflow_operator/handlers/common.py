@@ -24,6 +24,7 @@ from mlflow_operator.config import OperatorConfig
 import kopf
 
 from mlflow_operator.gateways.kubernetes import KubernetesError
+from mlflow_operator.handlers.handled import HandledGenerations
 from mlflow_operator.logic import timestamps
 from mlflow_operator.logic.conditions import (
     Outcome,
@@ -63,6 +64,23 @@ def services_of(memo: Any) -> Services:
     return memo["services"]
 
 
+# The memo key of the HandledGenerations that kopf's diff base reads (runtime.py).
+HANDLED = "handled"
+
+
+async def handle_change(kind: Kind[Any], body: Any, memo: Any, logger: logging.Logger | logging.LoggerAdapter,
+                        retry: int, left_alone: Callable[[], Awaitable[bool]] | None = None) -> None:
+    """A change handler (create, update, resume): reconcile, and once that returns, tell
+    kopf's diff base that this generation is handled. A raise leaves it unhandled, and kopf
+    retries it. `left_alone`: whether a resumed object needs no reconcile."""
+    handled: HandledGenerations = memo[HANDLED]
+    uid = body["metadata"]["uid"]
+    handled.started(uid)
+    if left_alone is None or not await left_alone():
+        await reconcile_and_report(kind, body=body, memo=memo, logger=logger, retry=retry)
+    handled.finished(uid, body["metadata"].get("generation"))
+
+
 @dataclass
 class ObjectState:
     """What the operator keeps in memory per object: one reconcile at a time (shared by its
@@ -93,6 +111,9 @@ def object_lock(memo: Any, uid: str) -> asyncio.Lock:
 
 def forget_object(memo: Any, uid: str) -> None:
     memo["objects"].pop(uid, None)
+    handled: HandledGenerations | None = memo.get(HANDLED)
+    if handled is not None:
+        handled.forget(uid)
     services = services_of(memo)
     services.handled_jobs.forget(uid)
     services.watched.open_training_runs.put(uid, None)
@@ -364,7 +385,7 @@ def register_lifecycle_kind(
     @kopf.on.create(*resource, id="reconcile", registry=registry)
     @kopf.on.update(*resource, id="reconcile", field="spec", registry=registry)
     async def changed(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
-        await reconcile_and_report(kind, body=body, memo=memo, logger=logger, retry=retry)
+        await handle_change(kind, body, memo, logger, retry)
 
     @kopf.timer(*resource, id="refresh", interval=config.drift_interval, when=is_open, registry=registry)
     async def refresh(body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:

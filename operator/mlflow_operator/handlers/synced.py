@@ -13,7 +13,7 @@ from mlflow_operator.handlers.common import (
     DELETE_TIMEOUT_SECONDS,
     Kind,
     delete_and_report,
-    reconcile_and_report,
+    handle_change,
     services_of,
 )
 from mlflow_operator.handlers.drift import start_drift_passes
@@ -68,9 +68,9 @@ def register_synced_kind(
                       **_: Any) -> None:
         # A restart resumes every object: one that is Ready for its spec and matches the
         # shared page costs no MLflow call of its own (as a drift check).
-        if reason == kopf.Reason.RESUME.value and retry == 0 and await left_alone(body, memo):
-            return
-        await reconcile_and_report(kind, body=body, memo=memo, logger=logger, retry=retry)
+        resumed = reason == kopf.Reason.RESUME.value and retry == 0
+        await handle_change(kind, body, memo, logger, retry,
+                            left_alone=(lambda: left_alone(body, memo)) if resumed else None)
 
     @kopf.on.event(*resource, id="watch", registry=registry)
     async def watched(body: kopf.Body, memo: kopf.Memo, logger: Any, type: str | None = None, **_: Any) -> None:

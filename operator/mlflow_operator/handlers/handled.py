@@ -1,0 +1,61 @@
+"""Which generation of each object the change handlers have handled, in place of kopf's
+last-handled annotation (decision 0019).
+
+kopf decides between create, update, resume and nothing by comparing an object with a
+stored copy of what it last handled. Its default store is an annotation, written by a PATCH
+after every successful change handler: one more write per object and generation, and one
+more watch event for every watcher. The operator already says what it handled: each
+reconcile writes `status.observedGeneration`. Here kopf is told "handled" when the change
+handler of this process returned for the object's generation, or, for an object this
+process has not handled yet (after a restart, on a standby taking over), when status
+observed that generation. Nothing is written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+
+class HandledGenerations:
+    """Per object (uid): the generation this process's change handler last returned for,
+    or None while one runs or after one failed (kopf retries it)."""
+
+    def __init__(self) -> None:
+        self._handled: dict[str, int | None] = {}
+
+    def started(self, uid: str) -> None:
+        self._handled[uid] = None
+
+    def finished(self, uid: str, generation: int | None) -> None:
+        self._handled[uid] = generation
+
+    def forget(self, uid: str) -> None:
+        self._handled.pop(uid, None)
+
+    def handled(self, body: Any) -> bool:
+        metadata = body.get("metadata") or {}
+        generation = metadata.get("generation")
+        uid = metadata.get("uid")
+        if uid in self._handled:
+            return generation is not None and self._handled[uid] == generation
+        observed = (body.get("status") or {}).get("observedGeneration")
+        return generation is not None and observed == generation
+
+
+class HandledGenerationDiffBase(kopf.DiffBaseStorage):
+    """kopf's diff base without a stored copy: for a handled generation, the object as it is
+    (no difference: nothing to do, or resume on the first listing); otherwise none (a
+    change to handle: the one reconcile handler runs for create, update and resume alike).
+    Labels and annotations are not changes here: only a new generation (the spec) is."""
+
+    def __init__(self, handled: HandledGenerations) -> None:
+        super().__init__()
+        self.handled = handled
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return self.build(body=body) if self.handled.handled(body) else None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        """Nothing to write: the reconcile wrote status.observedGeneration."""

@@ -1,0 +1,104 @@
+"""kopf's diff base from the handled generation (decision 0019): what kopf is told was last
+handled decides whether the reconcile handler runs, and nothing is written for it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import kopf
+
+from mlflow_operator.handlers.handled import HandledGenerationDiffBase, HandledGenerations
+
+
+def body(generation: int = 1, observed: int | None = None, labels: dict[str, str] | None = None) -> kopf.Body:
+    raw: dict[str, Any] = {
+        "apiVersion": "mlflow.operator.dev/v1alpha1", "kind": "Experiment",
+        "metadata": {"name": "e", "namespace": "ns", "uid": "u1", "generation": generation,
+                     "resourceVersion": "7", "labels": labels or {}},
+        "spec": {"description": f"generation {generation}"},
+    }
+    if observed is not None:
+        raw["status"] = {"observedGeneration": observed}
+    return kopf.Body(raw)
+
+
+def diff_base() -> tuple[HandledGenerations, HandledGenerationDiffBase]:
+    handled = HandledGenerations()
+    return handled, HandledGenerationDiffBase(handled)
+
+
+def test_a_generation_this_process_handled_shows_no_difference():
+    handled, storage = diff_base()
+    handled.started("u1")
+    handled.finished("u1", 1)
+    current = body(observed=1)
+    assert storage.fetch(body=current) == storage.build(body=current, extra_fields=[("spec",)])
+
+
+def test_a_new_generation_is_a_change_to_handle():
+    handled, storage = diff_base()
+    handled.finished("u1", 1)
+    assert storage.fetch(body=body(generation=2, observed=1)) is None
+
+
+def test_a_handler_that_raised_leaves_its_generation_unhandled_whatever_status_says():
+    handled, storage = diff_base()
+    handled.started("u1")  # the reconcile wrote status (observedGeneration 1), then raised
+    assert storage.fetch(body=body(observed=1)) is None
+
+
+def test_after_a_restart_status_says_which_generation_was_handled():
+    _, storage = diff_base()
+    assert storage.fetch(body=body(observed=1)) is not None
+    assert storage.fetch(body=body(generation=2, observed=1)) is None
+    assert storage.fetch(body=body()) is None  # never reconciled: created
+
+
+def test_a_label_change_of_a_handled_object_is_no_change():
+    handled, storage = diff_base()
+    handled.finished("u1", 1)
+    relabelled = body(observed=1, labels={"team": "b"})
+    assert storage.fetch(body=relabelled) == storage.build(body=relabelled)
+
+
+def test_storing_what_was_handled_writes_nothing():
+    _, storage = diff_base()
+    patch = kopf.Patch()
+    storage.store(body=body(observed=1), patch=patch, essence=storage.build(body=body(observed=1)))
+    assert not patch
+
+
+def test_a_forgotten_object_is_judged_by_its_status_again():
+    handled, storage = diff_base()
+    handled.started("u1")
+    handled.forget("u1")
+    assert storage.fetch(body=body(observed=1)) is not None
+
+
+def run_change_handler(monkeypatch, reconcile) -> HandledGenerations:
+    from mlflow_operator.handlers import common
+
+    handled = HandledGenerations()
+    monkeypatch.setattr(common, "reconcile_and_report", reconcile)
+    with contextlib.suppress(kopf.TemporaryError):  # kopf would retry it
+        asyncio.run(common.handle_change(None, body(generation=3), {common.HANDLED: handled}, logging.getLogger(), 0))
+    return handled
+
+
+def test_a_change_handler_that_returns_has_handled_its_generation(monkeypatch):
+    async def reconciled(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    handled = run_change_handler(monkeypatch, reconciled)
+    assert handled.handled(body(generation=3))
+
+
+def test_a_change_handler_that_raises_leaves_its_generation_to_kopfs_retry(monkeypatch):
+    async def outage(*args: Any, **kwargs: Any) -> None:
+        raise kopf.TemporaryError("MLflow call failed, will retry", delay=2)
+
+    handled = run_change_handler(monkeypatch, outage)
+    assert not handled.handled(body(generation=3, observed=3))
