@@ -17,7 +17,7 @@ from mlflow_operator.gateways.kubernetes import CREDENTIALS_LABEL
 from mlflow_operator.handlers import register_handlers
 from mlflow_operator.handlers.common import HANDLED
 from mlflow_operator.handlers.drift import PEER_IDENTITY
-from mlflow_operator.handlers.handled import HandledGenerationDiffBase, HandledGenerations
+from mlflow_operator.handlers.handled import HandledGenerationDiffBase, HandledGenerations, ProgressStorage
 
 logger = logging.getLogger("mlflow_operator")
 
@@ -66,7 +66,7 @@ def configure_logging(config: OperatorConfig) -> None:
 def build_settings(config: OperatorConfig, handled: HandledGenerations) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=BOOKKEEPING_PREFIX)
+    settings.persistence.progress_storage = ProgressStorage(prefix=BOOKKEEPING_PREFIX)
     # What was handled is status.observedGeneration and the handlers' memory, not a copy of
     # the object written to an annotation after every change (decision 0019).
     settings.persistence.diffbase_storage = HandledGenerationDiffBase(handled)

@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from mlflow_operator.handlers.handled import HandledGenerationDiffBase, HandledGenerations
+from mlflow_operator.handlers.handled import HandledGenerationDiffBase, HandledGenerations, ProgressStorage
 
 
 def body(generation: int = 1, observed: int | None = None, labels: dict[str, str] | None = None) -> kopf.Body:
@@ -102,3 +102,36 @@ def test_a_change_handler_that_raises_leaves_its_generation_to_kopfs_retry(monke
 
     handled = run_change_handler(monkeypatch, outage)
     assert not handled.handled(body(generation=3, observed=3))
+
+
+PREFIX = "mlflow.operator.dev"
+
+
+def progress_body(annotations: dict[str, str] | None = None) -> kopf.Body:
+    return kopf.Body({"metadata": {"name": "e", "namespace": "ns", "uid": "u1", "annotations": annotations or {}}})
+
+
+def test_a_handler_that_succeeds_at_once_leaves_no_progress_to_write():
+    storage = ProgressStorage(prefix=PREFIX)
+    patch, current = kopf.Patch(), progress_body()
+    storage.store(key=kopf.HandlerId("reconcile"), record={"started": "now", "success": True}, body=current,
+                  patch=patch)
+    storage.purge(key=kopf.HandlerId("reconcile"), body=current, patch=patch)
+    assert patch == {}
+
+
+def test_a_kept_record_is_written_with_kopfs_marker():
+    storage = ProgressStorage(prefix=PREFIX)
+    patch = kopf.Patch()
+    storage.store(key=kopf.HandlerId("reconcile"), record={"started": "now", "retries": 1, "delayed": "later"},
+                  body=progress_body(), patch=patch)
+    assert set(patch["metadata"]["annotations"]) == {f"{PREFIX}/reconcile", f"{PREFIX}/kopf-managed"}
+
+
+def test_the_record_of_a_retry_that_succeeded_is_removed():
+    storage = ProgressStorage(prefix=PREFIX)
+    current = progress_body({f"{PREFIX}/reconcile": "{}", f"{PREFIX}/kopf-managed": "yes"})
+    patch = kopf.Patch()
+    storage.store(key=kopf.HandlerId("reconcile"), record={"success": True}, body=current, patch=patch)
+    storage.purge(key=kopf.HandlerId("reconcile"), body=current, patch=patch)
+    assert patch == {"metadata": {"annotations": {f"{PREFIX}/reconcile": None}}}

@@ -9,6 +9,9 @@ reconcile writes `status.observedGeneration`. Here kopf is told "handled" when t
 handler of this process returned for the object's generation, or, for an object this
 process has not handled yet (after a restart, on a standby taking over), when status
 observed that generation. Nothing is written.
+
+kopf's progress records (a handler's retries) stay in annotations, but a handler that
+succeeds at once leaves none, so nothing else is written for it either.
 """
 
 from __future__ import annotations
@@ -59,3 +62,23 @@ class HandledGenerationDiffBase(kopf.DiffBaseStorage):
 
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
         """Nothing to write: the reconcile wrote status.observedGeneration."""
+
+
+class ProgressStorage(kopf.AnnotationsProgressStorage):
+    """kopf's progress annotations, whose `kopf-managed` marker (telling other kopf-based
+    operators to ignore them) is written only beside a record that is kept. kopf adds the
+    marker when it records a handler's start and keeps it when the handler succeeded and
+    its record is dropped: a PATCH of the marker alone, once per object."""
+
+    def purge(self, *, key: kopf.HandlerId, body: kopf.Body, patch: kopf.Patch) -> None:
+        super().purge(key=key, body=body, patch=patch)
+        metadata = patch.get("metadata") or {}
+        annotations = metadata.get("annotations") or {}
+        marker = f"{self.prefix}/kopf-managed"
+        if marker not in annotations or any(k != marker and k.startswith(f"{self.prefix}/") for k in annotations):
+            return
+        del annotations[marker]
+        if not annotations:
+            del metadata["annotations"]
+        if not metadata:
+            del patch["metadata"]
