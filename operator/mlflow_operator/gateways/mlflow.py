@@ -20,6 +20,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from mlflow_operator.priority import URGENT, PriorityLimiter
 from mlflow_operator.metrics import MLFLOW_REQUESTS, RECONCILING_KIND
 from mlflow_operator.servers import Origin, describe_origin, origin_of
 from mlflow_operator.tracking import (
@@ -214,12 +215,14 @@ class MlflowGateway:
 
     Each server gets its own thread pool of `concurrency` threads: a server that stops
     answering ties up only its own threads, never another tenant's. Servers are bounded by
-    the allowlist, so the pools are too."""
+    the allowlist, so the pools are too. Calls wait for a thread in priority order
+    (priority.py): those that start a run first."""
 
     def __init__(self, concurrency: int = 8, settings: HttpSettings | None = None) -> None:
         self._concurrency = concurrency
         self._settings = settings or HttpSettings()
         self._executors: dict[Origin, ThreadPoolExecutor] = {}
+        self._limiters: dict[Origin, PriorityLimiter] = {}
         self._sessions: dict[TrackingTarget, _Session] = {}
 
     def close(self) -> None:
@@ -235,6 +238,12 @@ class MlflowGateway:
                 max_workers=self._concurrency, thread_name_prefix=f"mlflow-{origin[1]}:{origin[2]}"
             )
         return executor
+
+    def _limiter_for(self, origin: Origin) -> PriorityLimiter:
+        limiter = self._limiters.get(origin)
+        if limiter is None:
+            limiter = self._limiters[origin] = PriorityLimiter(self._concurrency)
+        return limiter
 
     def _session_for(self, target: TrackingTarget) -> _Session:
         session = self._sessions.get(target)
@@ -256,7 +265,9 @@ class MlflowGateway:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            return await loop.run_in_executor(self._executor_for(origin), session.call, method, endpoint, body)
+            async with self._limiter_for(origin).slot(urgent=URGENT.get()):
+                return await loop.run_in_executor(self._executor_for(origin), session.call, method, endpoint,
+                                                  body)
         except Exception as error:  # noqa: BLE001 - translated and re-raised
             translated = translate(error, operation, describe_origin(origin))
             outcome = translated.reason

@@ -30,6 +30,7 @@ from mlflow_operator.logic.conditions import (
     stalled,
 )
 from mlflow_operator.reconcilers import common
+from mlflow_operator.priority import urgent
 from mlflow_operator.reconcilers.common import Context, Event, Result, Services, StatusWriter, resolve_target_and_secret
 from mlflow_operator.tracking import AlreadyExists, InvalidRequest, RunInfo, TrackingTarget
 
@@ -125,10 +126,12 @@ async def _job_running_step(ctx: Context[TrainingRunSpec], job: JobSnapshot | No
 
 async def _starting(ctx: Context[TrainingRunSpec], job: JobSnapshot | None, refresh_metrics: bool) -> Result:
     """Create what is missing, the run before the Job (its id is recorded in between), then
-    go on with the Job as it is now."""
-    resolved = await _resolve(ctx)
+    go on with the Job as it is now. Its MLflow calls go before those of closing runs: the
+    Job waits on them."""
     events: list[Event] = []
-    run = await _ensure_run(ctx, resolved, job, events)
+    with urgent():
+        resolved = await _resolve(ctx)
+        run = await _ensure_run(ctx, resolved, job, events)
     job = await _ensure_job(ctx, resolved, run, job, events)
     if job is None:  # deleted, finalizer and all, before its outcome was recorded
         await ctx.checkpoint({})

@@ -1,0 +1,81 @@
+"""Which MLflow calls go first when a server is busy.
+
+A TrainingRun's Job cannot be created before its MLflow run: while runs are being started
+(a burst of applied runs, a sweep's trials), their calls go before those that close runs
+whose Jobs ended, which wait for nothing. A call that waited `patience` seconds goes first
+whatever it is, so that closing never starves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from contextvars import ContextVar
+from typing import AsyncIterator, Callable, Iterator
+
+# Set while a reconcile starts a run (reconcilers/trainingrun.py): its calls are urgent.
+URGENT: ContextVar[bool] = ContextVar("urgent_calls", default=False)
+
+
+@contextlib.contextmanager
+def urgent() -> Iterator[None]:
+    token = URGENT.set(True)
+    try:
+        yield
+    finally:
+        URGENT.reset(token)
+
+
+class PriorityLimiter:
+    """At most `slots` calls at once. A freed slot goes to the oldest urgent waiter, unless
+    the oldest other one has waited `patience` seconds; then to the oldest other one."""
+
+    def __init__(self, slots: int, patience: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._free = slots
+        self._patience = patience
+        self._clock = clock
+        self._urgent: deque[asyncio.Future[None]] = deque()
+        self._normal: deque[tuple[float, asyncio.Future[None]]] = deque()
+
+    @contextlib.asynccontextmanager
+    async def slot(self, urgent: bool) -> AsyncIterator[None]:
+        if self._free > 0 and not self._waiting():
+            self._free -= 1
+        else:
+            granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if urgent:
+                self._urgent.append(granted)
+            else:
+                self._normal.append((self._clock(), granted))
+            try:
+                await granted
+            except asyncio.CancelledError:
+                if granted.done() and not granted.cancelled():
+                    self._release()  # granted, then cancelled before it could run
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _waiting(self) -> bool:
+        self._drop_abandoned()
+        return bool(self._urgent or self._normal)
+
+    def _drop_abandoned(self) -> None:
+        while self._urgent and self._urgent[0].done():
+            self._urgent.popleft()
+        while self._normal and self._normal[0][1].done():
+            self._normal.popleft()
+
+    def _release(self) -> None:
+        self._drop_abandoned()
+        overdue = bool(self._normal) and self._clock() - self._normal[0][0] >= self._patience
+        if self._urgent and not overdue:
+            self._urgent.popleft().set_result(None)
+        elif self._normal:
+            self._normal.popleft()[1].set_result(None)
+        else:
+            self._free += 1

@@ -1,0 +1,116 @@
+"""The order in which MLflow calls get a thread when a server is busy (priority.py)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from mlflow_operator.priority import URGENT, PriorityLimiter, urgent
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def record_order(limiter: PriorityLimiter, calls: list[tuple[str, bool]], clock: Clock | None = None,
+                       waited: float = 0.0) -> list[str]:
+    """Hold the only slot, queue `calls` (name, urgent) in order, then let them through one
+    at a time; the order they ran in."""
+    order: list[str] = []
+    holding = asyncio.Event()
+
+    async def holder() -> None:
+        async with limiter.slot(urgent=False):
+            holding.set()
+            await asyncio.sleep(0.01)
+            if clock is not None:
+                clock.now += waited
+
+    async def call(name: str, is_urgent: bool) -> None:
+        async with limiter.slot(urgent=is_urgent):
+            order.append(name)
+
+    first = asyncio.create_task(holder())
+    await holding.wait()
+    tasks = [asyncio.create_task(call(name, is_urgent)) for name, is_urgent in calls]
+    await asyncio.sleep(0)  # every call is waiting now
+    await asyncio.gather(first, *tasks)
+    return order
+
+
+def test_a_call_that_starts_a_run_goes_before_one_that_closes_a_run_queued_earlier():
+    order = asyncio.run(record_order(PriorityLimiter(1), [("close", False), ("start", True)]))
+    assert order == ["start", "close"]
+
+
+def test_calls_of_the_same_priority_keep_their_order():
+    order = asyncio.run(record_order(PriorityLimiter(1), [("a", False), ("b", True), ("c", False), ("d", True)]))
+    assert order == ["b", "d", "a", "c"]
+
+
+def test_a_call_that_waited_its_patience_goes_first_whatever_it_is():
+    clock = Clock()
+    limiter = PriorityLimiter(1, patience=10.0, clock=clock)
+    order = asyncio.run(record_order(limiter, [("close", False), ("start", True)], clock, waited=10.0))
+    assert order == ["close", "start"]
+
+
+def test_no_more_calls_run_at_once_than_there_are_slots():
+    limiter = PriorityLimiter(3)
+    running, most = 0, 0
+
+    async def call(is_urgent: bool) -> None:
+        nonlocal running, most
+        async with limiter.slot(urgent=is_urgent):
+            running += 1
+            most = max(most, running)
+            await asyncio.sleep(0.001)
+            running -= 1
+
+    async def main() -> None:
+        await asyncio.gather(*(call(i % 2 == 0) for i in range(30)))
+
+    asyncio.run(main())
+    assert most == 3
+
+
+def test_a_cancelled_waiter_gives_its_turn_to_the_next():
+    async def main() -> list[str]:
+        limiter = PriorityLimiter(1)
+        order: list[str] = []
+        release = asyncio.Event()
+
+        async def holder() -> None:
+            async with limiter.slot(urgent=False):
+                await release.wait()
+
+        async def call(name: str) -> None:
+            async with limiter.slot(urgent=True):
+                order.append(name)
+
+        held = asyncio.create_task(holder())
+        await asyncio.sleep(0)
+        gone, kept = asyncio.create_task(call("gone")), asyncio.create_task(call("kept"))
+        await asyncio.sleep(0)
+        gone.cancel()
+        release.set()
+        await asyncio.gather(held, kept)
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        async with limiter.slot(urgent=False):  # the slot came back
+            order.append("after")
+        return order
+
+    assert asyncio.run(main()) == ["kept", "after"]
+
+
+def test_calls_are_urgent_only_inside_urgent():
+    assert not URGENT.get()
+    with urgent():
+        assert URGENT.get()
+    assert not URGENT.get()
