@@ -28,6 +28,7 @@ from mlflow_operator.logic import timestamps
 from mlflow_operator.handlers.registeredmodel import REGISTERED_MODEL
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.tracking import ExperimentInfo
+from mlflow_operator.priority import URGENT
 
 NAMESPACE, NAME, MODEL = "team-a", "churn-rf", "churn"
 LOGGER = logging.getLogger("crash-test")
@@ -230,3 +231,19 @@ def test_a_crash_after_any_write_of_a_synced_kind_leaves_one_owned_entity_and_re
             assert status["experimentId"] == entity.experiment_id, context
         else:
             assert status["modelName"] == "fraud" and entity.description == "fraud detector", context
+
+
+def test_the_mlflow_calls_that_start_a_run_go_first_and_those_after_its_job_do_not(monkeypatch):
+    world = new_world()
+    urgent_writes: dict[str, bool] = {}
+    record = world.writes.record
+
+    def record_with_priority(what: str) -> None:
+        urgent_writes.setdefault(what, URGENT.get())
+        record(what)
+
+    monkeypatch.setattr(world.writes, "record", record_with_priority)
+    asyncio.run(run_to_the_end(world))
+    assert urgent_writes["create_run"] is True
+    assert urgent_writes["log_params_and_tags"] is True  # its params, with the create
+    assert urgent_writes[f"create_model_version {MODEL}"] is False  # after the Job ended
