@@ -41,7 +41,7 @@ class PriorityLimiter:
 
     @contextlib.asynccontextmanager
     async def slot(self, urgent: bool) -> AsyncIterator[None]:
-        if self._free > 0 and not self._waiting():
+        if self._free > 0:  # a slot is only ever free while nobody waits (see _release)
             self._free -= 1
         else:
             granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -59,10 +59,6 @@ class PriorityLimiter:
             yield
         finally:
             self._release()
-
-    def _waiting(self) -> bool:
-        self._drop_abandoned()
-        return bool(self._urgent or self._normal)
 
     def _drop_abandoned(self) -> None:
         while self._urgent and self._urgent[0].done():

@@ -40,11 +40,11 @@ class HandledGenerations:
     def handled(self, body: Any) -> bool:
         metadata = body.get("metadata") or {}
         generation = metadata.get("generation")
+        if generation is None:
+            return False
         uid = metadata.get("uid")
-        if uid in self._handled:
-            return generation is not None and self._handled[uid] == generation
-        observed = (body.get("status") or {}).get("observedGeneration")
-        return generation is not None and observed == generation
+        done = self._handled[uid] if uid in self._handled else (body.get("status") or {}).get("observedGeneration")
+        return done == generation
 
 
 class HandledGenerationDiffBase(kopf.DiffBaseStorage):
