@@ -234,6 +234,8 @@ def test_a_crash_after_any_write_of_a_synced_kind_leaves_one_owned_entity_and_re
 
 
 def test_the_mlflow_calls_that_start_a_run_go_first_and_those_after_its_job_do_not(monkeypatch):
+    """Fakes: what makes a call urgent is the context it is made in, which a real server
+    cannot see (it sees only the order calls arrive in, which depends on timing)."""
     world = new_world()
     urgent_writes: dict[str, bool] = {}
     record = world.writes.record
