@@ -19,8 +19,9 @@ Scenarios (sizes are flags, small by default; the README gives the recorded larg
   on 2 shared cores one round's floor varies by a factor of two.
 - closed runs (--closed-training-runs): N TrainingRuns run to Succeeded and kept while the
   next scenario runs, so that it measures an operator holding them too.
-- synced objects: Experiments and RegisteredModels applied at once, then, one interval later,
-  idle with them: operator CPU, MLflow calls per drift interval, RSS. With
+- synced objects: Experiments and RegisteredModels applied at once (each model registered
+  beforehand with --versions-per-model versions), then, one interval later, idle with them:
+  operator CPU, MLflow calls and model versions read per drift interval, RSS. With
   --restart-with-objects, the operator is then restarted with every object present and, once
   it has resumed them all, measured again: the footprint of holding the objects, without the
   peak of the burst that made them.
@@ -57,6 +58,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from kubernetes import client, config, watch  # noqa: E402
 from mlflow.entities import Param, RunTag  # noqa: E402
+from mlflow.entities.model_registry import RegisteredModelTag  # noqa: E402
+from mlflow.store.model_registry.rest_store import RestStore as RegistryStore  # noqa: E402
 from mlflow.store.tracking.rest_store import RestStore  # noqa: E402
 from mlflow.utils.rest_utils import MlflowHostCreds  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
@@ -127,6 +130,8 @@ class OperatorMetrics:
                     key = ("kubernetes", sample.labels["kind"], sample.labels["operation"])
                 elif sample.name == "mlflow_operator_events_total":
                     key = ("events", sample.labels["kind"], sample.labels["type"])
+                elif sample.name == "mlflow_operator_model_versions_read_total":
+                    key = ("versions", sample.labels["kind"], "read")
                 else:
                     continue
                 counts[key] = counts.get(key, 0) + sample.value
@@ -471,7 +476,7 @@ def closed_runs(cluster: Cluster, n: int, namespace: str | None) -> tuple[str, d
 
 
 def idle_window(pid: int, metrics: OperatorMetrics, seconds: float, interval: float, n_experiments: int,
-                n_models: int) -> dict:
+                n_models: int, n_versions: int) -> dict:
     """The operator left alone with its objects for `seconds`: CPU, calls per interval, RSS."""
     before, cpu_before = metrics.snapshot(), cpu_seconds(pid)
     time.sleep(seconds)
@@ -489,6 +494,9 @@ def idle_window(pid: int, metrics: OperatorMetrics, seconds: float, interval: fl
         "operator_cpu_percent_of_one_core": round(100 * idle_cpu / seconds, 1),
         "mlflow_calls_per_interval_per_100_experiments": per_100("Experiment", n_experiments),
         "mlflow_calls_per_interval_per_100_models": per_100("RegisteredModel", n_models),
+        "model_versions": n_versions,
+        "model_versions_read_per_interval": round(
+            OperatorMetrics.delta(before, after, "RegisteredModel").get(("versions", "read"), 0) / intervals, 1),
         "kubernetes_writes_per_interval": round(kube_writes / intervals, 1),
         "rss_mib": round(rss_mib(pid), 1),
     }
@@ -511,14 +519,35 @@ def wait_settled(pid: int, window: float = 10, busy_percent: float = 20, timeout
     raise TimeoutError(f"the operator stayed busy for {timeout}s after its restart")
 
 
+def registered_versions(tracking_uri: str, namespace: str, n_models: int, versions: int) -> dict:
+    """The benchmark's registered models, each with `versions` versions, registered directly
+    (as TrainingRuns of the namespace would have): its RegisteredModels take them over."""
+    registry = RegistryStore(lambda: MlflowHostCreds(tracking_uri))
+    started = time.monotonic()
+
+    def register(i: int) -> None:
+        name = f"bench-{namespace}-{i}"
+        registry.create_registered_model(name, tags=[RegisteredModelTag("k8s.namespace", namespace)])
+        for v in range(versions):
+            registry.create_model_version(name, source=f"s3://bench/{name}/{v}")
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(register, range(n_models)))
+    return {"per_model": versions, "registered_in_seconds": round(time.monotonic() - started, 1)}
+
+
 def synced_objects(cluster: Cluster, metrics: OperatorMetrics, n_experiments: int, n_models: int,
-                   idle_seconds: float, interval: float, other_objects: int, restart: bool) -> dict:
+                   idle_seconds: float, interval: float, other_objects: int, restart: bool,
+                   tracking_uri: str, versions_per_model: int) -> dict:
     namespace = cluster.namespace("bench-synced")
     pid = operator_pid()
     result: dict[str, Any] = {}
+    n_versions = n_models * versions_per_model
     try:
         result["experiments"] = burst(cluster, namespace, "experiments", "Experiment", n_experiments,
                                       lambda i: {"tags": {"bench": "true"}})
+        if versions_per_model:
+            result["model_versions"] = registered_versions(tracking_uri, namespace, n_models, versions_per_model)
         result["registeredmodels"] = burst(
             cluster, namespace, "registeredmodels", "RegisteredModel", n_models,
             lambda i: {"name": f"bench-{namespace}-{i}", "description": "bench", "tags": {"a": "b"}})
@@ -526,7 +555,7 @@ def synced_objects(cluster: Cluster, metrics: OperatorMetrics, n_experiments: in
         result["rss_mib_after_load"] = round(rss_mib(pid), 1)
         # Retries and trailing events of the burst belong to it, not to the idle operator.
         time.sleep(interval)
-        result["idle"] = idle_window(pid, metrics, idle_seconds, interval, n_experiments, n_models)
+        result["idle"] = idle_window(pid, metrics, idle_seconds, interval, n_experiments, n_models, n_versions)
         if restart:
             # The footprint of holding the objects, without the burst's peak: a new process
             # that finds them all at start, as after an upgrade.
@@ -535,7 +564,7 @@ def synced_objects(cluster: Cluster, metrics: OperatorMetrics, n_experiments: in
             result["resume_seconds"] = wait_settled(pid)
             time.sleep(interval)
             result["after_restart"] = idle_window(pid, OperatorMetrics(), idle_seconds, interval, n_experiments,
-                                                  n_models)
+                                                  n_models, n_versions)
     finally:
         # The last scenario: nothing measures after it, so its thousands of objects may go slowly.
         cluster.delete_namespace(namespace, wait_gone=False)
@@ -561,6 +590,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=at_least_one, default=3, help="dispatch scenario rounds (medians are reported)")
     parser.add_argument("--experiments", type=int, default=50)
     parser.add_argument("--models", type=int, default=20)
+    parser.add_argument("--versions-per-model", type=int, default=20,
+                        help="versions registered for each RegisteredModel's model before it is applied")
     parser.add_argument("--idle-seconds", type=float, default=60)
     parser.add_argument("--closed-idle-seconds", type=float, help="default: two drift intervals")
     parser.add_argument("--closed-training-runs", type=int, default=0,
@@ -595,7 +626,8 @@ def main() -> int:
         results["closed"]["rss_mib"] = round(rss_mib(pid), 1)
     if args.experiments or args.models:
         results["synced"] = synced_objects(cluster, metrics, args.experiments, args.models, args.idle_seconds,
-                                           interval, args.closed_training_runs, args.restart_with_objects)
+                                           interval, args.closed_training_runs, args.restart_with_objects,
+                                           tracking_uri, args.versions_per_model)
     if closed_namespace:
         cluster.delete_namespace(closed_namespace, wait_gone=False)
 
@@ -608,9 +640,11 @@ def main() -> int:
 
 
 def idle_row(after: str, idle: dict) -> str:
+    versions = (f"{idle['model_versions_read_per_interval']} of {idle['model_versions']}"
+                if "model_versions" in idle else "-")
     return (f"| {after} | {idle['seconds']:.0f} | {idle['drift_interval_seconds']:.0f} | "
             f"{idle['operator_cpu_percent_of_one_core']} | {idle['mlflow_calls_per_interval_per_100_experiments']} | "
-            f"{idle['mlflow_calls_per_interval_per_100_models']} | {idle['kubernetes_writes_per_interval']} | "
+            f"{idle['mlflow_calls_per_interval_per_100_models']} | {versions} | {idle['kubernetes_writes_per_interval']} | "
             f"{idle['rss_mib']} |")
 
 
@@ -669,10 +703,14 @@ def render_markdown(r: dict) -> str:
             f"**{s['experiments']['n']} Experiments** Ready after {s['experiments']['all_ready_after_seconds']} s, "
             f"**{s['registeredmodels']['n']} RegisteredModels** after "
             f"{s['registeredmodels']['all_ready_after_seconds']} s (applied at once); {s['objects']} objects in all. "
-            f"RSS after the load: {s['rss_mib_after_load']} MiB.", "",
+            f"RSS after the load: {s['rss_mib_after_load']} MiB.",
+            *([f"Each RegisteredModel's model had {s['model_versions']['per_model']} versions, registered "
+               f"beforehand in {s['model_versions']['registered_in_seconds']} s."] if "model_versions" in s else []),
+            "",
             "| idle, one interval after | seconds | drift interval s | CPU % of one core | MLflow calls per interval "
-            "per 100 Experiments | per 100 RegisteredModels | Kubernetes writes per interval | RSS MiB |",
-            "|---|---|---|---|---|---|---|---|",
+            "per 100 Experiments | per 100 RegisteredModels | model versions read per interval | "
+            "Kubernetes writes per interval | RSS MiB |",
+            "|---|---|---|---|---|---|---|---|---|",
             idle_row("the load", s["idle"]),
         ]
         if "after_restart" in s:

@@ -168,6 +168,8 @@ class FakeMlflow:
         # Reads worth counting (searches), in order.
         self.calls: list[str] = []
         self.page_size = 1000
+        self.versions_read = 0
+        self.version_searches: list[str] = []
 
     # ---- experiments
 
@@ -289,13 +291,24 @@ class FakeMlflow:
         return self._page([m for m in self.models.values() if m.tags.get("k8s.namespace") == namespace],
                           page_token)
 
-    async def search_model_versions_page(self, target: TrackingTarget, filter_string: str,
-                                         page_token: str | None) -> tuple[list[ModelVersionInfo], str | None]:
-        """Every version of the models a `name IN (...)` filter names, in one page."""
+    async def search_model_versions_page(
+        self, target: TrackingTarget, filter_string: str, page_token: str | None,
+        order_by: str | None = None, max_results: int = 200_000,
+    ) -> tuple[list[ModelVersionInfo], str | None]:
+        """The versions of the models a `name IN (...)` filter names, perhaps `AND
+        version_number = N`; newest update first if ordered by it; pages of `max_results`."""
         self.calls.append("search_model_versions")
-        listed = filter_string.removeprefix("name IN (").removesuffix(")")
+        self.version_searches.append(filter_string if order_by is None else f"{filter_string} ORDER BY {order_by}")
+        names_filter, _, number = filter_string.partition(" AND version_number = ")
+        listed = names_filter.removeprefix("name IN (").removesuffix(")")
         names = {literal.strip()[1:-1] for literal in listed.split(", ")}
-        return [v for name in sorted(names) for v in self.versions.get(name, [])], None
+        found = [v for name in sorted(names) for v in self.versions.get(name, []) if not number or v.version == number]
+        if order_by == "last_updated_timestamp DESC":
+            found.sort(key=lambda v: v.last_updated or 0, reverse=True)
+        start = int(page_token or 0)
+        end = start + max_results
+        self.versions_read += len(found[start:end])
+        return found[start:end], (str(end) if end < len(found) else None)
 
     async def create_model_version(self, target: TrackingTarget, name: str, source: str, run_id: str | None,
                                    model_id: str | None, tags: dict[str, str],

@@ -59,6 +59,12 @@ DRIFTED = Counter(
     "Objects a drift pass found different from MLflow (or not comparable) and reconciled, by kind.",
     ["kind"],
 )
+MODEL_VERSIONS_READ = Counter(
+    "mlflow_operator_model_versions_read_total",
+    "Model versions MLflow's version searches returned to the operator, by the kind reconciled "
+    "(what a drift pass reads grows with what changed, not with every version).",
+    ["kind"],
+)
 EVENTS = Counter(
     "mlflow_operator_events_total",
     "Kubernetes Events posted by the operator, by kind and type (Normal, Warning).",

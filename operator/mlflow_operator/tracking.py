@@ -126,6 +126,9 @@ class ModelVersionInfo:
     status: str
     aliases: tuple[str, ...] = ()
     tags: dict[str, str] = field(default_factory=dict)
+    # By the server's clock, in ms: a create, a stage transition or a description change
+    # moves it; a tag or alias change does not (MLflow's SQL store).
+    last_updated: int | None = None
 
 
 @dataclass(frozen=True)
@@ -134,3 +137,6 @@ class RegisteredModelInfo:
     description: str
     tags: dict[str, str] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
+    # By the server's clock, in ms: moves when a version is created, deleted or moved to
+    # another stage, and with the model's description; not with tags or aliases.
+    last_updated: int | None = None

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Generic, Iterable, TypeVar
 
 from mlflow_operator.api.common import TAG_NAMESPACE
@@ -72,6 +73,29 @@ class WatchCache(Generic[K, T]):
         return len(self._values)
 
 
+class NamespacedWatchCache(WatchCache[Key, T]):
+    """A watch cache of namespaced objects that also lists one namespace's objects without
+    going through every other namespace's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._by_namespace: dict[str, dict[str, T]] = {}
+
+    def put(self, key: Key, value: T | None) -> None:
+        super().put(key, value)
+        namespace, name = key
+        if value is not None:
+            self._by_namespace.setdefault(namespace, {})[name] = value
+        elif namespace in self._by_namespace:
+            objects = self._by_namespace[namespace]
+            objects.pop(name, None)
+            if not objects:
+                del self._by_namespace[namespace]
+
+    def values_in(self, namespace: str) -> list[T]:
+        return list(self._by_namespace.get(namespace, {}).values())
+
+
 class Waiting:
     """Objects waiting for another one, by the key of what they wait for (TrainingRuns for the
     Experiment they name): an object waits for one thing at a time."""
@@ -104,7 +128,7 @@ class Watched:
     def __init__(self, jobs: WatchCache[Key, JobSnapshot] | None = None,
                  experiments: WatchCache[Key, dict[str, Any]] | None = None,
                  credentials: WatchCache[Key, dict[str, str]] | None = None,
-                 registered_models: WatchCache[Key, dict[str, Any]] | None = None) -> None:
+                 registered_models: NamespacedWatchCache[dict[str, Any]] | None = None) -> None:
         self.jobs, self.experiments, self.credentials = jobs, experiments, credentials
         # Experiments and RegisteredModels as their watch last saw them (synced_view): what the
         # drift pass goes through, and what a TrainingRun needs of its Experiment.
@@ -123,7 +147,7 @@ class Watched:
     def filled_by_watches(cls, credentials: bool = True) -> Watched:
         """Caches for the operator's watch event handlers (credentials: if Secrets are watched)."""
         return cls(jobs=WatchCache(), experiments=WatchCache(), credentials=WatchCache() if credentials else None,
-                   registered_models=WatchCache())
+                   registered_models=NamespacedWatchCache())
 
     def synced(self, plural: str) -> WatchCache[Key, dict[str, Any]] | None:
         """The watch cache of a kind kept in sync with MLflow (None: no watches, unit tests)."""
@@ -221,6 +245,8 @@ def _namespace_filter(namespace: str) -> str:
 # A `name IN (...)` filter of at most this many characters goes in one search_model_versions
 # call (a GET: the filter is in the URL).
 VERSION_FILTER_MAX_CHARS = 8000
+# Versions per page of the search for recently updated versions: one page when little changed.
+RECENT_PAGE_SIZE = 50
 
 
 @dataclass(frozen=True)
@@ -229,29 +255,136 @@ class ModelInRegistry:
     versions: list[ModelVersionInfo]  # lowest number first
 
 
-class ModelPages(_SharedPages[tuple[TrackingTarget, str], dict[str, ModelInRegistry]]):
-    """The registered models of one namespace on one server and all their versions: one paged
-    `search_registered_models`, then `search_model_versions` for many names at a time."""
+@dataclass
+class _KnownVersions:
+    """Every version of one model as last read, with the model's last_updated then."""
 
-    async def models(self, mlflow: MlflowGateway, target: TrackingTarget,
-                     namespace: str) -> dict[str, ModelInRegistry]:
-        """By name: the registered models tagged with `namespace` (raises what MLflow raises)."""
+    stamp: int | None
+    versions: dict[str, ModelVersionInfo]
+    read_again_at: float
+
+
+@dataclass
+class _KnownRegistry:
+    """The versions of one namespace's models on one server, as the drift passes keep them."""
+
+    models: dict[str, _KnownVersions] = field(default_factory=dict)
+    newest_update: int | None = None  # the newest version last_updated read (server clock)
+
+    def saw(self, versions: Iterable[ModelVersionInfo]) -> None:
+        stamps = [v.last_updated for v in versions if v.last_updated is not None]
+        if stamps:
+            self.newest_update = max(stamps + ([self.newest_update] if self.newest_update is not None else []))
+
+
+class ModelPages(_SharedPages[tuple[TrackingTarget, str], dict[str, ModelInRegistry]]):
+    """The registered models of one namespace on one server and their versions, for drift
+    checks, without reading every version on each pass.
+
+    Each pass searches the models (one paged `search_registered_models`: description, tags,
+    aliases, last_updated). A model's versions are read in full only when it is new here, its
+    last_updated moved (MLflow moves it when a version is created, deleted or changes stage),
+    or after `full_read_seconds` (jittered: a net for what timestamps cannot show). For the
+    others, one search per `name IN (...)` filter finds the versions updated at or after the
+    newest update seen (newest first, stopping at older ones: descriptions), and one per
+    version number reads the versions whose tags RegisteredModels declare or manage (a tag
+    change moves no timestamp). What a pass reads grows with what changed, not with every
+    version. A write stamped before the newest one seen but committed after it was read is
+    caught by the next full read."""
+
+    def __init__(self, max_age_seconds: float, full_read_seconds: float,
+                 clock: Callable[[], float] = time.monotonic, jitter: Callable[[], float] = random.random) -> None:
+        super().__init__(max_age_seconds, clock)
+        self._full_read_seconds, self._jitter = full_read_seconds, jitter
+        self._known: dict[tuple[TrackingTarget, str], _KnownRegistry] = {}
+
+    async def models(self, mlflow: MlflowGateway, target: TrackingTarget, namespace: str,
+                     tagged: Callable[[], Iterable[tuple[str, str]]] = tuple) -> dict[str, ModelInRegistry]:
+        """By name: the registered models tagged with `namespace` (raises what MLflow raises).
+        `tagged()`: (model name, version number) of the versions whose tags must be read."""
 
         async def search() -> dict[str, ModelInRegistry]:
             namespace_filter = _namespace_filter(namespace)
-            models = {m.name: m for m in await every_page(
-                lambda token: mlflow.search_registered_models_page(target, namespace_filter, token))}
-            versions: dict[str, list[ModelVersionInfo]] = {name: [] for name in models}
-            for names_filter in names_in_filters(sorted(models)):
-                for version in await every_page(functools.partial(mlflow.search_model_versions_page, target,
-                                                                  names_filter)):
-                    if version.name in versions:
-                        versions[version.name].append(version)
             # A model whose name no filter can express is left out: its check reconciles.
-            return {name: ModelInRegistry(model, sorted(versions[name], key=lambda v: int(v.version)))
-                    for name, model in models.items() if filter_literal(name) is not None}
+            models = {m.name: m for m in await every_page(
+                lambda token: mlflow.search_registered_models_page(target, namespace_filter, token))
+                if filter_literal(m.name) is not None}
+            known = self._known.setdefault((target, namespace), _KnownRegistry())
+            await self._refresh(mlflow, target, known, models, set(tagged()))
+            return {name: ModelInRegistry(model, sorted(known.models[name].versions.values(),
+                                                         key=lambda v: int(v.version)))
+                    for name, model in models.items()}
 
         return await self._cached((target, namespace), search)
+
+    async def _refresh(self, mlflow: MlflowGateway, target: TrackingTarget, known: _KnownRegistry,
+                       models: dict[str, RegisteredModelInfo], tagged: set[tuple[str, str]]) -> None:
+        now = self._clock()
+        for gone in set(known.models) - set(models):
+            del known.models[gone]
+        stale = {name for name, model in models.items() if self._stale(known.models.get(name), model, now)}
+        fresh = sorted(set(models) - stale)
+        if fresh and known.newest_update is not None:
+            for names_filter in names_in_filters(fresh):
+                stale |= self._replace(known, await _updated_since(mlflow, target, names_filter,
+                                                                   known.newest_update))
+        by_number: dict[str, list[str]] = {}
+        for name, number in tagged:
+            if name in models and name not in stale and number.isdigit():
+                by_number.setdefault(number, []).append(name)
+        for number, names in sorted(by_number.items()):
+            for names_filter in names_in_filters(sorted(names)):
+                stale |= self._replace(known, await every_page(functools.partial(
+                    mlflow.search_model_versions_page, target, f"{names_filter} AND version_number = {number}")))
+        await self._read_in_full(mlflow, target, known, {name: models[name] for name in stale}, now)
+
+    def _stale(self, known: _KnownVersions | None, model: RegisteredModelInfo, now: float) -> bool:
+        """Whether the model's versions are to be read in full on this pass."""
+        return (known is None or model.last_updated is None or known.stamp != model.last_updated
+                or now >= known.read_again_at)
+
+    async def _read_in_full(self, mlflow: MlflowGateway, target: TrackingTarget, known: _KnownRegistry,
+                            models: dict[str, RegisteredModelInfo], now: float) -> None:
+        by_model: dict[str, dict[str, ModelVersionInfo]] = {name: {} for name in models}
+        for names_filter in names_in_filters(sorted(models)):
+            read = await every_page(functools.partial(mlflow.search_model_versions_page, target, names_filter))
+            known.saw(read)
+            for version in read:
+                if version.name in by_model:
+                    by_model[version.name][version.version] = version
+        for name, versions in by_model.items():
+            known.models[name] = _KnownVersions(models[name].last_updated, versions,
+                                                read_again_at=now + self._full_read_seconds * (1 + self._jitter()))
+
+    @staticmethod
+    def _replace(known: _KnownRegistry, versions: list[ModelVersionInfo]) -> set[str]:
+        """Put versions read again in place; the models with a version not known here (to be
+        read in full)."""
+        known.saw(versions)
+        unknown = set()
+        for version in versions:
+            model = known.models.get(version.name)
+            if model is None or version.version not in model.versions:
+                unknown.add(version.name)
+            else:
+                model.versions[version.version] = version
+        return unknown
+
+
+async def _updated_since(mlflow: MlflowGateway, target: TrackingTarget, names_filter: str,
+                         since: int) -> list[ModelVersionInfo]:
+    """The versions matching `names_filter` last updated at `since` (server ms) or later (the
+    ones at `since` again: a write in the same millisecond): the newest first, page by page
+    until an older one shows."""
+    found: list[ModelVersionInfo] = []
+    token: str | None = None
+    while True:
+        page, token = await mlflow.search_model_versions_page(
+            target, names_filter, token, order_by="last_updated_timestamp DESC", max_results=RECENT_PAGE_SIZE)
+        newer = [v for v in page if v.last_updated is None or v.last_updated >= since]
+        found.extend(newer)
+        if token is None or len(newer) < len(page):
+            return found
 
 
 def names_in_filters(names: Iterable[str], max_chars: int = VERSION_FILTER_MAX_CHARS) -> list[str]:

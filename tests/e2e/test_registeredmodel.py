@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -219,6 +220,62 @@ def test_status_mirrors_versions_registered_by_anyone(models, mlflow_client, nam
     assert status["versions"][0]["source"] == f"s3://bucket/{name}/0"
     assert status["versions"][0]["status"] == "READY"
     assert status["aliases"] == {"by-hand": "3"}
+
+
+def test_a_declared_version_tag_changed_by_hand_is_restored(models, mlflow_client, namespace):
+    """A version tag moves none of MLflow's timestamps: the drift pass reads declared tags anyway."""
+    name = unique()
+    add_versions(mlflow_client, name, 2, namespace)
+    models.create("tagged", {"name": name, "versions": [{"version": "1", "tags": {"validated": "yes"}}]})
+    models.wait_ready("tagged")
+    mlflow_client.set_model_version_tag(name, "1", "validated", "no")
+    wait_for(lambda: mlflow_client.get_model_version(name, "1").tags.get("validated") == "yes",
+             timeout=DRIFT_WAIT, message="the declared version tag to be restored")
+
+
+def test_a_description_written_by_hand_on_a_version_reaches_status(models, mlflow_client, namespace):
+    name = unique()
+    add_versions(mlflow_client, name, 3, namespace)
+    models.create("described", {"name": name})
+    models.wait_ready("described")
+    mlflow_client.update_model_version(name, "2", description="notes written in the MLflow UI")
+    wait_for(lambda: models.get("described")["status"]["versions"][1].get("description")
+             == "notes written in the MLflow UI", timeout=DRIFT_WAIT, message="the description in status")
+
+
+def operator_counter(sandbox, metric: str, kind: str) -> float:
+    """A counter of the sandbox operator's /metrics, for one kind."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{sandbox.ports['operator-metrics']}/metrics", timeout=10).read()
+    return sum(sample.value for family in text_string_to_metric_families(text.decode())
+               for sample in family.samples if sample.name == metric and sample.labels.get("kind") == kind)
+
+
+def test_drift_passes_do_not_read_again_every_version_of_a_model_that_did_not_change(
+        models, mlflow_client, namespace, sandbox):
+    name = unique()
+    add_versions(mlflow_client, name, 200, namespace)
+
+    def passes() -> float:
+        return operator_counter(sandbox, "mlflow_operator_drift_pass_duration_seconds_count", "RegisteredModel")
+
+    def versions_read() -> float:
+        return operator_counter(sandbox, "mlflow_operator_model_versions_read_total", "RegisteredModel")
+
+    def after_passes(count: int) -> None:
+        start = passes()
+        wait_for(lambda: passes() >= start + count, timeout=DRIFT_WAIT, message=f"{count} drift passes")
+
+    before = versions_read()
+    models.create("many", {"name": name, "aliases": {"champion": "200"}})
+    assert models.wait_ready("many")["status"]["versionCount"] == 200
+    after_passes(2)  # the reconcile and the first pass over the model read all its versions
+    assert versions_read() - before >= 200
+    read = versions_read()
+    after_passes(2)
+    assert versions_read() - read < 200
+    assert models.condition("many")["status"] == "True"
 
 
 def test_a_model_deleted_by_hand_is_reported(models, mlflow_client):

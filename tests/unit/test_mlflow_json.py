@@ -54,13 +54,15 @@ def via_client_logged_model(m: Any) -> LoggedModelInfo:
 
 def via_client_registered_model(model: Any) -> RegisteredModelInfo:
     return RegisteredModelInfo(name=model.name, description=model.description or "", tags=dict(model.tags or {}),
-                               aliases={str(k): str(v) for k, v in (model.aliases or {}).items()})
+                               aliases={str(k): str(v) for k, v in (model.aliases or {}).items()},
+                               last_updated=model.last_updated_timestamp or None)  # unset: 0
 
 
 def via_client_model_version(mv: Any) -> ModelVersionInfo:
     return ModelVersionInfo(name=mv.name, version=str(mv.version), stage=mv.current_stage or "None",
                             description=mv.description or "", source=mv.source, run_id=mv.run_id or None,
-                            status=str(mv.status), aliases=tuple(mv.aliases or ()), tags=dict(mv.tags or {}))
+                            status=str(mv.status), aliases=tuple(mv.aliases or ()), tags=dict(mv.tags or {}),
+                            last_updated=mv.last_updated_timestamp or None)
 
 
 def test_an_experiment_reads_as_through_mlflows_client():
@@ -108,7 +110,7 @@ def test_a_logged_model_reads_as_through_mlflows_client():
 
 def test_a_registered_model_reads_as_through_mlflows_client():
     answer = {"registered_models": [
-        {"name": "churn", "description": "d", "creation_timestamp": 1, "tags": TAGS,
+        {"name": "churn", "description": "d", "creation_timestamp": 1, "last_updated_timestamp": 5, "tags": TAGS,
          "aliases": [{"alias": "champion", "version": "3"}, {"alias": "challenger", "version": "4"}]},
         {"name": "bare"},
     ]}
@@ -121,7 +123,8 @@ def test_a_registered_model_reads_as_through_mlflows_client():
 def test_a_model_version_reads_as_through_mlflows_client():
     answer = {"model_versions": [
         {"name": "churn", "version": "3", "current_stage": "Production", "description": "d",
-         "source": "models:/m-1", "run_id": "abc", "status": "READY", "tags": TAGS, "aliases": ["champion"]},
+         "source": "models:/m-1", "run_id": "abc", "status": "READY", "tags": TAGS, "aliases": ["champion"],
+         "last_updated_timestamp": "1733400000123"},
         {"name": "churn", "version": "4", "source": "s3://x", "status": "PENDING_REGISTRATION"},
     ]}
     proto = SearchModelVersions.Response()

@@ -21,7 +21,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from mlflow_operator.priority import URGENT, PriorityLimiter
-from mlflow_operator.metrics import MLFLOW_REQUESTS, RECONCILING_KIND
+from mlflow_operator.metrics import MLFLOW_REQUESTS, MODEL_VERSIONS_READ, RECONCILING_KIND
 from mlflow_operator.servers import Origin, describe_origin, origin_of
 from mlflow_operator.tracking import (
     AlreadyExists,
@@ -449,13 +449,18 @@ class MlflowGateway:
         found = await every_page(lambda token: self.search_model_versions_page(target, name_filter, token))
         return sorted((v for v in found if v.name == name), key=lambda v: int(v.version))
 
-    async def search_model_versions_page(self, target: TrackingTarget, filter_string: str,
-                                         page_token: str | None) -> tuple[list[ModelVersionInfo], str | None]:
-        """One page (up to 200,000, MLflow's limit) of the versions matching `filter_string`."""
+    async def search_model_versions_page(
+        self, target: TrackingTarget, filter_string: str, page_token: str | None,
+        order_by: str | None = None, max_results: int = 200_000,
+    ) -> tuple[list[ModelVersionInfo], str | None]:
+        """One page (by default up to 200,000, MLflow's limit) of the versions matching
+        `filter_string`, in MLflow's order or by `order_by` (e.g. "last_updated_timestamp DESC")."""
         page = await self._request(target, "search_model_versions", "GET", "model-versions/search", {
-            "filter": filter_string, "max_results": 200_000, "page_token": page_token})
-        return ([_model_version_from_json(v) for v in page.get("model_versions") or []],
-                page.get("next_page_token") or None)
+            "filter": filter_string, "max_results": max_results, "page_token": page_token,
+            "order_by": [order_by] if order_by else None})
+        versions = [_model_version_from_json(v) for v in page.get("model_versions") or []]
+        MODEL_VERSIONS_READ.labels(kind=RECONCILING_KIND.get()).inc(len(versions))
+        return versions, page.get("next_page_token") or None
 
     async def search_registered_models_page(self, target: TrackingTarget, filter_string: str,
                                             page_token: str | None) -> tuple[list[RegisteredModelInfo], str | None]:
@@ -564,6 +569,7 @@ def _registered_model_from_json(m: dict[str, Any]) -> RegisteredModelInfo:
         tags=_pairs_from_json(m.get("tags")),
         aliases={str(a["alias"]): str(a.get("version", "")) for a in m.get("aliases") or []
                  if isinstance(a, dict) and "alias" in a},
+        last_updated=_int_or_none(m.get("last_updated_timestamp")),
     )
 
 
@@ -578,4 +584,5 @@ def _model_version_from_json(v: dict[str, Any]) -> ModelVersionInfo:
         status=str(v.get("status", "")),
         aliases=tuple(v.get("aliases") or ()),
         tags=_pairs_from_json(v.get("tags")),
+        last_updated=_int_or_none(v.get("last_updated_timestamp")),
     )

@@ -25,6 +25,10 @@ from mlflow_operator.handlers.common import services_of
 from mlflow_operator.handlers.drift import KOPF_SETTINGS
 from mlflow_operator.watched import ExperimentPages, ModelPages, Watched
 
+# A model's versions are read in full at least every 10 to 20 drift intervals, even when
+# nothing shows a change (watched.ModelPages).
+FULL_READ_INTERVALS = 10
+
 logger = logging.getLogger("mlflow_operator")
 
 
@@ -51,7 +55,8 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -
             watched=Watched.filled_by_watches(credentials=config.watch_credentials),
             # Searched afresh by each drift pass (one per interval), shared by the checks in it.
             experiment_pages=ExperimentPages(max_age_seconds=config.drift_interval / 2),
-            model_pages=ModelPages(max_age_seconds=config.drift_interval / 2),
+            model_pages=ModelPages(max_age_seconds=config.drift_interval / 2,
+                                   full_read_seconds=config.drift_interval * FULL_READ_INTERVALS),
         )
         memo["background"]["memory"] = asyncio.create_task(memory.release_freed_memory_forever())
         if config.heartbeat_file:

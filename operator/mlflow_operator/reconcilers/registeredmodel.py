@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from typing import Any, assert_never
+from typing import Any, Iterable, assert_never
 
 from mlflow_operator.api.common import ObjectIdentity
-from mlflow_operator.api.registeredmodel import RegisteredModelSpec
+from mlflow_operator.api.registeredmodel import RegisteredModelSpec, default_model_name
 from mlflow_operator.gateways.mlflow import MlflowGateway
 from mlflow_operator.logic import ownership, promotion, provenance
 from mlflow_operator.logic import registeredmodel as logic
@@ -117,7 +117,12 @@ async def registered_model_in_sync(services: Services, body: Any) -> bool:
         desired = logic.desired_model(spec, identity)
         if desired.name != status["modelName"]:
             return False
-        found = (await pages.models(services.mlflow, target, identity.namespace)).get(desired.name)
+        cache = services.watched.registered_models
+
+        def tagged() -> set[tuple[str, str]]:
+            return versions_with_tags(cache.values_in(identity.namespace) if cache is not None else [body])
+
+        found = (await pages.models(services.mlflow, target, identity.namespace, tagged)).get(desired.name)
     except (ReconcileProblem, TrackingError):
         return False
     if found is None:
@@ -127,6 +132,19 @@ async def registered_model_in_sync(services: Services, body: Any) -> bool:
         return False
     view = without_nulls(logic.status_view(found.model, found.versions, frozenset(desired.versions)))
     return all(status.get(key) == value for key, value in view.items())
+
+
+def versions_with_tags(bodies: Iterable[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(model name, version number) of each version whose tags these RegisteredModels declare
+    or still manage: a drift check reads them on every pass, since a tag changed by hand
+    moves none of MLflow's timestamps."""
+    found: set[tuple[str, str]] = set()
+    for body in bodies:
+        spec, status = body.get("spec") or {}, body.get("status") or {}
+        name = spec.get("name") or default_model_name(body["metadata"]["name"])
+        found |= {(name, str(v.get("version"))) for v in spec.get("versions") or [] if v.get("tags")}
+        found |= {(name, str(version)) for version in status.get("managedVersionTags") or {}}
+    return found
 
 
 def without_nulls(value: Any) -> Any:
