@@ -245,8 +245,10 @@ def _namespace_filter(namespace: str) -> str:
 # A `name IN (...)` filter of at most this many characters goes in one search_model_versions
 # call (a GET: the filter is in the URL).
 VERSION_FILTER_MAX_CHARS = 8000
-# Versions per page of the search for recently updated versions: one page when little changed.
-RECENT_PAGE_SIZE = 50
+# Versions per page of the search for recently updated versions: one page when little changed
+# (a version created or moved to another stage moves its model's last_updated, and that model
+# is read in full instead: what is left for this search is mostly descriptions).
+RECENT_PAGE_SIZE = 10
 
 
 @dataclass(frozen=True)
