@@ -271,12 +271,26 @@ class _KnownRegistry:
     """The versions of one namespace's models on one server, as the drift passes keep them."""
 
     models: dict[str, _KnownVersions] = field(default_factory=dict)
-    newest_update: int | None = None  # the newest version last_updated read (server clock)
+    # Where the next pass's search for updated versions starts (server ms; see _FirstStamp).
+    newest_update: int | None = None
 
-    def saw(self, versions: Iterable[ModelVersionInfo]) -> None:
+
+class _FirstStamp:
+    """The newest last_updated in the first answer of a pass that has any version: every later
+    write, to any model with a version, is stamped at or after it (by the server's clock),
+    whichever model's read came later in the pass. A model without versions changes only
+    with a new version, which moves its own last_updated. The newest stamp of the whole pass
+    would not do: a write to a model read early, stamped before another read later, would be
+    skipped by the next pass."""
+
+    def __init__(self) -> None:
+        self.value: int | None = None
+        self._noted = False
+
+    def note(self, versions: Iterable[ModelVersionInfo]) -> None:
         stamps = [v.last_updated for v in versions if v.last_updated is not None]
-        if stamps:
-            self.newest_update = max(stamps + ([self.newest_update] if self.newest_update is not None else []))
+        if stamps and not self._noted:
+            self.value, self._noted = max(stamps), True
 
 
 class ModelPages(_SharedPages[tuple[TrackingTarget, str], dict[str, ModelInRegistry]]):
@@ -321,24 +335,29 @@ class ModelPages(_SharedPages[tuple[TrackingTarget, str], dict[str, ModelInRegis
 
     async def _refresh(self, mlflow: MlflowGateway, target: TrackingTarget, known: _KnownRegistry,
                        models: dict[str, RegisteredModelInfo], tagged: set[tuple[str, str]]) -> None:
-        now = self._clock()
+        now, first = self._clock(), _FirstStamp()
         for gone in set(known.models) - set(models):
             del known.models[gone]
         stale = {name for name, model in models.items() if self._stale(known.models.get(name), model, now)}
         fresh = sorted(set(models) - stale)
         if fresh and known.newest_update is not None:
             for names_filter in names_in_filters(fresh):
-                stale |= self._replace(known, await _updated_since(mlflow, target, names_filter,
-                                                                   known.newest_update))
+                updated = await _updated_since(mlflow, target, names_filter, known.newest_update)
+                first.note(updated)
+                stale |= self._replace(known, updated)
         by_number: dict[str, list[str]] = {}
         for name, number in tagged:
             if name in models and name not in stale and number.isdigit():
                 by_number.setdefault(number, []).append(name)
         for number, names in sorted(by_number.items()):
             for names_filter in names_in_filters(sorted(names)):
-                stale |= self._replace(known, await every_page(functools.partial(
-                    mlflow.search_model_versions_page, target, f"{names_filter} AND version_number = {number}")))
-        await self._read_in_full(mlflow, target, known, {name: models[name] for name in stale}, now)
+                read = await every_page(functools.partial(
+                    mlflow.search_model_versions_page, target, f"{names_filter} AND version_number = {number}"))
+                first.note(read)
+                stale |= self._replace(known, read)
+        await self._read_in_full(mlflow, target, known, {name: models[name] for name in stale}, now, first)
+        if first.value is not None:
+            known.newest_update = max(first.value, known.newest_update or first.value)
 
     def _stale(self, known: _KnownVersions | None, model: RegisteredModelInfo, now: float) -> bool:
         """Whether the model's versions are to be read in full on this pass."""
@@ -346,11 +365,11 @@ class ModelPages(_SharedPages[tuple[TrackingTarget, str], dict[str, ModelInRegis
                 or now >= known.read_again_at)
 
     async def _read_in_full(self, mlflow: MlflowGateway, target: TrackingTarget, known: _KnownRegistry,
-                            models: dict[str, RegisteredModelInfo], now: float) -> None:
+                            models: dict[str, RegisteredModelInfo], now: float, first: _FirstStamp) -> None:
         by_model: dict[str, dict[str, ModelVersionInfo]] = {name: {} for name in models}
         for names_filter in names_in_filters(sorted(models)):
             read = await every_page(functools.partial(mlflow.search_model_versions_page, target, names_filter))
-            known.saw(read)
+            first.note(read)
             for version in read:
                 if version.name in by_model:
                     by_model[version.name][version.version] = version
@@ -362,7 +381,6 @@ class ModelPages(_SharedPages[tuple[TrackingTarget, str], dict[str, ModelInRegis
     def _replace(known: _KnownRegistry, versions: list[ModelVersionInfo]) -> set[str]:
         """Put versions read again in place; the models with a version not known here (to be
         read in full)."""
-        known.saw(versions)
         unknown = set()
         for version in versions:
             model = known.models.get(version.name)

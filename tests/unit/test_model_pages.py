@@ -290,3 +290,28 @@ def test_a_model_without_a_stamp_is_read_in_full_on_every_pass():
     mlflow.models[f"{NS}.m0"] = dataclasses.replace(mlflow.models[f"{NS}.m0"], last_updated=None)
     assert two_passes(mlflow, services, clock, [body(mlflow, 0)]) == [True]
     assert mlflow.version_searches == [f"name IN ('{NS}.m0')"]
+
+
+def test_an_edit_stamped_before_a_later_read_of_the_same_pass_is_found_by_the_next_pass():
+    """Pass 2 searches m0's updates, then m1 (changed) is read in full, with a version newer
+    than an edit to m0 made between the two reads: pass 3 must still find that edit."""
+    mlflow, services, clock = world(2, versions=3)
+    bodies = [body(mlflow, i) for i in range(2)]
+    search = mlflow.search_model_versions_page
+
+    async def edit_after_the_search_for_updates(*args, **kwargs):  # type: ignore[no-untyped-def]
+        found = await search(*args, **kwargs)
+        if kwargs.get("order_by"):
+            edit_version(mlflow, f"{NS}.m0", "3", moves=True, description="edited meanwhile")
+        return found
+
+    def change_m1_then_edit_m0_during_the_pass() -> None:
+        mlflow.versions[f"{NS}.m1"].append(ModelVersionInfo(f"{NS}.m1", "4", "None", "", "models:/m-4", "run4",
+                                                            "READY", last_updated=WRITTEN + 9000))
+        move_model_stamp(mlflow, f"{NS}.m1")
+        mlflow.search_model_versions_page = edit_after_the_search_for_updates  # type: ignore[method-assign]
+
+    assert two_passes(mlflow, services, clock, bodies, change_m1_then_edit_m0_during_the_pass) == [True, False]
+    mlflow.search_model_versions_page = search  # type: ignore[method-assign]
+    clock.next_pass()
+    assert not in_sync(services, bodies[0])  # status does not show m0's new description yet
