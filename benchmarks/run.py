@@ -17,6 +17,8 @@ Scenarios (sizes are flags, small by default; the README gives the recorded larg
   The scenario runs --rounds times (floor, then operator, each in a new namespace); the
   table gives the median of each side and their ratio, with every round's figures beside:
   on 2 shared cores one round's floor varies by a factor of two.
+- apply while deleting (--apply-while-deleting N): N Experiments Ready, then their namespace
+  deleted and, at once, one Experiment applied elsewhere: how long it waits behind them.
 - closed runs (--closed-training-runs): N TrainingRuns run to Succeeded and kept while the
   next scenario runs, so that it measures an operator holding them too.
 - synced objects: Experiments and RegisteredModels applied at once (each model registered
@@ -190,9 +192,9 @@ class Cluster:
     def delete_namespace(self, namespace: str, wait_gone: bool = True) -> None:
         self.core.delete_namespace(namespace)
         if wait_gone:
-            wait(lambda: not self._exists(namespace), 300, f"namespace {namespace} deleted")
+            wait(lambda: not self.exists(namespace), 300, f"namespace {namespace} deleted")
 
-    def _exists(self, namespace: str) -> bool:
+    def exists(self, namespace: str) -> bool:
         try:
             self.core.read_namespace(namespace)
             return True
@@ -571,6 +573,29 @@ def synced_objects(cluster: Cluster, metrics: OperatorMetrics, n_experiments: in
     return result
 
 
+def apply_while_deleting(cluster: Cluster, n: int) -> dict:
+    """N Experiments applied and Ready, then their namespace deleted; at once, one Experiment
+    applied in another namespace: seconds until it is Ready, and until the N are gone (the
+    operator removes its finalizer from each)."""
+    doomed = cluster.namespace("bench-deleting")
+    result: dict[str, Any] = {"n": n, "applied": burst(cluster, doomed, "experiments", "Experiment", n,
+                                                        lambda i: {"tags": {"bench": "true"}})}
+    other = cluster.namespace("bench-meanwhile")
+    watched = Watched(cluster, other, "experiments", is_ready)
+    try:
+        started = time.monotonic()
+        cluster.delete_namespace(doomed, wait_gone=False)
+        Objects(cluster.custom, other, "experiments", "Experiment").create("meanwhile", {})
+        wait(lambda: watched.count() == 1, 1800, "the Experiment applied meanwhile Ready", 0.05)
+        result["ready_after_seconds"] = round(time.monotonic() - started, 2)
+        wait(lambda: not cluster.exists(doomed), 1800, f"namespace {doomed} deleted", 0.5)
+        result["deleted_after_seconds"] = round(time.monotonic() - started, 2)
+    finally:
+        watched.stop()
+        cluster.delete_namespace(other, wait_gone=False)
+    return result
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -596,6 +621,8 @@ def main() -> int:
     parser.add_argument("--closed-idle-seconds", type=float, help="default: two drift intervals")
     parser.add_argument("--closed-training-runs", type=int, default=0,
                         help="TrainingRuns run to Succeeded and kept during the synced-objects scenario")
+    parser.add_argument("--apply-while-deleting", type=int, default=0, metavar="N",
+                        help="one Experiment applied while N others are being deleted (0 skips it)")
     parser.add_argument("--no-restart", action="store_true", help="keep the running operator")
     parser.add_argument("--closed-namespace", help="keep the closed runs of this namespace (an earlier run's)")
     parser.add_argument("--restart-with-objects", action="store_true",
@@ -630,6 +657,8 @@ def main() -> int:
                                            tracking_uri, args.versions_per_model)
     if closed_namespace:
         cluster.delete_namespace(closed_namespace, wait_gone=False)
+    if args.apply_while_deleting:
+        results["while_deleting"] = apply_while_deleting(cluster, args.apply_while_deleting)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     results["recorded_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -717,6 +746,12 @@ def render_markdown(r: dict) -> str:
             lines.append(idle_row(f"a restart with every object present (resumed in {s['resume_seconds']} s)",
                                   s["after_restart"]))
         lines.append("")
+    if "while_deleting" in r:
+        d = r["while_deleting"]
+        lines += [f"**{d['n']} Experiments deleted** (their namespace) after being Ready in "
+                  f"{d['applied']['all_ready_after_seconds']} s: an Experiment applied meanwhile in another "
+                  f"namespace was Ready after {d['ready_after_seconds']} s; the {d['n']} were gone after "
+                  f"{d['deleted_after_seconds']} s.", ""]
     return "\n".join(lines)
 
 
