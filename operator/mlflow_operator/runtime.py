@@ -25,6 +25,8 @@ logger = logging.getLogger("mlflow_operator")
 QUEUE_WORKERS = 100
 # Objects per page of the listing each watch starts with (see build_settings).
 LIST_CHUNK = 500
+# Seconds kopf holds an object's worker for its last patch to come back (see build_settings).
+CONSISTENCY_SECONDS = 1.0
 
 # Annotation prefix for kopf's own bookkeeping, so it never clutters `.status`.
 BOOKKEEPING_PREFIX = GROUP
@@ -89,6 +91,13 @@ def build_settings(config: OperatorConfig, handled: HandledGenerations) -> kopf.
     # after a restart instead of 186. Idle workers leave at once, so the limit costs no waiting.
     settings.queueing.worker_limit = QUEUE_WORKERS
     settings.queueing.idle_timeout = 0.5
+    # After a patch, kopf keeps the object's worker (and its slot among the 100) until the
+    # version the patch wrote comes back through the watch, or this long. Removing the last
+    # finalizer deletes the object, so that version never comes: with kopf's 5 s, each deleted
+    # object held a slot for 5 s, deletions ran at 20 a second and new objects queued behind
+    # them. What was handled does not depend on the body being fresh (decision 0019), and the
+    # patched version normally comes back within milliseconds (decision 0021).
+    settings.persistence.consistency_timeout = CONSISTENCY_SECONDS
     # The listing a watch starts with comes in pages, not as one reply of every object: with
     # thousands of objects, one reply (its bytes and their parse, at once) is the start's peak.
     settings.watching.chunk_size = LIST_CHUNK
