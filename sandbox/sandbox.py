@@ -259,6 +259,10 @@ class Sandbox:
         self.apiserver_url = f"https://127.0.0.1:{self.ports['kube-apiserver']}"
         self.mlflow_url = f"http://127.0.0.1:{self.ports['mlflow']}"
         self.components = {c.name: c for c in self._components()}
+        # The processes this run started: their exit is known from the child itself, while
+        # /proc/<pid>/cmdline reads empty for an instant while a wrapper (kubelet.sh, nsenter)
+        # execs the next program, which running_pid() alone would take for an exit.
+        self._started: dict[str, subprocess.Popen[bytes]] = {}
 
     # ---- configuration
 
@@ -608,6 +612,7 @@ class Sandbox:
                 start_new_session=True,
             )
         _pid_file(name).write_text(f"{process.pid}\n")
+        self._started[name] = process
         # Until the child has exec'd, /proc shows our own command line; wait for the switch so
         # that running_pid() cannot mistake a starting process for a dead one.
         deadline = time.monotonic() + 10
@@ -624,10 +629,17 @@ class Sandbox:
             "kube-controller-manager": self.ports["kube-controller-manager"],
             "kube-scheduler": self.ports["kube-scheduler"],
             "kwok": self.ports["kwok"],
+            "kubelet": self.ports["kubelet-healthz"],
             "mlflow": self.ports["mlflow"],
             "mlflow-auth": self.ports["mlflow-auth"],
             "operator": self.ports["operator-health"],
         }.get(name)
+
+    def _exited(self, name: str) -> bool:
+        process = self._started.get(name)
+        if process is not None:
+            return process.poll() is not None
+        return running_pid(self.components[name]) is None
 
     def wait_ready(self, name: str, attempts: int = 3) -> None:
         """Wait for the component's health check. A component that exits while starting is
@@ -639,7 +651,7 @@ class Sandbox:
         while time.monotonic() < deadline:
             if component.ready():
                 return
-            if running_pid(component) is None:
+            if self._exited(name):
                 if attempt >= attempts:
                     raise SandboxError(
                         f"{name} exited during start-up {attempt} times; last lines of {component.log_path}:\n"
