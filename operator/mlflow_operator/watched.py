@@ -271,26 +271,19 @@ class _KnownRegistry:
     """The versions of one namespace's models on one server, as the drift passes keep them."""
 
     models: dict[str, _KnownVersions] = field(default_factory=dict)
-    # Where the next pass's search for updated versions starts (server ms; see _FirstStamp).
+    # Where this pass's search for updated versions starts (server ms): the newest stamp known
+    # when the previous pass started. Every write after that start is stamped at or after it
+    # (by the server's clock). The newest stamp read during a pass would not do: a write to a
+    # model read early in the pass, stamped before a version read later, would be skipped.
     newest_update: int | None = None
+    # The newest stamp of anything read so far (models and versions).
+    newest_seen: int | None = None
 
-
-class _FirstStamp:
-    """The newest last_updated in the first answer of a pass that has any version: every later
-    write, to any model with a version, is stamped at or after it (by the server's clock),
-    whichever model's read came later in the pass. A model without versions changes only
-    with a new version, which moves its own last_updated. The newest stamp of the whole pass
-    would not do: a write to a model read early, stamped before another read later, would be
-    skipped by the next pass."""
-
-    def __init__(self) -> None:
-        self.value: int | None = None
-        self._noted = False
-
-    def note(self, versions: Iterable[ModelVersionInfo]) -> None:
-        stamps = [v.last_updated for v in versions if v.last_updated is not None]
-        if stamps and not self._noted:
-            self.value, self._noted = max(stamps), True
+    def note(self, stamps: Iterable[int | None]) -> None:
+        known = [s for s in stamps if s is not None]
+        if self.newest_seen is not None:
+            known.append(self.newest_seen)
+        self.newest_seen = max(known, default=None)
 
 
 class ModelPages(_SharedPages[tuple[TrackingTarget, str], dict[str, ModelInRegistry]]):
@@ -301,11 +294,11 @@ class ModelPages(_SharedPages[tuple[TrackingTarget, str], dict[str, ModelInRegis
     aliases, last_updated). A model's versions are read in full only when it is new here, its
     last_updated moved (MLflow moves it when a version is created, deleted or changes stage),
     or after `full_read_seconds` (jittered: a net for what timestamps cannot show). For the
-    others, one search per `name IN (...)` filter finds the versions updated at or after the
-    newest update seen (newest first, stopping at older ones: descriptions), and one per
+    others, one search per `name IN (...)` filter finds the versions updated since the previous
+    pass started (newest first, stopping at older ones: descriptions), and one per
     version number reads the versions whose tags RegisteredModels declare or manage (a tag
     change moves no timestamp). What a pass reads grows with what changed, not with every
-    version. A write stamped before the newest one seen but committed after it was read is
+    version. A write stamped before a pass started but committed after that pass read it is
     caught by the next full read."""
 
     def __init__(self, max_age_seconds: float, full_read_seconds: float,
@@ -335,16 +328,17 @@ class ModelPages(_SharedPages[tuple[TrackingTarget, str], dict[str, ModelInRegis
 
     async def _refresh(self, mlflow: MlflowGateway, target: TrackingTarget, known: _KnownRegistry,
                        models: dict[str, RegisteredModelInfo], tagged: set[tuple[str, str]]) -> None:
-        now, first = self._clock(), _FirstStamp()
+        now, since = self._clock(), known.newest_update
+        # Stamps known now, this pass's reads apart: the next pass's search starts there.
+        known.note(m.last_updated for m in models.values())
+        known.newest_update = known.newest_seen
         for gone in set(known.models) - set(models):
             del known.models[gone]
         stale = {name for name, model in models.items() if self._stale(known.models.get(name), model, now)}
         fresh = sorted(set(models) - stale)
-        if fresh and known.newest_update is not None:
+        if fresh and since is not None:
             for names_filter in names_in_filters(fresh):
-                updated = await _updated_since(mlflow, target, names_filter, known.newest_update)
-                first.note(updated)
-                stale |= self._replace(known, updated)
+                stale |= self._replace(known, await _updated_since(mlflow, target, names_filter, since))
         by_number: dict[str, list[str]] = {}
         for name, number in tagged:
             if name in models and name not in stale and number.isdigit():
@@ -353,11 +347,8 @@ class ModelPages(_SharedPages[tuple[TrackingTarget, str], dict[str, ModelInRegis
             for names_filter in names_in_filters(sorted(names)):
                 read = await every_page(functools.partial(
                     mlflow.search_model_versions_page, target, f"{names_filter} AND version_number = {number}"))
-                first.note(read)
                 stale |= self._replace(known, read)
-        await self._read_in_full(mlflow, target, known, {name: models[name] for name in stale}, now, first)
-        if first.value is not None:
-            known.newest_update = max(first.value, known.newest_update or first.value)
+        await self._read_in_full(mlflow, target, known, {name: models[name] for name in stale}, now)
 
     def _stale(self, known: _KnownVersions | None, model: RegisteredModelInfo, now: float) -> bool:
         """Whether the model's versions are to be read in full on this pass."""
@@ -365,11 +356,11 @@ class ModelPages(_SharedPages[tuple[TrackingTarget, str], dict[str, ModelInRegis
                 or now >= known.read_again_at)
 
     async def _read_in_full(self, mlflow: MlflowGateway, target: TrackingTarget, known: _KnownRegistry,
-                            models: dict[str, RegisteredModelInfo], now: float, first: _FirstStamp) -> None:
+                            models: dict[str, RegisteredModelInfo], now: float) -> None:
         by_model: dict[str, dict[str, ModelVersionInfo]] = {name: {} for name in models}
         for names_filter in names_in_filters(sorted(models)):
             read = await every_page(functools.partial(mlflow.search_model_versions_page, target, names_filter))
-            first.note(read)
+            known.note(v.last_updated for v in read)
             for version in read:
                 if version.name in by_model:
                     by_model[version.name][version.version] = version
@@ -381,6 +372,7 @@ class ModelPages(_SharedPages[tuple[TrackingTarget, str], dict[str, ModelInRegis
     def _replace(known: _KnownRegistry, versions: list[ModelVersionInfo]) -> set[str]:
         """Put versions read again in place; the models with a version not known here (to be
         read in full)."""
+        known.note(v.last_updated for v in versions)
         unknown = set()
         for version in versions:
             model = known.models.get(version.name)

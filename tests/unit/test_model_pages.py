@@ -215,6 +215,18 @@ def test_a_pass_over_unchanged_models_reads_again_only_their_declared_tagged_ver
     assert mlflow.versions_read == RECENT_PAGE_SIZE + 50  # of 2,000
 
 
+def test_a_pass_over_unchanged_models_in_several_filters_reads_one_page_per_filter():
+    """700 names need two `name IN (...)` filters, the second's versions registered after
+    the first's: the search for updates starts where the previous pass started, not at the
+    newest stamp of the first filter's answer, so it does not read the second's every time."""
+    mlflow, services, clock = world(700, versions=3)
+    undeclared = [{"name": f"{NS}.m{i}", "aliases": {"champion": "1"}} for i in range(700)]
+    bodies = [body(mlflow, i, undeclared[i]) for i in range(700)]
+    assert len(names_in_filters(mlflow.models)) == 2
+    assert all(two_passes(mlflow, services, clock, bodies))
+    assert mlflow.versions_read == 2 * RECENT_PAGE_SIZE  # of 2,100
+
+
 def test_a_version_registered_between_passes_moves_the_models_stamp_and_its_versions_are_read_in_full():
     mlflow, services, clock = world(3, versions=10)
     bodies = [body(mlflow, i) for i in range(3)]
