@@ -611,29 +611,39 @@ def apply_while_deleting(cluster: Cluster, n: int) -> dict:
 # --------------------------------------------------------------------------- main
 
 
-def at_least_one(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{number} is too few: at least 1 round is needed for a median")
-    return number
+def whole_number(minimum: int, why: str) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `minimum` (`why` says what a smaller one
+    would break)."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"{number} is too few: {why}")
+        return number
+
+    return parse
+
+
+size = whole_number(0, "a size is a count of objects, 0 to skip")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--training-runs", type=int, default=50, help="dispatch scenario size (0 skips it)")
-    parser.add_argument("--rounds", type=at_least_one, default=3, help="dispatch scenario rounds (medians are reported)")
-    parser.add_argument("--experiments", type=int, default=50)
-    parser.add_argument("--models", type=int, default=20)
-    parser.add_argument("--versions-per-model", type=int, default=20,
+    parser.add_argument("--training-runs", type=size, default=50, help="dispatch scenario size (0 skips it)")
+    parser.add_argument("--rounds", type=whole_number(1, "at least 1 round is needed for a median"), default=3,
+                        help="dispatch scenario rounds (medians are reported)")
+    parser.add_argument("--experiments", type=size, default=50)
+    parser.add_argument("--models", type=size, default=20)
+    parser.add_argument("--versions-per-model", type=size, default=20,
                         help="versions registered for each RegisteredModel's model before it is applied")
     parser.add_argument("--idle-seconds", type=float, default=60)
     parser.add_argument("--closed-idle-seconds", type=float, help="default: two drift intervals")
-    parser.add_argument("--closed-training-runs", type=int, default=0,
+    parser.add_argument("--closed-training-runs", type=size, default=0,
                         help="TrainingRuns run to Succeeded and kept during the synced-objects scenario")
-    parser.add_argument("--apply-while-deleting", type=int, default=0, metavar="N",
+    parser.add_argument("--apply-while-deleting", type=size, default=0, metavar="N",
                         help="one Experiment applied while N others are being deleted (0 skips it)")
     parser.add_argument("--no-restart", action="store_true", help="keep the running operator")
     parser.add_argument("--closed-namespace", help="keep the closed runs of this namespace (an earlier run's)")
