@@ -280,10 +280,7 @@ class _KnownRegistry:
     newest_seen: int | None = None
 
     def note(self, stamps: Iterable[int | None]) -> None:
-        known = [s for s in stamps if s is not None]
-        if self.newest_seen is not None:
-            known.append(self.newest_seen)
-        self.newest_seen = max(known, default=None)
+        self.newest_seen = max((s for s in (self.newest_seen, *stamps) if s is not None), default=None)
 
 
 class ModelPages(_SharedPages[tuple[TrackingTarget, str], dict[str, ModelInRegistry]]):
