@@ -1,9 +1,10 @@
-"""Which MLflow calls go first when a server is busy.
+"""What goes first when the operator is busy: starting TrainingRuns.
 
 A TrainingRun's Job cannot be created before its MLflow run: while runs are being started
-(a burst of applied runs, a sweep's trials), their calls go before those that close runs
-whose Jobs ended, which wait for nothing. A call that waited `patience` seconds goes first
-whatever it is, so that closing never starves.
+(a burst of applied runs, a sweep's trials), their MLflow calls go before those that close
+runs whose Jobs ended, which wait for nothing (PriorityLimiter), and the other steps of open
+runs wait until no run is being started (StartsFirst). What waited its `patience` goes
+whatever is left, so that closing never starves.
 """
 
 from __future__ import annotations
@@ -75,3 +76,35 @@ class PriorityLimiter:
             self._normal.popleft()[1].set_result(None)
         else:
             self._free += 1
+
+
+class StartsFirst:
+    """While runs are being started, the bookkeeping of others (a phase that moved to
+    Running, closing a run whose Job ended) waits, at most `patience` seconds: on a busy
+    operator, the API server and MLflow serve the starts first, which Jobs wait on; the
+    bookkeeping is the same work a little later."""
+
+    def __init__(self, patience: float = 60.0) -> None:
+        self._patience = patience
+        self._starting = 0
+        self._none_starting = asyncio.Event()
+        self._none_starting.set()
+
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        self._starting += 1
+        self._none_starting.clear()
+        try:
+            yield
+        finally:
+            self._starting -= 1
+            if self._starting == 0:
+                self._none_starting.set()
+
+    async def after_starts(self) -> bool:
+        """Returns when no run is being started, or after `patience` seconds; whether it waited."""
+        if self._starting == 0:
+            return False
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._none_starting.wait(), self._patience)
+        return True

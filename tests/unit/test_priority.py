@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from mlflow_operator.priority import URGENT, PriorityLimiter, urgent
+from mlflow_operator.priority import URGENT, PriorityLimiter, StartsFirst, urgent
 
 
 class Clock:
@@ -114,3 +114,37 @@ def test_calls_are_urgent_only_inside_urgent():
     with urgent():
         assert URGENT.get()
     assert not URGENT.get()
+
+
+def test_bookkeeping_waits_until_no_run_is_being_started():
+    async def scenario() -> list[str]:
+        starts, order = StartsFirst(patience=5.0), []
+
+        async def start() -> None:
+            with starts.starting():
+                await asyncio.sleep(0.02)
+                order.append("started")
+
+        async def close() -> None:
+            await starts.after_starts()
+            order.append("closed")
+
+        starting = asyncio.create_task(start())
+        await asyncio.sleep(0)
+        await asyncio.gather(close(), starting)
+        return order
+
+    assert asyncio.run(scenario()) == ["started", "closed"]
+
+
+def test_bookkeeping_does_not_wait_when_no_run_is_being_started():
+    assert asyncio.run(StartsFirst(patience=5.0).after_starts()) is False
+
+
+def test_bookkeeping_goes_after_its_patience_even_while_runs_are_being_started():
+    async def scenario() -> bool:
+        starts = StartsFirst(patience=0.01)
+        with starts.starting():
+            return await starts.after_starts()
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 1.0)) is True

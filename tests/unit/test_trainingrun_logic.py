@@ -14,6 +14,7 @@ from mlflow_operator.logic.trainingrun import (
     canonical_run,
     final_run_status,
     job_outcome,
+    job_shape,
     param_env,
     param_env_name,
     phase_of,
@@ -86,6 +87,25 @@ def test_credentials_are_secret_key_refs_never_values():
 
 def state(**kwargs) -> JobSnapshot:
     return JobSnapshot(uid="j", owner_uids=frozenset({"uid-1"}), **kwargs)
+
+
+def shape(run_spec: TrainingRunSpec, namespace: str = "ml", experiment_id: str = "1") -> str:
+    return job_shape(run_spec, namespace, experiment_id, "http://mlflow:5000", None)
+
+
+def test_runs_of_one_template_that_differ_in_name_and_param_values_have_one_job_shape():
+    first = job_shape(spec(params={"lr": "0.1"}), "ml", "1", "http://mlflow:5000", None)
+    assert first == job_shape(spec(params={"lr": "0.2"}), "ml", "1", "http://mlflow:5000", None)
+
+
+def test_a_different_template_param_name_namespace_or_experiment_is_another_job_shape():
+    base = shape(spec(params={"lr": "0.1"}))
+    assert shape(spec(params={"lr": "0.1"}, backoffLimit=2)) != base
+    assert shape(spec(params={"rate": "0.1"})) != base
+    assert shape(spec(params={"lr": "0.1"}), namespace="other") != base
+    assert shape(spec(params={"lr": "0.1"}), experiment_id="2") != base
+    other_image = spec(params={"lr": "0.1"}, template={"spec": {"containers": [{"name": "train", "image": "x"}]}})
+    assert shape(other_image) != base
 
 
 def test_job_phases():

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import hashlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -147,6 +149,18 @@ def build_job(
         },
         "spec": job_spec,
     }
+
+
+def job_shape(spec: TrainingRunSpec, namespace: str, experiment_id: str, tracking_uri: str,
+              credentials: CredentialSource | None) -> str:
+    """A digest of the Job a run would get, without what differs between runs of one
+    template (the object's name and uid, the params' values): runs of one shape get the same
+    answer from a dry run of their Job. The name is left out because the API server checks
+    it on the TrainingRun already (a DNS name of at most 63 characters, as for a Job)."""
+    same_values = spec.model_copy(update={"params": dict.fromkeys(spec.params, "")})
+    identity = ObjectIdentity(kind="TrainingRun", namespace=namespace, name="shape", uid="shape")
+    body = build_job(same_values, identity, PLACEHOLDER_RUN_ID, experiment_id, tracking_uri, credentials)
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- job state

@@ -15,6 +15,7 @@ from mlflow_operator.gateways.mlflow import MlflowGateway
 from mlflow_operator.logic import ownership
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, stalled
 from mlflow_operator.logic.target import choose_target, credentials_from_secret
+from mlflow_operator.priority import StartsFirst
 from mlflow_operator.servers import Credentials
 from mlflow_operator.tracking import TrackingError, TrackingTarget
 from mlflow_operator.watched import ExperimentPages, HandledJobs, ModelPages, Watched
@@ -36,6 +37,28 @@ class RememberedCredentials:
 
     def recall(self, key: tuple[str, str, str]) -> Credentials | None:
         return self._entries.get(key)
+
+
+class RecentlyAccepted:
+    """Job shapes (logic.trainingrun.job_shape) the API server accepted in a dry run lately:
+    a burst of runs of one template, or a sweep's trials, asks once, not once per run. Only
+    acceptance is kept, and only for `max_age_seconds`, so that a changed admission rule
+    (a policy, a quota) is asked about again soon."""
+
+    def __init__(self, max_age_seconds: float = 60.0, limit: int = 1024,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._max_age, self._limit, self._clock = max_age_seconds, limit, clock
+        self._accepted: OrderedDict[str, float] = OrderedDict()
+
+    def accepted(self, shape: str) -> bool:
+        at = self._accepted.get(shape)
+        return at is not None and self._clock() - at < self._max_age
+
+    def remember(self, shape: str) -> None:
+        self._accepted[shape] = self._clock()
+        self._accepted.move_to_end(shape)
+        while len(self._accepted) > self._limit:
+            self._accepted.popitem(last=False)
 
 
 SpecT = TypeVar("SpecT")
@@ -60,6 +83,8 @@ class Services:
     # What the watches have seen (watch caches); without them, reads through `kube`.
     watched: Watched = field(default_factory=Watched)
     handled_jobs: HandledJobs = field(default_factory=HandledJobs)
+    accepted_job_shapes: RecentlyAccepted = field(default_factory=RecentlyAccepted)
+    starts: StartsFirst = field(default_factory=StartsFirst)
     # Pages shared by the drift checks of Experiments and RegisteredModels (None: each reconciles).
     experiment_pages: ExperimentPages | None = None
     model_pages: ModelPages | None = None

@@ -78,6 +78,9 @@ async def reconcile_training_run(ctx: Context[TrainingRunSpec]) -> Result:
         services.run_attempts.discard(identity.uid)  # recorded: memory not needed any more
     job = await _observed_job(ctx, registers_model)
     stage = logic.stage_of(status, job, registers_model)
+    if stage in BOOKKEEPING and await services.starts.after_starts():
+        job = await _observed_job(ctx, registers_model)  # as it is after the wait
+        stage = logic.stage_of(status, job, registers_model)
     result = await STEPS[stage](ctx, job, ctx.drift_check)
     if job is not None and job.uid == ctx.status.get("jobUid"):
         services.handled_jobs.record(identity.uid, services.handled_jobs.signature(job, logic.phase_of(job)))
@@ -129,10 +132,11 @@ async def _starting(ctx: Context[TrainingRunSpec], job: JobSnapshot | None, refr
     go on with the Job as it is now. Its MLflow calls go before those of closing runs: the
     Job waits on them."""
     events: list[Event] = []
-    with urgent():
-        resolved = await _resolve(ctx)
-        run = await _ensure_run(ctx, resolved, job, events)
-    job = await _ensure_job(ctx, resolved, run, job, events)
+    with ctx.services.starts.starting():
+        with urgent():
+            resolved = await _resolve(ctx)
+            run = await _ensure_run(ctx, resolved, job, events)
+        job = await _ensure_job(ctx, resolved, run, job, events)
     if job is None:  # deleted, finalizer and all, before its outcome was recorded
         await ctx.checkpoint({})
         result = await _job_lost(ctx, resolved)
@@ -143,6 +147,9 @@ async def _starting(ctx: Context[TrainingRunSpec], job: JobSnapshot | None, refr
     result.events[:0] = events
     return result
 
+
+# Steps that wait while other runs are being started (priority.StartsFirst).
+BOOKKEEPING: frozenset[logic.Stage] = frozenset({"job_running", "job_ended", "closing"})
 
 Step = Callable[[Context[TrainingRunSpec], JobSnapshot | None, bool], Awaitable[Result]]
 STEPS: dict[logic.Stage, Step] = {
@@ -358,15 +365,23 @@ def _job_rejected(error: KubernetesError, verb: str) -> ReconcileProblem | None:
 
 async def _check_job_template(ctx: Context[TrainingRunSpec], resolved: Resolved) -> None:
     """Ask the API server (dry run) whether the Job would be accepted, before creating
-    anything in MLflow: a bad template should leave no FAILED run behind."""
+    anything in MLflow: a bad template should leave no FAILED run behind. A Job of the
+    same shape accepted a moment ago is not asked about again (RecentlyAccepted)."""
+    credentials = _credential_source(ctx, resolved)
+    accepted = ctx.services.accepted_job_shapes
+    shape = logic.job_shape(ctx.spec, ctx.identity.namespace, resolved.experiment_id, resolved.target.uri,
+                            credentials)
+    if accepted.accepted(shape):
+        return
     body = logic.build_job(ctx.spec, ctx.identity, logic.PLACEHOLDER_RUN_ID, resolved.experiment_id,
-                           resolved.target.uri, _credential_source(ctx, resolved))
+                           resolved.target.uri, credentials)
     try:
         await ctx.services.kube.create_job(ctx.identity.namespace, body, dry_run=True)
     except KubernetesError as error:
         if error.status == 409:
             return
         raise _job_rejected(error, "would be") or error from None
+    accepted.remember(shape)
 
 
 async def _ensure_job(ctx: Context[TrainingRunSpec], resolved: Resolved, run: RunInfo, job: JobSnapshot | None,
