@@ -38,6 +38,13 @@ def test_a_generation_this_process_handled_shows_no_difference():
     assert storage.fetch(body=current) == storage.build(body=current, extra_fields=[("spec",)])
 
 
+def test_the_essence_is_the_spec_and_filtered_fields_without_status_or_managed_fields():
+    _, storage = diff_base()
+    current = kopf.Body({**body(observed=1), "metadata": {"managedFields": [{"manager": "kubectl"}]}})
+    essence = storage.build(body=current, extra_fields=[("spec",), "status.observedGeneration"])
+    assert essence == {"spec": {"description": "generation 1"}, "status": {"observedGeneration": 1}}
+
+
 def test_a_new_generation_is_a_change_to_handle():
     handled, storage = diff_base()
     handled.finished("u1", 1)

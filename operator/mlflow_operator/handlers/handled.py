@@ -16,7 +16,7 @@ succeeds at once leaves none, so nothing else is written for it either.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable, Mapping, cast
 
 import kopf
 
@@ -56,6 +56,24 @@ class HandledGenerationDiffBase(kopf.DiffBaseStorage):
     def __init__(self, handled: HandledGenerations) -> None:
         super().__init__()
         self.handled = handled
+
+    def build(self, *, body: kopf.Body,
+              extra_fields: Iterable[str | tuple[str, ...] | list[str] | None] | None = None) -> kopf.BodyEssence:
+        """The spec (and the fields handlers filter on), not copied. Which generation was
+        handled decides (fetch): the essence only has to equal itself. kopf's default deep-
+        copies the whole body, managedFields and status included, on every event."""
+        essence: dict[str, Any] = {"spec": body.get("spec") or {}}
+        for field in extra_fields or ():
+            path = tuple(field.split(".")) if isinstance(field, str) else tuple(field or ())
+            value: Any = body
+            for part in path:
+                value = value.get(part) if isinstance(value, Mapping) else None
+            target = essence
+            for part in path[:-1]:
+                target = target.setdefault(part, {})
+            if path:
+                target[path[-1]] = value
+        return cast(kopf.BodyEssence, essence)
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
         return self.build(body=body) if self.handled.handled(body) else None
