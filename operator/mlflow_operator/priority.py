@@ -79,32 +79,35 @@ class PriorityLimiter:
 
 
 class StartsFirst:
-    """While runs are being started, the bookkeeping of others (a phase that moved to
-    Running, closing a run whose Job ended) waits, at most `patience` seconds: on a busy
-    operator, the API server and MLflow serve the starts first, which Jobs wait on; the
-    bookkeeping is the same work a little later."""
+    """While runs are being started on a tracking server, the bookkeeping of its other runs
+    (a phase that moved to Running, closing a run whose Job ended) waits, at most `patience`
+    seconds: on a busy operator, the API server and MLflow serve the starts first, which Jobs
+    wait on; the bookkeeping is the same work a little later. Per server, so that a server
+    that stops answering holds back only its own runs."""
 
     def __init__(self, patience: float = 60.0) -> None:
         self._patience = patience
-        self._starting = 0
-        self._none_starting = asyncio.Event()
-        self._none_starting.set()
+        self._starting: dict[str, int] = {}
+        self._none_starting: dict[str, asyncio.Event] = {}
 
     @contextlib.contextmanager
-    def starting(self) -> Iterator[None]:
-        self._starting += 1
-        self._none_starting.clear()
+    def starting(self, server: str) -> Iterator[None]:
+        self._starting[server] = self._starting.get(server, 0) + 1
+        self._none_starting.setdefault(server, asyncio.Event())
         try:
             yield
         finally:
-            self._starting -= 1
-            if self._starting == 0:
-                self._none_starting.set()
+            self._starting[server] -= 1
+            if self._starting[server] == 0:
+                del self._starting[server]
+                self._none_starting.pop(server).set()
 
-    async def after_starts(self) -> bool:
-        """Returns when no run is being started, or after `patience` seconds; whether it waited."""
-        if self._starting == 0:
+    async def after_starts(self, server: str | None) -> bool:
+        """Returns when no run is being started on `server`, or after `patience` seconds;
+        whether it waited."""
+        none_starting = self._none_starting.get(server) if server else None
+        if none_starting is None:
             return False
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._none_starting.wait(), self._patience)
+            await asyncio.wait_for(none_starting.wait(), self._patience)
         return True

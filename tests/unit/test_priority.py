@@ -116,17 +116,17 @@ def test_calls_are_urgent_only_inside_urgent():
     assert not URGENT.get()
 
 
-def test_bookkeeping_waits_until_no_run_is_being_started():
+def test_bookkeeping_waits_until_no_run_is_being_started_on_its_server():
     async def scenario() -> list[str]:
         starts, order = StartsFirst(patience=5.0), []
 
         async def start() -> None:
-            with starts.starting():
+            with starts.starting("http://a"):
                 await asyncio.sleep(0.02)
                 order.append("started")
 
         async def close() -> None:
-            await starts.after_starts()
+            await starts.after_starts("http://a")
             order.append("closed")
 
         starting = asyncio.create_task(start())
@@ -137,14 +137,23 @@ def test_bookkeeping_waits_until_no_run_is_being_started():
     assert asyncio.run(scenario()) == ["started", "closed"]
 
 
+def test_bookkeeping_does_not_wait_for_starts_on_another_server():
+    async def scenario() -> bool:
+        starts = StartsFirst(patience=5.0)
+        with starts.starting("http://a"):
+            return await starts.after_starts("http://b")
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 1.0)) is False
+
+
 def test_bookkeeping_does_not_wait_when_no_run_is_being_started():
-    assert asyncio.run(StartsFirst(patience=5.0).after_starts()) is False
+    assert asyncio.run(StartsFirst(patience=5.0).after_starts("http://a")) is False
 
 
 def test_bookkeeping_goes_after_its_patience_even_while_runs_are_being_started():
     async def scenario() -> bool:
         starts = StartsFirst(patience=0.01)
-        with starts.starting():
-            return await starts.after_starts()
+        with starts.starting("http://a"):
+            return await starts.after_starts("http://a")
 
     assert asyncio.run(asyncio.wait_for(scenario(), 1.0)) is True

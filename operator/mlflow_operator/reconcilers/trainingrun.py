@@ -78,7 +78,7 @@ async def reconcile_training_run(ctx: Context[TrainingRunSpec]) -> Result:
         services.run_attempts.discard(identity.uid)  # recorded: memory not needed any more
     job = await _observed_job(ctx, registers_model)
     stage = logic.stage_of(status, job, registers_model)
-    if stage in BOOKKEEPING and await services.starts.after_starts():
+    if stage in BOOKKEEPING and await services.starts.after_starts(status.get("trackingUri")):
         job = await _observed_job(ctx, registers_model)  # as it is after the wait
         stage = logic.stage_of(status, job, registers_model)
     result = await STEPS[stage](ctx, job, ctx.drift_check)
@@ -132,9 +132,10 @@ async def _starting(ctx: Context[TrainingRunSpec], job: JobSnapshot | None, refr
     go on with the Job as it is now. Its MLflow calls go before those of closing runs: the
     Job waits on them."""
     events: list[Event] = []
-    with ctx.services.starts.starting():
+    with urgent():
+        resolved = await _resolve(ctx)
+    with ctx.services.starts.starting(resolved.target.uri):
         with urgent():
-            resolved = await _resolve(ctx)
             run = await _ensure_run(ctx, resolved, job, events)
         job = await _ensure_job(ctx, resolved, run, job, events)
     if job is None:  # deleted, finalizer and all, before its outcome was recorded
