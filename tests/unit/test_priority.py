@@ -137,13 +137,19 @@ def test_bookkeeping_waits_until_no_run_is_being_started_on_its_server():
     assert asyncio.run(scenario()) == ["started", "closed"]
 
 
-def test_bookkeeping_does_not_wait_for_starts_on_another_server():
-    async def scenario() -> bool:
-        starts = StartsFirst(patience=5.0)
-        with starts.starting("http://a"):
-            return await starts.after_starts("http://b")
+def waited_while_starting_on_a(server: str, patience: float) -> bool:
+    """Whether bookkeeping for `server` waited while a run was being started on http://a."""
 
-    assert asyncio.run(asyncio.wait_for(scenario(), 1.0)) is False
+    async def scenario() -> bool:
+        starts = StartsFirst(patience=patience)
+        with starts.starting("http://a"):
+            return await starts.after_starts(server)
+
+    return asyncio.run(asyncio.wait_for(scenario(), 1.0))
+
+
+def test_bookkeeping_does_not_wait_for_starts_on_another_server():
+    assert waited_while_starting_on_a("http://b", patience=5.0) is False
 
 
 def test_bookkeeping_does_not_wait_when_no_run_is_being_started():
@@ -151,9 +157,4 @@ def test_bookkeeping_does_not_wait_when_no_run_is_being_started():
 
 
 def test_bookkeeping_goes_after_its_patience_even_while_runs_are_being_started():
-    async def scenario() -> bool:
-        starts = StartsFirst(patience=0.01)
-        with starts.starting("http://a"):
-            return await starts.after_starts("http://a")
-
-    assert asyncio.run(asyncio.wait_for(scenario(), 1.0)) is True
+    assert waited_while_starting_on_a("http://a", patience=0.01) is True
