@@ -691,6 +691,20 @@ class Sandbox:
         # a category ("the server doesn't have a resource type mlflow"): drop the cache.
         shutil.rmtree(STATE / "kube-cache" / "discovery", ignore_errors=True)
 
+    def ensure_admission_policies(self) -> None:
+        """The chart's admission policies, as its default install has them (Pod Security
+        baseline for training templates, experiment-name prefixes), under a release name of
+        their own so that installing the chart later adds its copy beside them."""
+        rendered = subprocess.run(
+            [self._bin("helm"), "template", "sandbox-policies", str(CHART), "--kube-version", "1.34.0",
+             "--show-only", "templates/admissionpolicy.yaml"],
+            capture_output=True, text=True, timeout=60,
+        )
+        if rendered.returncode != 0:
+            raise SandboxError(f"helm template of the chart's admission policies failed:\n{rendered.stderr}")
+        self.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=sandbox", "-f", "-",
+                     input_text=rendered.stdout)
+
     def ensure_operator_identity(self) -> None:
         """The chart's ServiceAccount and RBAC (cluster scope), and a kubeconfig with a fresh
         token for it, for the operator process to use."""
@@ -772,6 +786,7 @@ current-context: sandbox
         self.ensure_images()
         bring_up("kubelet")
         self.ensure_crds()
+        self.ensure_admission_policies()
         self.ensure_nodes()
         self.ensure_default_service_account()
         self.ensure_real_node()

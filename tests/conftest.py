@@ -172,6 +172,18 @@ def namespace(core, request) -> Iterator[str]:
     core.delete_namespace(name, propagation_policy="Background")
 
 
+@pytest.fixture
+def other_namespace(core) -> Iterator[str]:
+    """A second tenant's namespace, for tests where one tenant tries to reach another's."""
+    from kubernetes import client
+
+    name = f"t-tenant-b-{uuid.uuid4().hex[:6]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    wait_for(lambda: _has_default_sa(core, name), timeout=30, message=f"default ServiceAccount in {name}")
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
+
+
 def _has_default_sa(core, namespace: str) -> bool:
     from kubernetes.client.exceptions import ApiException
 

@@ -112,7 +112,7 @@ class FakeKube:
             raise KubernetesError(409, "AlreadyExists", f"jobs {metadata['name']} already exists")
         job = JobSnapshot(
             uid=f"job-uid-{next(self._uids)}", name=metadata["name"], namespace=namespace,
-            owner_uids=frozenset(ref["uid"] for ref in metadata.get("ownerReferences") or []),
+            controller_uid=next((ref["uid"] for ref in metadata.get("ownerReferences") or [] if ref.get("controller")), None),
             labels=dict(metadata.get("labels") or {}), finalizers=tuple(metadata.get("finalizers") or ()),
         )
         if dry_run:
@@ -122,9 +122,10 @@ class FakeKube:
         self.writes.record(f"create_job {job.name}")
         return job
 
-    async def delete_job(self, namespace: str, name: str, propagation: str = "Background") -> bool:
+    async def delete_job(self, namespace: str, name: str, propagation: str = "Background",
+                         uid: str | None = None) -> bool:
         job = self.jobs.get((namespace, name))
-        if job is None:
+        if job is None or (uid is not None and job.uid != uid):
             return False
         if job.finalizers:
             self.jobs[(namespace, name)] = replace(job, deleting=True)

@@ -16,7 +16,8 @@ class JobSnapshot:
     """A Job's identity, bookkeeping and progress."""
 
     uid: str
-    owner_uids: frozenset[str]
+    # The uid in its controller ownerReference (the one that may act on it), if any.
+    controller_uid: str | None
     name: str = ""
     namespace: str = ""
     labels: dict[str, str] = field(default_factory=dict)
@@ -37,8 +38,10 @@ class JobSnapshot:
         """Nothing more will happen in this Job: it finished, or it is being deleted."""
         return self.finished is not None or self.deleting
 
-    def owned_by(self, uid: str) -> bool:
-        return uid in self.owner_uids
+    def controlled_by(self, uid: str) -> bool:
+        """Whether `uid` is its controller. Another ownerReference, which anyone who may
+        create the Job can add, makes no claim on it."""
+        return self.controller_uid == uid
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class ContainerImage:
 @dataclass(frozen=True)
 class PodSnapshot:
     name: str
+    # The uid in its controller ownerReference: the Job that made it.
+    controller_uid: str | None = None
     # Containers that terminated with a non-zero exit code.
     failed_containers: tuple[ContainerExit, ...] = ()
     node: str | None = None

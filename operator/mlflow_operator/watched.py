@@ -136,7 +136,7 @@ class Watched:
         # TrainingRuns by uid: whether they are closed (a Job's events need no read to know),
         # and the open ones as last seen (by their watch, or as a status write left them): a
         # Job's event reconciles its run from there instead of reading it.
-        self.training_runs_closed: WatchCache[str, bool] = WatchCache()
+        self.training_runs_closed: WatchCache[Key, bool] = WatchCache()  # by (namespace, uid)
         self.open_training_runs: WatchCache[str, dict[str, Any]] = WatchCache()
         # TrainingRuns and TrainingSweeps not started yet, by the Experiment they name (woken
         # when it is Ready).

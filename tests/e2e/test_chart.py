@@ -381,34 +381,3 @@ def test_the_service_monitor_selects_the_metrics_service(sandbox):
     assert selector.items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"] == "metrics"
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
-
-
-@pytest.mark.parametrize("pod_spec, refusal", [
-    ({"containers": [{"name": "t", "image": "i", "securityContext": {"privileged": True}}]},
-     "privileged containers are not allowed"),
-    ({"containers": [{"name": "t", "image": "i"}], "volumes": [{"name": "h", "hostPath": {"path": "/"}}]},
-     "hostPath volumes are not allowed"),
-    ({"containers": [{"name": "t", "image": "i"}], "hostNetwork": True}, "hostNetwork, hostPID and hostIPC"),
-])
-def test_the_optional_admission_policy_refuses_privileged_training_pods(sandbox, custom, namespace, pod_spec,
-                                                                        refusal):
-    from kubernetes.client.exceptions import ApiException
-
-    release = f"vap-{uuid.uuid4().hex[:6]}"
-    policy = helm(sandbox, "template", release, str(CHART), "--kube-version", KUBE_VERSION,
-                  "--set", "admissionPolicy.enabled=true", "--show-only", "templates/admissionpolicy.yaml").stdout
-    sandbox.kubectl("apply", "-f", "-", input_text=policy)
-    runs = Objects(custom, namespace, "trainingruns", "TrainingRun")
-    try:
-        def refused() -> str | None:
-            try:
-                runs.create("risky", {"experimentName": "e", "template": {"spec": pod_spec}})
-            except ApiException as error:
-                return error.body if refusal in (error.body or "") else None
-            runs.delete("risky")
-            return None
-
-        wait_for(refused, timeout=30, message=f"the policy to refuse with {refusal!r}")
-        runs.create("plain", {"experimentName": "e", "template": {"spec": {"containers": [{"name": "t", "image": "i"}]}}})
-    finally:
-        sandbox.kubectl("delete", "-f", "-", input_text=policy, check=False)

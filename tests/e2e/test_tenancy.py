@@ -29,15 +29,6 @@ def objects(custom, namespace: str, kind: str) -> Objects:
     return Objects(custom, namespace, kind.lower() + "s", kind)
 
 
-@pytest.fixture
-def other_namespace(core):
-    name = f"t-tenant-b-{uuid.uuid4().hex[:6]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    wait_for(lambda: core.read_namespaced_service_account("default", name), timeout=30)
-    yield name
-    core.delete_namespace(name, propagation_policy="Background")
-
-
 def make_secret(core, namespace: str, name: str, data: dict[str, str], labelled: bool = True) -> None:
     core.create_namespaced_secret(namespace, client.V1Secret(
         metadata=client.V1ObjectMeta(name=name, labels=dict(LABEL) if labelled else {}), string_data=data))
@@ -190,7 +181,7 @@ def test_a_training_run_cannot_log_into_another_namespaces_experiment(custom, na
     taken = mine.wait_ready("exp")["status"]["experimentName"]
     theirs = objects(custom, other_namespace, "TrainingRun")
     theirs.create("intruder", {"experimentName": taken, "template": template(hold=False)})
-    assert namespace in theirs.wait_reason("intruder", "Conflict")["message"]
+    assert namespace in theirs.wait_reason("intruder", "NameOutsideNamespace")["message"]
     assert "runId" not in (theirs.get("intruder").get("status") or {})
 
 

@@ -22,7 +22,9 @@ def v1_job(conditions=None, deleting=False, **status) -> client.V1Job:
             name="train", namespace="team-a", uid="job-uid", labels={"mlflow.operator.dev/run-id": "r1"},
             finalizers=["mlflow.operator.dev/job-outcome"], deletion_timestamp=T1 if deleting else None,
             owner_references=[client.V1OwnerReference(api_version="v1", kind="TrainingRun", name="train",
-                                                      uid="owner-uid")]),
+                                                      uid="owner-uid", controller=True),
+                              client.V1OwnerReference(api_version="v1", kind="TrainingRun", name="other",
+                                                      uid="another-uid")]),
         status=client.V1JobStatus(conditions=conditions, start_time=T0, **status),
     )
 
@@ -30,7 +32,7 @@ def v1_job(conditions=None, deleting=False, **status) -> client.V1Job:
 def test_a_running_job_reads_as_active_and_not_ended():
     job = job_snapshot(as_json(v1_job(active=1, ready=1)))
     assert (job.uid, job.name, job.namespace, job.active, job.ready) == ("job-uid", "train", "team-a", 1, 1)
-    assert job.owned_by("owner-uid") and not job.owned_by("someone")
+    assert job.controlled_by("owner-uid") and not job.controlled_by("another-uid")
     assert job.labels == {"mlflow.operator.dev/run-id": "r1"}
     assert job.finalizers == ("mlflow.operator.dev/job-outcome",)
     assert not job.ended and job.start_time == T0

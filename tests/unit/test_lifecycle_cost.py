@@ -59,23 +59,23 @@ def test_a_succeeded_run_that_registers_a_model_is_open_until_the_version_is_rec
 
 def test_a_job_update_that_changes_nothing_recorded_is_handled_once():
     handled = HandledJobs()
-    running = JobSnapshot(uid="j", owner_uids=frozenset({"o"}), active=1, ready=1)
+    running = JobSnapshot(uid="j", controller_uid="o", active=1, ready=1)
     handled.record("o", handled.signature(running, "Running"))
     assert handled.handled("o", handled.signature(running, "Running"))
     assert not handled.handled("o", handled.signature(running, "Succeeded"))
     assert not handled.handled("o", handled.signature(
-        JobSnapshot(uid="j", owner_uids=frozenset({"o"}), deleting=True), "Running"))
+        JobSnapshot(uid="j", controller_uid="o", deleting=True), "Running"))
 
 
 def test_a_job_from_a_watch_event_reads_as_one_from_the_api():
     event_body = {
         "metadata": {"uid": "j", "name": "run", "namespace": "ns", "finalizers": ["f"],
-                     "ownerReferences": [{"uid": "o"}], "labels": {"a": "b"}},
+                     "ownerReferences": [{"uid": "o", "controller": True}], "labels": {"a": "b"}},
         "status": {"startTime": "2026-11-23T10:00:00Z", "completionTime": "2026-11-23T10:01:00Z", "succeeded": 1,
                    "conditions": [{"type": "Complete", "status": "True"}]},
     }
     job = job_snapshot(event_body)
-    assert (job.uid, job.owner_uids, job.finalizers, job.succeeded) == ("j", frozenset({"o"}), ("f",), 1)
+    assert (job.uid, job.controller_uid, job.finalizers, job.succeeded) == ("j", "o", ("f",), 1)
     assert job.finished == ("Complete", "", "") and job.completion_time is not None and not job.deleting
 
 

@@ -98,5 +98,6 @@ def test_filter_literals_parse_back_to_the_value_in_mlflow():
         assert parsed[0]["value"] == name
 
 
-def test_a_name_with_both_quotes_is_searched_by_prefix_and_filtered_after():
-    assert model_name_filter("a'b\"c") == "name LIKE 'a%'"
+def test_a_name_with_both_quotes_has_no_filter_rather_than_a_wide_one():
+    with pytest.raises(TrackingRejected, match="both kinds of quote"):
+        model_name_filter("a'b\"c")

@@ -5,6 +5,7 @@ import pytest
 
 from mlflow_operator.api.common import ObjectIdentity
 from mlflow_operator.logic.conditions import ReconcileProblem
+from mlflow_operator.logic import ownership
 from mlflow_operator.logic.ownership import (
     Relation,
     describe_owner,
@@ -79,3 +80,16 @@ def test_an_entity_whose_owner_was_deleted_belongs_to_the_namespace_again():
     assert take_over(SIBLING, ME, adopt=False, what="model", owner_alive=False) is Relation.NAMESPACE
     assert "team-a/other" in conflict_message(lambda: take_over(SIBLING, ME, adopt=False, what="model"))
     assert "team-b" in conflict_message(lambda: take_over(FOREIGN, ME, adopt=False, what="model", owner_alive=False))
+
+
+@pytest.mark.parametrize("name", ["team-b/churn", "team-b/a/b", "x/y"])
+def test_a_name_in_another_namespaces_prefix_is_refused(name):
+    with pytest.raises(ReconcileProblem) as refused:
+        ownership.refuse_other_namespace_prefix(name, "team-a", "spec.name")
+    assert refused.value.outcome.reason == "NameOutsideNamespace"
+    assert "team-a/" in refused.value.outcome.message
+
+
+@pytest.mark.parametrize("name", ["team-a/churn", "churn", "Users/alice/churn", "Shared/x", "-x/y"])
+def test_a_name_in_this_namespaces_prefix_or_no_namespaces_prefix_is_allowed(name):
+    ownership.refuse_other_namespace_prefix(name, "team-a", "spec.name")

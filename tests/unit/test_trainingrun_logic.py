@@ -86,7 +86,7 @@ def test_credentials_are_secret_key_refs_never_values():
 
 
 def state(**kwargs) -> JobSnapshot:
-    return JobSnapshot(uid="j", owner_uids=frozenset({"uid-1"}), **kwargs)
+    return JobSnapshot(uid="j", controller_uid="uid-1", **kwargs)
 
 
 def shape(run_spec: TrainingRunSpec, namespace: str = "ml", experiment_id: str = "1") -> str:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 GROUP = "mlflow.operator.dev"
 VERSION = "v1alpha1"
@@ -20,8 +20,36 @@ TAG_NAME = "k8s.name"
 TAG_UID = "k8s.uid"
 TAG_KIND = "k8s.kind"
 
+# The operator's signature over an entity's ownership tags (logic/signing.py).
+TAG_SIGNATURE = "k8s.owner-signature"
+OWNERSHIP_TAGS = (TAG_NAMESPACE, TAG_NAME, TAG_UID, TAG_KIND, TAG_SIGNATURE)
+# Tags under this prefix are the operator's (audit records, bookkeeping): never from a spec.
+RESERVED_TAG_PREFIX = f"{GROUP}/"
+
 # MLflow's own tag for an entity's description ("note").
 NOTE_TAG = "mlflow.note.content"
+
+
+def _operator_keys_refused(tags: dict[str, str]) -> dict[str, str]:
+    """Spec tags cannot forge what only the operator writes: ownership and audit tags."""
+    taken = sorted(k for k in tags if k.startswith(RESERVED_TAG_PREFIX) or k in OWNERSHIP_TAGS)
+    if taken:
+        raise ValueError(f"tag keys {taken} are written by the operator only (keys under {RESERVED_TAG_PREFIX} "
+                         f"and {', '.join(OWNERSHIP_TAGS)})")
+    return tags
+
+
+def _quotable(name: str) -> str:
+    """MLflow's filter grammar has no escapes: a name with both quote kinds cannot be searched for."""
+    if "'" in name and '"' in name:
+        raise ValueError(f"name {name!r} contains both kinds of quote (' and \"); MLflow's search filters "
+                         "cannot quote it")
+    return name
+
+
+# A spec's tags for an MLflow entity; and a name of one, as MLflow's filters can search for it.
+SpecTags = Annotated[dict[str, str], AfterValidator(_operator_keys_refused)]
+MlflowName = Annotated[str, AfterValidator(_quotable)]
 
 
 class Model(BaseModel):

@@ -6,16 +6,16 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from mlflow_operator.api.common import Model, TrackingSpec
+from mlflow_operator.api.common import MlflowName, Model, SpecTags, TrackingSpec
 
 PLURAL = "experiments"
 KIND = "Experiment"
 
 
 class ExperimentSpec(Model):
-    name: str | None = Field(default=None, min_length=1, max_length=500)
+    name: MlflowName | None = Field(default=None, min_length=1, max_length=500)
     description: str | None = Field(default=None, max_length=20000)
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: SpecTags = Field(default_factory=dict)
     artifact_location: str | None = Field(default=None, alias="artifactLocation")
     deletion_policy: Literal["Retain", "Delete"] = Field(default="Retain", alias="deletionPolicy")
     adopt: bool = False

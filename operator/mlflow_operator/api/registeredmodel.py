@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from mlflow_operator.api.common import Model, TrackingSpec
+from mlflow_operator.api.common import MlflowName, Model, SpecTags, TrackingSpec
 
 PLURAL = "registeredmodels"
 KIND = "RegisteredModel"
@@ -24,7 +24,7 @@ class VersionSpec(Model):
     version: str
     stage: Literal["None", "Staging", "Production", "Archived"] | None = None
     description: str | None = None
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: SpecTags = Field(default_factory=dict)
 
     @field_validator("version", mode="before")
     @classmethod
@@ -53,9 +53,9 @@ class PromotionRule(Model):
 
 
 class RegisteredModelSpec(Model):
-    name: str | None = Field(default=None, min_length=1, max_length=256)
+    name: MlflowName | None = Field(default=None, min_length=1, max_length=256)
     description: str | None = None
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: SpecTags = Field(default_factory=dict)
     aliases: dict[str, str] = Field(default_factory=dict)
     versions: list[VersionSpec] = Field(default_factory=list)
     archive_existing_versions: bool = Field(default=False, alias="archiveExistingVersions")

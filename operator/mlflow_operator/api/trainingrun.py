@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from mlflow_operator.api.common import Model, TrackingSpec
+from mlflow_operator.api.common import MlflowName, Model, SpecTags, TrackingSpec
 
 PLURAL = "trainingruns"
 KIND = "TrainingRun"
@@ -23,10 +23,10 @@ class ExperimentRef(Model):
 
 
 class RegisterModelSpec(Model):
-    name: str = Field(min_length=1, max_length=256)
+    name: MlflowName = Field(min_length=1, max_length=256)
     artifact_path: str = Field(default="model", alias="artifactPath")
     aliases: list[str] = Field(default_factory=list)
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: SpecTags = Field(default_factory=dict)
 
 
 class InExperiment(Model):
@@ -34,7 +34,7 @@ class InExperiment(Model):
     name, exactly one) and its server. TrainingRun and TrainingSweep share it."""
 
     experiment_ref: ExperimentRef | None = Field(default=None, alias="experimentRef")
-    experiment_name: str | None = Field(default=None, alias="experimentName")
+    experiment_name: MlflowName | None = Field(default=None, alias="experimentName")
     tracking: TrackingSpec | None = None
 
     @model_validator(mode="after")
@@ -48,7 +48,7 @@ class TrainingRunSpec(InExperiment):
     run_name: str | None = Field(default=None, alias="runName")
     description: str | None = None
     params: dict[str, str] = Field(default_factory=dict)
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: SpecTags = Field(default_factory=dict)
     primary_metric: str | None = Field(default=None, alias="primaryMetric")
     template: dict[str, Any]
     backoff_limit: int = Field(default=0, alias="backoffLimit", ge=0)

@@ -270,14 +270,18 @@ class KubernetesGateway:
             "create_job_dry_run" if dry_run else "create_job", "POST", _jobs(namespace),
             params={"dryRun": "All"} if dry_run else None, body=body))
 
-    async def delete_job(self, namespace: str, name: str, propagation: str = "Background") -> bool:
-        """Delete the Job and (by propagation) its pods; False if it was already gone."""
+    async def delete_job(self, namespace: str, name: str, propagation: str = "Background",
+                         uid: str | None = None) -> bool:
+        """Delete the Job and (by propagation) its pods; False if it was already gone, or (with
+        `uid`, a precondition) if the Job of that name now is another one."""
+        options: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
+        if uid is not None:
+            options["preconditions"] = {"uid": uid}
         try:
-            await self._call("delete_job", "DELETE", _jobs(namespace, name),
-                             body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation})
+            await self._call("delete_job", "DELETE", _jobs(namespace, name), body=options)
             return True
         except KubernetesError as error:
-            if error.status == 404:
+            if error.status == 404 or (error.status == 409 and uid is not None):
                 return False
             raise
 
@@ -355,6 +359,12 @@ def _jobs(namespace: str | None, name: str = "") -> str:
     return f"/apis/batch/v1{where}/jobs" + (f"/{quote(name)}" if name else "")
 
 
+def controller_uid(metadata: Mapping[str, Any]) -> str | None:
+    """The uid of an object's controller ownerReference (at most one is allowed)."""
+    return next((str(ref.get("uid")) for ref in metadata.get("ownerReferences") or []
+                 if isinstance(ref, dict) and ref.get("controller") is True), None)
+
+
 def job_snapshot(job: Mapping[str, Any]) -> JobSnapshot:
     """What the operator reads from a Job (the JSON of a reply or a watch event): identity,
     bookkeeping, progress and how it ended."""
@@ -369,7 +379,7 @@ def job_snapshot(job: Mapping[str, Any]) -> JobSnapshot:
                 finish_time = timestamps.parse(condition.get("lastTransitionTime"))
     return JobSnapshot(
         uid=metadata.get("uid", ""),
-        owner_uids=frozenset(ref.get("uid") for ref in metadata.get("ownerReferences") or []),
+        controller_uid=controller_uid(metadata),
         name=metadata.get("name") or "",
         namespace=metadata.get("namespace") or "",
         labels=dict(metadata.get("labels") or {}),
@@ -397,5 +407,5 @@ def pod_snapshot(pod: Mapping[str, Any]) -> PodSnapshot:
                                        terminated.get("reason") or "Error"))
     images = tuple(ContainerImage(c.get("name", ""), c.get("image") or "", c.get("imageID") or "")
                    for c in containers)
-    return PodSnapshot(name=metadata.get("name", ""), failed_containers=tuple(exits),
+    return PodSnapshot(name=metadata.get("name", ""), controller_uid=controller_uid(metadata), failed_containers=tuple(exits),
                        node=spec.get("nodeName"), created=metadata.get("creationTimestamp"), containers=images)

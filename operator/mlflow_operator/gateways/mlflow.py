@@ -158,13 +158,14 @@ async def every_page(search: Callable[[str | None], Awaitable[tuple[list[Item], 
 
 
 def model_name_filter(name: str) -> str:
-    """A filter that finds every version of `name` (and perhaps more, to be filtered after)."""
+    """A filter that finds exactly the versions of `name`. A name with both quote kinds has
+    no filter (specs refuse such names; one made outside the operator is refused here, never
+    widened into a LIKE pattern that would read much of the registry)."""
     literal = filter_literal(name)
-    if literal is not None:
-        return f"name = {literal}"
-    # Both quotes in the name: ask for the names that share its longest expressible prefix.
-    prefix = name[: min(name.index("'"), name.index('"'))]
-    return f"name LIKE '{prefix}%'"
+    if literal is None:
+        raise TrackingRejected(f"model name {name!r} contains both kinds of quote; MLflow's search filters "
+                               "cannot name it")
+    return f"name = {literal}"
 
 
 class _Session:

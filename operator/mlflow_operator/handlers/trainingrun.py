@@ -49,16 +49,20 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         services = services_of(memo)
         assert services.watched.jobs is not None
         services.watched.jobs.put((job.namespace, job.name), None if type == "DELETED" else job)
+        # Its controller, in its own namespace: the only TrainingRun a Job's events concern.
         owner = next((ref for ref in body["metadata"].get("ownerReferences") or []
-                      if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION), None)
+                      if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION
+                      and ref.get("controller") is True), None)
         if owner is None:
             return
         # The run as last seen if it is open; else, and when its Job is going (as when the
         # run is deleted), enough to find it: the reconcile reads it fresh (and skips it if
         # it is gone, replaced, or being deleted).
         seen = None if job.deleting or type == "DELETED" else services.watched.open_training_runs.get(owner["uid"])
+        if seen is not None and seen["metadata"]["namespace"] != job.namespace:
+            seen = None
         run: Any = seen or {"metadata": {"namespace": job.namespace, "name": owner["name"], "uid": owner["uid"]}}
-        closed = services.watched.training_runs_closed.get(owner["uid"])
+        closed = services.watched.training_runs_closed.get((job.namespace, owner["uid"]))
         if closed is None:  # not seen (yet): read it, and reconcile from that read
             run = await _owner_if_alive(services.kube, job.namespace, owner)
             if run is None:  # its TrainingRun is gone
@@ -76,7 +80,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         """What a Job's events and an Experiment's Ready status need to know of each run."""
         watched, metadata = services_of(memo).watched, body["metadata"]
         gone = type == "DELETED"
-        watched.training_runs_closed.put(metadata["uid"], None if gone else not needs_job_events(body))
+        watched.training_runs_closed.put((metadata["namespace"], metadata["uid"]),
+                                         None if gone else not needs_job_events(body))
         watched.open_training_runs.put(metadata["uid"], None if gone else open_run_copy(body))
         watched.waiting_for_experiment.put(metadata["uid"], metadata["name"],
                                            None if gone else waiting_for_experiment(body))

@@ -30,6 +30,8 @@ def desired_experiment(spec: ExperimentSpec, identity: ObjectIdentity) -> Desire
     tags = dict(spec.tags)
     if spec.description:
         tags[NOTE_TAG] = spec.description
+    if spec.name:
+        ownership.refuse_other_namespace_prefix(spec.name, identity.namespace, "spec.name")
     return DesiredExperiment(
         name=spec.name or default_experiment_name(identity.namespace, identity.name),
         artifact_location=spec.artifact_location,

@@ -14,6 +14,7 @@ operator). One rule for every kind (docs/decisions/0007-tenancy.md):
 from __future__ import annotations
 
 import enum
+import re
 
 from mlflow_operator.api.common import TAG_KIND, TAG_NAME, TAG_NAMESPACE, TAG_UID, ObjectIdentity
 from mlflow_operator.logic.conditions import ReconcileProblem, stalled
@@ -106,3 +107,20 @@ def namespace_tags(identity: ObjectIdentity) -> dict[str, str]:
     """Tags for an entity a TrainingRun creates on its namespace's behalf: the namespace owns
     it, and an Experiment or RegisteredModel of that namespace may take it over."""
     return {TAG_NAMESPACE: identity.namespace, CREATED_BY_TAG: f"{identity.kind} {identity.namespace}/{identity.name}"}
+
+
+# What a namespace's name looks like (a DNS label): a name's first '/'-part that could be one.
+_NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def refuse_other_namespace_prefix(name: str, namespace: str, field: str) -> None:
+    """Experiment names `<namespace>/...` are that namespace's (the default name of its
+    Experiments): no other namespace may take one first and hold it. A first part that cannot
+    be a namespace's name (`Users/...`, `Shared/...`) is nobody's prefix."""
+    head, slash, _ = name.partition("/")
+    if slash and head != namespace and _NAMESPACE_NAME.fullmatch(head):
+        raise ReconcileProblem(stalled(
+            "NameOutsideNamespace",
+            f"{field} {name!r} is inside namespace {head!r}'s prefix ({head}/...); a name whose first part "
+            f"could be a namespace must start with this namespace's: {namespace}/...",
+        ))

@@ -150,6 +150,7 @@ class TrialView:
     name: str
     phase: str  # Pending | Running | Succeeded | Failed
     run_id: str | None = None
+    uid: str = ""
     params: Mapping[str, str] = field(default_factory=dict)
     metrics: Mapping[str, float] = field(default_factory=dict)
 
@@ -165,7 +166,7 @@ def trial_view(body: Mapping[str, Any]) -> TrialView | None:
     if not raw_index.isdigit():
         return None
     return TrialView(index=int(raw_index), name=metadata["name"], phase=status.get("phase") or "Pending",
-                     run_id=status.get("runId"), params=dict((body.get("spec") or {}).get("params") or {}),
+                     run_id=status.get("runId"), uid=metadata.get("uid", ""), params=dict((body.get("spec") or {}).get("params") or {}),
                      metrics=dict(status.get("metrics") or {}))
 
 

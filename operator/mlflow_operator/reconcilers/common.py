@@ -17,7 +17,7 @@ from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progress
 from mlflow_operator.logic.target import choose_target, credentials_from_secret
 from mlflow_operator.priority import StartsFirst
 from mlflow_operator.servers import Credentials
-from mlflow_operator.tracking import TrackingError, TrackingTarget
+from mlflow_operator.tracking import RunInfo, TrackingError, TrackingTarget
 from mlflow_operator.watched import ExperimentPages, HandledJobs, ModelPages, Watched
 
 
@@ -248,6 +248,21 @@ def ready_for_generation(body: Any) -> bool:
     metadata, status = body["metadata"], body.get("status") or {}
     ready_now = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
     return ready_now and status.get("observedGeneration") == metadata.get("generation")
+
+
+async def owned_run(services: Services, target: TrackingTarget, run_id: str, owner: ObjectIdentity,
+                    what: str = "MLflow run") -> RunInfo:
+    """The run `run_id`, read, only if its own tags name `owner`'s uid. A run id from a Job's
+    label, a status or an annotation is a claim anyone who writes those could make; the tag on
+    the run is checked before the id is recorded and again before every write to the run."""
+    run = await services.mlflow.get_run(target, run_id)
+    if run is None or run.lifecycle_stage == "deleted":
+        raise ReconcileProblem(stalled("RunDeletedInMLflow", f"{what} {run_id} was deleted outside the operator"))
+    if run.tags.get(TAG_UID) != owner.uid:
+        raise ReconcileProblem(stalled(
+            "RunConflict", f"{what} {run_id} is not tagged as {owner.kind} {owner.name}'s run "
+            f"({TAG_UID}); the operator leaves it untouched"))
+    return run
 
 
 _PLURALS = {"Experiment": "experiments", "RegisteredModel": "registeredmodels", "TrainingRun": "trainingruns",

@@ -31,10 +31,20 @@ from mlflow_operator.logic.conditions import (
 )
 from mlflow_operator.reconcilers import common
 from mlflow_operator.priority import urgent
-from mlflow_operator.reconcilers.common import Context, Event, Result, Services, StatusWriter, resolve_target_and_secret
+from mlflow_operator.reconcilers.common import (
+    Context,
+    Event,
+    Result,
+    Services,
+    StatusWriter,
+    owned_run,
+    resolve_target_and_secret,
+)
 from mlflow_operator.tracking import AlreadyExists, InvalidRequest, RunInfo, TrackingTarget
 
 DUPLICATE_TAG = "mlflow.operator.dev/duplicate-of"
+# Set by the Job controller on the pods it creates (and used by its selector).
+CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
 
 
 @dataclass(frozen=True)
@@ -243,6 +253,7 @@ async def resolve_experiment(ctx: Context[Any], run_field: str) -> Resolved:
 async def _experiment_by_name(ctx: Context[Any], target: TrackingTarget, secret_name: str | None) -> Resolved:
     name = ctx.spec.experiment_name
     assert name is not None
+    ownership.refuse_other_namespace_prefix(name, ctx.identity.namespace, "spec.experimentName")
     mlflow = ctx.services.mlflow
     experiment = await mlflow.get_experiment_by_name(target, name)
     if experiment is None:
@@ -288,8 +299,9 @@ def no_run_can_exist(ctx: Context[Any]) -> bool:
 
 
 def _job_run_id(job: JobSnapshot | None, identity: ObjectIdentity) -> str | None:
-    """The MLflow run a Job of this object was started for (from its label)."""
-    if job is None or not job.owned_by(identity.uid):
+    """The MLflow run a Job this object controls says it was started for (its label): a
+    claim, used only once the run's tags confirm it."""
+    if job is None or not job.controlled_by(identity.uid):
         return None
     return job.labels.get(LABEL_RUN_ID)
 
@@ -298,20 +310,16 @@ async def _ensure_run(ctx: Context[TrainingRunSpec], resolved: Resolved, job: Jo
     mlflow, target, identity = ctx.services.mlflow, resolved.target, ctx.identity
     known = ctx.status.get("runId")
     if known:
-        # A recorded run id always wins.
-        run = await mlflow.get_run(target, known)
-        if run is None or run.lifecycle_stage == "deleted":
-            raise ReconcileProblem(stalled(
-                "RunDeletedInMLflow", f"MLflow run {known} was deleted outside the operator"
-            ))
-        if run.tags.get(TAG_UID) != identity.uid:
-            raise ReconcileProblem(stalled("Conflict", f"MLflow run {known} is not tagged as this object's run"))
+        # A recorded run id always wins, once its tags confirm it.
+        run = await owned_run(ctx.services, target, known, identity)
     else:
         in_job = _job_run_id(job, identity)
         runs = [] if in_job is None and no_run_can_exist(ctx) else await mlflow.find_runs_by_tag(
             target, resolved.experiment_id, TAG_UID, identity.uid)
-        run, duplicates = logic.canonical_run(runs, in_job)
-        if run is None:
+        found, duplicates = logic.canonical_run(runs, in_job)
+        if found is not None:
+            run = found
+        else:
             await _check_job_template(ctx, resolved)
             ctx.services.run_attempts.add(identity.uid)
             run = await mlflow.create_run(
@@ -405,23 +413,39 @@ async def _ensure_job(ctx: Context[TrainingRunSpec], resolved: Resolved, run: Ru
             if error.status != 409:
                 raise _job_rejected(error, "was") or error from None
             job = await kube.get_job(identity.namespace, identity.name)
-            in_job = _job_run_id(job, identity)
-            if in_job and in_job != run.run_id:
-                # Created by an earlier attempt for a twin of this run: the Job's run is the
-                # one (closing the run deletes the other).
-                ctx.record({"runId": in_job, "url": resolved.target.run_url(resolved.experiment_id, in_job)})
     if job is None:
         raise ReconcileProblem(progressing("JobPending", "the Job disappeared while it was being created",
                                            awaited=True, expected=True))
-    if not job.owned_by(identity.uid):
+    if not job.controlled_by(identity.uid):
         raise ReconcileProblem(stalled(
-            "JobConflict", f"a Job named {identity.name!r} exists and is not owned by this TrainingRun"
+            "JobConflict", f"a Job named {identity.name!r} exists and is not controlled by this TrainingRun; "
+            "the operator leaves it alone: delete or rename it"
         ))
     if known_uid and job.uid != known_uid:
         return None  # the Job we created was deleted; this one is a stranger's recreation
     if known_uid != job.uid:
+        in_job = job.labels.get(LABEL_RUN_ID)
+        if in_job != run.run_id:
+            # Created by an earlier attempt for a twin of this run: the Job's run is the one
+            # (closing the run deletes the other), if that run says it is this object's.
+            confirmed = await _job_run_confirmed(ctx, resolved, job, in_job)
+            ctx.record({"runId": confirmed, "url": resolved.target.run_url(resolved.experiment_id, confirmed)})
         ctx.record({"jobUid": job.uid, "jobName": identity.name})
     return job
+
+
+async def _job_run_confirmed(ctx: Context[TrainingRunSpec], resolved: Resolved, job: JobSnapshot,
+                             run_id: str | None) -> str:
+    """A run id read from a Job's label is this object's only if the run's tags say so;
+    otherwise the Job is a stranger's, whatever its ownerReferences claim."""
+    try:
+        if not run_id:
+            raise ReconcileProblem(stalled("RunConflict", "no run id"))
+        return (await owned_run(ctx.services, resolved.target, run_id, ctx.identity)).run_id
+    except ReconcileProblem:
+        raise ReconcileProblem(stalled(
+            "JobConflict", f"Job {job.name!r} names MLflow run {run_id}, which is not this TrainingRun's run; "
+            "no run is touched: delete the Job")) from None
 
 
 async def _in_progress(ctx: Context[TrainingRunSpec], state: JobSnapshot, refresh_metrics: bool) -> Result:
@@ -459,7 +483,7 @@ async def _job_ended(ctx: Context[TrainingRunSpec], state: JobSnapshot, resolved
     """The Job finished, or is being deleted: record its outcome in status first, then let
     the Job go (its finalizer held it until now), then close the run in MLflow."""
     # The pods say why a Job failed, and what the run ran on (pod, node, image digest).
-    pods = await ctx.services.kube.list_pods(ctx.identity.namespace, f"job-name={ctx.identity.name}")
+    pods = await _pods_of(ctx, state)
     pod_reasons = _pod_failure_reasons(pods) if state.finished and state.finished[0] == "Failed" else []
     ended = logic.job_outcome(state, ctx.identity.name, pod_reasons)
     outcome = {
@@ -479,6 +503,12 @@ async def _job_ended(ctx: Context[TrainingRunSpec], state: JobSnapshot, resolved
     return await _finish(ctx, resolved or await _resolve(ctx), ran_on)
 
 
+
+
+async def _pods_of(ctx: Context[TrainingRunSpec], job: JobSnapshot) -> list[PodSnapshot]:
+    """The Job's own pods: those it controls (a bare pod can carry any label)."""
+    pods = await ctx.services.kube.list_pods(ctx.identity.namespace, f"{CONTROLLER_UID_LABEL}={job.uid}")
+    return [pod for pod in pods if pod.controller_uid == job.uid]
 
 
 async def _job_lost(ctx: Context[TrainingRunSpec], resolved: Resolved) -> Result:
@@ -503,6 +533,7 @@ async def _finish(ctx: Context[TrainingRunSpec], resolved: Resolved, ran_on: dic
     reason = recorded.get("reason") or ("Succeeded" if phase == "Succeeded" else "JobFailed")
     run_status = status.get("runStatus") or logic.final_run_status(phase, reason)
     update: dict[str, Any] = {}
+    run: RunInfo | None = None
     if not status.get("runStatus"):
         run = await _run_to_close(ctx, resolved, run_id)
         missing_tags = {key: value for key, value in (ran_on or {}).items() if run.tags.get(key) != value}
@@ -524,7 +555,8 @@ async def _finish(ctx: Context[TrainingRunSpec], resolved: Resolved, ran_on: dic
         # Worth keeping even if registration fails below.
         await ctx.checkpoint(update)
     events: list[Event] = []
-    version = await register_model(ctx, resolved, run_id, ctx.spec.register_model, events)
+    run = run or await owned_run(ctx.services, target, run_id, ctx.identity)
+    version = await register_model(ctx, resolved, run, ctx.spec.register_model, events)
     message = f"MLflow run {run_id} FINISHED; registered {version['uri']}"
     events.append(("Normal", "Succeeded", message))
     return Result(ready("Succeeded", message), {**update, "modelVersion": version}, events)
@@ -536,9 +568,8 @@ async def _run_to_close(ctx: Context[TrainingRunSpec], resolved: Resolved, run_i
     deleted now. Other runs with the tag (as after a hand-over) are left as they are."""
     mlflow, target = ctx.services.mlflow, resolved.target
     runs = await mlflow.find_runs_by_tag(target, resolved.experiment_id, TAG_UID, ctx.identity.uid)
-    run = next((r for r in runs if r.run_id == run_id), None) or await mlflow.get_run(target, run_id)
-    if run is None or run.lifecycle_stage == "deleted":
-        raise ReconcileProblem(stalled("RunDeletedInMLflow", f"MLflow run {run_id} was deleted outside the operator"))
+    run = next((r for r in runs if r.run_id == run_id and r.lifecycle_stage == "active"), None) \
+        or await owned_run(ctx.services, target, run_id, ctx.identity)
     for duplicate in runs:
         if duplicate.run_id != run_id and duplicate.lifecycle_stage == "active" \
                 and duplicate.start_time == run.start_time:
@@ -548,12 +579,13 @@ async def _run_to_close(ctx: Context[TrainingRunSpec], resolved: Resolved, run_i
     return run
 
 
-async def register_model(ctx: Context[Any], resolved: Resolved, run_id: str, spec: RegisterModelSpec,
+async def register_model(ctx: Context[Any], resolved: Resolved, run: RunInfo, spec: RegisterModelSpec,
                          events: list[Event]) -> dict[str, str]:
     """Create (once) the model version from the run's logged model and point the aliases at it,
     in a registered model of this namespace only (a TrainingRun's registerModel, a
-    TrainingSweep's registerBest)."""
+    TrainingSweep's registerBest). `run` was read and its owner checked (owned_run)."""
     mlflow, target, identity = ctx.services.mlflow, resolved.target, ctx.identity
+    run_id = run.run_id
     models = await mlflow.logged_models_of_run(target, resolved.experiment_id, run_id)
     model = logic.pick_logged_model(models, spec.artifact_path)
     if model is None:
@@ -603,9 +635,11 @@ async def kill_training_run(services: Services, body: dict[str, Any]) -> Event |
     status = dict(body.get("status") or {})
     kube = services.kube
     job = await kube.get_job(identity.namespace, identity.name)
+    if job is not None and not job.controlled_by(identity.uid):
+        job = None  # a stranger's Job of the same name: left alone
     state = job if job is not None and job.uid == status.get("jobUid") else None
-    await kube.delete_job(identity.namespace, identity.name, propagation="Background")
-    if job is not None and job.owned_by(identity.uid):
+    if job is not None:
+        await kube.delete_job(identity.namespace, identity.name, propagation="Background", uid=job.uid)
         await kube.remove_job_finalizer(identity.namespace, identity.name, logic.JOB_FINALIZER)
     run_id = status.get("runId")
     if not run_id or status.get("runStatus") in ("FINISHED", "FAILED", "KILLED"):
@@ -621,8 +655,8 @@ async def kill_training_run(services: Services, body: dict[str, Any]) -> Event |
     spec = parse_spec(body.get("spec"))
     writer = StatusWriter(kube, PLURAL, identity.namespace, identity.name, None)
     resolved = await _resolve(Context(services, identity, spec, status, writer, cleanup=True))
-    run = await services.mlflow.get_run(resolved.target, run_id)
-    if run is not None and (run.status != run_status or run.end_time is None):
+    run = await owned_run(services, resolved.target, run_id, identity)
+    if run.status != run_status or run.end_time is None:
         await services.mlflow.set_run_status(resolved.target, run_id, run_status,
                                              run.end_time or int(time.time() * 1000))
     if run_status == "KILLED":

@@ -23,7 +23,7 @@ from mlflow_operator.logic import trainingrun as run_logic
 from mlflow_operator.logic import trainingsweep as logic
 from mlflow_operator.logic.conditions import ReconcileProblem, progressing, ready, stalled
 from mlflow_operator.reconcilers import common
-from mlflow_operator.reconcilers.common import Context, Event, Result, Services, StatusWriter
+from mlflow_operator.reconcilers.common import Context, Event, Result, Services, StatusWriter, owned_run
 from mlflow_operator.reconcilers.trainingrun import (
     DUPLICATE_TAG,
     Resolved,
@@ -172,10 +172,7 @@ async def _close(ctx: Context[TrainingSweepSpec], resolved: Resolved, parent_run
         failure = ("ObjectiveMissing", f"no succeeded trial logged the objective metric {metric!r}")
     run_status = "FAILED" if failure else "FINISHED"
     if not status.get("runStatus"):
-        run = await mlflow.get_run(target, parent_run_id)
-        if run is None or run.lifecycle_stage == "deleted":
-            raise ReconcileProblem(stalled("RunDeletedInMLflow",
-                                           f"parent MLflow run {parent_run_id} was deleted outside the operator"))
+        run = await owned_run(ctx.services, target, parent_run_id, ctx.identity, "parent MLflow run")
         if best is not None and run.metrics.get(metric) != best.metrics[metric]:
             params = {k: v for k, v in best.params.items() if k not in run.params}
             await mlflow.log_params_and_tags(
@@ -197,7 +194,9 @@ async def _close(ctx: Context[TrainingSweepSpec], resolved: Resolved, parent_run
     if spec.register_best is not None:
         await ctx.checkpoint(update)  # kept even if registration fails below
         assert best.run_id is not None
-        version = await register_model(ctx, resolved, best.run_id, spec.register_best, events)
+        trial = ObjectIdentity(kind="TrainingRun", namespace=ctx.identity.namespace, name=best.name, uid=best.uid)
+        best_run = await owned_run(ctx.services, target, best.run_id, trial, f"trial {best.name}'s MLflow run")
+        version = await register_model(ctx, resolved, best_run, spec.register_best, events)
         update["modelVersion"] = version
         message += f"; registered {version['uri']}"
     events.append(("Normal", "Succeeded", message))
@@ -219,8 +218,8 @@ async def kill_training_sweep(services: Services, body: dict[str, Any]) -> Event
     writer = StatusWriter(services.kube, PLURAL, identity.namespace, identity.name, None)
     resolved = await resolve_experiment(Context(services, identity, spec, status, writer, cleanup=True),
                                         run_field=RUN_FIELD)
-    run = await services.mlflow.get_run(resolved.target, run_id)
-    if run is not None and run.status not in run_logic.CLOSED_RUN_STATUSES:
+    run = await owned_run(services, resolved.target, run_id, identity, "parent MLflow run")
+    if run.status not in run_logic.CLOSED_RUN_STATUSES:
         await services.mlflow.set_run_status(resolved.target, run_id, "KILLED", int(time.time() * 1000))
     return ("Normal", "Killed", f"deleted mid-sweep: parent MLflow run {run_id} marked KILLED; its trials are "
                                 "deleted with it")

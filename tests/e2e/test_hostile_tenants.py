@@ -1,0 +1,157 @@
+"""A hostile tenant, against the sandbox: someone who may create the operator's objects, Jobs,
+pods and Secrets in their own namespace, and whose pods reach MLflow. Each test plays one
+attack and checks the secure outcome: nothing a tenant writes decides which MLflow entity or
+run the operator acts on (DESIGN.md, trust rule; docs/security.md)."""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from helpers import stays, wait_for
+from test_tenancy import objects, template, unique, wait_phase
+
+RUN_ID_LABEL = "mlflow.operator.dev/run-id"
+
+
+def forged_job(name: str, owner: dict, labels: dict[str, str]) -> client.V1Job:
+    """A Job a tenant writes by hand, claiming to be `owner`'s (controller and all); suspended,
+    so it makes no pod."""
+    reference = client.V1OwnerReference(api_version=owner["apiVersion"], kind=owner["kind"],
+                                        name=owner["metadata"]["name"], uid=owner["metadata"]["uid"],
+                                        controller=True)
+    return client.V1Job(
+        metadata=client.V1ObjectMeta(name=name, labels=labels, owner_references=[reference]),
+        spec=client.V1JobSpec(suspend=True, template=client.V1PodTemplateSpec(spec=client.V1PodSpec(
+            restart_policy="Never", containers=[client.V1Container(name="c", image="forged:1")]))))
+
+
+def test_a_forged_job_naming_another_tenants_run_touches_no_run(custom, namespace, other_namespace, batch,
+                                                                 mlflow_client):
+    mine = objects(custom, namespace, "TrainingRun")
+    mine.create("victim", {"experimentName": unique("a-exp"), "template": template()})
+    victim_run = wait_phase(mine, "victim", "Running")["status"]["runId"]
+
+    # B's run waits for an Experiment; meanwhile B writes its Job, labelled with A's run id.
+    theirs = objects(custom, other_namespace, "TrainingRun")
+    evil = theirs.create("evil", {"experimentRef": {"name": "later"}, "template": template()})
+    theirs.wait_reason("evil", "ExperimentNotFound")
+    batch.create_namespaced_job(other_namespace, forged_job("evil", evil, {
+        "mlflow.operator.dev/training-run": "evil", RUN_ID_LABEL: victim_run}))
+    objects(custom, other_namespace, "Experiment").create("later", {})
+
+    condition = theirs.wait_reason("evil", "JobConflict", timeout=60)
+    assert victim_run in condition["message"]
+    assert (theirs.get("evil").get("status") or {}).get("runId") != victim_run
+    theirs.delete("evil")
+    wait_for(lambda: not theirs.exists("evil"), timeout=30, message="B's TrainingRun to go")
+
+    assert mlflow_client.get_run(victim_run).info.status == "RUNNING"
+    assert mine.get("victim")["status"]["phase"] == "Running"
+
+
+def test_deleting_a_training_run_leaves_a_same_named_job_it_does_not_control(runs, namespace, batch):
+    stranger = client.V1Job(
+        metadata=client.V1ObjectMeta(name="same-name"),
+        spec=client.V1JobSpec(suspend=True, template=client.V1PodTemplateSpec(spec=client.V1PodSpec(
+            restart_policy="Never", containers=[client.V1Container(name="c", image="other:1")]))))
+    batch.create_namespaced_job(namespace, stranger)
+    runs.create("same-name", {"experimentName": unique("same"), "template": template()})
+    assert "not controlled" in runs.wait_reason("same-name", "JobConflict", timeout=60)["message"]
+    runs.delete("same-name")
+    wait_for(lambda: not runs.exists("same-name"), timeout=30, message="the TrainingRun to go")
+    assert stays(lambda: batch.read_namespaced_job("same-name", namespace).metadata.deletion_timestamp is None,
+                 duration=2)
+
+
+# --------------------------------------------------------------------------- admission
+
+C = {"name": "t", "image": "i"}
+
+
+def with_security(context: dict) -> dict:
+    return {"containers": [{**C, "securityContext": context}]}
+
+
+@pytest.mark.parametrize("pod_spec, refusal", [
+    (with_security({"privileged": True}), "privileged containers"),
+    (with_security({"allowPrivilegeEscalation": True}), "allowPrivilegeEscalation"),
+    (with_security({"capabilities": {"add": ["NET_ADMIN"]}}), "add Linux capabilities"),
+    ({"containers": [{**C, "ports": [{"containerPort": 80, "hostPort": 80}]}]}, "hostPort"),
+    ({"containers": [C], "volumes": [{"name": "h", "hostPath": {"path": "/"}}]}, "hostPath volumes"),
+    ({"containers": [C], "hostNetwork": True}, "hostNetwork, hostPID and hostIPC"),
+    ({"containers": [C], "hostPID": True}, "hostNetwork, hostPID and hostIPC"),
+    ({"containers": [C], "hostIPC": True}, "hostNetwork, hostPID and hostIPC"),
+    (with_security({"windowsOptions": {"hostProcess": True}}), "hostProcess"),
+    ({"containers": [C], "securityContext": {"windowsOptions": {"hostProcess": True}}}, "hostProcess"),
+    (with_security({"seLinuxOptions": {"type": "spc_t"}}), "seLinuxOptions"),
+    ({"containers": [C], "securityContext": {"seLinuxOptions": {"user": "system_u"}}}, "seLinuxOptions"),
+    (with_security({"seLinuxOptions": {"role": "sysadm_r"}}), "seLinuxOptions"),
+    (with_security({"seccompProfile": {"type": "Unconfined"}}), "seccompProfile type Unconfined"),
+    ({"containers": [C], "securityContext": {"seccompProfile": {"type": "Unconfined"}}}, "seccompProfile"),
+    (with_security({"appArmorProfile": {"type": "Unconfined"}}), "AppArmor profile Unconfined"),
+    (with_security({"procMount": "Unmasked"}), "procMount must be Default"),
+    ({"containers": [C], "securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}]}}, "safe sysctls"),
+    ({"initContainers": [{**C, "securityContext": {"privileged": True}}], "containers": [C]}, "privileged containers"),
+])
+def test_a_template_outside_the_pod_security_baseline_is_refused(runs, sweeps, pod_spec, refusal):
+    with pytest.raises(ApiException) as refused:
+        runs.create("risky", {"experimentName": "e", "template": {"spec": pod_spec}})
+    assert refusal in refused.value.body
+    with pytest.raises(ApiException) as refused:
+        sweeps.create("risky", {"experimentName": "e", "objective": {"metric": "m"}, "maxTrials": 1,
+                                "parameters": {"p": {"values": ["1"]}}, "template": {"spec": pod_spec}})
+    assert refusal in refused.value.body
+
+
+def test_an_apparmor_annotation_other_than_runtime_default_or_localhost_is_refused(runs):
+    template = {"metadata": {"annotations": {"container.apparmor.security.beta.kubernetes.io/t": "unconfined"}},
+                "spec": {"containers": [C]}}
+    with pytest.raises(ApiException) as refused:
+        runs.create("risky", {"experimentName": "e", "template": template})
+    assert "AppArmor" in refused.value.body
+    template["metadata"]["annotations"]["container.apparmor.security.beta.kubernetes.io/t"] = "runtime/default"
+    runs.create("fine", {"experimentName": "e", "template": template})
+
+
+def test_a_baseline_template_is_accepted(runs):
+    runs.create("fine", {"experimentName": "e", "template": {"spec": {
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"},
+                            "sysctls": [{"name": "net.ipv4.tcp_keepalive_time", "value": "60"}]},
+        "containers": [{**C, "securityContext": {"allowPrivilegeEscalation": False,
+                                                  "seLinuxOptions": {"type": "container_t"},
+                                                  "capabilities": {"drop": ["ALL"]}}}]}}})
+
+
+@pytest.mark.parametrize("kind, spec", [
+    ("Experiment", {"name": "{other}/churn"}),
+    ("TrainingRun", {"experimentName": "{other}/churn", "template": {"spec": {"containers": [C]}}}),
+])
+def test_a_name_inside_another_namespaces_prefix_is_refused_at_admission(custom, namespace, other_namespace,
+                                                                          kind, spec):
+    theirs = objects(custom, namespace, kind)
+    named = {key: value.format(other=other_namespace) if isinstance(value, str) else value
+             for key, value in spec.items()}
+    with pytest.raises(ApiException) as refused:
+        theirs.create("squat", named)
+    assert "another namespace's prefix" in refused.value.body and f"{namespace}/" in refused.value.body
+    own = {key: value.format(other=namespace) if isinstance(value, str) else value for key, value in spec.items()}
+    theirs.create("own", own)
+
+
+def test_a_name_with_both_quote_kinds_is_refused_at_admission(models, runs):
+    with pytest.raises(ApiException) as refused:
+        models.create("quotes", {"name": "it's \"x\""})
+    assert "both kinds of quote" in refused.value.body
+    with pytest.raises(ApiException) as refused:
+        runs.create("quotes", {"experimentName": "it's \"x\"", "template": {"spec": {"containers": [C]}}})
+    assert "both kinds of quote" in refused.value.body
+
+
+@pytest.mark.parametrize("key", ["mlflow.operator.dev/promoted-by", "k8s.uid", "k8s.owner-signature"])
+def test_spec_tags_cannot_forge_ownership_or_audit_tags(runs, key):
+    with pytest.raises(ApiException) as refused:
+        runs.create("forge", {"experimentName": "e", "template": {"spec": {"containers": [C]}},
+                              "registerModel": {"name": "m", "tags": {key: "passed"}}})
+    assert "written by the operator only" in refused.value.body
