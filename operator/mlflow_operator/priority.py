@@ -29,14 +29,30 @@ def urgent() -> Iterator[None]:
         URGENT.reset(token)
 
 
+class ServerBusy(Exception):
+    """A call given up: every slot of its server is taken and none has been freed for a while."""
+
+    def __init__(self, waiting: int) -> None:
+        super().__init__(f"{waiting} calls waiting")
+        self.waiting = waiting
+
+
 class PriorityLimiter:
     """At most `slots` calls at once. A freed slot goes to the oldest urgent waiter, unless
-    the oldest other one has waited `patience` seconds; then to the oldest other one."""
+    the oldest other one has waited `patience` seconds; then to the oldest other one.
 
-    def __init__(self, slots: int, patience: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+    A server that stops answering keeps its slots taken: once no slot has been freed for
+    `stalled_after` seconds, calls stop waiting for it (ServerBusy) instead of holding the
+    operator's workers, which every namespace shares; the object is retried later. A busy
+    server that answers frees slots all the time, and its calls wait as long as they need."""
+
+    def __init__(self, slots: int, patience: float = 10.0, clock: Callable[[], float] = time.monotonic,
+                 stalled_after: float | None = None) -> None:
         self._free = slots
         self._patience = patience
         self._clock = clock
+        self._stalled_after = stalled_after
+        self._progress_at = clock()  # the last time a slot was freed, or the limiter filled up
         self._urgent: deque[asyncio.Future[None]] = deque()
         self._normal: deque[tuple[float, asyncio.Future[None]]] = deque()
 
@@ -44,14 +60,18 @@ class PriorityLimiter:
     async def slot(self, urgent: bool) -> AsyncIterator[None]:
         if self._free > 0:  # a slot is only ever free while nobody waits (see _release)
             self._free -= 1
+            if self._free == 0:
+                self._progress_at = self._clock()
         else:
+            if self._stalled():
+                raise ServerBusy(self._waiting())
             granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             if urgent:
                 self._urgent.append(granted)
             else:
                 self._normal.append((self._clock(), granted))
             try:
-                await granted
+                await self._granted_or_stalled(granted)
             except asyncio.CancelledError:
                 if granted.done() and not granted.cancelled():
                     self._release()  # granted, then cancelled before it could run
@@ -61,6 +81,27 @@ class PriorityLimiter:
         finally:
             self._release()
 
+    def _stalled(self) -> bool:
+        return self._stalled_after is not None and self._clock() - self._progress_at >= self._stalled_after
+
+    def _waiting(self) -> int:
+        return sum(not f.done() for f in self._urgent) + sum(not f.done() for _, f in self._normal)
+
+    async def _granted_or_stalled(self, granted: asyncio.Future[None]) -> None:
+        if self._stalled_after is None:
+            await granted
+            return
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(granted), self._stalled_after)
+                return
+            except asyncio.TimeoutError:
+                if granted.done():
+                    return
+                if self._stalled():
+                    granted.cancel()  # left in the queue as abandoned (_drop_abandoned)
+                    raise ServerBusy(self._waiting()) from None
+
     def _drop_abandoned(self) -> None:
         while self._urgent and self._urgent[0].done():
             self._urgent.popleft()
@@ -68,6 +109,7 @@ class PriorityLimiter:
             self._normal.popleft()
 
     def _release(self) -> None:
+        self._progress_at = self._clock()
         self._drop_abandoned()
         overdue = bool(self._normal) and self._clock() - self._normal[0][0] >= self._patience
         if self._urgent and not overdue:

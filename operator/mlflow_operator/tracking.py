@@ -62,6 +62,12 @@ class TrackingRejected(TrackingError):
     reason = "TrackingRejected"
 
 
+class InvalidResponse(TrackingRejected):
+    """The server answered 200 with JSON that is not in the shape of MLflow's API."""
+
+    reason = "InvalidResponse"
+
+
 class NotFound(TrackingError):
     reason = "NotFound"
 

@@ -2,6 +2,8 @@
 The failures are built as `requests` raises them (a fault the live server cannot be made to
 show on demand, such as a timeout, is only covered here); e2e tests meet the real ones."""
 
+import io
+
 import pytest
 import requests
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ResponseError
@@ -69,18 +71,19 @@ def test_a_success_that_is_not_mlflow_json_is_rejected():
 
 
 class Reply(requests.Response):
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, headers: dict[str, str] | None = None) -> None:
         super().__init__()
-        self._content, self.status_code = body, 404
+        self.raw, self.status_code = io.BytesIO(body), 200  # read as a stream, as the gateway reads
+        self.headers.update(headers or {})
 
 
 def test_only_an_error_code_name_is_kept_from_a_reply():
     from mlflow_operator.gateways.mlflow import _error_code
 
-    assert _error_code(Reply(b'{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "' + SECRET.encode() + b'"}')) \
+    assert _error_code(b'{"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "' + SECRET.encode() + b'"}') \
         == "RESOURCE_DOES_NOT_EXIST"
-    assert _error_code(Reply(b'{"error_code": "' + SECRET.encode() + b'"}')) is None
-    assert _error_code(Reply(SECRET.encode())) is None
+    assert _error_code(b'{"error_code": "' + SECRET.encode() + b'"}') is None
+    assert _error_code(SECRET.encode()) is None
 
 
 @pytest.mark.parametrize("value, literal", [
@@ -101,3 +104,21 @@ def test_filter_literals_parse_back_to_the_value_in_mlflow():
 def test_a_name_with_both_quotes_has_no_filter_rather_than_a_wide_one():
     with pytest.raises(TrackingRejected, match="both kinds of quote"):
         model_name_filter("a'b\"c")
+
+
+def test_an_answer_longer_than_the_cap_is_not_read_whole():
+    from mlflow_operator.gateways.mlflow import ReplyTooLarge, _read_capped
+
+    assert _read_capped(Reply(b"x" * 100), limit=100) == b"x" * 100
+    with pytest.raises(ReplyTooLarge):
+        _read_capped(Reply(b"x" * 101), limit=100)
+    with pytest.raises(ReplyTooLarge):
+        _read_capped(Reply(b"{}", headers={"Content-Length": "1000000000"}), limit=100)
+
+
+def test_a_reply_too_large_is_an_invalid_response_that_names_no_content():
+    from mlflow_operator.gateways.mlflow import ReplyTooLarge
+    from mlflow_operator.tracking import InvalidResponse
+
+    translated = translate(ReplyTooLarge(), "search_experiments", SERVER)
+    assert isinstance(translated, InvalidResponse) and "MiB" in str(translated)

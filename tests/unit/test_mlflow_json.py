@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from mlflow.entities import Experiment, LoggedModel, Run
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.protos.model_registry_pb2 import SearchModelVersions, SearchRegisteredModels
@@ -104,7 +106,7 @@ def test_a_logged_model_reads_as_through_mlflows_client():
                                    "creation_timestamp_ms": 1700000000000}}]}
     proto = SearchLoggedModels.Response()
     parse_dict(answer, proto)
-    assert [_logged_model_from_json(m["info"]) for m in answer["models"]] == \
+    assert [_logged_model_from_json(m) for m in answer["models"]] == \
         [via_client_logged_model(LoggedModel.from_proto(m)) for m in proto.models]
 
 
@@ -131,3 +133,23 @@ def test_a_model_version_reads_as_through_mlflows_client():
     parse_dict(answer, proto)
     assert [_model_version_from_json(v) for v in answer["model_versions"]] == \
         [via_client_model_version(ModelVersion.from_proto(v)) for v in proto.model_versions]
+
+
+@pytest.mark.parametrize("parse, answer", [
+    (_experiment_from_json, 1),
+    (_experiment_from_json, {"name": "no id"}),
+    (_experiment_from_json, {"experiment_id": "1", "tags": [1]}),
+    (_experiment_from_json, {"experiment_id": "1", "tags": {"key": "k"}}),
+    (_experiment_from_json, {"experiment_id": {"nested": 1}}),
+    (_run_from_json, {"info": {"run_id": "r"}, "data": {"metrics": [{"key": "m", "value": "high"}]}}),
+    (_run_from_json, {"info": []}),
+    (_registered_model_from_json, {"name": "m", "aliases": [{"version": "1"}]}),
+    (_model_version_from_json, {"name": "m", "version": "1", "aliases": [{}]}),
+    (_logged_model_from_json, {"info": {"name": "model"}}),
+])
+def test_an_answer_not_in_mlflows_shape_is_an_invalid_response(parse, answer):
+    from mlflow_operator.tracking import InvalidResponse
+
+    with pytest.raises(InvalidResponse) as refused:
+        parse(answer)
+    assert "high" not in str(refused.value) and "nested" not in str(refused.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -158,3 +159,48 @@ def test_bookkeeping_does_not_wait_when_no_run_is_being_started():
 
 def test_bookkeeping_goes_after_its_patience_even_while_runs_are_being_started():
     assert waited_while_starting_on_a("http://a", patience=0.01) is True
+
+
+def test_calls_stop_waiting_for_a_server_that_frees_no_slot():
+    """The server's only slot is held by a call that never returns: a waiting call gives up
+    once no slot has been freed for `stalled_after`, and a new call is refused at once."""
+    asyncio.run(stalled_server())
+
+
+async def stalled_server() -> None:
+    from mlflow_operator.priority import ServerBusy
+
+    limiter = PriorityLimiter(1, stalled_after=0.05)
+    stuck = asyncio.Event()
+
+    async def never_answers() -> None:
+        async with limiter.slot(urgent=False):
+            stuck.set()
+            await asyncio.sleep(10)
+
+    holder = asyncio.create_task(never_answers())
+    await stuck.wait()
+    with pytest.raises(ServerBusy):
+        async with limiter.slot(urgent=True):
+            pass
+    with pytest.raises(ServerBusy):
+        async with limiter.slot(urgent=False):
+            pass
+    holder.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await holder
+    async with limiter.slot(urgent=False):  # the slot is free again
+        pass
+
+
+def test_calls_wait_as_long_as_they_need_for_a_server_that_keeps_freeing_slots():
+    limiter = PriorityLimiter(1, stalled_after=0.05)
+
+    async def call() -> None:
+        async with limiter.slot(urgent=False):
+            await asyncio.sleep(0.02)
+
+    async def calls() -> None:
+        await asyncio.gather(*(call() for _ in range(10)))  # 0.2 s in all, 0.02 s per slot
+
+    asyncio.run(calls())

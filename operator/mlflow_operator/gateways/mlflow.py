@@ -11,6 +11,7 @@ footprint; decision 0018.)
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,13 +21,14 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from mlflow_operator.priority import URGENT, PriorityLimiter
+from mlflow_operator.priority import URGENT, PriorityLimiter, ServerBusy
 from mlflow_operator.metrics import MLFLOW_REQUESTS, MODEL_VERSIONS_READ, RECONCILING_KIND
 from mlflow_operator.servers import Origin, describe_origin, origin_of
 from mlflow_operator.tracking import (
     AlreadyExists,
     ExperimentInfo,
     InvalidRequest,
+    InvalidResponse,
     LoggedModelInfo,
     ModelVersionInfo,
     NotFound,
@@ -49,6 +51,12 @@ _RETRYABLE_STATUS = {408, 425, 429}
 # What MLflow's own client retries (with backoff), for every method: a retried create can
 # make a duplicate, which the reconcilers find by tag (see the TrainingRun's write-ahead id).
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# A server that has freed none of its slots for this long is stalled: calls stop waiting for
+# it (priority.PriorityLimiter), so that it holds only its slots' share of the workers.
+STALLED_SERVER_SECONDS = 5.0
+# The longest answer read from a server: a page of 1,000 experiments or registered models with
+# their tags, or of the versions one search returns, is far below it.
+MAX_REPLY_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -59,6 +67,7 @@ class HttpSettings:
     max_retries: int = 2
     backoff_factor: float = 1.0
     backoff_jitter: float = 0.5
+    max_reply_bytes: int = MAX_REPLY_BYTES
 
 
 class Answered(Exception):
@@ -70,9 +79,29 @@ class Answered(Exception):
         self.status, self.code = status, code
 
 
-def _error_code(response: requests.Response) -> str | None:
+class ReplyTooLarge(Exception):
+    """The server's answer was longer than the operator reads."""
+
+
+def _read_capped(response: requests.Response, limit: int) -> bytes:
+    """The answer's body, read in chunks, up to `limit` bytes: a server cannot make the
+    operator hold an answer of any size in memory."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ReplyTooLarge()
+    chunks: list[bytes] = []
+    size = 0
+    for chunk in response.iter_content(chunk_size=65536):
+        size += len(chunk)
+        if size > limit:
+            raise ReplyTooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error_code(body_bytes: bytes) -> str | None:
     try:
-        body = response.json()
+        body = json.loads(body_bytes)
     except ValueError:
         return None
     code = body.get("error_code") if isinstance(body, dict) else None
@@ -100,6 +129,15 @@ def _transport_summary(error: requests.RequestException, server: str) -> str:
     return f"request to {server} failed before an answer"
 
 
+def _refused_here(error: ReplyTooLarge | ServerBusy, operation: str, server: str) -> TrackingError:
+    """What the operator itself gave up on: an answer too long to read, a stalled server."""
+    if isinstance(error, ReplyTooLarge):
+        return InvalidResponse(f"{server} answered {operation} with more than the operator reads "
+                               f"({MAX_REPLY_BYTES // 2**20} MiB)")
+    return TrackingUnavailable(f"{server} has freed none of its connections for {STALLED_SERVER_SECONDS:g} s "
+                               f"({error.waiting} requests waiting); {operation} is tried again later")
+
+
 def translate(error: Exception, operation: str = "request", server: str = "the MLflow server") -> TrackingError:
     """Map a failed request to the operator's error types.
 
@@ -110,8 +148,15 @@ def translate(error: Exception, operation: str = "request", server: str = "the M
         return error
     if isinstance(error, requests.RequestException):
         return TrackingUnavailable(_transport_summary(error, server))
+    if isinstance(error, (ReplyTooLarge, ServerBusy)):
+        return _refused_here(error, operation, server)
     if not isinstance(error, Answered):
         return TrackingUnavailable(f"{operation} on {server} failed ({type(error).__name__})")
+    return _from_answer(error, operation, server)
+
+
+def _from_answer(error: Answered, operation: str, server: str) -> TrackingError:
+    """The error type for an answer that was not a success, by its status and MLflow's code."""
     status, code = error.status, error.code or "no error code"
     if status == 200:
         return TrackingRejected(f"{server} answered {operation} with HTTP 200 but not with MLflow's JSON; "
@@ -143,6 +188,8 @@ def filter_literal(value: str) -> str | None:
 
 
 Item = TypeVar("Item")
+# A search that pages on past this is a server that never says "last page".
+MAX_PAGES = 1000
 
 
 async def every_page(search: Callable[[str | None], Awaitable[tuple[list[Item], str | None]]]) -> list[Item]:
@@ -150,11 +197,12 @@ async def every_page(search: Callable[[str | None], Awaitable[tuple[list[Item], 
     next page's token (None after the last)."""
     found: list[Item] = []
     token: str | None = None
-    while True:
+    for _ in range(MAX_PAGES):
         page, token = await search(token)
         found.extend(page)
         if token is None:
             return found
+    raise InvalidResponse(f"the server kept answering with a next page after {MAX_PAGES} pages")
 
 
 def model_name_filter(name: str) -> str:
@@ -175,6 +223,7 @@ class _Session:
     def __init__(self, target: TrackingTarget, settings: HttpSettings, concurrency: int) -> None:
         self.base = target.uri.rstrip("/")
         self.timeout = settings.timeout
+        self.max_reply_bytes = settings.max_reply_bytes
         self.http = requests.Session()
         retry = Retry(total=settings.max_retries, connect=settings.max_retries, read=settings.max_retries,
                       status=settings.max_retries, redirect=0, status_forcelist=TRANSIENT_STATUS,
@@ -196,14 +245,16 @@ class _Session:
         fields = {key: value for key, value in body.items() if value is not None}
         url = f"{self.base}{API}/{endpoint}"
         if method == "GET":
-            response = self.http.get(url, params=fields, timeout=self.timeout, allow_redirects=False)
+            response = self.http.get(url, params=fields, timeout=self.timeout, allow_redirects=False, stream=True)
         else:
-            response = self.http.request(method, url, json=fields, timeout=self.timeout, allow_redirects=False)
+            response = self.http.request(method, url, json=fields, timeout=self.timeout, allow_redirects=False,
+                                         stream=True)
         with response:
+            body_bytes = _read_capped(response, self.max_reply_bytes)
             if response.status_code != 200:
-                raise Answered(response.status_code, _error_code(response))
+                raise Answered(response.status_code, _error_code(body_bytes))
             try:
-                answer = response.json()
+                answer = json.loads(body_bytes)
             except ValueError:
                 raise Answered(200) from None
         if not isinstance(answer, dict):
@@ -243,7 +294,8 @@ class MlflowGateway:
     def _limiter_for(self, origin: Origin) -> PriorityLimiter:
         limiter = self._limiters.get(origin)
         if limiter is None:
-            limiter = self._limiters[origin] = PriorityLimiter(self._concurrency)
+            limiter = self._limiters[origin] = PriorityLimiter(self._concurrency,
+                                                               stalled_after=STALLED_SERVER_SECONDS)
         return limiter
 
     def _session_for(self, target: TrackingTarget) -> _Session:
@@ -303,7 +355,7 @@ class MlflowGateway:
     ) -> str:
         answer = await self._request(target, "create_experiment", "POST", "experiments/create", {
             "name": name, "artifact_location": artifact_location or None, "tags": _tags_to_json(tags)})
-        return str(answer.get("experiment_id", ""))
+        return _required(answer, "experiment_id", "a created experiment")
 
     async def rename_experiment(self, target: TrackingTarget, experiment_id: str, new_name: str) -> None:
         await self._request(target, "rename_experiment", "POST", "experiments/update",
@@ -331,7 +383,7 @@ class MlflowGateway:
         included, and the token of the next page (None after the last)."""
         page = await self._request(target, "search_experiments", "POST", "experiments/search", {
             "filter": filter_string, "max_results": 1000, "view_type": "ALL", "page_token": page_token})
-        return [_experiment_from_json(e) for e in page.get("experiments") or []], page.get("next_page_token") or None
+        return [_experiment_from_json(e) for e in _list(page.get("experiments"), "experiments")], _next_token(page)
 
     # ------------------------------------------------------------------ runs
 
@@ -345,7 +397,7 @@ class MlflowGateway:
         answer = await self._request(target, "search_runs", "POST", "runs/search", {
             "experiment_ids": [experiment_id], "filter": f"tags.`{key}` = {literal}", "run_view_type": "ALL",
             "max_results": 100, "order_by": ["attributes.start_time ASC"]})
-        return [_run_from_json(run) for run in answer.get("runs") or []]
+        return [_run_from_json(run) for run in _list(answer.get("runs"), "runs")]
 
     async def get_run(self, target: TrackingTarget, run_id: str) -> RunInfo | None:
         try:
@@ -402,7 +454,7 @@ class MlflowGateway:
         literal = filter_literal(run_id) or "''"
         answer = await self._request(target, "search_logged_models", "POST", "logged-models/search", {
             "experiment_ids": [experiment_id], "filter": f"source_run_id = {literal}", "max_results": 100})
-        return [_logged_model_from_json(m.get("info") or {}) for m in answer.get("models") or []]
+        return [_logged_model_from_json(m) for m in _list(answer.get("models"), "models")]
 
     # ------------------------------------------------------------------ registry
 
@@ -459,17 +511,17 @@ class MlflowGateway:
         page = await self._request(target, "search_model_versions", "GET", "model-versions/search", {
             "filter": filter_string, "max_results": max_results, "page_token": page_token,
             "order_by": [order_by] if order_by else None})
-        versions = [_model_version_from_json(v) for v in page.get("model_versions") or []]
+        versions = [_model_version_from_json(v) for v in _list(page.get("model_versions"), "model versions")]
         MODEL_VERSIONS_READ.labels(kind=RECONCILING_KIND.get()).inc(len(versions))
-        return versions, page.get("next_page_token") or None
+        return versions, _next_token(page)
 
     async def search_registered_models_page(self, target: TrackingTarget, filter_string: str,
                                             page_token: str | None) -> tuple[list[RegisteredModelInfo], str | None]:
         """One page (up to 1,000, MLflow's limit) of the registered models matching `filter_string`."""
         page = await self._request(target, "search_registered_models", "GET", "registered-models/search", {
             "filter": filter_string, "max_results": 1000, "page_token": page_token})
-        return ([_registered_model_from_json(m) for m in page.get("registered_models") or []],
-                page.get("next_page_token") or None)
+        return ([_registered_model_from_json(m) for m in _list(page.get("registered_models"), "registered models")],
+                _next_token(page))
 
     async def create_model_version(
         self, target: TrackingTarget, name: str, source: str, run_id: str | None, model_id: str | None,
@@ -505,15 +557,56 @@ class MlflowGateway:
 
 # --------------------------------------------------------------------------- MLflow's JSON
 # The fields are MLflow's REST API's; tests/unit/test_mlflow_json.py checks that they read as
-# MLflow's own client reads them.
+# MLflow's own client reads them. A reply is checked against that shape as it is read: any
+# allowlisted server may answer anything, and what it answers fails only the call that asked
+# (InvalidResponse), never a pass over other objects. Nothing of the reply is repeated.
 
 
 def _tags_to_json(tags: dict[str, str]) -> list[dict[str, str]]:
     return [{"key": key, "value": value} for key, value in tags.items()]
 
 
-def _pairs_from_json(pairs: Any) -> dict[str, str]:
-    return {str(p["key"]): str(p.get("value", "")) for p in pairs or [] if isinstance(p, dict) and "key" in p}
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidResponse(f"the server answered with {what} that is not a JSON object")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidResponse(f"the server answered with {what} that is not a JSON list")
+    return value
+
+
+def _text(item: dict[str, Any], key: str, what: str, default: str = "") -> str:
+    """A string field; MLflow writes ids and numbers of int64 fields as strings or numbers."""
+    value = item.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise InvalidResponse(f"the server answered with {what} whose {key} is not a string")
+    return str(value)
+
+
+def _required(item: dict[str, Any], key: str, what: str) -> str:
+    value = _text(item, key, what)
+    if not value:
+        raise InvalidResponse(f"the server answered with {what} without {key}")
+    return value
+
+
+def _pairs_from_json(pairs: Any, what: str = "tags") -> dict[str, str]:
+    found: dict[str, str] = {}
+    for pair in _list(pairs, what):
+        pair = _object(pair, f"an item of {what}")
+        found[_required(pair, "key", f"an item of {what}")] = _text(pair, "value", f"an item of {what}")
+    return found
+
+
+def _next_token(page: dict[str, Any]) -> str | None:
+    return _text(page, "next_page_token", "a page") or None
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -523,67 +616,84 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-def _experiment_from_json(e: dict[str, Any]) -> ExperimentInfo:
+def _experiment_from_json(value: Any) -> ExperimentInfo:
+    e = _object(value, "an experiment")
     return ExperimentInfo(
-        experiment_id=str(e.get("experiment_id", "")),
-        name=e.get("name", ""),
-        lifecycle_stage=e.get("lifecycle_stage", ""),
-        artifact_location=e.get("artifact_location", ""),
+        experiment_id=_required(e, "experiment_id", "an experiment"),
+        name=_text(e, "name", "an experiment"),
+        lifecycle_stage=_text(e, "lifecycle_stage", "an experiment"),
+        artifact_location=_text(e, "artifact_location", "an experiment"),
         tags=_pairs_from_json(e.get("tags")),
     )
 
 
-def _run_from_json(run: dict[str, Any]) -> RunInfo:
-    info, data = run.get("info") or {}, run.get("data") or {}
+def _run_from_json(value: Any) -> RunInfo:
+    run = _object(value, "a run")
+    info, data = _object(run.get("info") or {}, "a run's info"), _object(run.get("data") or {}, "a run's data")
     metrics: dict[str, float] = {}
-    for metric in data.get("metrics") or []:
-        if isinstance(metric, dict) and "key" in metric:
-            metrics[str(metric["key"])] = float(metric.get("value", 0.0))
+    for metric in _list(data.get("metrics"), "a run's metrics"):
+        metric = _object(metric, "a run's metric")
+        raw = metric.get("value", 0.0)
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            raise InvalidResponse("the server answered with a run's metric whose value is not a number")
+        try:
+            metrics[_required(metric, "key", "a run's metric")] = float(raw)
+        except ValueError:
+            raise InvalidResponse("the server answered with a run's metric whose value is not a number") from None
     return RunInfo(
-        run_id=info.get("run_id") or info.get("run_uuid") or "",
-        experiment_id=str(info.get("experiment_id", "")),
-        run_name=info.get("run_name", ""),
-        status=str(info.get("status", "")),
-        lifecycle_stage=info.get("lifecycle_stage", ""),
+        run_id=_text(info, "run_id", "a run") or _required(info, "run_uuid", "a run"),
+        experiment_id=_text(info, "experiment_id", "a run"),
+        run_name=_text(info, "run_name", "a run"),
+        status=_text(info, "status", "a run"),
+        lifecycle_stage=_text(info, "lifecycle_stage", "a run"),
         start_time=_int_or_none(info.get("start_time")),
         end_time=_int_or_none(info.get("end_time")),
-        tags=_pairs_from_json(data.get("tags")),
-        params=_pairs_from_json(data.get("params")),
+        tags=_pairs_from_json(data.get("tags"), "a run's tags"),
+        params=_pairs_from_json(data.get("params"), "a run's params"),
         metrics=metrics,
     )
 
 
-def _logged_model_from_json(info: dict[str, Any]) -> LoggedModelInfo:
+def _logged_model_from_json(value: Any) -> LoggedModelInfo:
+    info = _object(_object(value, "a logged model").get("info") or {}, "a logged model's info")
     return LoggedModelInfo(
-        model_id=info.get("model_id", ""),
-        name=info.get("name", ""),
-        source_run_id=info.get("source_run_id") or None,
-        status=str(info.get("status", "")).removeprefix("LOGGED_MODEL_"),
+        model_id=_required(info, "model_id", "a logged model"),
+        name=_text(info, "name", "a logged model"),
+        source_run_id=_text(info, "source_run_id", "a logged model") or None,
+        status=_text(info, "status", "a logged model").removeprefix("LOGGED_MODEL_"),
         creation_timestamp=_int_or_none(info.get("creation_timestamp_ms")),
     )
 
 
-def _registered_model_from_json(m: dict[str, Any]) -> RegisteredModelInfo:
+def _registered_model_from_json(value: Any) -> RegisteredModelInfo:
+    m = _object(value, "a registered model")
+    aliases: dict[str, str] = {}
+    for alias in _list(m.get("aliases"), "a registered model's aliases"):
+        alias = _object(alias, "a registered model's alias")
+        aliases[_required(alias, "alias", "an alias")] = _text(alias, "version", "an alias")
     return RegisteredModelInfo(
-        name=m.get("name", ""),
-        description=m.get("description") or "",
+        name=_required(m, "name", "a registered model"),
+        description=_text(m, "description", "a registered model"),
         tags=_pairs_from_json(m.get("tags")),
-        aliases={str(a["alias"]): str(a.get("version", "")) for a in m.get("aliases") or []
-                 if isinstance(a, dict) and "alias" in a},
+        aliases=aliases,
         last_updated=_int_or_none(m.get("last_updated_timestamp")),
     )
 
 
-def _model_version_from_json(v: dict[str, Any]) -> ModelVersionInfo:
+def _model_version_from_json(value: Any) -> ModelVersionInfo:
+    v = _object(value, "a model version")
+    aliases = _list(v.get("aliases"), "a model version's aliases")
+    if not all(isinstance(alias, str) for alias in aliases):
+        raise InvalidResponse("the server answered with a model version whose aliases are not strings")
     return ModelVersionInfo(
-        name=v.get("name", ""),
-        version=str(v.get("version", "")),
-        stage=v.get("current_stage") or "None",
-        description=v.get("description") or "",
-        source=v.get("source", ""),
-        run_id=v.get("run_id") or None,
-        status=str(v.get("status", "")),
-        aliases=tuple(v.get("aliases") or ()),
+        name=_required(v, "name", "a model version"),
+        version=_required(v, "version", "a model version"),
+        stage=_text(v, "current_stage", "a model version") or "None",
+        description=_text(v, "description", "a model version"),
+        source=_text(v, "source", "a model version"),
+        run_id=_text(v, "run_id", "a model version") or None,
+        status=_text(v, "status", "a model version"),
+        aliases=tuple(aliases),
         tags=_pairs_from_json(v.get("tags")),
         last_updated=_int_or_none(v.get("last_updated_timestamp")),
     )

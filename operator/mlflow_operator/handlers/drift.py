@@ -48,10 +48,19 @@ async def drifted_objects(kind: Kind[Any], memo: Any, in_sync: InSync | None) ->
                 await asyncio.sleep(0)
             if not drift_check_due(body, memo):
                 continue
-            if in_sync is not None and await in_sync(services, body):
+            if in_sync is not None and await _in_sync_or_drifted(in_sync, services, body):
                 continue
             drifted.append(body)
     return drifted
+
+
+async def _in_sync_or_drifted(in_sync: InSync, services: Services, body: dict[str, Any]) -> bool:
+    """One object's comparison; anything it raises (a server's odd reply, a spec the operator
+    now refuses) makes that object a reconcile, which reports it, and never stops the pass."""
+    try:
+        return await in_sync(services, body)
+    except Exception:  # noqa: BLE001 - reported by the object's own reconcile
+        return False
 
 
 async def drift_pass(kind: Kind[Any], memo: Any, in_sync: InSync | None, settings: kopf.OperatorSettings) -> int:
