@@ -49,6 +49,8 @@ KUBECONFIG = STATE / "kubeconfig"
 # The operator runs as the Helm chart's ServiceAccount, with the chart's RBAC, through a
 # token from the TokenRequest API: a rule missing from the chart fails the tests.
 OPERATOR_KUBECONFIG = STATE / "operator.kubeconfig"
+# The key that signs the operator's ownership tags (the chart keeps it in a Secret).
+OWNERSHIP_KEYS = STATE / "ownership-keys"
 OPERATOR_NAMESPACE = "mlflow-operator-system"
 OPERATOR_SERVICE_ACCOUNT = "mlflow-operator"
 OPERATOR_TOKEN_DURATION = "24h"
@@ -94,6 +96,15 @@ CRD_NAMES = (
     "trainingsweeps.mlflow.operator.dev",
 )
 
+
+def ensure_ownership_key(directory: Path) -> None:
+    """One random key, made once and kept with the sandbox's state (as the chart keeps its
+    Secret across upgrades): ownership signed before a restart still verifies after it."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not any(directory.iterdir()):
+        key = directory / "sandbox-1"
+        key.write_text(os.urandom(32).hex())
+        key.chmod(0o600)
 
 class SandboxError(RuntimeError):
     """A component failed to start or become ready; the message says which and why."""
@@ -476,6 +487,7 @@ class Sandbox:
                     f"--tracking-uri={self.mlflow_url}",
                     *(f"--allowed-tracking-server=http://127.0.0.1:{p[name]}" for name in ALLOWED_SERVER_PORTS),
                     f"--drift-interval={SANDBOX_DRIFT_INTERVAL_SECONDS}",
+                    f"--ownership-keys={OWNERSHIP_KEYS}",
                     f"--health-port={p['operator-health']}",
                     f"--metrics-port={p['operator-metrics']}",
                     "--bind-address=127.0.0.1",
@@ -491,6 +503,7 @@ class Sandbox:
 
     def prepare(self) -> None:
         ensure_pki(self.pki)
+        ensure_ownership_key(OWNERSHIP_KEYS)
         write_kubeconfig(KUBECONFIG, self.apiserver_url, self.pki, "admin", "sandbox-admin")
         for stem, user in (
             ("kube-controller-manager", "system:kube-controller-manager"),

@@ -25,6 +25,10 @@ from mlflow_operator.tracking import (
     RunInfo,
     TrackingTarget,
 )
+from mlflow_operator.logic.signing import KeyRing
+
+# The ownership key unit tests sign with (the operator reads its own from a Secret).
+TEST_KEYS = KeyRing.of({"test": b"t" * 32})
 
 
 T = TypeVar("T")
@@ -324,3 +328,9 @@ class FakeMlflow:
         model = self.models[name]
         self.models[name] = replace(model, aliases={**model.aliases, alias: version})
         self.writes.record(f"set_alias {alias}")
+
+    async def set_model_version_tag(self, target: TrackingTarget, name: str, version: str, key: str,
+                                    value: str) -> None:
+        self.versions[name] = [replace(v, tags={**v.tags, key: value}) if v.version == version else v
+                               for v in self.versions[name]]
+        self.writes.record(f"set_model_version_tag {key}")

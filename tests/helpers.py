@@ -120,3 +120,15 @@ def events_for(core, namespace: str, name: str, kind: str | None = None) -> list
 
 def event_reasons(core, namespace: str, name: str, kind: str | None = None) -> list[str]:
     return [e.reason for e in events_for(core, namespace, name, kind)]
+
+
+def signed_by_operator(state, tracking_uri: str, entity: str, entity_id: str, tags: dict) -> dict:
+    """`tags` with the signature the sandbox's operator would give them (its key is in the
+    sandbox's state): for a test that plays an entity the operator created earlier, e.g. for
+    another object or namespace. A test can do this; a tenant cannot (docs/security.md)."""
+    from pathlib import Path
+
+    from mlflow_operator.logic import signing
+
+    ring = signing.KeyRing.from_directory(Path(state) / "ownership-keys")
+    return signing.signed(ring, tracking_uri, entity, entity_id, tags)  # type: ignore[arg-type]

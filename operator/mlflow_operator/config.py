@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from dataclasses import dataclass, field
 
+from mlflow_operator.logic.signing import KeyRing
 from mlflow_operator.servers import Allowlist, Credentials, uri_problem
 
 
@@ -46,6 +48,8 @@ class OperatorConfig:
     peering_priority: int | None = None
     log_format: str = "plain"
     verbose: bool = False
+    # The keys that sign ownership tags (logic/signing.py); empty: nothing can be created.
+    ownership_keys: KeyRing = field(default_factory=KeyRing, repr=False)
     allowlist: Allowlist = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -161,6 +165,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--log-format", choices=("plain", "json"), default=_env("LOG_FORMAT", "plain"),
         help="log line format (default plain)",
     )
+    parser.add_argument(
+        "--ownership-keys", default=_env("OWNERSHIP_KEYS"), required=_env("OWNERSHIP_KEYS") is None,
+        help="directory of the keys that sign ownership tags (one file per key, at least 32 bytes; the name "
+        "sorting last signs, all verify): a Secret only the operator can read; env MLFLOW_OPERATOR_OWNERSHIP_KEYS",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
@@ -179,6 +188,10 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         problem = uri and uri_problem(uri)
         if problem:
             raise SystemExit(f"{flag}: {problem}")
+    try:
+        keys = KeyRing.from_directory(Path(args.ownership_keys))
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"--ownership-keys: {error}") from None
     return OperatorConfig(
         namespaces=tuple(namespaces),
         all_namespaces=not namespaces,
@@ -205,4 +218,5 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         peering_priority=args.peering_priority,
         log_format=args.log_format,
         verbose=args.verbose,
+        ownership_keys=keys,
     )

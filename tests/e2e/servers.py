@@ -64,6 +64,56 @@ class RecordingServer:
         self._server.server_close()
 
 
+@dataclass
+class ForwardingServer:
+    """Forwards every request to a real MLflow server (`upstream`, on 127.0.0.1) until told to
+    answer `odd` instead: an allowlisted server that starts answering JSON of another shape."""
+
+    port: int
+    upstream: str
+    odd: str | None = None
+
+    def __enter__(self) -> "ForwardingServer":
+        import urllib.error
+        import urllib.request
+
+        forwarder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                if forwarder.odd is not None:
+                    status, payload = 200, forwarder.odd.encode()
+                else:
+                    request = urllib.request.Request(forwarder.upstream + self.path, data=body, method=self.command,
+                                                     headers={"Content-Type": "application/json"})
+                    try:
+                        with urllib.request.urlopen(request, timeout=10) as reply:
+                            status, payload = reply.status, reply.read()
+                    except urllib.error.HTTPError as error:
+                        status, payload = error.code, error.read()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PATCH = do_DELETE = _answer
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
 class SilentServer:
     """Accepts connections and never answers, like a server that hung (bounded: it lets go
     of every connection when the test ends)."""

@@ -209,7 +209,7 @@ def test_namespaced_rbac_runs_a_training_run_lifecycle(sandbox, namespace, custo
             process = subprocess.Popen(
                 [str(ROOT / ".venv" / "bin" / "mlflow-operator"), "run", f"--namespace={namespace}",
                  f"--tracking-uri={sandbox.tracking_uri}", "--drift-interval=5", f"--health-port={health}",
-                 "--metrics-port=0", "--bind-address=127.0.0.1"],
+                 "--metrics-port=0", "--bind-address=127.0.0.1", f"--ownership-keys={sandbox.state / 'ownership-keys'}"],
                 env={**os.environ, "KUBECONFIG": str(kubeconfig)}, stdout=log, stderr=subprocess.STDOUT,
             )
         wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2).status == 200,
@@ -301,7 +301,7 @@ def peered(sandbox, namespace, tmp_path):
         process = subprocess.Popen(
             [str(ROOT / ".venv" / "bin" / "mlflow-operator"), "run", f"--namespace={namespace}",
              f"--tracking-uri={sandbox.tracking_uri}", f"--peering={peering}", f"--peering-priority={priority}",
-             f"--health-port={health}", "--metrics-port=0", "--bind-address=127.0.0.1", "--drift-interval=5"],
+             f"--health-port={health}", "--metrics-port=0", "--bind-address=127.0.0.1", "--drift-interval=5", f"--ownership-keys={sandbox.state / 'ownership-keys'}"],
             env={**os.environ, "KUBECONFIG": str(kubeconfig)}, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
         processes.append(process)
         wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2).status == 200,

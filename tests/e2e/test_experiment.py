@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from helpers import event_reasons, events_for, stays, wait_for
+from helpers import event_reasons, events_for, signed_by_operator, stays, wait_for
 
 # Credentials Secrets are used only with their owner's consent (this label).
 CREDENTIALS_LABEL = {"mlflow.operator.dev/credentials": "true"}
@@ -90,11 +90,11 @@ def test_adopts_an_experiment_created_outside_the_operator_with_spec_adopt(exper
     assert "Adopted" in event_reasons(core, namespace, "adopter")
 
 
-def test_refuses_an_experiment_owned_by_another_object(experiments, mlflow_client, core, namespace):
+def test_refuses_an_experiment_owned_by_another_object(experiments, mlflow_client, core, namespace, sandbox):
     name = unique("owned")
-    existing = mlflow_client.create_experiment(
-        name, tags={"k8s.uid": "someone-else", "k8s.namespace": "other", "k8s.name": "x", "k8s.kind": "Experiment"}
-    )
+    existing = mlflow_client.create_experiment(name, tags=signed_by_operator(
+        sandbox.state, sandbox.tracking_uri, "experiment-name", name,
+        {"k8s.uid": "someone-else", "k8s.namespace": "other", "k8s.name": "x", "k8s.kind": "Experiment"}))
     experiments.create("intruder", {"name": name, "tags": {"team": "ds"}})
     condition = experiments.wait_reason("intruder", "Conflict")
     assert "other/x" in condition["message"]

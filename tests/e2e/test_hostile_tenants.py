@@ -5,12 +5,15 @@ run the operator acts on (DESIGN.md, trust rule; docs/security.md)."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from helpers import stays, wait_for
-from test_tenancy import objects, template, unique, wait_phase
+from helpers import events_for, stays, wait_for
+from servers import ForwardingServer, SilentServer
+from test_tenancy import TRAINER, objects, play, template, unique, wait_phase
 
 RUN_ID_LABEL = "mlflow.operator.dev/run-id"
 
@@ -155,3 +158,105 @@ def test_spec_tags_cannot_forge_ownership_or_audit_tags(runs, key):
         runs.create("forge", {"experimentName": "e", "template": {"spec": {"containers": [C]}},
                               "registerModel": {"name": "m", "tags": {key: "passed"}}})
     assert "written by the operator only" in refused.value.body
+
+
+# --------------------------------------------------------------------------- one server, every tenant
+
+
+def test_drift_in_one_namespace_is_corrected_while_another_namespaces_server_answers_odd_json(
+        custom, namespace, other_namespace, sandbox, mlflow_client):
+    with ForwardingServer(sandbox.ports["test-server"], sandbox.tracking_uri) as odd_server:
+        theirs = objects(custom, other_namespace, "Experiment")
+        theirs.create("odd", {"name": unique("b-odd"),
+                              "tracking": {"uri": f"http://127.0.0.1:{odd_server.port}"}})
+        theirs.wait_ready("odd")
+        mine = objects(custom, namespace, "Experiment")
+        mine.create("exp", {"tags": {"team": "a"}})
+        experiment_id = mine.wait_ready("exp")["status"]["experimentId"]
+
+        odd_server.odd = '{"experiments": [1], "experiment": [1], "next_page_token": {"x": 1}}'
+        mlflow_client.set_experiment_tag(experiment_id, "team", "changed by hand")
+        wait_for(lambda: mlflow_client.get_experiment(experiment_id).tags.get("team") == "a", timeout=60,
+                 message="the drift pass to restore A's tag")
+        condition = theirs.wait_reason("odd", "InvalidResponse", timeout=60)
+        assert "[1]" not in condition["message"] and "JSON" in condition["message"]
+
+
+def test_objects_on_a_silent_server_leave_the_operator_free_for_others(custom, namespace, other_namespace,
+                                                                       sandbox):
+    with SilentServer(sandbox.ports["test-server-2"]) as silent:
+        stuck = objects(custom, other_namespace, "Experiment")
+        for i in range(150):
+            stuck.create(f"stuck-{i}", {"tracking": {"uri": f"http://127.0.0.1:{silent.port}"}})
+        wait_for(lambda: silent.accepted >= 8, timeout=60, message="the silent server to hold requests")
+        started = time.monotonic()
+        mine = objects(custom, namespace, "Experiment")
+        mine.create("healthy", {})
+        mine.wait_ready("healthy", timeout=30)
+        assert time.monotonic() - started < 10
+        assert stuck.condition("stuck-0")["reason"] == "TrackingUnavailable"
+
+
+# --------------------------------------------------------------------------- ownership tags
+
+
+def test_a_forged_ownership_tag_is_not_taken_as_consent(experiments, namespace, mlflow_client, core, tmp_path):
+    """Anyone holding the tracking URI can write `k8s.namespace`; only the operator signs it."""
+    chosen = f"file://{tmp_path}/chosen-by-b"
+    forged = mlflow_client.create_experiment(f"{namespace}/train", artifact_location=chosen,
+                                             tags={"k8s.namespace": namespace,
+                                                   "k8s.createdBy": f"TrainingRun {namespace}/x"})
+    experiments.create("train", {})
+    assert "spec.adopt: true" in experiments.wait_reason("train", "Conflict")["message"]
+    assert "k8s.uid" not in mlflow_client.get_experiment(forged).tags
+
+    experiments.patch_spec("train", {"adopt": True})
+    status = experiments.wait_ready("train")["status"]
+    assert (status["experimentId"], status["artifactLocation"]) == (forged, chosen)
+    adopted = next(e for e in events_for(core, namespace, "train") if e.reason == "Adopted")
+    assert chosen in adopted.message
+    assert mlflow_client.get_experiment(forged).tags["k8s.owner-signature"].startswith("v1.")
+
+
+def test_ownership_tags_copied_from_another_namespaces_experiment_prove_nothing(
+        custom, namespace, other_namespace, mlflow_client):
+    mine = objects(custom, other_namespace, "Experiment")
+    mine.create("exp", {})
+    original = mlflow_client.get_experiment(mine.wait_ready("exp")["status"]["experimentId"])
+    copy_name = f"{namespace}/copied"
+    copied = mlflow_client.create_experiment(copy_name, tags={**original.tags, "k8s.namespace": namespace})
+    theirs = objects(custom, namespace, "Experiment")
+    theirs.create("copied", {})
+    assert "spec.adopt: true" in theirs.wait_reason("copied", "Conflict")["message"]
+    assert mlflow_client.get_experiment(copied).tags["k8s.namespace"] == namespace  # untouched
+
+
+# --------------------------------------------------------------------------- aliases from any kind
+
+
+def test_a_training_runs_alias_obeys_the_models_promotion_policy_and_is_audited(models, runs, namespace, core,
+                                                                               mlflow_client):
+    name = unique("guarded")
+    models.create("guarded", {"name": name, "promotion": {"champion": {"metrics": {"acc": {"min": 0.9}}}}})
+    models.wait_ready("guarded")
+    experiment = unique("guarded-exp")
+
+    runs.create("weak", {"experimentName": experiment, "template": template(),
+                         "registerModel": {"name": name, "aliases": ["champion"]}})
+    assert play(namespace, "weak", TRAINER + ["--model-name", "model", "--metric", "acc=0.5"]) == 0
+    weak = runs.wait_ready("weak", timeout=90)["status"]
+    assert weak["phase"] == "Succeeded" and weak["modelVersion"]["version"] == "1"
+    assert "alias champion stays off version 1" in runs.condition("weak")["message"]
+    warning = next(e for e in events_for(core, namespace, "weak", kind="TrainingRun") if e.reason == "PromotionBlocked")
+    assert warning.type == "Warning" and "acc is 0.5, below the minimum 0.9" in warning.message
+    assert "champion" not in mlflow_client.get_registered_model(name).aliases
+
+    runs.create("strong", {"experimentName": experiment, "template": template(),
+                           "registerModel": {"name": name, "aliases": ["champion"]}})
+    assert play(namespace, "strong", TRAINER + ["--model-name", "model", "--metric", "acc=0.95"]) == 0
+    runs.wait_ready("strong", timeout=90)
+    assert mlflow_client.get_registered_model(name).aliases["champion"] == "2"
+    record = mlflow_client.get_model_version(name, "2").tags
+    assert record["mlflow.operator.dev/alias.champion.by"].startswith(f"TrainingRun {namespace}/strong")
+    assert record["mlflow.operator.dev/alias.champion.previous"] == "none"
+    assert "Promoted" in [e.reason for e in events_for(core, namespace, "strong", kind="TrainingRun")]

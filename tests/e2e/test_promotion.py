@@ -10,18 +10,22 @@ import uuid
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from helpers import GROUP, VERSION, Objects, events_for, wait_for
+from helpers import GROUP, VERSION, Objects, events_for, signed_by_operator, wait_for
 
 DRIFT_WAIT = 40
 AUDIT = "mlflow.operator.dev/"
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
-def model_with_versions(mlflow_client, namespace: str, metrics: list[dict[str, float]]) -> str:
-    """A model of this namespace whose version i+1 comes from a run that logged metrics[i]."""
+def model_with_versions(mlflow_client, sandbox, namespace: str, metrics: list[dict[str, float]]) -> str:
+    """A model of this namespace whose version i+1 comes from a run that logged metrics[i]
+    (made as a TrainingRun of the namespace makes them: signed as the namespace's)."""
     name = f"promo-{uuid.uuid4().hex[:8]}"
-    experiment_id = mlflow_client.create_experiment(name, tags={"k8s.namespace": namespace})
-    mlflow_client.create_registered_model(name, tags={"k8s.namespace": namespace})
+    state, uri = sandbox.state, sandbox.tracking_uri
+    experiment_id = mlflow_client.create_experiment(name, tags=signed_by_operator(
+        state, uri, "experiment-name", name, {"k8s.namespace": namespace}))
+    mlflow_client.create_registered_model(name, tags=signed_by_operator(
+        state, uri, "registered-model", name, {"k8s.namespace": namespace}))
     for values in metrics:
         run = mlflow_client.create_run(experiment_id)
         for key, value in values.items():
@@ -48,10 +52,10 @@ def wait_blocked(models: Objects, obj: str) -> dict:
     return wait_for(blocked, timeout=60, message=f"{obj} PromotionBlocked")
 
 
-def test_a_blocked_promotion_keeps_the_alias_and_promotes_once_the_tag_is_added(
+def test_a_blocked_promotion_keeps_the_alias_and_promotes_once_the_tag_is_added(sandbox, 
     models, mlflow_client, core, namespace
 ):
-    name = model_with_versions(mlflow_client, namespace, [{"accuracy": 0.9}, {"accuracy": 0.95}])
+    name = model_with_versions(mlflow_client, sandbox, namespace, [{"accuracy": 0.9}, {"accuracy": 0.95}])
     models.create("gated", {"name": name, "aliases": {"champion": "1"},
                             "promotion": {"champion": {"tags": {"validation": "passed"}}}})
     # Version 1 fails the rule too: a first alias is gated like any other.
@@ -76,8 +80,8 @@ def test_a_blocked_promotion_keeps_the_alias_and_promotes_once_the_tag_is_added(
     assert condition(models, "gated", "PromotionBlocked") is None
 
 
-def test_a_metric_bound_blocks_a_version_below_it_with_the_value_seen(models, mlflow_client, namespace):
-    name = model_with_versions(mlflow_client, namespace, [{"accuracy": 0.93}, {"accuracy": 0.85}])
+def test_a_metric_bound_blocks_a_version_below_it_with_the_value_seen(sandbox, models, mlflow_client, namespace):
+    name = model_with_versions(mlflow_client, sandbox, namespace, [{"accuracy": 0.93}, {"accuracy": 0.85}])
     models.create("bounded", {"name": name, "aliases": {"champion": "1"},
                               "promotion": {"champion": {"metrics": {"accuracy": {"min": 0.9}}}}})
     models.wait_ready("bounded")
@@ -88,8 +92,8 @@ def test_a_metric_bound_blocks_a_version_below_it_with_the_value_seen(models, ml
     assert champion(mlflow_client, name) == "1"
 
 
-def test_a_version_worse_than_the_current_champion_is_not_promoted(models, mlflow_client, namespace):
-    name = model_with_versions(mlflow_client, namespace, [{"rmse": 1.5}, {"rmse": 2.0}, {"rmse": 1.2}])
+def test_a_version_worse_than_the_current_champion_is_not_promoted(sandbox, models, mlflow_client, namespace):
+    name = model_with_versions(mlflow_client, sandbox, namespace, [{"rmse": 1.5}, {"rmse": 2.0}, {"rmse": 1.2}])
     models.create("best", {"name": name, "aliases": {"champion": "1"},
                            "promotion": {"champion": {"notWorseThanCurrent": {"metric": "rmse", "goal": "minimize"}}}})
     models.wait_ready("best")
@@ -101,10 +105,10 @@ def test_a_version_worse_than_the_current_champion_is_not_promoted(models, mlflo
     wait_for(lambda: champion(mlflow_client, name) == "3", timeout=30, message="champion promoted to 3")
 
 
-def test_a_pull_request_style_promotion_leaves_audit_tags_an_event_and_status(
+def test_a_pull_request_style_promotion_leaves_audit_tags_an_event_and_status(sandbox, 
     models, mlflow_client, custom, core, namespace
 ):
-    name = model_with_versions(mlflow_client, namespace, [{"accuracy": 0.9}, {"accuracy": 0.92}])
+    name = model_with_versions(mlflow_client, sandbox, namespace, [{"accuracy": 0.9}, {"accuracy": 0.92}])
     source = {"mlflow.operator.dev/source-repo": "https://git.example.com/ml/models.git",
               "mlflow.operator.dev/source-revision": "1111111"}
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "RegisteredModel",
@@ -133,8 +137,8 @@ def test_a_pull_request_style_promotion_leaves_audit_tags_an_event_and_status(
                for m in promoted)
 
 
-def test_a_stage_change_leaves_audit_tags(models, mlflow_client, namespace):
-    name = model_with_versions(mlflow_client, namespace, [{"accuracy": 0.9}])
+def test_a_stage_change_leaves_audit_tags(sandbox, models, mlflow_client, namespace):
+    name = model_with_versions(mlflow_client, sandbox, namespace, [{"accuracy": 0.9}])
     models.create("staged", {"name": name, "versions": [{"version": "1", "stage": "Staging"}]})
     models.wait_ready("staged")
     tags = mlflow_client.get_model_version(name, "1").tags

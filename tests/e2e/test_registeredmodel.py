@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from helpers import Objects, event_reasons, events_for, wait_for
+from helpers import Objects, event_reasons, events_for, signed_by_operator, wait_for
 from play_training import play
 
 DRIFT_WAIT = 40
@@ -26,11 +26,26 @@ def unique(prefix: str = "model") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+SANDBOX = None  # the session's sandbox, set for every test: its key signs as the operator
+
+
+def namespace_owned(name: str, namespace: str) -> dict[str, str]:
+    """The tags a TrainingRun of `namespace` gives a model it creates (signed by the operator)."""
+    return signed_by_operator(SANDBOX.state, SANDBOX.tracking_uri, "registered-model", name,
+                              {"k8s.namespace": namespace})
+
+
+@pytest.fixture(autouse=True)
+def _sandbox_for_signing(sandbox):
+    global SANDBOX
+    SANDBOX = sandbox
+
+
 def add_versions(mlflow_client, name: str, count: int, namespace: str) -> list[str]:
     """Register `count` versions by hand, as a TrainingRun of `namespace` would (the model
     then belongs to that namespace, so a RegisteredModel there takes it over)."""
     if mlflow_client.search_registered_models(filter_string=f"name = '{name}'") == []:
-        mlflow_client.create_registered_model(name, tags={"k8s.namespace": namespace})
+        mlflow_client.create_registered_model(name, tags=namespace_owned(name, namespace))
     return [mlflow_client.create_model_version(name, source=f"s3://bucket/{name}/{i}", run_id=None).version
             for i in range(count)]
 
@@ -61,7 +76,8 @@ def test_the_default_name_is_metadata_name(models, mlflow_client, namespace):
 
 def test_adopts_a_model_a_training_run_of_this_namespace_created(models, mlflow_client, namespace):
     name = unique()
-    mlflow_client.create_registered_model(name, tags={"k8s.createdBy": f"TrainingRun {namespace}/x"})
+    mlflow_client.create_registered_model(name, tags=signed_by_operator(
+        SANDBOX.state, SANDBOX.tracking_uri, "registered-model", name, {"k8s.createdBy": f"TrainingRun {namespace}/x"}))
     add_versions(mlflow_client, name, 2, namespace)
     models.create("adopter", {"name": name, "aliases": {"champion": "2"}})
     status = models.wait_ready("adopter")["status"]
@@ -71,8 +87,9 @@ def test_adopts_a_model_a_training_run_of_this_namespace_created(models, mlflow_
 
 def test_refuses_a_model_owned_by_another_object(models, mlflow_client):
     name = unique()
-    mlflow_client.create_registered_model(name, tags={"k8s.uid": "other", "k8s.namespace": "elsewhere",
-                                                      "k8s.name": "theirs", "k8s.kind": "RegisteredModel"})
+    mlflow_client.create_registered_model(name, tags=signed_by_operator(
+        SANDBOX.state, SANDBOX.tracking_uri, "registered-model", name,
+        {"k8s.uid": "other", "k8s.namespace": "elsewhere", "k8s.name": "theirs", "k8s.kind": "RegisteredModel"}))
     models.create("intruder", {"name": name, "description": "mine now?"})
     condition = models.wait_reason("intruder", "Conflict")
     assert "elsewhere/theirs" in condition["message"]

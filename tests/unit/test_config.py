@@ -1,16 +1,22 @@
 """Operator flags and their environment-variable fallbacks."""
 
 import argparse
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from mlflow_operator.config import add_run_arguments, config_from_args
 
 
+KEYS = tempfile.mkdtemp(prefix="ownership-keys-")
+(Path(KEYS) / "k1").write_bytes(b"a" * 32)
+
+
 def parse(argv, env=None):
     parser = argparse.ArgumentParser()
     add_run_arguments(parser)
-    return config_from_args(parser.parse_args(argv), environ=env or {})
+    return config_from_args(parser.parse_args(["--ownership-keys", KEYS, *argv]), environ=env or {})
 
 
 def test_defaults_watch_all_namespaces():
@@ -67,3 +73,20 @@ def test_an_allowlist_entry_with_a_query_is_refused():
     with pytest.raises(SystemExit) as raised:
         parse(["--allowed-tracking-server", "http://a.example.com/?x=1"])
     assert "--allowed-tracking-server" in str(raised.value)
+
+
+def test_the_ownership_keys_are_read_from_their_directory_and_the_last_name_signs(tmp_path):
+    (tmp_path / "2026-01").write_bytes(b"old" * 11)
+    (tmp_path / "2026-06").write_bytes(b"new" * 11 + b"\n")
+    (tmp_path / "..data").mkdir()  # as a mounted Secret has
+    config = parse(["--ownership-keys", str(tmp_path)])
+    assert [key_id for key_id, _ in config.ownership_keys.keys] == ["2026-01", "2026-06"]
+    assert config.ownership_keys.sign(b"m").startswith("v1.2026-06.")
+
+
+def test_a_short_or_missing_ownership_key_stops_the_operator(tmp_path):
+    (tmp_path / "k").write_bytes(b"short")
+    with pytest.raises(SystemExit, match="shorter than 32 bytes"):
+        parse(["--ownership-keys", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--ownership-keys"):
+        parse(["--ownership-keys", str(tmp_path / "absent")])

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from fakes import Crash, FakeKube, FakeMlflow, Writes
+from fakes import TEST_KEYS
 from mlflow_operator.api.common import TAG_UID
 from mlflow_operator.api.trainingrun import LABEL_RUN_ID
 from mlflow_operator.config import OperatorConfig
@@ -82,7 +83,7 @@ def new_world() -> World:
             "registerModel": {"name": MODEL, "aliases": ["champion"]},
         },
     })
-    services = Services(OperatorConfig(default_tracking_uri="http://mlflow:5000"), mlflow, kube)  # type: ignore[arg-type]
+    services = Services(OperatorConfig(default_tracking_uri="http://mlflow:5000", ownership_keys=TEST_KEYS), mlflow, kube)  # type: ignore[arg-type]
     return World(writes, kube, mlflow, {"services": services, "objects": {}})
 
 
@@ -148,10 +149,12 @@ def test_a_clean_lifecycle_makes_each_external_write_once():
         # The Job keeps its finalizer until the TrainingRun is deleted: no write to let it go.
         "create_run", "log_params_and_tags", "create_job churn-rf",
         f"create_registered_model {MODEL}", f"create_model_version {MODEL}", "set_alias champion",
+        # The alias move's audit record on the version (when, by whom, the previous holder).
+        *(f"set_model_version_tag mlflow.operator.dev/alias.champion.{key}" for key in ("at", "by", "previous")),
     ]
     # Three status writes: the start (run and Job), the Job's outcome with the run closed (a
-    # checkpoint before registering), the registered version: the crash test covers all 9.
-    assert len(writes) == 9
+    # checkpoint before registering), the registered version: the crash test covers all 12.
+    assert len(writes) == 12
 
 
 def test_a_crash_after_any_write_leaves_one_run_one_job_one_version_and_success():

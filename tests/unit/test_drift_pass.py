@@ -12,11 +12,13 @@ import json
 from typing import Any
 
 from fakes import FakeKube, FakeMlflow, Writes
+from fakes import TEST_KEYS
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.handlers.common import object_lock
 from mlflow_operator.handlers.drift import drifted_objects
 from mlflow_operator.handlers.experiment import EXPERIMENT
 from mlflow_operator.handlers.synced import synced_view
+from mlflow_operator.logic import signing
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.reconcilers.experiment import experiment_in_sync
 from mlflow_operator.tracking import ExperimentInfo, TrackingTarget
@@ -28,7 +30,8 @@ NS = "team-a"
 
 def owned(i: int) -> ExperimentInfo:
     ownership = {"k8s.namespace": NS, "k8s.name": f"e{i}", "k8s.uid": f"uid-{i}", "k8s.kind": "Experiment"}
-    return ExperimentInfo(str(i), f"{NS}/e{i}", "active", None, {**ownership, "team": "a"})
+    signed = signing.signed(TEST_KEYS, TARGET.uri, "experiment", str(i), ownership)
+    return ExperimentInfo(str(i), f"{NS}/e{i}", "active", None, {**signed, "team": "a"})
 
 
 def body(i: int) -> dict[str, Any]:
@@ -48,7 +51,7 @@ def world(bodies: list[dict[str, Any]], page_size: int = 1000) -> tuple[FakeMlfl
     for b in bodies:
         mlflow.experiments[b["status"]["experimentId"]] = owned(int(b["status"]["experimentId"]))
         cache.put((NS, b["metadata"]["name"]), synced_view(b))
-    services = Services(OperatorConfig(default_tracking_uri=TARGET.uri), mlflow, FakeKube(writes),  # type: ignore[arg-type]
+    services = Services(OperatorConfig(default_tracking_uri=TARGET.uri, ownership_keys=TEST_KEYS), mlflow, FakeKube(writes),  # type: ignore[arg-type]
                         watched=Watched(experiments=cache), experiment_pages=ExperimentPages(max_age_seconds=30))
     return mlflow, {"services": services, "objects": {}}
 

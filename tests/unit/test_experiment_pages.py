@@ -11,7 +11,9 @@ import asyncio
 import dataclasses
 
 from fakes import FakeKube, FakeMlflow, Writes
+from fakes import TEST_KEYS
 from mlflow_operator.config import OperatorConfig
+from mlflow_operator.logic import signing
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.reconcilers.experiment import experiment_in_sync
 from mlflow_operator.tracking import ExperimentInfo, TrackingTarget
@@ -23,7 +25,8 @@ NS = "team-a"
 
 def owned(i: int, **tags: str) -> ExperimentInfo:
     ownership = {"k8s.namespace": NS, "k8s.name": f"e{i}", "k8s.uid": f"uid-{i}", "k8s.kind": "Experiment"}
-    return ExperimentInfo(str(i), f"{NS}/e{i}", "active", None, {**ownership, **tags})
+    signed = signing.signed(TEST_KEYS, TARGET.uri, "experiment", str(i), ownership)
+    return ExperimentInfo(str(i), f"{NS}/e{i}", "active", None, {**signed, **tags})
 
 
 def world(n: int, page_size: int = 1000) -> tuple[FakeMlflow, Services]:
@@ -32,7 +35,7 @@ def world(n: int, page_size: int = 1000) -> tuple[FakeMlflow, Services]:
     mlflow.page_size = page_size
     for i in range(n):
         mlflow.experiments[str(i)] = owned(i, team="a")
-    services = Services(OperatorConfig(default_tracking_uri=TARGET.uri), mlflow, FakeKube(writes),  # type: ignore[arg-type]
+    services = Services(OperatorConfig(default_tracking_uri=TARGET.uri, ownership_keys=TEST_KEYS), mlflow, FakeKube(writes),  # type: ignore[arg-type]
                         experiment_pages=ExperimentPages(max_age_seconds=30))
     return mlflow, services
 

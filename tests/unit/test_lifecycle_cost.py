@@ -12,6 +12,7 @@ import copy
 import logging
 
 from fakes import FakeKube, FakeMlflow, Writes
+from fakes import TEST_KEYS
 from mlflow_operator.cluster import JobSnapshot
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.gateways.kubernetes import job_snapshot
@@ -120,7 +121,7 @@ def _experiment_memo(monkeypatch):
         return await read(plural, namespace, name)
 
     monkeypatch.setattr(kube, "get_object", counted_read)
-    memo = {"services": Services(OperatorConfig(default_tracking_uri="http://mlflow:5000"), mlflow, kube),  # type: ignore[arg-type]
+    memo = {"services": Services(OperatorConfig(default_tracking_uri="http://mlflow:5000", ownership_keys=TEST_KEYS), mlflow, kube),  # type: ignore[arg-type]
             "objects": {}}
     return kube, memo, reads
 

@@ -14,10 +14,12 @@ import dataclasses
 from typing import Callable
 
 from fakes import FakeKube, FakeMlflow, Writes
+from fakes import TEST_KEYS
 from mlflow_operator.api.common import ObjectIdentity
 from mlflow_operator.api.registeredmodel import RegisteredModelSpec
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.logic import registeredmodel as logic
+from mlflow_operator.logic import signing
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.reconcilers.registeredmodel import registered_model_in_sync, without_nulls
 from mlflow_operator.tracking import ModelVersionInfo, RegisteredModelInfo, TrackingTarget
@@ -63,7 +65,8 @@ def world(n: int, page_size: int = 1000, versions: int = 2) -> tuple[FakeMlflow,
     mlflow.page_size = page_size
     for i in range(n):
         name = f"{NS}.m{i}"
-        mlflow.models[name] = RegisteredModelInfo(name, "", identity(i).tags(), {"champion": "1"},
+        owner = signing.signed(TEST_KEYS, TARGET.uri, "registered-model", name, identity(i).tags())
+        mlflow.models[name] = RegisteredModelInfo(name, "", owner, {"champion": "1"},
                                                   last_updated=WRITTEN)
         mlflow.versions[name] = [
             ModelVersionInfo(name, "1", "None", "", "models:/m-1", "run1", "READY", tags={"validation": "passed"},
@@ -71,7 +74,7 @@ def world(n: int, page_size: int = 1000, versions: int = 2) -> tuple[FakeMlflow,
         ] + [ModelVersionInfo(name, str(v), "None", "", f"models:/m-{v}", f"run{v}", "READY",
                               last_updated=registered(i, v)) for v in range(2, versions + 1)]
     clock = Clock()
-    services = Services(OperatorConfig(default_tracking_uri=TARGET.uri), mlflow, FakeKube(writes),  # type: ignore[arg-type]
+    services = Services(OperatorConfig(default_tracking_uri=TARGET.uri, ownership_keys=TEST_KEYS), mlflow, FakeKube(writes),  # type: ignore[arg-type]
                         watched=Watched(registered_models=NamespacedWatchCache()),
                         model_pages=ModelPages(max_age_seconds=PAGE_AGE, full_read_seconds=100 * PAGE_AGE,
                                                clock=clock, jitter=lambda: 0.0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from collections import OrderedDict
@@ -12,12 +13,12 @@ from mlflow_operator.api.common import TAG_KIND, TAG_NAME, TAG_UID, ObjectIdenti
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.gateways.kubernetes import KubernetesError, KubernetesGateway
 from mlflow_operator.gateways.mlflow import MlflowGateway
-from mlflow_operator.logic import ownership
+from mlflow_operator.logic import ownership, signing
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, stalled
 from mlflow_operator.logic.target import choose_target, credentials_from_secret
 from mlflow_operator.priority import StartsFirst
 from mlflow_operator.servers import Credentials
-from mlflow_operator.tracking import RunInfo, TrackingError, TrackingTarget
+from mlflow_operator.tracking import ExperimentInfo, RegisteredModelInfo, RunInfo, TrackingError, TrackingTarget
 from mlflow_operator.watched import ExperimentPages, HandledJobs, ModelPages, Watched
 
 
@@ -248,6 +249,31 @@ def ready_for_generation(body: Any) -> bool:
     metadata, status = body["metadata"], body.get("status") or {}
     ready_now = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
     return ready_now and status.get("observedGeneration") == metadata.get("generation")
+
+
+def verified_experiment(services: Services, target: TrackingTarget,
+                        experiment: ExperimentInfo | None) -> ExperimentInfo | None:
+    """The experiment as the ownership rules may read it: its ownership tags only if the
+    operator signed them (logic/signing.py)."""
+    if experiment is None:
+        return None
+    tags = signing.verified(services.config.ownership_keys, target.uri, "experiment", experiment.experiment_id,
+                            experiment.tags, or_as=("experiment-name", experiment.name))
+    return experiment if tags is experiment.tags else dataclasses.replace(experiment, tags=tags)
+
+
+def verified_model(services: Services, target: TrackingTarget,
+                   model: RegisteredModelInfo | None) -> RegisteredModelInfo | None:
+    """The registered model as the ownership rules may read it (see verified_experiment)."""
+    if model is None:
+        return None
+    tags = signing.verified(services.config.ownership_keys, target.uri, "registered-model", model.name, model.tags)
+    return model if tags is model.tags else dataclasses.replace(model, tags=tags)
+
+
+def signed_ownership(services: Services, target: TrackingTarget, entity: signing.Entity, entity_id: str,
+                     tags: dict[str, str]) -> dict[str, str]:
+    return signing.signed(services.config.ownership_keys, target.uri, entity, entity_id, tags)
 
 
 async def owned_run(services: Services, target: TrackingTarget, run_id: str, owner: ObjectIdentity,

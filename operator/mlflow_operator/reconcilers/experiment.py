@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, assert_never
 
 from mlflow_operator.api.common import ObjectIdentity
@@ -13,6 +14,7 @@ from mlflow_operator.logic.conditions import ReconcileProblem, progressing, read
 from mlflow_operator.logic.target import check_pinned
 from mlflow_operator.reconcilers.common import (
     Context, Event, Result, Services, owner_alive, parse_spec, shared_page_candidate, resolve_target,
+    signed_ownership, verified_experiment,
 )
 from mlflow_operator.tracking import AlreadyExists, ExperimentInfo, InvalidRequest, TrackingError, TrackingTarget
 
@@ -28,9 +30,10 @@ async def reconcile_experiment(ctx: Context[ExperimentSpec]) -> Result:
     known_id = status.get("experimentId")
     if known_id:
         check_pinned(status.get("trackingUri"), target.uri, f"MLflow experiment {known_id}")
-        binding = logic.bind_known(await mlflow.get_experiment(target, known_id), known_id, identity)
+        binding = logic.bind_known(verified_experiment(services, target, await mlflow.get_experiment(target, known_id)),
+                                   known_id, identity)
     else:
-        found = await mlflow.get_experiment_by_name(target, desired.name)
+        found = verified_experiment(services, target, await mlflow.get_experiment_by_name(target, desired.name))
         alive = found is None or await owner_alive(services, found.tags, identity)
         binding = logic.bind_by_name(found, desired.name, identity, adopt=spec.adopt, owner_alive=alive)
 
@@ -46,12 +49,14 @@ async def reconcile_experiment(ctx: Context[ExperimentSpec]) -> Result:
             if mismatch:
                 raise ReconcileProblem(stalled("ArtifactLocationMismatch", mismatch))
             events.append(("Normal", "Adopted",
-                           f"adopted existing MLflow experiment {experiment.name!r} (id {experiment.experiment_id})"))
+                           f"adopted existing MLflow experiment {experiment.name!r} (id {experiment.experiment_id}), "
+                           f"artifact location {experiment.artifact_location!r}"))
         elif binding.kind == "restore":
             await mlflow.restore_experiment(target, experiment.experiment_id)
             events.append(("Normal", "Restored",
                            f"restored this object's deleted MLflow experiment (id {experiment.experiment_id})"))
 
+    desired = _signed(services, target, desired, experiment.experiment_id)
     previously_managed = set(status.get("managedTags") or [])
     plan = logic.plan_updates(desired, experiment, previously_managed)
     if plan.rename_to:
@@ -96,20 +101,28 @@ async def experiment_in_sync(services: Services, body: Any) -> bool:
         return False
     if experiment is None or experiment.deleted:
         return False
-    desired = logic.desired_experiment(spec, identity)
+    desired = _signed(services, target, logic.desired_experiment(spec, identity), experiment.experiment_id)
     return not logic.plan_updates(desired, experiment, set(status.get("managedTags") or [])).changes
+
+
+def _signed(services: Services, target: TrackingTarget, desired: logic.DesiredExperiment,
+            experiment_id: str) -> logic.DesiredExperiment:
+    """The ownership tags with the operator's signature over them and this experiment's id."""
+    return dataclasses.replace(desired, ownership=signed_ownership(services, target, "experiment", experiment_id,
+                                                                   desired.ownership))
 
 
 async def _create(
     services: Services, target: TrackingTarget, desired: logic.DesiredExperiment, identity: ObjectIdentity,
     adopt: bool,
 ) -> ExperimentInfo:
-    tags = {**desired.tags, **desired.ownership}
+    # Signed over its name: its id, which the lasting signature covers, is known only after.
+    tags = {**desired.tags, **signed_ownership(services, target, "experiment-name", desired.name, desired.ownership)}
     try:
         experiment_id = await services.mlflow.create_experiment(target, desired.name, desired.artifact_location, tags)
     except AlreadyExists:
         # Created meanwhile by someone else (or by a retried request of ours): decide again.
-        found = await services.mlflow.get_experiment_by_name(target, desired.name)
+        found = verified_experiment(services, target, await services.mlflow.get_experiment_by_name(target, desired.name))
         binding = logic.bind_by_name(found, desired.name, identity, adopt=adopt)
         if binding.experiment is None:
             raise
@@ -118,7 +131,7 @@ async def _create(
         raise ReconcileProblem(stalled("InvalidSpec", f"MLflow rejected the experiment: {error}")) from None
     created = await services.mlflow.get_experiment(target, experiment_id)
     assert created is not None, f"experiment {experiment_id} vanished right after creation"
-    return created
+    return created  # its signature comes with the plan (_signed), as its id is known only now
 
 
 async def _check_rename_target(
@@ -173,7 +186,7 @@ async def delete_experiment(services: Services, body: dict[str, Any]) -> Event |
     if spec.deletion_policy != "Delete" or not experiment_id:
         return None
     target = await resolve_target(services, identity.namespace, spec.tracking, cleanup=True)
-    experiment = await services.mlflow.get_experiment(target, experiment_id)
+    experiment = verified_experiment(services, target, await services.mlflow.get_experiment(target, experiment_id))
     if experiment is None or experiment.deleted:
         return None
     if not ownership.may_delete(experiment.tags, identity):

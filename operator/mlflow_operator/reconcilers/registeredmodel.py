@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 from typing import Any, Iterable, assert_never
 
 from mlflow_operator.api.common import ObjectIdentity
@@ -13,11 +12,13 @@ from mlflow_operator.logic import ownership, promotion, provenance
 from mlflow_operator.logic import registeredmodel as logic
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
 from mlflow_operator.logic.target import check_pinned
+from mlflow_operator.reconcilers import promotions
 from mlflow_operator.reconcilers.common import (
     Context, Event, Result, Services, owner_alive, parse_spec, shared_page_candidate, resolve_target,
+    signed_ownership, verified_model,
 )
 from mlflow_operator.tracking import (
-    AlreadyExists, InvalidRequest, ModelVersionInfo, RegisteredModelInfo, RunInfo, TrackingError, TrackingTarget,
+    AlreadyExists, InvalidRequest, ModelVersionInfo, RegisteredModelInfo, TrackingError, TrackingTarget,
 )
 
 VERSION_NOT_FOUND = "VersionNotFound"
@@ -29,7 +30,7 @@ EXTRA_CONDITIONS = (VERSION_NOT_FOUND, DRIFTED, PROMOTION_BLOCKED)
 async def reconcile_registered_model(ctx: Context[RegisteredModelSpec]) -> Result:
     services, identity, status, spec, drift_check = ctx.services, ctx.identity, ctx.status, ctx.spec, ctx.drift_check
     target = await resolve_target(services, identity.namespace, spec.tracking)
-    desired = logic.desired_model(spec, identity)
+    desired = _desired(services, target, spec, identity)
     mlflow = services.mlflow
     events: list[Event] = []
 
@@ -73,32 +74,17 @@ async def _hold_back_blocked_promotions(
 ) -> tuple[logic.Plan, list[str]]:
     """The plan without the alias moves that fail the alias's promotion rule, and why each
     failed. Reads the source runs of the candidate and of the version holding the alias."""
-    by_version = {v.version: v for v in versions}
-    runs: dict[str, RunInfo | None] = {}
-
-    async def evidence(version: str) -> promotion.Evidence:
-        found = by_version.get(version)
-        run_id = found.run_id if found else None
-        if run_id and run_id not in runs:
-            runs[run_id] = await services.mlflow.get_run(target, run_id)
-        run = runs.get(run_id) if run_id else None
-        return promotion.Evidence(version, dict(found.tags) if found else {}, run_id,
-                                  dict(run.metrics) if run is not None else None)
-
+    evidence = promotions.evidence_reader(services, target, versions)
     kept: list[logic.Change] = []
     blocked: list[str] = []
     for change in plan.changes:
         rule = spec.promotion.get(change.key) if change.action == "set_alias" else None
-        if rule is None:
-            kept.append(change)
-            continue
-        holder = model.aliases.get(change.key)
-        verdict = promotion.evaluate(rule, await evidence(change.value),
-                                     await evidence(holder) if holder else None)
-        if verdict.passed:
-            kept.append(change)
+        why = rule and await promotions.verdict(rule, change.key, change.value, model.aliases.get(change.key),
+                                                evidence)
+        if why:
+            blocked.append(why)
         else:
-            blocked.append(promotion.blocked_message(change.key, change.value, verdict))
+            kept.append(change)
     return dataclasses.replace(plan, changes=kept), blocked
 
 
@@ -114,7 +100,7 @@ async def registered_model_in_sync(services: Services, body: Any) -> bool:
     spec, identity, target = candidate
     status = body["status"]
     try:
-        desired = logic.desired_model(spec, identity)
+        desired = _desired(services, target, spec, identity)
         if desired.name != status["modelName"]:
             return False
         cache = services.watched.registered_models
@@ -156,12 +142,20 @@ def without_nulls(value: Any) -> Any:
     return value
 
 
+def _desired(services: Services, target: TrackingTarget, spec: RegisteredModelSpec,
+             identity: ObjectIdentity) -> logic.DesiredModel:
+    """What the spec declares, with the ownership tags signed over the model's name."""
+    desired = logic.desired_model(spec, identity)
+    return dataclasses.replace(desired, ownership=signed_ownership(services, target, "registered-model", desired.name,
+                                                                   desired.ownership))
+
+
 async def _bind(services: Services, target: TrackingTarget, desired: logic.DesiredModel, spec: RegisteredModelSpec,
                 identity: ObjectIdentity, status: dict[str, Any],
                 events: list[Event]) -> tuple[RegisteredModelInfo, str]:
     """The registered model this object manages: found and owned, adopted, or created."""
     mlflow = services.mlflow
-    model = await mlflow.get_registered_model(target, desired.name)
+    model = verified_model(services, target, await mlflow.get_registered_model(target, desired.name))
     alive = model is None or await owner_alive(services, model.tags, identity)
     kind = logic.bind(model, desired.name, identity, known=status.get("modelName") == desired.name,
                       adopt=spec.adopt, owner_alive=alive)
@@ -172,7 +166,7 @@ async def _bind(services: Services, target: TrackingTarget, desired: logic.Desir
             )
             events.append(("Normal", "Created", f"created registered model {desired.name!r}"))
         except AlreadyExists:  # created meanwhile by someone else: decide again
-            model = await mlflow.get_registered_model(target, desired.name)
+            model = verified_model(services, target, await mlflow.get_registered_model(target, desired.name))
             kind = logic.bind(model, desired.name, identity, known=False, adopt=spec.adopt)
         except InvalidRequest as error:
             raise ReconcileProblem(stalled("InvalidSpec", f"MLflow rejected the model: {error}")) from None
@@ -234,36 +228,9 @@ async def _apply(services: Services, target: TrackingTarget, desired: logic.Desi
     for change in plan.changes:
         try:
             await _apply_change(services.mlflow, target, desired, change)
-            await _audit(services.mlflow, target, desired.name, change, actor, events, audited)
+            await promotions.audit(services.mlflow, target, desired.name, change, actor, events, audited)
         except InvalidRequest as error:
             raise ReconcileProblem(stalled("InvalidSpec", f"MLflow rejected {change.describe()}: {error}")) from None
-
-
-async def _audit(mlflow: MlflowGateway, target: TrackingTarget, name: str, change: logic.Change,
-                 actor: promotion.Actor, events: list[Event], audited: list[dict[str, Any]]) -> None:
-    """Record an alias or stage change on the version it is about (tags) and as an Event."""
-    now = dt.datetime.now(dt.timezone.utc)
-    source = promotion.describe_source(actor)
-    if change.action == "set_alias":
-        version, subject, previous = change.value, f"alias.{change.key}", change.previous
-        text = (f"alias {change.key} moved to version {version}"
-                + (f" from version {previous}" if previous else "") + f" by {actor.describe()}{source}")
-        reason = "Promoted"
-        audited.append({"alias": change.key, "version": version, "previousVersion": previous,
-                        "at": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "by": actor.describe(),
-                        "sourceRevision": actor.source.get("source-revision")})
-    elif change.action == "delete_alias" and change.previous:
-        version, subject, previous = change.previous, f"alias.{change.key}.removed", None
-        text, reason = f"alias {change.key} removed from version {version} by {actor.describe()}{source}", "AliasRemoved"
-    elif change.action == "transition":
-        version, subject, previous = change.version, "stage", change.previous
-        text = f"version {version} moved from stage {previous} to {change.value} by {actor.describe()}{source}"
-        reason = "StageChanged"
-    else:
-        return
-    for key, value in promotion.audit_tags(subject, actor, now, previous or "none").items():
-        await mlflow.set_model_version_tag(target, name, version, key, value)
-    events.append(("Normal", reason, text))
 
 
 async def _apply_change(mlflow: MlflowGateway, target: TrackingTarget, desired: logic.DesiredModel,
@@ -301,7 +268,7 @@ async def delete_registered_model(services: Services, body: dict[str, Any]) -> E
         return None
     name = logic.desired_model(spec, identity).name
     target = await resolve_target(services, identity.namespace, spec.tracking, cleanup=True)
-    model = await services.mlflow.get_registered_model(target, name)
+    model = verified_model(services, target, await services.mlflow.get_registered_model(target, name))
     if model is None:
         return None
     if not ownership.may_delete(model.tags, identity):

@@ -12,11 +12,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from mlflow_operator.api.common import TAG_UID, ObjectIdentity, TrackingSpec
+from mlflow_operator.api.common import TAG_SIGNATURE, TAG_UID, ObjectIdentity, TrackingSpec
 from mlflow_operator.api.trainingrun import LABEL_RUN_ID, PLURAL, RegisterModelSpec, TrainingRunSpec
 from mlflow_operator.cluster import JobSnapshot, PodSnapshot
 from mlflow_operator.gateways.kubernetes import KubernetesError
-from mlflow_operator.logic import ownership, provenance
+from mlflow_operator.logic import ownership, promotion, provenance
 from mlflow_operator.logic import timestamps
 from mlflow_operator.logic import trainingrun as logic
 from mlflow_operator.logic.trainingsweep import trial_run_tags
@@ -29,7 +29,7 @@ from mlflow_operator.logic.conditions import (
     ready,
     stalled,
 )
-from mlflow_operator.reconcilers import common
+from mlflow_operator.reconcilers import common, promotions
 from mlflow_operator.priority import urgent
 from mlflow_operator.reconcilers.common import (
     Context,
@@ -39,6 +39,9 @@ from mlflow_operator.reconcilers.common import (
     StatusWriter,
     owned_run,
     resolve_target_and_secret,
+    signed_ownership,
+    verified_experiment,
+    verified_model,
 )
 from mlflow_operator.tracking import AlreadyExists, InvalidRequest, RunInfo, TrackingTarget
 
@@ -254,12 +257,18 @@ async def _experiment_by_name(ctx: Context[Any], target: TrackingTarget, secret_
     name = ctx.spec.experiment_name
     assert name is not None
     ownership.refuse_other_namespace_prefix(name, ctx.identity.namespace, "spec.experimentName")
-    mlflow = ctx.services.mlflow
+    services, mlflow = ctx.services, ctx.services.mlflow
     experiment = await mlflow.get_experiment_by_name(target, name)
     if experiment is None:
         # Owned by the namespace: an Experiment object of this namespace may take it over.
+        tags = ownership.namespace_tags(ctx.identity)
         try:
-            await mlflow.create_experiment(target, name, None, ownership.namespace_tags(ctx.identity))
+            # Signed over its name first (a crash right after leaves it provably the namespace's),
+            # then over the id the create returns.
+            created = await mlflow.create_experiment(
+                target, name, None, signed_ownership(services, target, "experiment-name", name, tags))
+            signed = signed_ownership(services, target, "experiment", created, tags)
+            await mlflow.set_experiment_tag(target, created, TAG_SIGNATURE, signed[TAG_SIGNATURE])
         except AlreadyExists:
             pass
         except InvalidRequest as error:
@@ -267,6 +276,8 @@ async def _experiment_by_name(ctx: Context[Any], target: TrackingTarget, secret_
         experiment = await mlflow.get_experiment_by_name(target, name)
         if experiment is None:
             raise ReconcileProblem(progressing("ExperimentNotFound", f"MLflow experiment {name!r} vanished"))
+    experiment = verified_experiment(services, target, experiment)
+    assert experiment is not None
     ownership.use_for_namespace(experiment.tags, ctx.identity,
                                 f"MLflow experiment {name!r} (id {experiment.experiment_id})")
     if experiment.deleted:
@@ -556,10 +567,10 @@ async def _finish(ctx: Context[TrainingRunSpec], resolved: Resolved, ran_on: dic
         await ctx.checkpoint(update)
     events: list[Event] = []
     run = run or await owned_run(ctx.services, target, run_id, ctx.identity)
-    version = await register_model(ctx, resolved, run, ctx.spec.register_model, events)
-    message = f"MLflow run {run_id} FINISHED; registered {version['uri']}"
+    registration = await register_model(ctx, resolved, run, ctx.spec.register_model, events)
+    message = f"MLflow run {run_id} FINISHED; {registration.describe()}"
     events.append(("Normal", "Succeeded", message))
-    return Result(ready("Succeeded", message), {**update, "modelVersion": version}, events)
+    return Result(ready("Succeeded", message), {**update, "modelVersion": registration.version}, events)
 
 
 async def _run_to_close(ctx: Context[TrainingRunSpec], resolved: Resolved, run_id: str) -> RunInfo:
@@ -580,7 +591,7 @@ async def _run_to_close(ctx: Context[TrainingRunSpec], resolved: Resolved, run_i
 
 
 async def register_model(ctx: Context[Any], resolved: Resolved, run: RunInfo, spec: RegisterModelSpec,
-                         events: list[Event]) -> dict[str, str]:
+                         events: list[Event]) -> Registration:
     """Create (once) the model version from the run's logged model and point the aliases at it,
     in a registered model of this namespace only (a TrainingRun's registerModel, a
     TrainingSweep's registerBest). `run` was read and its owner checked (owned_run)."""
@@ -597,14 +608,13 @@ async def register_model(ctx: Context[Any], resolved: Resolved, run: RunInfo, sp
             "registerModel.artifactPath",
         ))
     source = f"models:/{model.model_id}"
-    registered = await mlflow.get_registered_model(target, spec.name)
+    registered = verified_model(ctx.services, target, await mlflow.get_registered_model(target, spec.name))
     if registered is None:
         try:
-            registered = await mlflow.create_registered_model(
-                target, spec.name, ownership.namespace_tags(identity), None
-            )
+            registered = await mlflow.create_registered_model(target, spec.name, signed_ownership(
+                ctx.services, target, "registered-model", spec.name, ownership.namespace_tags(identity)), None)
         except AlreadyExists:
-            registered = await mlflow.get_registered_model(target, spec.name)
+            registered = verified_model(ctx.services, target, await mlflow.get_registered_model(target, spec.name))
         except InvalidRequest as error:
             raise ReconcileProblem(stalled("InvalidSpec", f"MLflow rejected model {spec.name!r}: {error}")) from None
         if registered is None:
@@ -618,10 +628,29 @@ async def register_model(ctx: Context[Any], resolved: Resolved, run: RunInfo, sp
         )
         events.append(("Normal", "ModelRegistered", f"registered {spec.name} version {version.version} "
                                                       f"from {source}"))
-    for alias in spec.aliases:
-        if alias not in version.aliases:
-            await mlflow.set_alias(target, spec.name, alias, version.version)
-    return {"name": spec.name, "version": version.version, "uri": f"models:/{spec.name}/{version.version}"}
+    # Aliases obey the namespace's promotion policy for this model and are audited, as a
+    # RegisteredModel's are; one that stays put does not fail the run.
+    actor = promotion.Actor(identity.kind, identity.namespace, identity.name, ctx.metadata.get("generation"),
+                            provenance.gitops_source(ctx.metadata))
+    evidence = promotions.evidence_reader(ctx.services, target, versions + [version], {run_id: run})
+    moves = await promotions.move_aliases(ctx.services, target, identity.namespace, spec.name, spec.aliases,
+                                          version, registered.aliases, evidence, actor, events)
+    for why in moves.blocked:
+        events.append(("Warning", "PromotionBlocked", why))
+    uri = f"models:/{spec.name}/{version.version}"
+    return Registration({"name": spec.name, "version": version.version, "uri": uri}, moves.blocked)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The model version a run registered (as status shows it), and why any alias stayed put."""
+
+    version: dict[str, str]
+    blocked: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        text = f"registered {self.version['uri']}"
+        return text + "".join(f"; {why}" for why in self.blocked)
 
 
 # --------------------------------------------------------------------------- deletion

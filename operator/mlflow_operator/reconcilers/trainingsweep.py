@@ -196,9 +196,9 @@ async def _close(ctx: Context[TrainingSweepSpec], resolved: Resolved, parent_run
         assert best.run_id is not None
         trial = ObjectIdentity(kind="TrainingRun", namespace=ctx.identity.namespace, name=best.name, uid=best.uid)
         best_run = await owned_run(ctx.services, target, best.run_id, trial, f"trial {best.name}'s MLflow run")
-        version = await register_model(ctx, resolved, best_run, spec.register_best, events)
-        update["modelVersion"] = version
-        message += f"; registered {version['uri']}"
+        registration = await register_model(ctx, resolved, best_run, spec.register_best, events)
+        update["modelVersion"] = registration.version
+        message += f"; {registration.describe()}"
     events.append(("Normal", "Succeeded", message))
     return Result(ready("Succeeded", message), update, events)
 
