@@ -49,6 +49,12 @@ class TrackingUnavailable(TrackingError):
     reason = "TrackingUnavailable"
 
 
+class TrackingStalled(TrackingUnavailable):
+    """The server has answered nothing for a while and its connections are all taken: the
+    call was not made. The object waits for its next periodic check, not in kopf's retry
+    queue, whose workers every namespace shares."""
+
+
 class TrackingUnauthorized(TrackingError):
     """The server refused the credentials (401/403)."""
 

@@ -32,6 +32,8 @@ K = TypeVar("K")
 T = TypeVar("T")
 
 
+# Seconds a labelled Secret's credentials, as the watch saw them, are used without a read.
+CREDENTIALS_MAX_AGE = 300.0
 # Strings up to this long are shared between the cached copies (keys, reasons, namespaces, URIs).
 SHARED_STRING_CHARS = 64
 
@@ -141,6 +143,7 @@ class Watched:
         # TrainingRuns and TrainingSweeps not started yet, by the Experiment they name (woken
         # when it is Ready).
         self.waiting_for_experiment = Waiting()
+        self._credentials_seen_at: dict[Key, float] = {}
         self.sweeps_waiting_for_experiment = Waiting()
 
     @classmethod
@@ -169,14 +172,31 @@ class Watched:
             return seen
         return await kube.get_object(EXPERIMENTS, namespace, name)
 
+    def saw_credentials(self, key: Key, data: dict[str, str] | None, now: float | None = None) -> None:
+        """What a watch event says of a labelled Secret (None: deleted, or no longer labelled)."""
+        assert self.credentials is not None
+        self.credentials.put(key, data)
+        if data is None:
+            self._credentials_seen_at.pop(key, None)
+        else:
+            self._credentials_seen_at[key] = time.monotonic() if now is None else now
+
     async def credentials_secret(self, kube: KubernetesGateway, namespace: str, name: str) -> CredentialsSecret | None:
         """A credentials Secret (None: no such Secret). The watch holds only the Secrets labelled
         for the operator; one it has not seen (missing, not labelled, or created a moment ago)
-        is read, so that the object can say which."""
+        is read, so that the object can say which. What the watch saw is trusted for
+        CREDENTIALS_MAX_AGE seconds, then read again: a Secret unlabelled while the watch was
+        re-listing brings no event, and its owner's consent must not outlive that by long."""
+        key = (namespace, name)
         if self.credentials is not None:
-            data = self.credentials.get((namespace, name))
-            if data is not None:
+            data = self.credentials.get(key)
+            fresh = time.monotonic() - self._credentials_seen_at.get(key, 0.0) < CREDENTIALS_MAX_AGE
+            if data is not None and fresh:
                 return CredentialsSecret(name=name, opted_in=True, data=data)
+            if data is not None:
+                secret = await kube.read_credentials_secret(namespace, name)
+                self.saw_credentials(key, secret.data if secret is not None and secret.opted_in else None)
+                return secret
         return await kube.read_credentials_secret(namespace, name)
 
 

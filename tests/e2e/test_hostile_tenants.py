@@ -194,7 +194,8 @@ def test_objects_on_a_silent_server_leave_the_operator_free_for_others(custom, n
         mine.create("healthy", {})
         mine.wait_ready("healthy", timeout=30)
         assert time.monotonic() - started < 10
-        assert stuck.condition("stuck-0")["reason"] == "TrackingUnavailable"
+        waiting = stuck.condition("stuck-149") or {}
+        assert (waiting.get("reason"), waiting.get("status")) == ("TrackingUnavailable", "False")
 
 
 # --------------------------------------------------------------------------- ownership tags

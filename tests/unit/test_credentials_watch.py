@@ -6,10 +6,11 @@ values of the credential keys only."""
 from __future__ import annotations
 
 import asyncio
+import time
 import base64
 
 from mlflow_operator.gateways.kubernetes import CredentialsSecret, credentials_data
-from mlflow_operator.watched import WatchCache, Watched
+from mlflow_operator.watched import CREDENTIALS_MAX_AGE, WatchCache, Watched
 
 
 class CountingKube:
@@ -27,10 +28,10 @@ def encoded(**values: str) -> dict[str, str]:
     return {key: base64.b64encode(value.encode()).decode() for key, value in values.items()}
 
 
-def watched_with(key: tuple[str, str], data: dict[str, str]) -> Watched:
-    cache: WatchCache[tuple[str, str], dict[str, str]] = WatchCache()
-    cache.put(key, data)
-    return Watched(credentials=cache)
+def watched_with(key: tuple[str, str], data: dict[str, str], seen_at: float | None = None) -> Watched:
+    watched = Watched(credentials=WatchCache())
+    watched.saw_credentials(key, data, now=seen_at)
+    return watched
 
 
 def test_a_watched_labelled_secret_is_used_without_a_read():
@@ -58,7 +59,19 @@ def test_a_secret_deleted_or_unlabelled_is_dropped_from_the_watch_and_read_again
     kube = CountingKube()
     watched = watched_with(("team-a", "creds"), credentials_data(encoded(token="t0k")))
     assert watched.credentials is not None
-    watched.credentials.put(("team-a", "creds"), None)  # a DELETED event
+    watched.saw_credentials(("team-a", "creds"), None)  # a DELETED event
     secret = asyncio.run(watched.credentials_secret(kube, "team-a", "creds"))  # type: ignore[arg-type]
     assert secret is not None and not secret.opted_in
     assert kube.reads == [("team-a", "creds")]
+
+
+def test_what_the_watch_saw_is_read_again_once_it_is_old():
+    """A Secret unlabelled while the watch re-listed brings no event: its consent is checked
+    again after CREDENTIALS_MAX_AGE, and dropped when the label is gone."""
+    kube = CountingKube()
+    watched = watched_with(("team-a", "creds"), credentials_data(encoded(token="t0k")),
+                           seen_at=time.monotonic() - CREDENTIALS_MAX_AGE - 1)
+    secret = asyncio.run(watched.credentials_secret(kube, "team-a", "creds"))  # type: ignore[arg-type]
+    assert secret is not None and not secret.opted_in
+    assert kube.reads == [("team-a", "creds")]
+    assert watched.credentials is not None and watched.credentials.get(("team-a", "creds")) is None

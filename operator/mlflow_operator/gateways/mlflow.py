@@ -36,6 +36,7 @@ from mlflow_operator.tracking import (
     RunInfo,
     TrackingError,
     TrackingRejected,
+    TrackingStalled,
     TrackingTarget,
     TrackingUnauthorized,
     TrackingUnavailable,
@@ -134,7 +135,7 @@ def _refused_here(error: ReplyTooLarge | ServerBusy, operation: str, server: str
     if isinstance(error, ReplyTooLarge):
         return InvalidResponse(f"{server} answered {operation} with more than the operator reads "
                                f"({MAX_REPLY_BYTES // 2**20} MiB)")
-    return TrackingUnavailable(f"{server} has freed none of its connections for {STALLED_SERVER_SECONDS:g} s "
+    return TrackingStalled(f"{server} has freed none of its connections for {STALLED_SERVER_SECONDS:g} s "
                                f"({error.waiting} requests waiting); {operation} is tried again later")
 
 
@@ -188,6 +189,8 @@ def filter_literal(value: str) -> str | None:
 
 
 Item = TypeVar("Item")
+# HTTP sessions kept (one per server and credentials).
+MAX_SESSIONS = 256
 # A search that pages on past this is a server that never says "last page".
 MAX_PAGES = 1000
 
@@ -299,14 +302,15 @@ class MlflowGateway:
         return limiter
 
     def _session_for(self, target: TrackingTarget) -> _Session:
-        session = self._sessions.get(target)
+        """The target's session, the most recently used first to stay: credentials rotate, so
+        the least recently used one goes past MAX_SESSIONS (not every session at once)."""
+        session = self._sessions.pop(target, None)
         if session is None:
             session = _Session(target, self._settings, self._concurrency)
-            if len(self._sessions) > 256:  # credentials rotate; do not grow without bound
-                for stale in self._sessions.values():
-                    stale.http.close()
-                self._sessions.clear()
-            self._sessions[target] = session
+            while len(self._sessions) >= MAX_SESSIONS:
+                stale = self._sessions.pop(next(iter(self._sessions)))
+                stale.http.close()
+        self._sessions[target] = session  # insertion order is use order
         return session
 
     async def _request(self, target: TrackingTarget, operation: str, method: str, endpoint: str,

@@ -86,8 +86,8 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -
                                           **_: Any) -> None:
             """A labelled Secret's credentials as the watch last saw them: a reconcile or drift
             check of an object that names it reads no Secret."""
-            cache = services_of(memo).watched.credentials
-            assert cache is not None
             metadata = body["metadata"]
-            cache.put((metadata["namespace"], metadata["name"]),
-                      None if type == "DELETED" else credentials_data(body.get("data")))
+            consented = (metadata.get("labels") or {}).get(CREDENTIALS_LABEL) == "true"
+            services_of(memo).watched.saw_credentials(
+                (metadata["namespace"], metadata["name"]),
+                None if type == "DELETED" or not consented else credentials_data(body.get("data")))

@@ -36,7 +36,7 @@ from mlflow_operator.logic.conditions import (
 )
 from mlflow_operator.metrics import EVENTS, RECONCILE_DURATION, RECONCILES, reconciling
 from mlflow_operator.reconcilers.common import Context, Event, Result, Services, SpecT, StatusWriter, parse_spec
-from mlflow_operator.tracking import TrackingError, TrackingUnauthorized, TrackingUnavailable
+from mlflow_operator.tracking import TrackingError, TrackingStalled, TrackingUnauthorized, TrackingUnavailable
 from mlflow_operator.watched import Waiting
 
 def _no_status(status: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +128,9 @@ def outcome_for_error(error: Exception) -> Outcome:
         return error.outcome
     if isinstance(error, TrackingUnauthorized):
         return stalled(error.reason, f"the MLflow server refused the credentials: {error}")
+    if isinstance(error, TrackingStalled):
+        # Retried by the next drift check or refresh, so that it holds no worker meanwhile.
+        return progressing(error.reason, f"MLflow call not made, will retry: {error}", awaited=True)
     if isinstance(error, TrackingUnavailable):
         return progressing(error.reason, f"MLflow call failed, will retry: {error}")
     if isinstance(error, TrackingError):
