@@ -70,6 +70,7 @@ from helpers import Objects  # noqa: E402
 from mlflow_operator.api.common import ObjectIdentity  # noqa: E402
 from mlflow_operator.api.trainingrun import TrainingRunSpec  # noqa: E402
 from mlflow_operator.logic import trainingrun as training  # noqa: E402
+from mlflow_operator.logic import signing  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 GROUP, VERSION = "mlflow.operator.dev", "v1alpha1"
@@ -525,11 +526,13 @@ def registered_versions(tracking_uri: str, namespace: str, n_models: int, versio
     """The benchmark's registered models, each with `versions` versions, registered directly
     (as TrainingRuns of the namespace would have): its RegisteredModels take them over."""
     registry = RegistryStore(lambda: MlflowHostCreds(tracking_uri))
+    keys = signing.KeyRing.from_directory(STATE / "ownership-keys")  # the sandbox operator's
     started = time.monotonic()
 
     def register(i: int) -> None:
         name = f"bench-{namespace}-{i}"
-        registry.create_registered_model(name, tags=[RegisteredModelTag("k8s.namespace", namespace)])
+        owner = signing.signed(keys, tracking_uri, "registered-model", name, {"k8s.namespace": namespace})
+        registry.create_registered_model(name, tags=[RegisteredModelTag(k, v) for k, v in owner.items()])
         for v in range(versions):
             registry.create_model_version(name, source=f"s3://bench/{name}/{v}")
 

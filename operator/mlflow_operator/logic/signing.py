@@ -101,8 +101,3 @@ def verified(ring: KeyRing, server_uri: str, entity: Entity, entity_id: str, tag
         if claimed and ring.verifies(claimed, _message(server_uri, signed_as, signed_id, namespace, uid)):
             return tags
     return {key: value for key, value in tags.items() if key not in OWNERSHIP_TAGS and key != CREATED_BY_TAG}
-
-
-def is_current(ring: KeyRing, server_uri: str, entity: Entity, entity_id: str, tags: dict[str, str]) -> bool:
-    """Whether the tags carry the signature the operator would write now (the signing key's)."""
-    return tags.get(TAG_SIGNATURE) == signature(ring, server_uri, entity, entity_id, tags)
