@@ -91,6 +91,9 @@ def test_cluster_scope_rendering_is_accepted_by_the_api_server(sandbox, namespac
         # The uninstall hook: its own ServiceAccount, RBAC and Job.
         "serviceaccount", "role.rbac.authorization.k8s.io", "rolebinding.rbac.authorization.k8s.io",
         "clusterrole.rbac.authorization.k8s.io", "clusterrolebinding.rbac.authorization.k8s.io", "job.batch",
+        # The key that signs ownership tags; the admission policies (templates, names) and their bindings.
+        "secret", *["validatingadmissionpolicy.admissionregistration.k8s.io",
+                    "validatingadmissionpolicybinding.admissionregistration.k8s.io"] * 2,
     ])
 
 

@@ -19,7 +19,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from helpers import Objects, event_reasons, events_for, stays, wait_for
+from helpers import Objects, event_reasons, events_for, signed_by_operator, stays, wait_for
 
 # Credentials Secrets are used only with their owner's consent (this label).
 CREDENTIALS_LABEL = {"mlflow.operator.dev/credentials": "true"}
@@ -105,7 +105,7 @@ def test_success_path_runs_the_churn_example_and_registers_the_model(
     assert len(jobs_of(batch, namespace)) == 1
     # Events posted in the same second have no order: compare them as a set of reasons.
     assert sorted(event_reasons(core, namespace, "churn", kind="TrainingRun")) == [
-        "JobCreated", "ModelRegistered", "Succeeded"]
+        "JobCreated", "ModelRegistered", "Promoted", "Succeeded"]
 
 
 def test_the_run_carries_its_gitops_source_and_after_the_job_its_pod_and_node(
@@ -284,7 +284,8 @@ def test_a_restart_between_run_creation_and_job_creation_makes_no_duplicate(
     recording it or creating the Job. After a restart it must adopt the oldest run, retire
     the duplicate, and create exactly one Job."""
     name = unique("restart")
-    experiment_id = mlflow_client.create_experiment(name, tags={"k8s.namespace": namespace})
+    experiment_id = mlflow_client.create_experiment(name, tags=signed_by_operator(
+        sandbox.state, sandbox.tracking_uri, "experiment-name", name, {"k8s.namespace": namespace}))
     runs.create("crash", {"experimentName": name, "tracking": {"secretRef": {"name": "late"}},
                           "template": template(hold=False)})
     runs.wait_reason("crash", "SecretNotFound")
