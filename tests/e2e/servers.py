@@ -17,6 +17,30 @@ class Received:
     headers: dict[str, str]
 
 
+class QuietHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def send(handler: BaseHTTPRequestHandler, status: int, content_type: str, payload: bytes,
+         headers: dict[str, str] | None = None) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    for key, value in (headers or {}).items():
+        handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)
+
+
+def serve(port: int, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """A threaded HTTP server on 127.0.0.1:`port`, serving in the background."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 @dataclass
 class RecordingServer:
     """Answers every request with `status` and `body`, and records each request."""
@@ -36,27 +60,15 @@ class RecordingServer:
     def __enter__(self) -> "RecordingServer":
         recorder = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def _answer(self) -> None:
                 recorder.requests.append(Received(self.command, self.path, dict(self.headers)))
-                payload = recorder.body.encode()
-                self.send_response(recorder.status)
-                self.send_header("Content-Type", "text/html")
-                if recorder.location:
-                    self.send_header("Location", recorder.location)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                headers = {"Location": recorder.location} if recorder.location else {}
+                send(self, recorder.status, "text/html", recorder.body.encode(), headers)
 
             do_GET = do_POST = do_PATCH = do_DELETE = _answer
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._server = serve(self.port, Handler)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -79,7 +91,7 @@ class ForwardingServer:
 
         forwarder = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
@@ -93,20 +105,11 @@ class ForwardingServer:
                             status, payload = reply.status, reply.read()
                     except urllib.error.HTTPError as error:
                         status, payload = error.code, error.read()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                send(self, status, "application/json", payload)
 
             do_GET = do_POST = do_PATCH = do_DELETE = _answer
 
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = serve(self.port, Handler)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -8,6 +8,7 @@ one Job (named after the object, owned by it).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
@@ -449,14 +450,12 @@ async def _job_run_confirmed(ctx: Context[TrainingRunSpec], resolved: Resolved, 
                              run_id: str | None) -> str:
     """A run id read from a Job's label is this object's only if the run's tags say so;
     otherwise the Job is a stranger's, whatever its ownerReferences claim."""
-    try:
-        if not run_id:
-            raise ReconcileProblem(stalled("RunConflict", "no run id"))
-        return (await owned_run(ctx.services, resolved.target, run_id, ctx.identity)).run_id
-    except ReconcileProblem:
-        raise ReconcileProblem(stalled(
-            "JobConflict", f"Job {job.name!r} names MLflow run {run_id}, which is not this TrainingRun's run; "
-            "no run is touched: delete the Job")) from None
+    if run_id:
+        with contextlib.suppress(ReconcileProblem):
+            return (await owned_run(ctx.services, resolved.target, run_id, ctx.identity)).run_id
+    raise ReconcileProblem(stalled(
+        "JobConflict", f"Job {job.name!r} names MLflow run {run_id}, which is not this TrainingRun's run; "
+        "no run is touched: delete the Job"))
 
 
 async def _in_progress(ctx: Context[TrainingRunSpec], state: JobSnapshot, refresh_metrics: bool) -> Result:
