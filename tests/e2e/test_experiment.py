@@ -48,6 +48,16 @@ def test_creates_the_experiment_with_tags_description_and_ownership(experiments,
     assert "Created" in event_reasons(core, namespace, "churn")
 
 
+def test_a_created_experiment_opens_in_the_uis_training_view_unless_the_spec_says_otherwise(
+        experiments, mlflow_client):
+    """MLflow 3's UI shows an experiment without mlflow.experimentKind as GenAI "Evaluation runs"."""
+    experiments.create("training", {})
+    experiments.create("genai", {"tags": {"mlflow.experimentKind": "genai_development"}})
+    kinds = {name: mlflow_client.get_experiment(experiments.wait_ready(name)["status"]["experimentId"])
+             .tags.get("mlflow.experimentKind") for name in ("training", "genai")}
+    assert kinds == {"training": "custom_model_development", "genai": "genai_development"}
+
+
 def test_status_holds_only_the_operators_fields_not_kopf_bookkeeping(experiments):
     experiments.create("tidy", {})
     status = experiments.wait_ready("tidy")["status"]

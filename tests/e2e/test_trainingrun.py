@@ -272,6 +272,8 @@ def test_experiment_name_creates_an_unowned_experiment_if_missing(runs, namespac
     assert status["experimentId"] == experiment.experiment_id
     assert "k8s.uid" not in experiment.tags  # an Experiment object may still adopt it
     assert experiment.tags["k8s.createdBy"] == f"TrainingRun {namespace}/byname"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.tags["k8s.owner-signature"].startswith("v1.")  # over its id, once created
 
 
 # --------------------------------------------------------------------------- idempotency

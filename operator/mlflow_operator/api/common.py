@@ -28,6 +28,10 @@ RESERVED_TAG_PREFIX = f"{GROUP}/"
 
 # MLflow's own tag for an entity's description ("note").
 NOTE_TAG = "mlflow.note.content"
+# MLflow 3's UI opens an experiment without this tag in its GenAI view ("Evaluation runs"):
+# experiments the operator creates are for training, unless the spec's tags say otherwise.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_EXPERIMENT_KIND = "custom_model_development"
 
 
 def _operator_keys_refused(tags: dict[str, str]) -> dict[str, str]:

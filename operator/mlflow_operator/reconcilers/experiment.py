@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, assert_never
 
-from mlflow_operator.api.common import ObjectIdentity
+from mlflow_operator.api.common import EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT_KIND, ObjectIdentity
 from mlflow_operator.api.experiment import ExperimentSpec
 from mlflow_operator.logic import experiment as logic
 from mlflow_operator.logic import ownership
@@ -117,7 +117,8 @@ async def _create(
     adopt: bool,
 ) -> ExperimentInfo:
     # Signed over its name: its id, which the lasting signature covers, is known only after.
-    tags = {**desired.tags, **signed_ownership(services, target, "experiment-name", desired.name, desired.ownership)}
+    tags = {EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND, **desired.tags,
+            **signed_ownership(services, target, "experiment-name", desired.name, desired.ownership)}
     try:
         experiment_id = await services.mlflow.create_experiment(target, desired.name, desired.artifact_location, tags)
     except AlreadyExists:

@@ -13,7 +13,14 @@ import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
-from mlflow_operator.api.common import TAG_SIGNATURE, TAG_UID, ObjectIdentity, TrackingSpec
+from mlflow_operator.api.common import (
+    EXPERIMENT_KIND_TAG,
+    TAG_SIGNATURE,
+    TAG_UID,
+    TRAINING_EXPERIMENT_KIND,
+    ObjectIdentity,
+    TrackingSpec,
+)
 from mlflow_operator.api.trainingrun import LABEL_RUN_ID, PLURAL, RegisterModelSpec, TrainingRunSpec
 from mlflow_operator.cluster import JobSnapshot, PodSnapshot
 from mlflow_operator.gateways.kubernetes import KubernetesError
@@ -266,8 +273,9 @@ async def _experiment_by_name(ctx: Context[Any], target: TrackingTarget, secret_
         try:
             # Signed over its name first (a crash right after leaves it provably the namespace's),
             # then over the id the create returns.
-            created = await mlflow.create_experiment(
-                target, name, None, signed_ownership(services, target, "experiment-name", name, tags))
+            created = await mlflow.create_experiment(target, name, None, {
+                EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND,
+                **signed_ownership(services, target, "experiment-name", name, tags)})
             signed = signed_ownership(services, target, "experiment", created, tags)
             await mlflow.set_experiment_tag(target, created, TAG_SIGNATURE, signed[TAG_SIGNATURE])
         except AlreadyExists:
