@@ -66,11 +66,12 @@ from mlflow.store.tracking.rest_store import RestStore  # noqa: E402
 from mlflow.utils.rest_utils import MlflowHostCreds  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from helpers import Objects  # noqa: E402
 from mlflow_operator.api.common import ObjectIdentity  # noqa: E402
 from mlflow_operator.api.trainingrun import TrainingRunSpec  # noqa: E402
-from mlflow_operator.logic import trainingrun as training  # noqa: E402
 from mlflow_operator.logic import signing  # noqa: E402
+from mlflow_operator.logic import trainingrun as training  # noqa: E402
+
+from helpers import Objects  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 GROUP, VERSION = "mlflow.operator.dev", "v1alpha1"

@@ -11,7 +11,6 @@ import datetime as dt
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # `cryptography` is only needed to create the PKI, not to stop the sandbox.

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from mlflow_operator.cluster import JobSnapshot, PodSnapshot
 from mlflow_operator.gateways.kubernetes import KubernetesError
+from mlflow_operator.logic.signing import KeyRing
 from mlflow_operator.tracking import (
     AlreadyExists,
     ExperimentInfo,
@@ -25,7 +26,6 @@ from mlflow_operator.tracking import (
     RunInfo,
     TrackingTarget,
 )
-from mlflow_operator.logic.signing import KeyRing
 
 # The ownership key unit tests sign with (the operator reads its own from a Secret).
 TEST_KEYS = KeyRing.of({"test": b"t" * 32})

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from mlflow_operator.logic.signing import KeyRing
 from mlflow_operator.servers import Allowlist, Credentials, uri_problem

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-from abc import ABC, abstractmethod
 import os
 import re
 import shutil
 import subprocess
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Iterator
 

@@ -500,7 +500,6 @@ def test_a_registration_that_failed_is_retried_even_after_the_job_is_gone(runs, 
     batch.delete_namespaced_job("late", namespace, propagation_policy="Background")
     import mlflow
     import mlflow.pyfunc
-
     from trainers.log_model import Doubler
 
     mlflow.set_tracking_uri(mlflow_client.tracking_uri)

@@ -14,9 +14,9 @@ from typing import Callable
 
 import pytest
 from kubernetes.client.exceptions import ApiException
+from test_trainingrun import kill_operator, restart_operator, template
 
 from helpers import Objects, event_reasons, wait_for
-from test_trainingrun import kill_operator, restart_operator, template
 
 FINISH = "sandbox.mlflow.operator.dev/finish"
 SWEEP_LABEL = "mlflow.operator.dev/sweep"

@@ -8,7 +8,6 @@ import pytest
 
 from mlflow_operator.config import add_run_arguments, config_from_args
 
-
 KEYS = tempfile.mkdtemp(prefix="ownership-keys-")
 (Path(KEYS) / "k1").write_bytes(b"a" * 32)
 

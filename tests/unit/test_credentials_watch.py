@@ -6,8 +6,8 @@ values of the credential keys only."""
 from __future__ import annotations
 
 import asyncio
-import time
 import base64
+import time
 
 from mlflow_operator.gateways.kubernetes import CredentialsSecret, credentials_data
 from mlflow_operator.watched import CREDENTIALS_MAX_AGE, WatchCache, Watched

@@ -11,8 +11,6 @@ import dataclasses
 import json
 from typing import Any
 
-from fakes import FakeKube, FakeMlflow, Writes
-from fakes import TEST_KEYS
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.handlers.common import object_lock
 from mlflow_operator.handlers.drift import drifted_objects
@@ -22,7 +20,9 @@ from mlflow_operator.logic import signing
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.reconcilers.experiment import experiment_in_sync
 from mlflow_operator.tracking import ExperimentInfo, TrackingTarget
-from mlflow_operator.watched import ExperimentPages, Watched, WatchCache
+from mlflow_operator.watched import ExperimentPages, WatchCache, Watched
+
+from fakes import TEST_KEYS, FakeKube, FakeMlflow, Writes
 
 TARGET = TrackingTarget("http://mlflow:5000")
 NS = "team-a"

@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from fakes import FakeKube, FakeMlflow, Writes
-from fakes import TEST_KEYS
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.logic import signing
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.reconcilers.experiment import experiment_in_sync
 from mlflow_operator.tracking import ExperimentInfo, TrackingTarget
 from mlflow_operator.watched import ExperimentPages
+
+from fakes import TEST_KEYS, FakeKube, FakeMlflow, Writes
 
 TARGET = TrackingTarget("http://mlflow:5000")
 NS = "team-a"

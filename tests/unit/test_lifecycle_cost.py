@@ -11,8 +11,6 @@ import asyncio
 import copy
 import logging
 
-from fakes import FakeKube, FakeMlflow, Writes
-from fakes import TEST_KEYS
 from mlflow_operator.cluster import JobSnapshot
 from mlflow_operator.config import OperatorConfig
 from mlflow_operator.gateways.kubernetes import job_snapshot
@@ -22,6 +20,8 @@ from mlflow_operator.handlers.experiment import EXPERIMENT
 from mlflow_operator.handlers.trainingrun import needs_job_events, needs_refresh, open_run_copy
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.watched import HandledJobs
+
+from fakes import TEST_KEYS, FakeKube, FakeMlflow, Writes
 
 CLOSED = {"phase": "Succeeded", "runStatus": "FINISHED"}
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from mlflow.entities import Experiment, LoggedModel, Run
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.protos.model_registry_pb2 import SearchModelVersions, SearchRegisteredModels

@@ -13,8 +13,6 @@ import asyncio
 import dataclasses
 from typing import Callable
 
-from fakes import FakeKube, FakeMlflow, Writes
-from fakes import TEST_KEYS
 from mlflow_operator.api.common import ObjectIdentity
 from mlflow_operator.api.registeredmodel import RegisteredModelSpec
 from mlflow_operator.config import OperatorConfig
@@ -24,6 +22,8 @@ from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.reconcilers.registeredmodel import registered_model_in_sync, without_nulls
 from mlflow_operator.tracking import ModelVersionInfo, RegisteredModelInfo, TrackingTarget
 from mlflow_operator.watched import RECENT_PAGE_SIZE, ModelPages, NamespacedWatchCache, Watched, names_in_filters
+
+from fakes import TEST_KEYS, FakeKube, FakeMlflow, Writes
 
 TARGET = TrackingTarget("http://mlflow:5000")
 NS = "team-a"

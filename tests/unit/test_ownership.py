@@ -4,8 +4,8 @@ use and delete (docs/decisions/0007-tenancy.md)."""
 import pytest
 
 from mlflow_operator.api.common import ObjectIdentity
-from mlflow_operator.logic.conditions import ReconcileProblem
 from mlflow_operator.logic import ownership
+from mlflow_operator.logic.conditions import ReconcileProblem
 from mlflow_operator.logic.ownership import (
     Relation,
     describe_owner,

@@ -4,9 +4,8 @@ import pytest
 
 from mlflow_operator.api.common import ObjectIdentity
 from mlflow_operator.api.trainingrun import TrainingRunSpec
-from mlflow_operator.servers import Credentials
-from mlflow_operator.logic.conditions import ReconcileProblem
 from mlflow_operator.cluster import JobSnapshot
+from mlflow_operator.logic.conditions import ReconcileProblem
 from mlflow_operator.logic.trainingrun import (
     JOB_FINALIZER,
     CredentialSource,
@@ -22,6 +21,7 @@ from mlflow_operator.logic.trainingrun import (
     primary_metric_text,
     stage_of,
 )
+from mlflow_operator.servers import Credentials
 from mlflow_operator.tracking import LoggedModelInfo, RunInfo
 
 ME = ObjectIdentity(kind="TrainingRun", namespace="ml", name="churn-1", uid="uid-1")

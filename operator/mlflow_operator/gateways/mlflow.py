@@ -21,8 +21,8 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from mlflow_operator.priority import URGENT, PriorityLimiter, ServerBusy
 from mlflow_operator.metrics import MLFLOW_REQUESTS, MODEL_VERSIONS_READ, RECONCILING_KIND
+from mlflow_operator.priority import URGENT, PriorityLimiter, ServerBusy
 from mlflow_operator.servers import Origin, describe_origin, origin_of
 from mlflow_operator.tracking import (
     AlreadyExists,
@@ -41,7 +41,6 @@ from mlflow_operator.tracking import (
     TrackingUnauthorized,
     TrackingUnavailable,
 )
-
 
 API = "/api/2.0/mlflow"
 _NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "ENDPOINT_NOT_FOUND"}

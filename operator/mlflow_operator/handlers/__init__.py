@@ -20,9 +20,9 @@ from mlflow_operator.gateways.kubernetes import (
 )
 from mlflow_operator.gateways.mlflow import HttpSettings, MlflowGateway
 from mlflow_operator.handlers import experiment, registeredmodel, trainingrun, trainingsweep
-from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.handlers.common import services_of
 from mlflow_operator.handlers.drift import KOPF_SETTINGS
+from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.watched import ExperimentPages, ModelPages, Watched
 
 # A model's versions are read in full at least every 10 to 20 drift intervals, even when

@@ -18,11 +18,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Generic
 
-from mlflow_operator.api.common import GROUP, VERSION, ObjectIdentity
-from mlflow_operator.config import OperatorConfig
-
 import kopf
 
+from mlflow_operator.api.common import GROUP, VERSION, ObjectIdentity
+from mlflow_operator.config import OperatorConfig
 from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.handlers.handled import HandledGenerations
 from mlflow_operator.logic import timestamps
@@ -38,6 +37,7 @@ from mlflow_operator.metrics import EVENTS, RECONCILE_DURATION, RECONCILES, reco
 from mlflow_operator.reconcilers.common import Context, Event, Result, Services, SpecT, StatusWriter, parse_spec
 from mlflow_operator.tracking import TrackingError, TrackingStalled, TrackingUnauthorized, TrackingUnavailable
 from mlflow_operator.watched import Waiting
+
 
 def _no_status(status: dict[str, Any]) -> dict[str, Any]:
     return {}

@@ -9,7 +9,9 @@ import kopf
 
 from mlflow_operator.api.common import API_VERSION, GROUP, VERSION
 from mlflow_operator.api.trainingrun import KIND, LABEL_TRAINING_RUN, PLURAL
+from mlflow_operator.cluster import JobSnapshot
 from mlflow_operator.config import OperatorConfig
+from mlflow_operator.gateways.kubernetes import KubernetesGateway, job_snapshot
 from mlflow_operator.handlers.common import (
     Kind,
     pending_until_started,
@@ -19,18 +21,15 @@ from mlflow_operator.handlers.common import (
     stalled_for,
     wake_waiting,
 )
-from mlflow_operator.cluster import JobSnapshot
-from mlflow_operator.reconcilers.common import Services
-from mlflow_operator.gateways.kubernetes import KubernetesGateway, job_snapshot
-from mlflow_operator.watched import shared_copy
 from mlflow_operator.logic import trainingrun as logic
 from mlflow_operator.logic.trainingrun import JOB_FINALIZER
+from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.reconcilers.trainingrun import (
     kill_training_run,
     parse_spec,
     reconcile_training_run,
 )
-
+from mlflow_operator.watched import shared_copy
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:

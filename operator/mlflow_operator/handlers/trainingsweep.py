@@ -20,9 +20,9 @@ from mlflow_operator.handlers.common import (
     stalled_for,
     wake_waiting,
 )
+from mlflow_operator.handlers.trainingrun import waiting_for_experiment
 from mlflow_operator.logic.trainingrun import is_closed
 from mlflow_operator.logic.trainingsweep import controller_sweep
-from mlflow_operator.handlers.trainingrun import waiting_for_experiment
 from mlflow_operator.reconcilers.trainingsweep import (
     RUN_FIELD,
     kill_training_sweep,

@@ -14,8 +14,8 @@ from typing import Any, Literal
 from mlflow_operator.api.common import API_VERSION, NOTE_TAG, ObjectIdentity
 from mlflow_operator.api.trainingrun import LABEL_RUN_ID, LABEL_TRAINING_RUN, TERMINAL_PHASES, TrainingRunSpec
 from mlflow_operator.cluster import JobSnapshot
-from mlflow_operator.servers import Credentials
 from mlflow_operator.logic.conditions import ReconcileProblem, stalled
+from mlflow_operator.servers import Credentials
 from mlflow_operator.tracking import LoggedModelInfo, RunInfo
 
 PARAM_ENV_PREFIX = "MLFLOW_PARAM_"

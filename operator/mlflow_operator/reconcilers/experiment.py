@@ -7,16 +7,25 @@ from typing import Any, assert_never
 
 from mlflow_operator.api.common import EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT_KIND, ObjectIdentity
 from mlflow_operator.api.experiment import ExperimentSpec
+from mlflow_operator.api.trainingrun import PLURAL as TRAINING_RUNS
 from mlflow_operator.logic import experiment as logic
 from mlflow_operator.logic import ownership
-from mlflow_operator.api.trainingrun import PLURAL as TRAINING_RUNS
 from mlflow_operator.logic.conditions import ReconcileProblem, progressing, ready, stalled
 from mlflow_operator.logic.target import check_pinned
 from mlflow_operator.reconcilers.common import (
-    Context, Event, Result, Services, owner_alive, parse_spec, shared_page_candidate, resolve_target,
-    signed_ownership, verified_experiment,
+    Context,
+    Event,
+    Result,
+    Services,
+    owner_alive,
+    parse_spec,
+    resolve_target,
+    shared_page_candidate,
+    signed_ownership,
+    verified_experiment,
 )
 from mlflow_operator.tracking import AlreadyExists, ExperimentInfo, InvalidRequest, TrackingError, TrackingTarget
+
 
 async def reconcile_experiment(ctx: Context[ExperimentSpec]) -> Result:
     """Bring MLflow in line with the spec. Raises ReconcileProblem (known failure) or

@@ -14,11 +14,24 @@ from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progress
 from mlflow_operator.logic.target import check_pinned
 from mlflow_operator.reconcilers import promotions
 from mlflow_operator.reconcilers.common import (
-    Context, Event, Result, Services, owner_alive, parse_spec, shared_page_candidate, resolve_target,
-    signed_ownership, verified_model,
+    Context,
+    Event,
+    Result,
+    Services,
+    owner_alive,
+    parse_spec,
+    resolve_target,
+    shared_page_candidate,
+    signed_ownership,
+    verified_model,
 )
 from mlflow_operator.tracking import (
-    AlreadyExists, InvalidRequest, ModelVersionInfo, RegisteredModelInfo, TrackingError, TrackingTarget,
+    AlreadyExists,
+    InvalidRequest,
+    ModelVersionInfo,
+    RegisteredModelInfo,
+    TrackingError,
+    TrackingTarget,
 )
 
 VERSION_NOT_FOUND = "VersionNotFound"

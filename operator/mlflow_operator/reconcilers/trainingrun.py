@@ -24,10 +24,8 @@ from mlflow_operator.api.common import (
 from mlflow_operator.api.trainingrun import LABEL_RUN_ID, PLURAL, RegisterModelSpec, TrainingRunSpec
 from mlflow_operator.cluster import JobSnapshot, PodSnapshot
 from mlflow_operator.gateways.kubernetes import KubernetesError
-from mlflow_operator.logic import ownership, promotion, provenance
-from mlflow_operator.logic import timestamps
+from mlflow_operator.logic import ownership, promotion, provenance, timestamps
 from mlflow_operator.logic import trainingrun as logic
-from mlflow_operator.logic.trainingsweep import trial_run_tags
 from mlflow_operator.logic.conditions import (
     READY,
     Outcome,
@@ -37,8 +35,9 @@ from mlflow_operator.logic.conditions import (
     ready,
     stalled,
 )
-from mlflow_operator.reconcilers import common, promotions
+from mlflow_operator.logic.trainingsweep import trial_run_tags
 from mlflow_operator.priority import urgent
+from mlflow_operator.reconcilers import common, promotions
 from mlflow_operator.reconcilers.common import (
     Context,
     Event,
