@@ -10,6 +10,7 @@ in-process fakes of tests/fakes.py.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from dataclasses import dataclass
@@ -25,8 +26,10 @@ from mlflow_operator.handlers.experiment import EXPERIMENT
 from mlflow_operator.handlers.registeredmodel import REGISTERED_MODEL
 from mlflow_operator.handlers.trainingrun import _reconcile
 from mlflow_operator.logic import timestamps
+from mlflow_operator.logic.conditions import ReconcileProblem
 from mlflow_operator.priority import URGENT
 from mlflow_operator.reconcilers.common import Services
+from mlflow_operator.reconcilers.trainingrun import kill_training_run
 from mlflow_operator.tracking import ExperimentInfo
 
 from fakes import TEST_KEYS, Crash, FakeKube, FakeMlflow, Writes
@@ -252,3 +255,33 @@ def test_the_mlflow_calls_that_start_a_run_go_first_and_those_after_its_job_do_n
     assert urgent_writes["create_run"] is True
     assert urgent_writes["log_params_and_tags"] is True  # its params, with the create
     assert urgent_writes[f"create_model_version {MODEL}"] is False  # after the Job ended
+
+
+def deleting_with_run(world: World, run_id: str) -> dict[str, Any]:
+    """The TrainingRun as its deletion reads it: started, its status naming `run_id`."""
+    body = copy.deepcopy(world.kube.objects[("trainingruns", NAMESPACE, NAME)])
+    body["status"] = {"phase": "Running", "runId": run_id, "experimentId": "1", "experimentName": f"{NAMESPACE}/exp",
+                      "trackingUri": "http://mlflow:5000"}
+    return body
+
+
+def test_deleting_a_run_whose_status_names_another_objects_run_touches_no_run():
+    """Status is the operator's, but the run it names must still say it is this object's:
+    a run tagged with another uid is refused (RunConflict) and left RUNNING."""
+    world = new_world()
+    theirs = asyncio.run(world.mlflow.create_run(None, "1", "theirs", {TAG_UID: "another-uid"}, 0))  # type: ignore[arg-type]
+    services = world.memo["services"]
+    with pytest.raises(ReconcileProblem) as refused:
+        asyncio.run(kill_training_run(services, deleting_with_run(world, theirs.run_id)))
+    assert refused.value.outcome.reason == "RunConflict"
+    assert world.mlflow.runs[theirs.run_id].status == "RUNNING"
+
+
+def test_deleting_a_run_whose_mlflow_run_was_deleted_by_hand_leaves_quietly():
+    world = new_world()
+    uid = world.kube.objects[("trainingruns", NAMESPACE, NAME)]["metadata"]["uid"]
+    ours = asyncio.run(world.mlflow.create_run(None, "1", NAME, {TAG_UID: uid}, 0))  # type: ignore[arg-type]
+    asyncio.run(world.mlflow.delete_run(None, ours.run_id))  # type: ignore[arg-type]
+    event = asyncio.run(kill_training_run(world.memo["services"], deleting_with_run(world, ours.run_id)))
+    assert event is not None and event[1] == "Killed"
+    assert world.mlflow.runs[ours.run_id].status == "RUNNING"  # deleted in MLflow: nothing to close

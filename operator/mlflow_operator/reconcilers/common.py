@@ -291,6 +291,18 @@ async def owned_run(services: Services, target: TrackingTarget, run_id: str, own
     return run
 
 
+async def owned_run_to_close(services: Services, target: TrackingTarget, run_id: str, owner: ObjectIdentity,
+                             what: str = "MLflow run") -> RunInfo | None:
+    """As owned_run, for an object being deleted: a run deleted in MLflow leaves nothing to
+    close (None); one tagged as another's is still refused."""
+    try:
+        return await owned_run(services, target, run_id, owner, what)
+    except ReconcileProblem as problem:
+        if problem.outcome.reason == "RunDeletedInMLflow":
+            return None
+        raise
+
+
 _PLURALS = {"Experiment": "experiments", "RegisteredModel": "registeredmodels", "TrainingRun": "trainingruns",
             "TrainingSweep": "trainingsweeps"}
 

@@ -45,6 +45,7 @@ from mlflow_operator.reconcilers.common import (
     Services,
     StatusWriter,
     owned_run,
+    owned_run_to_close,
     resolve_target_and_secret,
     signed_ownership,
     verified_experiment,
@@ -690,8 +691,8 @@ async def kill_training_run(services: Services, body: dict[str, Any]) -> Event |
     spec = parse_spec(body.get("spec"))
     writer = StatusWriter(kube, PLURAL, identity.namespace, identity.name, None)
     resolved = await _resolve(Context(services, identity, spec, status, writer, cleanup=True))
-    run = await owned_run(services, resolved.target, run_id, identity)
-    if run.status != run_status or run.end_time is None:
+    run = await owned_run_to_close(services, resolved.target, run_id, identity)
+    if run is not None and (run.status != run_status or run.end_time is None):
         await services.mlflow.set_run_status(resolved.target, run_id, run_status,
                                              run.end_time or int(time.time() * 1000))
     if run_status == "KILLED":

@@ -23,7 +23,15 @@ from mlflow_operator.logic import trainingrun as run_logic
 from mlflow_operator.logic import trainingsweep as logic
 from mlflow_operator.logic.conditions import ReconcileProblem, progressing, ready, stalled
 from mlflow_operator.reconcilers import common
-from mlflow_operator.reconcilers.common import Context, Event, Result, Services, StatusWriter, owned_run
+from mlflow_operator.reconcilers.common import (
+    Context,
+    Event,
+    Result,
+    Services,
+    StatusWriter,
+    owned_run,
+    owned_run_to_close,
+)
 from mlflow_operator.reconcilers.trainingrun import (
     DUPLICATE_TAG,
     Resolved,
@@ -218,8 +226,8 @@ async def kill_training_sweep(services: Services, body: dict[str, Any]) -> Event
     writer = StatusWriter(services.kube, PLURAL, identity.namespace, identity.name, None)
     resolved = await resolve_experiment(Context(services, identity, spec, status, writer, cleanup=True),
                                         run_field=RUN_FIELD)
-    run = await owned_run(services, resolved.target, run_id, identity, "parent MLflow run")
-    if run.status not in run_logic.CLOSED_RUN_STATUSES:
+    run = await owned_run_to_close(services, resolved.target, run_id, identity, "parent MLflow run")
+    if run is not None and run.status not in run_logic.CLOSED_RUN_STATUSES:
         await services.mlflow.set_run_status(resolved.target, run_id, "KILLED", int(time.time() * 1000))
     return ("Normal", "Killed", f"deleted mid-sweep: parent MLflow run {run_id} marked KILLED; its trials are "
                                 "deleted with it")
