@@ -21,6 +21,8 @@ from mlflow_operator.handlers.handled import HandledGenerationDiffBase, HandledG
 
 logger = logging.getLogger("mlflow_operator")
 
+# Seconds between kopf's checks that a stopped timer has exited (see build_settings).
+TIMER_EXIT_POLL_SECONDS = 1.0
 # Objects kopf works on at once, per resource kind (see build_settings).
 QUEUE_WORKERS = 100
 # Objects per page of the listing each watch starts with (see build_settings).
@@ -98,6 +100,10 @@ def build_settings(config: OperatorConfig, handled: HandledGenerations) -> kopf.
     # them. What was handled does not depend on the body being fresh (decision 0019), and the
     # patched version normally comes back within milliseconds (decision 0021).
     settings.persistence.consistency_timeout = CONSISTENCY_SECONDS
+    # An object being deleted keeps kopf's finalizer until its timer has exited. A tick in
+    # the middle of a reconcile ends a moment later, but kopf looks again only after this long
+    # (60 s by default): a TrainingRun deleted during its timer's tick stayed a minute.
+    settings.background.cancellation_polling = TIMER_EXIT_POLL_SECONDS
     # The listing a watch starts with comes in pages, not as one reply of every object: with
     # thousands of objects, one reply (its bytes and their parse, at once) is the start's peak.
     settings.watching.chunk_size = LIST_CHUNK
