@@ -14,10 +14,10 @@ import itertools
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from mlflow_operator.cluster import JobSnapshot, PodSnapshot
+from mlflow_operator.cluster.snapshots import JobSnapshot, PodSnapshot
 from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.logic.signing import KeyRing
-from mlflow_operator.tracking import (
+from mlflow_operator.tracking.entities import (
     AlreadyExists,
     ExperimentInfo,
     LoggedModelInfo,

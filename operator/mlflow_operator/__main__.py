@@ -2,6 +2,6 @@
 
 import sys
 
-from mlflow_operator.cli import main
+from mlflow_operator.runtime.cli import main
 
 sys.exit(main())

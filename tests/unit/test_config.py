@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mlflow_operator.config import add_run_arguments, config_from_args
+from mlflow_operator.runtime.config import add_run_arguments, config_from_args
 
 KEYS = tempfile.mkdtemp(prefix="ownership-keys-")
 (Path(KEYS) / "k1").write_bytes(b"a" * 32)

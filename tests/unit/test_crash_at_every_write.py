@@ -20,17 +20,17 @@ import pytest
 
 from mlflow_operator.api.common import TAG_UID
 from mlflow_operator.api.trainingrun import LABEL_RUN_ID
-from mlflow_operator.config import OperatorConfig
 from mlflow_operator.handlers import common as handlers_common
 from mlflow_operator.handlers.experiment import EXPERIMENT
 from mlflow_operator.handlers.registeredmodel import REGISTERED_MODEL
 from mlflow_operator.handlers.trainingrun import _reconcile
 from mlflow_operator.logic import timestamps
 from mlflow_operator.logic.conditions import ReconcileProblem
-from mlflow_operator.priority import URGENT
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.reconcilers.trainingrun import kill_training_run
-from mlflow_operator.tracking import ExperimentInfo
+from mlflow_operator.runtime.config import OperatorConfig
+from mlflow_operator.scheduling.priority import URGENT
+from mlflow_operator.tracking.entities import ExperimentInfo
 
 from fakes import TEST_KEYS, Crash, FakeKube, FakeMlflow, Writes
 

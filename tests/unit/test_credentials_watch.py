@@ -9,8 +9,8 @@ import asyncio
 import base64
 import time
 
+from mlflow_operator.caches.watches import CREDENTIALS_MAX_AGE, WatchCache, Watched
 from mlflow_operator.gateways.kubernetes import CredentialsSecret, credentials_data
-from mlflow_operator.watched import CREDENTIALS_MAX_AGE, WatchCache, Watched
 
 
 class CountingKube:

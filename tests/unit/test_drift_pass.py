@@ -11,7 +11,8 @@ import dataclasses
 import json
 from typing import Any
 
-from mlflow_operator.config import OperatorConfig
+from mlflow_operator.caches.pages import ExperimentPages
+from mlflow_operator.caches.watches import WatchCache, Watched
 from mlflow_operator.handlers.common import object_lock
 from mlflow_operator.handlers.drift import drifted_objects
 from mlflow_operator.handlers.experiment import EXPERIMENT
@@ -19,8 +20,8 @@ from mlflow_operator.handlers.synced import synced_view
 from mlflow_operator.logic import signing
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.reconcilers.experiment import experiment_in_sync
-from mlflow_operator.tracking import ExperimentInfo, TrackingTarget
-from mlflow_operator.watched import ExperimentPages, WatchCache, Watched
+from mlflow_operator.runtime.config import OperatorConfig
+from mlflow_operator.tracking.entities import ExperimentInfo, TrackingTarget
 
 from fakes import TEST_KEYS, FakeKube, FakeMlflow, Writes
 

@@ -12,7 +12,7 @@ from mlflow_operator.logic.experiment import (
     desired_experiment,
     plan_updates,
 )
-from mlflow_operator.tracking import ExperimentInfo
+from mlflow_operator.tracking.entities import ExperimentInfo
 
 ME = ObjectIdentity(kind="Experiment", namespace="ml", name="churn", uid="uid-1")
 

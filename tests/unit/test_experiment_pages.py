@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from mlflow_operator.config import OperatorConfig
+from mlflow_operator.caches.pages import ExperimentPages
 from mlflow_operator.logic import signing
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.reconcilers.experiment import experiment_in_sync
-from mlflow_operator.tracking import ExperimentInfo, TrackingTarget
-from mlflow_operator.watched import ExperimentPages
+from mlflow_operator.runtime.config import OperatorConfig
+from mlflow_operator.tracking.entities import ExperimentInfo, TrackingTarget
 
 from fakes import TEST_KEYS, FakeKube, FakeMlflow, Writes
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from mlflow_operator.handlers.handled import HandledGenerationDiffBase, HandledGenerations, ProgressStorage
+from mlflow_operator.runtime.kopf_adapter import HandledGenerationDiffBase, HandledGenerations, ProgressStorage
 
 
 def body(generation: int = 1, observed: int | None = None, labels: dict[str, str] | None = None) -> kopf.Body:

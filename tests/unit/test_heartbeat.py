@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from mlflow_operator.cli import main
-from mlflow_operator.heartbeat import age_seconds, beat_once
+from mlflow_operator.runtime.cli import main
+from mlflow_operator.runtime.heartbeat import age_seconds, beat_once
 
 
 def test_a_fresh_beat_passes_the_probe(tmp_path):

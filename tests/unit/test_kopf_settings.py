@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from mlflow_operator.config import OperatorConfig
-from mlflow_operator.handlers.handled import HandledGenerations
-from mlflow_operator.runtime import build_settings
+from mlflow_operator.runtime.config import OperatorConfig
+from mlflow_operator.runtime.kopf_adapter import HandledGenerations
+from mlflow_operator.runtime.process import build_settings
 
 
 def test_a_stopped_timer_is_checked_every_second_so_a_deleted_object_goes_at_once():

@@ -5,7 +5,7 @@ import datetime as dt
 
 from kubernetes import client
 
-from mlflow_operator.cluster import ContainerExit
+from mlflow_operator.cluster.snapshots import ContainerExit
 from mlflow_operator.gateways.kubernetes import job_snapshot, pod_snapshot
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)

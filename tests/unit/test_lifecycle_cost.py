@@ -11,15 +11,15 @@ import asyncio
 import copy
 import logging
 
-from mlflow_operator.cluster import JobSnapshot
-from mlflow_operator.config import OperatorConfig
+from mlflow_operator.caches.jobs import HandledJobs
+from mlflow_operator.cluster.snapshots import JobSnapshot
 from mlflow_operator.gateways.kubernetes import job_snapshot
 from mlflow_operator.handlers import common as handlers_common
 from mlflow_operator.handlers.common import unchanged
 from mlflow_operator.handlers.experiment import EXPERIMENT
 from mlflow_operator.handlers.trainingrun import needs_job_events, needs_refresh, open_run_copy
 from mlflow_operator.reconcilers.common import Services
-from mlflow_operator.watched import HandledJobs
+from mlflow_operator.runtime.config import OperatorConfig
 
 from fakes import TEST_KEYS, FakeKube, FakeMlflow, Writes
 
@@ -96,7 +96,7 @@ def test_a_reconcile_that_changes_nothing_writes_no_status(monkeypatch):
 
 
 def test_the_log_has_no_line_per_job_update_or_timer_tick():
-    from mlflow_operator.runtime import drop_routine_successes
+    from mlflow_operator.runtime.kopf_adapter import drop_routine_successes
 
     def record(message: str) -> logging.LogRecord:
         return logging.LogRecord("kopf.objects", logging.INFO, __file__, 1, message, None, None)

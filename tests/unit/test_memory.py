@@ -2,7 +2,7 @@
 
 import ctypes
 
-from mlflow_operator import memory
+from mlflow_operator.runtime import memory
 
 
 def _rss_pages() -> int:

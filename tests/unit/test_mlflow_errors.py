@@ -9,7 +9,7 @@ import requests
 from urllib3.exceptions import MaxRetryError, NewConnectionError, ResponseError
 
 from mlflow_operator.gateways.mlflow import Answered, filter_literal, model_name_filter, translate
-from mlflow_operator.tracking import (
+from mlflow_operator.tracking.entities import (
     AlreadyExists,
     InvalidRequest,
     NotFound,
@@ -118,7 +118,7 @@ def test_an_answer_longer_than_the_cap_is_not_read_whole():
 
 def test_a_reply_too_large_is_an_invalid_response_that_names_no_content():
     from mlflow_operator.gateways.mlflow import ReplyTooLarge
-    from mlflow_operator.tracking import InvalidResponse
+    from mlflow_operator.tracking.entities import InvalidResponse
 
     translated = translate(ReplyTooLarge(), "search_experiments", SERVER)
     assert isinstance(translated, InvalidResponse) and "MiB" in str(translated)

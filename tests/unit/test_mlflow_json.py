@@ -22,7 +22,7 @@ from mlflow_operator.gateways.mlflow import (
     _registered_model_from_json,
     _run_from_json,
 )
-from mlflow_operator.tracking import (
+from mlflow_operator.tracking.entities import (
     ExperimentInfo,
     LoggedModelInfo,
     ModelVersionInfo,
@@ -147,7 +147,7 @@ def test_a_model_version_reads_as_through_mlflows_client():
     (_logged_model_from_json, {"info": {"name": "model"}}),
 ])
 def test_an_answer_not_in_mlflows_shape_is_an_invalid_response(parse, answer):
-    from mlflow_operator.tracking import InvalidResponse
+    from mlflow_operator.tracking.entities import InvalidResponse
 
     with pytest.raises(InvalidResponse) as refused:
         parse(answer)

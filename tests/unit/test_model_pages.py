@@ -15,13 +15,14 @@ from typing import Callable
 
 from mlflow_operator.api.common import ObjectIdentity
 from mlflow_operator.api.registeredmodel import RegisteredModelSpec
-from mlflow_operator.config import OperatorConfig
+from mlflow_operator.caches.pages import RECENT_PAGE_SIZE, ModelPages, names_in_filters
+from mlflow_operator.caches.watches import NamespacedWatchCache, Watched
 from mlflow_operator.logic import registeredmodel as logic
 from mlflow_operator.logic import signing
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.reconcilers.registeredmodel import registered_model_in_sync, without_nulls
-from mlflow_operator.tracking import ModelVersionInfo, RegisteredModelInfo, TrackingTarget
-from mlflow_operator.watched import RECENT_PAGE_SIZE, ModelPages, NamespacedWatchCache, Watched, names_in_filters
+from mlflow_operator.runtime.config import OperatorConfig
+from mlflow_operator.tracking.entities import ModelVersionInfo, RegisteredModelInfo, TrackingTarget
 
 from fakes import TEST_KEYS, FakeKube, FakeMlflow, Writes
 

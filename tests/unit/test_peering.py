@@ -2,7 +2,7 @@
 
 import datetime as dt
 
-from mlflow_operator.logic.peering import standing_by
+from mlflow_operator.runtime.kopf_adapter import standing_by
 
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -37,14 +37,14 @@ def test_a_record_that_cannot_be_read_counts_as_a_live_peer():
 
 
 def test_the_peer_identity_is_the_pod_name_the_chart_sets_as_kopf_reads_it(monkeypatch):
-    from mlflow_operator.runtime import peer_identity
+    from mlflow_operator.runtime.kopf_adapter import peer_identity
 
     monkeypatch.setenv("POD_ID", "mlflow-operator-7d9f-abcde")
     assert peer_identity() == "mlflow-operator-7d9f-abcde"
 
 
 def test_without_a_pod_name_each_process_has_its_own_peer_identity(monkeypatch):
-    from mlflow_operator.runtime import peer_identity
+    from mlflow_operator.runtime.kopf_adapter import peer_identity
 
     monkeypatch.delenv("POD_ID", raising=False)
     assert peer_identity() != peer_identity()

@@ -1,4 +1,4 @@
-"""The order in which MLflow calls get a thread when a server is busy (priority.py)."""
+"""The order in which MLflow calls get a thread when a server is busy (scheduling/priority.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextlib
 
 import pytest
 
-from mlflow_operator.priority import URGENT, PriorityLimiter, StartsFirst, urgent
+from mlflow_operator.scheduling.priority import URGENT, PriorityLimiter, StartsFirst, urgent
 
 
 class Clock:
@@ -168,7 +168,7 @@ def test_calls_stop_waiting_for_a_server_that_frees_no_slot():
 
 
 async def stalled_server() -> None:
-    from mlflow_operator.priority import ServerBusy
+    from mlflow_operator.scheduling.priority import ServerBusy
 
     limiter = PriorityLimiter(1, stalled_after=0.05)
     stuck = asyncio.Event()

@@ -121,7 +121,7 @@ def test_audit_tags_say_when_who_the_previous_holder_and_the_source():
 
 
 def test_a_run_is_tagged_with_the_last_pod_its_node_and_the_training_images_digest():
-    from mlflow_operator.cluster import ContainerImage, PodSnapshot
+    from mlflow_operator.cluster.snapshots import ContainerImage, PodSnapshot
     from mlflow_operator.logic.provenance import pod_run_tags
 
     first = PodSnapshot("train-abc", node="node-1", created="2026-11-23T10:00:00+00:00")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mlflow_operator.reconcilers.common import RecentlyAccepted
+from mlflow_operator.caches.remembered import RecentlyAccepted
 
 
 class Clock:

@@ -13,7 +13,7 @@ from mlflow_operator.logic.registeredmodel import (
     plan,
     status_view,
 )
-from mlflow_operator.tracking import ModelVersionInfo, RegisteredModelInfo
+from mlflow_operator.tracking.entities import ModelVersionInfo, RegisteredModelInfo
 
 ME = ObjectIdentity(kind="RegisteredModel", namespace="ml", name="churn", uid="uid-1")
 

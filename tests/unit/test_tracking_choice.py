@@ -3,10 +3,10 @@
 import pytest
 
 from mlflow_operator.api.common import TrackingSpec
-from mlflow_operator.config import OperatorConfig
 from mlflow_operator.logic.conditions import ReconcileProblem
-from mlflow_operator.logic.target import choose_target, credentials_from_secret
-from mlflow_operator.servers import Credentials
+from mlflow_operator.runtime.config import OperatorConfig
+from mlflow_operator.tracking.choice import choose_target, credentials_from_secret
+from mlflow_operator.tracking.servers import Credentials
 
 DEFAULT = "http://mlflow.mlflow.svc:5000"
 OTHER = "https://other.example.com"

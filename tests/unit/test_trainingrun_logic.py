@@ -4,7 +4,7 @@ import pytest
 
 from mlflow_operator.api.common import ObjectIdentity
 from mlflow_operator.api.trainingrun import TrainingRunSpec
-from mlflow_operator.cluster import JobSnapshot
+from mlflow_operator.cluster.snapshots import JobSnapshot
 from mlflow_operator.logic.conditions import ReconcileProblem
 from mlflow_operator.logic.trainingrun import (
     JOB_FINALIZER,
@@ -21,8 +21,8 @@ from mlflow_operator.logic.trainingrun import (
     primary_metric_text,
     stage_of,
 )
-from mlflow_operator.servers import Credentials
-from mlflow_operator.tracking import LoggedModelInfo, RunInfo
+from mlflow_operator.tracking.entities import LoggedModelInfo, RunInfo
+from mlflow_operator.tracking.servers import Credentials
 
 ME = ObjectIdentity(kind="TrainingRun", namespace="ml", name="churn-1", uid="uid-1")
 

@@ -28,9 +28,9 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from mlflow_operator.api.common import GROUP, VERSION
-from mlflow_operator.cluster import ContainerExit, ContainerImage, JobSnapshot, PodSnapshot
+from mlflow_operator.cluster.snapshots import ContainerExit, ContainerImage, JobSnapshot, PodSnapshot
 from mlflow_operator.logic import timestamps
-from mlflow_operator.metrics import KUBERNETES_REQUESTS, RECONCILING_KIND
+from mlflow_operator.runtime.metrics import KUBERNETES_REQUESTS, RECONCILING_KIND
 
 REQUEST_TIMEOUT = 30
 # A Secret's owner consents to the operator using it by labelling it so.

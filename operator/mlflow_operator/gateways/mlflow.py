@@ -21,10 +21,9 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from mlflow_operator.metrics import MLFLOW_REQUESTS, MODEL_VERSIONS_READ, RECONCILING_KIND
-from mlflow_operator.priority import URGENT, PriorityLimiter, ServerBusy
-from mlflow_operator.servers import Origin, describe_origin, origin_of
-from mlflow_operator.tracking import (
+from mlflow_operator.runtime.metrics import MLFLOW_REQUESTS, MODEL_VERSIONS_READ, RECONCILING_KIND
+from mlflow_operator.scheduling.priority import URGENT, PriorityLimiter, ServerBusy
+from mlflow_operator.tracking.entities import (
     AlreadyExists,
     ExperimentInfo,
     InvalidRequest,
@@ -41,6 +40,7 @@ from mlflow_operator.tracking import (
     TrackingUnauthorized,
     TrackingUnavailable,
 )
+from mlflow_operator.tracking.servers import Origin, describe_origin, origin_of
 
 API = "/api/2.0/mlflow"
 _NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "ENDPOINT_NOT_FOUND"}
@@ -270,7 +270,7 @@ class MlflowGateway:
     Each server gets its own thread pool of `concurrency` threads: a server that stops
     answering ties up only its own threads, never another tenant's. Servers are bounded by
     the allowlist, so the pools are too. Calls wait for a thread in priority order
-    (priority.py): those that start a run first."""
+    (scheduling/priority.py): those that start a run first."""
 
     def __init__(self, concurrency: int = 8, settings: HttpSettings | None = None) -> None:
         self._concurrency = concurrency

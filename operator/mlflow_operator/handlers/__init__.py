@@ -9,9 +9,9 @@ from typing import Any
 
 import kopf
 
-from mlflow_operator import heartbeat, memory
 from mlflow_operator.api.common import GROUP, KINDS, VERSION
-from mlflow_operator.config import OperatorConfig
+from mlflow_operator.caches.pages import ExperimentPages, ModelPages
+from mlflow_operator.caches.watches import Watched
 from mlflow_operator.gateways.kubernetes import (
     CREDENTIALS_LABEL,
     KubernetesGateway,
@@ -23,7 +23,8 @@ from mlflow_operator.handlers import experiment, registeredmodel, trainingrun, t
 from mlflow_operator.handlers.common import services_of
 from mlflow_operator.handlers.drift import KOPF_SETTINGS
 from mlflow_operator.reconcilers.common import Services
-from mlflow_operator.watched import ExperimentPages, ModelPages, Watched
+from mlflow_operator.runtime import heartbeat, memory
+from mlflow_operator.runtime.config import OperatorConfig
 
 # A model's versions are read in full at least every 10 to 20 drift intervals, even when
 # nothing shows a change (watched.ModelPages).
@@ -80,7 +81,7 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -
     registeredmodel.register(registry, config)
     trainingsweep.register(registry, config)
     if config.watch_credentials:
-        # The API server sends only the labelled Secrets (runtime.py sets the selector).
+        # The API server sends only the labelled Secrets (runtime/process.py sets the selector).
         @kopf.on.event("", "v1", "secrets", id="credentials", labels={CREDENTIALS_LABEL: "true"}, registry=registry)
         async def credentials_secret_seen(body: kopf.Body, memo: kopf.Memo, type: str | None = None,
                                           **_: Any) -> None:

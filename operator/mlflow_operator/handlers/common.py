@@ -21,9 +21,8 @@ from typing import Any, Awaitable, Callable, Generic
 import kopf
 
 from mlflow_operator.api.common import GROUP, VERSION, ObjectIdentity
-from mlflow_operator.config import OperatorConfig
+from mlflow_operator.caches.watches import Waiting
 from mlflow_operator.gateways.kubernetes import KubernetesError
-from mlflow_operator.handlers.handled import HandledGenerations
 from mlflow_operator.logic import timestamps
 from mlflow_operator.logic.conditions import (
     Outcome,
@@ -33,10 +32,12 @@ from mlflow_operator.logic.conditions import (
     progressing,
     stalled,
 )
-from mlflow_operator.metrics import EVENTS, RECONCILE_DURATION, RECONCILES, reconciling
 from mlflow_operator.reconcilers.common import Context, Event, Result, Services, SpecT, StatusWriter, parse_spec
-from mlflow_operator.tracking import TrackingError, TrackingStalled, TrackingUnauthorized, TrackingUnavailable
-from mlflow_operator.watched import Waiting
+from mlflow_operator.runtime import kopf_adapter
+from mlflow_operator.runtime.config import OperatorConfig
+from mlflow_operator.runtime.kopf_adapter import HandledGenerations
+from mlflow_operator.runtime.metrics import EVENTS, RECONCILE_DURATION, RECONCILES, reconciling
+from mlflow_operator.tracking.entities import TrackingError, TrackingStalled, TrackingUnauthorized, TrackingUnavailable
 
 
 def _no_status(status: dict[str, Any]) -> dict[str, Any]:
@@ -64,7 +65,7 @@ def services_of(memo: Any) -> Services:
     return memo["services"]
 
 
-# The memo key of the HandledGenerations that kopf's diff base reads (runtime.py).
+# The memo key of the HandledGenerations that kopf's diff base reads (runtime/process.py).
 HANDLED = "handled"
 
 
@@ -384,11 +385,10 @@ def register_lifecycle_kind(
     left after an outage or an event missed while the operator was down); its deletion step."""
     resource = (GROUP, VERSION, kind.plural)  # positional: kopf's typed selector
 
-    @kopf.on.resume(*resource, id="reconcile", registry=registry)
-    @kopf.on.create(*resource, id="reconcile", registry=registry)
-    @kopf.on.update(*resource, id="reconcile", field="spec", registry=registry)
     async def changed(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
         await handle_change(kind, body, memo, logger, retry)
+
+    kopf_adapter.register_change_handler(registry, resource, changed)
 
     @kopf.timer(*resource, id="refresh", interval=config.drift_interval, when=is_open, registry=registry)
     async def refresh(body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:

@@ -20,9 +20,10 @@ import kopf
 
 from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.handlers.common import Kind, drift_check_due, reconcile_and_report, services_of
-from mlflow_operator.logic import peering, timestamps
-from mlflow_operator.metrics import DRIFT_PASS_DURATION, DRIFTED, reconciling
+from mlflow_operator.logic import timestamps
 from mlflow_operator.reconcilers.common import Services
+from mlflow_operator.runtime import kopf_adapter
+from mlflow_operator.runtime.metrics import DRIFT_PASS_DURATION, DRIFTED, reconciling
 
 logger = logging.getLogger("mlflow_operator.drift")
 
@@ -91,7 +92,7 @@ async def drift_pass(kind: Kind[Any], memo: Any, in_sync: InSync | None, setting
 
 # The memo key of kopf's settings (the start-up handler keeps them there).
 KOPF_SETTINGS = "kopf_settings"
-# The memo key of this process's identity among kopf's peers (runtime.py passes it to kopf).
+# The memo key of this process's identity among kopf's peers (runtime/process.py passes it to kopf).
 PEER_IDENTITY = "peer_identity"
 
 
@@ -106,7 +107,7 @@ async def standing_by(memo: Any, settings: kopf.OperatorSettings) -> bool:
     try:
         for namespace in namespaces:
             peers = await services.kube.get_peering_status(namespace, settings.peering.name)
-            if peers is None or peering.standing_by(peers, memo.get(PEER_IDENTITY, ""), settings.peering.priority,
+            if peers is None or kopf_adapter.standing_by(peers, memo.get(PEER_IDENTITY, ""), settings.peering.priority,
                                                     timestamps.now()):
                 return True
     except KubernetesError as error:

@@ -7,12 +7,12 @@ from typing import Any
 import kopf
 
 from mlflow_operator.api.experiment import KIND, PLURAL, ExperimentSpec
-from mlflow_operator.config import OperatorConfig
 from mlflow_operator.handlers.common import Kind
 from mlflow_operator.handlers.synced import register_synced_kind
 from mlflow_operator.handlers.trainingrun import experiment_ready, wake_training_runs
 from mlflow_operator.handlers.trainingsweep import wake_training_sweeps
 from mlflow_operator.reconcilers.experiment import delete_experiment, experiment_in_sync, reconcile_experiment
+from mlflow_operator.runtime.config import OperatorConfig
 
 EXPERIMENT = Kind(KIND, PLURAL, ExperimentSpec.parse, reconcile_experiment)
 

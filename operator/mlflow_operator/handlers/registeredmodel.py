@@ -5,7 +5,6 @@ from __future__ import annotations
 import kopf
 
 from mlflow_operator.api.registeredmodel import KIND, PLURAL, RegisteredModelSpec
-from mlflow_operator.config import OperatorConfig
 from mlflow_operator.handlers.common import Kind
 from mlflow_operator.handlers.synced import register_synced_kind
 from mlflow_operator.reconcilers.registeredmodel import (
@@ -14,6 +13,7 @@ from mlflow_operator.reconcilers.registeredmodel import (
     reconcile_registered_model,
     registered_model_in_sync,
 )
+from mlflow_operator.runtime.config import OperatorConfig
 
 REGISTERED_MODEL = Kind(KIND, PLURAL, RegisteredModelSpec.parse, reconcile_registered_model,
                         managed_extra=EXTRA_CONDITIONS)

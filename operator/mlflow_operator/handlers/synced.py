@@ -8,7 +8,7 @@ from typing import Any, Awaitable, Callable
 import kopf
 
 from mlflow_operator.api.common import GROUP, VERSION
-from mlflow_operator.config import OperatorConfig
+from mlflow_operator.caches.watches import shared_copy
 from mlflow_operator.handlers.common import (
     DELETE_TIMEOUT_SECONDS,
     Kind,
@@ -17,9 +17,10 @@ from mlflow_operator.handlers.common import (
     services_of,
 )
 from mlflow_operator.handlers.drift import start_drift_passes
-from mlflow_operator.metrics import reconciling
 from mlflow_operator.reconcilers.common import Event, Services
-from mlflow_operator.watched import shared_copy
+from mlflow_operator.runtime import kopf_adapter
+from mlflow_operator.runtime.config import OperatorConfig
+from mlflow_operator.runtime.metrics import reconciling
 
 
 def synced_view(body: Any) -> dict[str, Any]:
@@ -61,9 +62,6 @@ def register_synced_kind(
         with reconciling(kind.name):
             return await in_sync(services_of(memo), body)
 
-    @kopf.on.resume(*resource, id="reconcile", registry=registry)
-    @kopf.on.create(*resource, id="reconcile", registry=registry)
-    @kopf.on.update(*resource, id="reconcile", field="spec", registry=registry)
     async def changed(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, reason: str,
                       **_: Any) -> None:
         # A restart resumes every object: one that is Ready for its spec and matches the
@@ -71,6 +69,8 @@ def register_synced_kind(
         resumed = reason == kopf.Reason.RESUME.value and retry == 0
         await handle_change(kind, body, memo, logger, retry,
                             left_alone=(lambda: left_alone(body, memo)) if resumed else None)
+
+    kopf_adapter.register_change_handler(registry, resource, changed)
 
     @kopf.on.event(*resource, id="watch", registry=registry)
     async def watched(body: kopf.Body, memo: kopf.Memo, logger: Any, type: str | None = None, **_: Any) -> None:

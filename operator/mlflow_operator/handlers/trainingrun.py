@@ -9,8 +9,8 @@ import kopf
 
 from mlflow_operator.api.common import API_VERSION, GROUP, VERSION
 from mlflow_operator.api.trainingrun import KIND, LABEL_TRAINING_RUN, PLURAL
-from mlflow_operator.cluster import JobSnapshot
-from mlflow_operator.config import OperatorConfig
+from mlflow_operator.caches.watches import shared_copy
+from mlflow_operator.cluster.snapshots import JobSnapshot
 from mlflow_operator.gateways.kubernetes import KubernetesGateway, job_snapshot
 from mlflow_operator.handlers.common import (
     Kind,
@@ -29,7 +29,7 @@ from mlflow_operator.reconcilers.trainingrun import (
     parse_spec,
     reconcile_training_run,
 )
-from mlflow_operator.watched import shared_copy
+from mlflow_operator.runtime.config import OperatorConfig
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:

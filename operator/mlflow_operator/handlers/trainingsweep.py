@@ -10,7 +10,6 @@ import kopf
 from mlflow_operator.api.common import GROUP, VERSION
 from mlflow_operator.api.trainingrun import PLURAL as TRAINING_RUNS
 from mlflow_operator.api.trainingsweep import KIND, LABEL_SWEEP, PLURAL
-from mlflow_operator.config import OperatorConfig
 from mlflow_operator.handlers.common import (
     Kind,
     pending_until_started,
@@ -29,6 +28,7 @@ from mlflow_operator.reconcilers.trainingsweep import (
     parse_spec,
     reconcile_training_sweep,
 )
+from mlflow_operator.runtime.config import OperatorConfig
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:

@@ -10,7 +10,7 @@ from mlflow_operator.api.experiment import ExperimentSpec, default_experiment_na
 from mlflow_operator.logic import ownership
 from mlflow_operator.logic.conditions import ReconcileProblem, stalled
 from mlflow_operator.logic.ownership import Relation
-from mlflow_operator.tracking import ExperimentInfo
+from mlflow_operator.tracking.entities import ExperimentInfo
 
 
 @dataclass(frozen=True)

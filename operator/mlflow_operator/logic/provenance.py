@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from mlflow_operator.cluster import PodSnapshot
+from mlflow_operator.cluster.snapshots import PodSnapshot
 
 # Annotations a GitOps repository fills in at render time (DESIGN: promotion policy and audit).
 SOURCE_REPO_ANNOTATION = "mlflow.operator.dev/source-repo"

@@ -12,7 +12,7 @@ from mlflow_operator.api.registeredmodel import RegisteredModelSpec, default_mod
 from mlflow_operator.logic import ownership
 from mlflow_operator.logic.conditions import ReconcileProblem, stalled
 from mlflow_operator.logic.ownership import Relation
-from mlflow_operator.tracking import ModelVersionInfo, RegisteredModelInfo
+from mlflow_operator.tracking.entities import ModelVersionInfo, RegisteredModelInfo
 
 # status.versions lists the newest this many versions, and besides them only those that
 # matter (aliased, in Staging or Production, declared in the spec): a model with thousands of

@@ -22,7 +22,7 @@ from typing import Literal
 
 from mlflow_operator.api.common import OWNERSHIP_TAGS, TAG_NAMESPACE, TAG_SIGNATURE, TAG_UID
 from mlflow_operator.logic.ownership import CREATED_BY_TAG
-from mlflow_operator.servers import describe_origin, origin_of
+from mlflow_operator.tracking.servers import describe_origin, origin_of
 
 # An experiment is signed over its id; before it has one (while it is being created) over
 # its name, which the first reconcile that knows the id replaces with the id's signature.

@@ -13,10 +13,10 @@ from typing import Any, Literal
 
 from mlflow_operator.api.common import API_VERSION, NOTE_TAG, ObjectIdentity
 from mlflow_operator.api.trainingrun import LABEL_RUN_ID, LABEL_TRAINING_RUN, TERMINAL_PHASES, TrainingRunSpec
-from mlflow_operator.cluster import JobSnapshot
+from mlflow_operator.cluster.snapshots import JobSnapshot
 from mlflow_operator.logic.conditions import ReconcileProblem, stalled
-from mlflow_operator.servers import Credentials
-from mlflow_operator.tracking import LoggedModelInfo, RunInfo
+from mlflow_operator.tracking.entities import LoggedModelInfo, RunInfo
+from mlflow_operator.tracking.servers import Credentials
 
 PARAM_ENV_PREFIX = "MLFLOW_PARAM_"
 # Environment the operator owns in every training container; a template's own entries

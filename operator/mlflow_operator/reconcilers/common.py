@@ -5,62 +5,28 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Mapping, TypeVar
 
 from mlflow_operator.api.common import TAG_KIND, TAG_NAME, TAG_UID, ObjectIdentity, TrackingSpec
-from mlflow_operator.config import OperatorConfig
+from mlflow_operator.caches.jobs import HandledJobs
+from mlflow_operator.caches.pages import ExperimentPages, ModelPages
+from mlflow_operator.caches.remembered import RecentlyAccepted, RememberedCredentials
+from mlflow_operator.caches.watches import Watched
 from mlflow_operator.gateways.kubernetes import KubernetesError, KubernetesGateway
 from mlflow_operator.gateways.mlflow import MlflowGateway
 from mlflow_operator.logic import ownership, signing
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, stalled
-from mlflow_operator.logic.target import choose_target, credentials_from_secret
-from mlflow_operator.priority import StartsFirst
-from mlflow_operator.servers import Credentials
-from mlflow_operator.tracking import ExperimentInfo, RegisteredModelInfo, RunInfo, TrackingError, TrackingTarget
-from mlflow_operator.watched import ExperimentPages, HandledJobs, ModelPages, Watched
-
-
-class RememberedCredentials:
-    """The credentials last read from each Secret, in memory only, so that cleanup can still
-    close runs in MLflow when a namespace's deletion has removed the Secret first."""
-
-    def __init__(self, limit: int = 1024) -> None:
-        self._limit = limit
-        self._entries: OrderedDict[tuple[str, str, str], Credentials] = OrderedDict()
-
-    def remember(self, key: tuple[str, str, str], credentials: Credentials) -> None:
-        self._entries[key] = credentials
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._limit:
-            self._entries.popitem(last=False)
-
-    def recall(self, key: tuple[str, str, str]) -> Credentials | None:
-        return self._entries.get(key)
-
-
-class RecentlyAccepted:
-    """Job shapes (logic.trainingrun.job_shape) the API server accepted in a dry run lately:
-    a burst of runs of one template, or a sweep's trials, asks once, not once per run. Only
-    acceptance is kept, and only for `max_age_seconds`, so that a changed admission rule
-    (a policy, a quota) is asked about again soon."""
-
-    def __init__(self, max_age_seconds: float = 60.0, limit: int = 1024,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._max_age, self._limit, self._clock = max_age_seconds, limit, clock
-        self._accepted: OrderedDict[str, float] = OrderedDict()
-
-    def accepted(self, shape: str) -> bool:
-        at = self._accepted.get(shape)
-        return at is not None and self._clock() - at < self._max_age
-
-    def remember(self, shape: str) -> None:
-        self._accepted[shape] = self._clock()
-        self._accepted.move_to_end(shape)
-        while len(self._accepted) > self._limit:
-            self._accepted.popitem(last=False)
-
+from mlflow_operator.runtime.config import OperatorConfig
+from mlflow_operator.scheduling.priority import StartsFirst
+from mlflow_operator.tracking.choice import choose_target, credentials_from_secret
+from mlflow_operator.tracking.entities import (
+    ExperimentInfo,
+    RegisteredModelInfo,
+    RunInfo,
+    TrackingError,
+    TrackingTarget,
+)
 
 SpecT = TypeVar("SpecT")
 

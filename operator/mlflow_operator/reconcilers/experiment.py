@@ -11,7 +11,6 @@ from mlflow_operator.api.trainingrun import PLURAL as TRAINING_RUNS
 from mlflow_operator.logic import experiment as logic
 from mlflow_operator.logic import ownership
 from mlflow_operator.logic.conditions import ReconcileProblem, progressing, ready, stalled
-from mlflow_operator.logic.target import check_pinned
 from mlflow_operator.reconcilers.common import (
     Context,
     Event,
@@ -24,7 +23,14 @@ from mlflow_operator.reconcilers.common import (
     signed_ownership,
     verified_experiment,
 )
-from mlflow_operator.tracking import AlreadyExists, ExperimentInfo, InvalidRequest, TrackingError, TrackingTarget
+from mlflow_operator.tracking.choice import check_pinned
+from mlflow_operator.tracking.entities import (
+    AlreadyExists,
+    ExperimentInfo,
+    InvalidRequest,
+    TrackingError,
+    TrackingTarget,
+)
 
 
 async def reconcile_experiment(ctx: Context[ExperimentSpec]) -> Result:

@@ -15,7 +15,7 @@ from mlflow_operator.gateways.mlflow import MlflowGateway
 from mlflow_operator.logic import promotion
 from mlflow_operator.logic import registeredmodel as model_logic
 from mlflow_operator.reconcilers.common import Event, Services
-from mlflow_operator.tracking import ModelVersionInfo, RunInfo, TrackingTarget
+from mlflow_operator.tracking.entities import ModelVersionInfo, RunInfo, TrackingTarget
 
 EvidenceOf = Callable[[str], Awaitable[promotion.Evidence]]
 

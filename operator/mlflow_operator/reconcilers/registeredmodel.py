@@ -11,7 +11,6 @@ from mlflow_operator.gateways.mlflow import MlflowGateway
 from mlflow_operator.logic import ownership, promotion, provenance
 from mlflow_operator.logic import registeredmodel as logic
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
-from mlflow_operator.logic.target import check_pinned
 from mlflow_operator.reconcilers import promotions
 from mlflow_operator.reconcilers.common import (
     Context,
@@ -25,7 +24,8 @@ from mlflow_operator.reconcilers.common import (
     signed_ownership,
     verified_model,
 )
-from mlflow_operator.tracking import (
+from mlflow_operator.tracking.choice import check_pinned
+from mlflow_operator.tracking.entities import (
     AlreadyExists,
     InvalidRequest,
     ModelVersionInfo,

@@ -22,7 +22,7 @@ from mlflow_operator.api.common import (
     TrackingSpec,
 )
 from mlflow_operator.api.trainingrun import LABEL_RUN_ID, PLURAL, RegisterModelSpec, TrainingRunSpec
-from mlflow_operator.cluster import JobSnapshot, PodSnapshot
+from mlflow_operator.cluster.snapshots import JobSnapshot, PodSnapshot
 from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.logic import ownership, promotion, provenance, timestamps
 from mlflow_operator.logic import trainingrun as logic
@@ -36,7 +36,6 @@ from mlflow_operator.logic.conditions import (
     stalled,
 )
 from mlflow_operator.logic.trainingsweep import trial_run_tags
-from mlflow_operator.priority import urgent
 from mlflow_operator.reconcilers import common, promotions
 from mlflow_operator.reconcilers.common import (
     Context,
@@ -51,7 +50,8 @@ from mlflow_operator.reconcilers.common import (
     verified_experiment,
     verified_model,
 )
-from mlflow_operator.tracking import AlreadyExists, InvalidRequest, RunInfo, TrackingTarget
+from mlflow_operator.scheduling.priority import urgent
+from mlflow_operator.tracking.entities import AlreadyExists, InvalidRequest, RunInfo, TrackingTarget
 
 DUPLICATE_TAG = "mlflow.operator.dev/duplicate-of"
 # Set by the Job controller on the pods it creates (and used by its selector).

@@ -1,7 +1,7 @@
 """What the operator knows about Jobs and pods, without the Kubernetes client's types.
 
 The gateway (gateways/kubernetes.py) turns V1Job and V1Pod into these snapshots, as
-tracking.py does for MLflow, so that logic/ and the reconcilers work with plain values and
+tracking/entities.py does for MLflow, so that logic/ and the reconcilers work with plain values and
 unit tests build them directly.
 """
 

@@ -19,7 +19,7 @@ from mlflow_operator.api.trainingrun import LABEL_TRAINING_RUN
 from mlflow_operator.gateways.kubernetes import KubernetesGateway
 from mlflow_operator.logic.trainingrun import JOB_FINALIZER
 
-logger = logging.getLogger("mlflow_operator.release")
+logger = logging.getLogger("mlflow_operator.runtime.release")
 
 
 class OperatorStillRunning(Exception):

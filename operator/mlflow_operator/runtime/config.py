@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow_operator.logic.signing import KeyRing
-from mlflow_operator.servers import Allowlist, Credentials, uri_problem
+from mlflow_operator.tracking.servers import Allowlist, Credentials, uri_problem
 
 
 @dataclass(frozen=True)

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 import zlib
 
 import kopf
 
-from mlflow_operator import __version__, metrics
+from mlflow_operator import __version__
 from mlflow_operator.api.common import GROUP, KINDS, OPERATOR_FINALIZER, VERSION
 from mlflow_operator.api.trainingrun import LABEL_TRAINING_RUN
-from mlflow_operator.config import OperatorConfig
 from mlflow_operator.gateways.kubernetes import CREDENTIALS_LABEL
 from mlflow_operator.handlers import register_handlers
 from mlflow_operator.handlers.common import HANDLED
 from mlflow_operator.handlers.drift import PEER_IDENTITY
-from mlflow_operator.handlers.handled import HandledGenerationDiffBase, HandledGenerations, ProgressStorage
+from mlflow_operator.runtime import kopf_adapter, metrics
+from mlflow_operator.runtime.config import OperatorConfig
+from mlflow_operator.runtime.kopf_adapter import HandledGenerationDiffBase, HandledGenerations, ProgressStorage
 
 logger = logging.getLogger("mlflow_operator")
 
@@ -43,25 +43,11 @@ def configure_environment(config: OperatorConfig) -> None:
         os.environ.pop(name, None)
 
 
-# kopf logs every successful call of a handler. For these, called on every watch event and
-# every timer tick, that is a line per object per interval saying nothing: what they did (if
-# anything) is logged by the reconcile itself.
-ROUTINE_SUCCESSES = frozenset({
-    "Handler 'job' succeeded.", "Handler 'watch' succeeded.", "Handler 'credentials' succeeded.",
-    "Handler 'trial' succeeded.",
-    "Timer 'refresh' succeeded.",
-})
-
-
-def drop_routine_successes(record: logging.LogRecord) -> bool:
-    return record.msg not in ROUTINE_SUCCESSES
-
-
 def configure_logging(config: OperatorConfig) -> None:
     log_format = kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL
     kopf.configure(verbose=config.verbose, log_format=log_format, log_prefix=True)
     if not config.verbose:
-        logging.getLogger("kopf.objects").addFilter(drop_routine_successes)
+        kopf_adapter.quiet_routine_successes()
     # The HTTP libraries log request lines (with URLs) at DEBUG; keep them out even in -v.
     for noisy in ("urllib3", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -130,15 +116,6 @@ def peering_priority(config: OperatorConfig) -> int:
     return zlib.crc32(identity.encode()) % 1_000_000
 
 
-def peer_identity() -> str:
-    """This process among kopf's peers, as kopf names it: POD_ID (the chart sets the pod's
-    name), else the host, the process and a random part."""
-    pod = os.environ.get("POD_ID")
-    if pod:
-        return pod
-    return f"{os.uname().nodename}/{os.getpid()}/{uuid.uuid4().hex[:6]}"
-
-
 def describe_scope(config: OperatorConfig) -> str:
     return "all namespaces" if config.all_namespaces else "namespaces " + ", ".join(config.namespaces)
 
@@ -157,8 +134,8 @@ def run_operator(config: OperatorConfig) -> None:
     )
     handled = HandledGenerations()
     settings = build_settings(config, handled)
-    identity = peer_identity()
-    kopf.run(
+    identity = kopf_adapter.peer_identity()
+    kopf_adapter.run(
         registry=registry,
         settings=settings,
         standalone=config.peering is None,
@@ -168,6 +145,6 @@ def run_operator(config: OperatorConfig) -> None:
         namespaces=list(config.namespaces),
         liveness_endpoint=f"http://{config.bind_address}:{config.health_port}/healthz" if config.health_port else None,
         # The identity kopf records among the peers, known to the drift passes (handlers/drift.py).
-        identity=identity,  # type: ignore[arg-type]  # kopf.Identity: a NewType of str, not exported
+        identity=identity,
         memo=kopf.Memo(config=config, **{PEER_IDENTITY: identity, HANDLED: handled}),
     )

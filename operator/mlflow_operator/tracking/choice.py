@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlflow_operator.api.common import TrackingSpec
-from mlflow_operator.config import OperatorConfig
 from mlflow_operator.logic.conditions import ReconcileProblem, progressing, stalled
-from mlflow_operator.servers import Credentials, uri_problem
+from mlflow_operator.runtime.config import OperatorConfig
+from mlflow_operator.tracking.servers import Credentials, uri_problem
 
 CREDENTIALS_LABEL = "mlflow.operator.dev/credentials"
 

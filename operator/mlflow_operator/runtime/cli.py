@@ -7,7 +7,7 @@ import logging
 import sys
 
 from mlflow_operator import __version__
-from mlflow_operator.config import add_run_arguments, config_from_args
+from mlflow_operator.runtime.config import add_run_arguments, config_from_args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "probe":
         from pathlib import Path
 
-        from mlflow_operator.heartbeat import age_seconds
+        from mlflow_operator.runtime.heartbeat import age_seconds
 
         age = age_seconds(Path(args.heartbeat_file))
         if age is None or age > args.max_age:
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "run":
         # Imported late: `--help` and `--version` should not pay for kopf and mlflow imports.
-        from mlflow_operator.runtime import run_operator
+        from mlflow_operator.runtime.process import run_operator
 
         config = config_from_args(args)
         run_operator(config)
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "release-finalizers":
         import asyncio
 
-        from mlflow_operator.release import OperatorStillRunning, run_release
+        from mlflow_operator.runtime.release import OperatorStillRunning, run_release
 
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mlflow_operator.servers import Credentials
+from mlflow_operator.tracking.servers import Credentials
 
 
 @dataclass(frozen=True)
