@@ -18,6 +18,8 @@ MODULES=(
   "etcd:."
   "kwok:sigs.k8s.io/kwok/cmd/kwok"
   "helm:helm.sh/helm/v3/cmd/helm"
+  # The kstatus library as Flux reads objects (tests/e2e: every kind InProgress until Ready).
+  "kstatus:."
 )
 
 command -v go >/dev/null || { echo "build-binaries: 'go' is not on PATH" >&2; exit 1; }
