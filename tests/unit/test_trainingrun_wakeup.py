@@ -1,7 +1,7 @@
 """TrainingRuns waiting for their Experiment are found by what the watch has seen, not by retries."""
 
 from mlflow_operator.caches.watches import Waiting
-from mlflow_operator.handlers.trainingrun import experiment_ready, waiting_for_experiment
+from mlflow_operator.handlers.common import experiment_ready, waiting_for_experiment
 
 
 def run(status: dict | None = None, ref: str | None = "exp") -> dict:

@@ -76,7 +76,8 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -
             services.mlflow.close()
             services.kube.close()
 
-    experiment.register(registry, config)
+    experiment.register(registry, config,
+                        wake_when_ready=(trainingrun.wake_training_runs, trainingsweep.wake_training_sweeps))
     trainingrun.register(registry, config)
     registeredmodel.register(registry, config)
     trainingsweep.register(registry, config)

@@ -61,6 +61,10 @@ class Kind(Generic[SpecT]):
     written: Callable[[Services, dict[str, Any]], None] | None = None
 
 
+# How a kind starts its objects that wait for another (an Experiment that became Ready).
+Wake = Callable[[Any, Any, Any], Awaitable[None]]
+
+
 def services_of(memo: Any) -> Services:
     return memo["services"]
 
@@ -356,6 +360,21 @@ async def wake_waiting(kind: Kind[Any], waiting: Waiting, target: Any, memo: Any
     for name, uid in waiting.waiting_for((namespace, target["metadata"]["name"])):
         await reconcile_and_report(kind, body={"metadata": {"namespace": namespace, "name": name, "uid": uid}},
                                    memo=memo, logger=logger)
+
+
+def waiting_for_experiment(body: Any, started_field: str = "runId") -> tuple[str, str] | None:
+    """The Experiment an object that has not started yet (no `started_field` in status) waits
+    for, by its experimentRef: its Ready status starts the object."""
+    name = ((body.get("spec") or {}).get("experimentRef") or {}).get("name")
+    if not name or (body.get("status") or {}).get(started_field):
+        return None
+    return body["metadata"]["namespace"], name
+
+
+def experiment_ready(body: Any) -> bool:
+    status = body.get("status") or {}
+    return bool(status.get("experimentId")) and any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
 def pending_until_started(status: dict[str, Any]) -> dict[str, Any]:

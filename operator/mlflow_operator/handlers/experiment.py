@@ -7,24 +7,24 @@ from typing import Any
 import kopf
 
 from mlflow_operator.api.experiment import KIND, PLURAL, ExperimentSpec
-from mlflow_operator.handlers.common import Kind
+from mlflow_operator.handlers.common import Kind, Wake, experiment_ready
 from mlflow_operator.handlers.synced import register_synced_kind
-from mlflow_operator.handlers.trainingrun import experiment_ready, wake_training_runs
-from mlflow_operator.handlers.trainingsweep import wake_training_sweeps
 from mlflow_operator.reconcilers.experiment import delete_experiment, experiment_in_sync, reconcile_experiment
 from mlflow_operator.runtime.config import OperatorConfig
 
 EXPERIMENT = Kind(KIND, PLURAL, ExperimentSpec.parse, reconcile_experiment)
 
 
-def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
+def register(registry: kopf.OperatorRegistry, config: OperatorConfig, wake_when_ready: tuple[Wake, ...] = ()) -> None:
+    """`wake_when_ready`: how the kinds that wait for an Experiment (TrainingRun,
+    TrainingSweep) start the objects waiting for this one."""
+
+    async def experiment_seen(body: kopf.Body, memo: kopf.Memo, logger: Any, type: str | None) -> None:
+        """Once Ready, it starts the objects waiting for it (after the watch cache holds it
+        Ready, so that their reconcile sees it so)."""
+        if type != "DELETED" and experiment_ready(body):
+            for wake in wake_when_ready:
+                await wake(body, memo, logger)
+
     register_synced_kind(registry, config, EXPERIMENT, delete=delete_experiment, in_sync=experiment_in_sync,
                          seen=experiment_seen)
-
-
-async def experiment_seen(body: kopf.Body, memo: kopf.Memo, logger: Any, type: str | None) -> None:
-    """Once Ready, it starts the TrainingRuns and TrainingSweeps waiting for it (after the
-    watch cache holds it Ready, so that their reconcile sees it so)."""
-    if type != "DELETED" and experiment_ready(body):
-        await wake_training_runs(body, memo, logger)
-        await wake_training_sweeps(body, memo, logger)

@@ -19,6 +19,7 @@ from mlflow_operator.handlers.common import (
     register_lifecycle_kind,
     services_of,
     stalled_for,
+    waiting_for_experiment,
     wake_waiting,
 )
 from mlflow_operator.logic import trainingrun as logic
@@ -86,15 +87,6 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
                                            None if gone else waiting_for_experiment(body))
 
 
-def waiting_for_experiment(body: kopf.Body, started_field: str = "runId") -> tuple[str, str] | None:
-    """The Experiment an object that has not started yet (no `started_field` in status) waits
-    for, by its experimentRef: its Ready status starts the object."""
-    name = ((body.get("spec") or {}).get("experimentRef") or {}).get("name")
-    if not name or (body.get("status") or {}).get(started_field):
-        return None
-    return body["metadata"]["namespace"], name
-
-
 async def wake_training_runs(experiment: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
     """A run applied together with its Experiment waits without retries or errors: the
     Experiment's Ready status is what starts it."""
@@ -127,12 +119,6 @@ def open_run_copy(body: Any) -> dict[str, Any] | None:
 def _written(services: Services, run: dict[str, Any]) -> None:
     """A status write's reply is the run as it is now: fresher than the watch, for a while."""
     services.watched.open_training_runs.put(run["metadata"]["uid"], open_run_copy(run))
-
-
-def experiment_ready(body: kopf.Body) -> bool:
-    status = body.get("status") or {}
-    return bool(status.get("experimentId")) and any(
-        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
 
 
 def needs_job_events(body: Any) -> bool:

@@ -17,9 +17,9 @@ from mlflow_operator.handlers.common import (
     register_lifecycle_kind,
     services_of,
     stalled_for,
+    waiting_for_experiment,
     wake_waiting,
 )
-from mlflow_operator.handlers.trainingrun import waiting_for_experiment
 from mlflow_operator.logic.trainingrun import is_closed
 from mlflow_operator.logic.trainingsweep import controller_sweep
 from mlflow_operator.reconcilers.trainingsweep import (

@@ -10,33 +10,25 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from mlflow_operator.api.common import (
-    EXPERIMENT_KIND_TAG,
-    TAG_SIGNATURE,
     TAG_UID,
-    TRAINING_EXPERIMENT_KIND,
     ObjectIdentity,
-    TrackingSpec,
 )
-from mlflow_operator.api.trainingrun import LABEL_RUN_ID, PLURAL, RegisterModelSpec, TrainingRunSpec
+from mlflow_operator.api.trainingrun import LABEL_RUN_ID, PLURAL, TrainingRunSpec
 from mlflow_operator.cluster.snapshots import JobSnapshot, PodSnapshot
 from mlflow_operator.gateways.kubernetes import KubernetesError
-from mlflow_operator.logic import ownership, promotion, provenance, timestamps
+from mlflow_operator.logic import provenance, timestamps
 from mlflow_operator.logic import trainingrun as logic
 from mlflow_operator.logic.conditions import (
-    READY,
-    Outcome,
     ReconcileProblem,
-    condition,
     progressing,
     ready,
     stalled,
 )
 from mlflow_operator.logic.trainingsweep import trial_run_tags
-from mlflow_operator.reconcilers import common, promotions
+from mlflow_operator.reconcilers import common
 from mlflow_operator.reconcilers.common import (
     Context,
     Event,
@@ -45,25 +37,20 @@ from mlflow_operator.reconcilers.common import (
     StatusWriter,
     owned_run,
     owned_run_to_close,
-    resolve_target_and_secret,
-    signed_ownership,
-    verified_experiment,
-    verified_model,
+)
+from mlflow_operator.reconcilers.runs import (
+    DUPLICATE_TAG,
+    Resolved,
+    no_run_can_exist,
+    outcome_of_closed,
+    register_model,
+    resolve_experiment,
 )
 from mlflow_operator.scheduling.priority import urgent
-from mlflow_operator.tracking.entities import AlreadyExists, InvalidRequest, RunInfo, TrackingTarget
+from mlflow_operator.tracking.entities import InvalidRequest, RunInfo
 
-DUPLICATE_TAG = "mlflow.operator.dev/duplicate-of"
 # Set by the Job controller on the pods it creates (and used by its selector).
 CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
-
-
-@dataclass(frozen=True)
-class Resolved:
-    experiment_id: str
-    experiment_name: str
-    target: TrackingTarget
-    secret_name: str | None
 
 
 def parse_spec(raw_spec: Any) -> TrainingRunSpec:
@@ -79,15 +66,6 @@ def _parse_training_run(raw_spec: Any) -> TrainingRunSpec:
 def is_closed(spec: TrainingRunSpec, status: dict[str, Any]) -> bool:
     """Finished, and nothing left to do in MLflow for it."""
     return logic.is_closed(status, registers_model=spec.register_model is not None)
-
-
-def outcome_of_closed(status: dict[str, Any]) -> Outcome:
-    ready_condition = condition(status.get("conditions"), READY) or {}
-    reason = ready_condition.get("reason", status.get("phase", "Succeeded"))
-    message = ready_condition.get("message", "")
-    if status.get("phase") == "Succeeded" and ready_condition.get("status") == "True":
-        return ready(reason, message)
-    return stalled(reason, message)
 
 
 async def reconcile_training_run(ctx: Context[TrainingRunSpec]) -> Result:
@@ -186,136 +164,11 @@ STEPS: dict[logic.Stage, Step] = {
 # --------------------------------------------------------------------------- experiment
 
 
-async def _experiment_object(ctx: Context[Any]) -> dict[str, Any] | None:
-    ref = ctx.spec.experiment_ref
-    if ref is None:
-        return None
-    return await ctx.services.watched.experiment(ctx.services.kube, ctx.identity.namespace, ref.name)
-
-
-def _tracking_for(spec: Any, experiment_obj: dict[str, Any] | None) -> TrackingSpec | None:
-    """A run uses its Experiment's server; it may bring its own Secret for it."""
-    own = spec.tracking
-    if experiment_obj is None:
-        return own
-    inherited = TrackingSpec.model_validate((experiment_obj.get("spec") or {}).get("tracking") or {})
-    if own and own.uri and inherited.uri and own.uri.rstrip("/") != inherited.uri.rstrip("/"):
-        raise ReconcileProblem(stalled(
-            "InvalidSpec",
-            f"spec.tracking.uri {own.uri!r} differs from the server of Experiment "
-            f"{experiment_obj['metadata']['name']!r} "
-            f"({inherited.uri!r}); a run must be tracked where its experiment lives",
-        ))
-    return TrackingSpec(
-        uri=(own.uri if own and own.uri else inherited.uri),
-        secretRef=(own.secret_ref if own and own.secret_ref else inherited.secret_ref),
-    )
-
-
-def _pinned(tracking: TrackingSpec | None, status: dict[str, Any]) -> TrackingSpec | None:
-    """Once the run exists, it is tracked on the server it was created on, whatever later
-    happens to the spec of its Experiment object."""
-    pinned = status.get("trackingUri")
-    if not pinned:
-        return tracking
-    return TrackingSpec(uri=pinned, secretRef=tracking.secret_ref if tracking else None)
-
-
 async def _resolve(ctx: Context[TrainingRunSpec]) -> Resolved:
     return await resolve_experiment(ctx, run_field="runId")
 
 
-async def resolve_experiment(ctx: Context[Any], run_field: str) -> Resolved:
-    """The experiment and server for the run (of a TrainingRun, or the parent run of a
-    TrainingSweep: the spec has experimentRef/experimentName and tracking, and status
-    `run_field`). Before the run starts, an experimentRef must be Ready; afterwards the run
-    goes on whatever happens to the Experiment object."""
-    spec, identity, status = ctx.spec, ctx.identity, ctx.status
-    experiment_obj = await _experiment_object(ctx)
-    started = bool(status.get(run_field) and status.get("experimentId"))
-    if spec.experiment_ref and not started:
-        name = spec.experiment_ref.name
-        if experiment_obj is None:
-            # Its Ready status wakes this run (handlers/trainingrun.py), and the refresh timer.
-            raise ReconcileProblem(progressing(
-                "ExperimentNotFound", f"Experiment {name!r} not found in namespace {identity.namespace!r}",
-                expected=True, awaited=True,
-            ))
-        exp_status = experiment_obj.get("status") or {}
-        exp_ready = condition(exp_status.get("conditions"), READY) or {}
-        if exp_ready.get("status") != "True" or not exp_status.get("experimentId"):
-            why = f": {exp_ready.get('reason')}: {exp_ready.get('message')}" if exp_ready else ""
-            exp_stalled = (condition(exp_status.get("conditions"), "Stalled") or {}).get("status") == "True"
-            # An Experiment applied together with the run is normal progress, not a problem.
-            raise ReconcileProblem(progressing("ExperimentNotReady", f"Experiment {name!r} is not Ready{why}",
-                                               expected=not exp_stalled, awaited=True))
-    target, secret_name = await resolve_target_and_secret(
-        ctx.services, identity.namespace, _pinned(_tracking_for(spec, experiment_obj), status),
-        cleanup=ctx.cleanup,
-    )
-    if started:
-        return Resolved(status["experimentId"], status.get("experimentName", ""), target, secret_name)
-    if experiment_obj is not None:  # spec.experiment_ref, found and Ready (checked above)
-        exp_status = experiment_obj["status"]
-        return Resolved(exp_status["experimentId"], exp_status.get("experimentName", ""), target, secret_name)
-    return await _experiment_by_name(ctx, target, secret_name)
-
-
-async def _experiment_by_name(ctx: Context[Any], target: TrackingTarget, secret_name: str | None) -> Resolved:
-    name = ctx.spec.experiment_name
-    assert name is not None
-    ownership.refuse_other_namespace_prefix(name, ctx.identity.namespace, "spec.experimentName")
-    services, mlflow = ctx.services, ctx.services.mlflow
-    experiment = await mlflow.get_experiment_by_name(target, name)
-    if experiment is None:
-        # Owned by the namespace: an Experiment object of this namespace may take it over.
-        tags = ownership.namespace_tags(ctx.identity)
-        try:
-            # Signed over its name first (a crash right after leaves it provably the namespace's),
-            # then over the id the create returns.
-            created = await mlflow.create_experiment(target, name, None, {
-                EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND,
-                **signed_ownership(services, target, "experiment-name", name, tags)})
-            signed = signed_ownership(services, target, "experiment", created, tags)
-            await mlflow.set_experiment_tag(target, created, TAG_SIGNATURE, signed[TAG_SIGNATURE])
-        except AlreadyExists:
-            pass
-        except InvalidRequest as error:
-            raise ReconcileProblem(stalled("InvalidSpec", f"MLflow rejected experiment {name!r}: {error}")) from None
-        experiment = await mlflow.get_experiment_by_name(target, name)
-        if experiment is None:
-            raise ReconcileProblem(progressing("ExperimentNotFound", f"MLflow experiment {name!r} vanished"))
-    experiment = verified_experiment(services, target, experiment)
-    assert experiment is not None
-    ownership.use_for_namespace(experiment.tags, ctx.identity,
-                                f"MLflow experiment {name!r} (id {experiment.experiment_id})")
-    if experiment.deleted:
-        raise ReconcileProblem(stalled(
-            "ExperimentDeleted",
-            f"MLflow experiment {name!r} (id {experiment.experiment_id}) is deleted; restore it or choose another",
-        ))
-    return Resolved(experiment.experiment_id, experiment.name, target, secret_name)
-
-
 # --------------------------------------------------------------------------- run
-
-
-# Allowance for the clocks of the API server (creationTimestamp) and the operator's host.
-CLOCK_MARGIN_SECONDS = 30
-
-
-def no_run_can_exist(ctx: Context[Any]) -> bool:
-    """Whether this object cannot have an MLflow run yet, so starting it needs no search by
-    its uid tag: it was created after this process started, and this process has not tried
-    to create its run. Without peering only one process works at a time (the chart's
-    Recreate strategy), so no other one can have tried since. With peering, a standby that
-    takes over did not see what the active replica did: it always searches. A twin left by
-    two processes working at once anyway (which the chart prevents) is not deleted: only
-    the twin of a retried POST (same start time) is, when the run is closed."""
-    services = ctx.services
-    if services.config.peering is not None or ctx.created_at is None or ctx.identity.uid in services.run_attempts:
-        return False
-    return ctx.created_at.timestamp() > services.started_at + CLOCK_MARGIN_SECONDS
 
 
 def _job_run_id(job: JobSnapshot | None, identity: ObjectIdentity) -> str | None:
@@ -595,69 +448,6 @@ async def _run_to_close(ctx: Context[TrainingRunSpec], resolved: Resolved, run_i
             await mlflow.delete_run(target, duplicate.run_id)
             ctx.event("Normal", "DuplicateRunDeleted", f"deleted duplicate MLflow run {duplicate.run_id} (kept {run_id})")
     return run
-
-
-async def register_model(ctx: Context[Any], resolved: Resolved, run: RunInfo, spec: RegisterModelSpec,
-                         events: list[Event]) -> Registration:
-    """Create (once) the model version from the run's logged model and point the aliases at it,
-    in a registered model of this namespace only (a TrainingRun's registerModel, a
-    TrainingSweep's registerBest). `run` was read and its owner checked (owned_run)."""
-    mlflow, target, identity = ctx.services.mlflow, resolved.target, ctx.identity
-    run_id = run.run_id
-    models = await mlflow.logged_models_of_run(target, resolved.experiment_id, run_id)
-    model = logic.pick_logged_model(models, spec.artifact_path)
-    if model is None:
-        found = ", ".join(sorted({m.name for m in models})) or "none"
-        raise ReconcileProblem(stalled(
-            "ModelNotFound",
-            f"MLflow run {run_id} logged no model named {spec.artifact_path!r} (logged models: {found}); "
-            f"log it with mlflow.<flavor>.log_model(..., name={spec.artifact_path!r}) or set "
-            "registerModel.artifactPath",
-        ))
-    source = f"models:/{model.model_id}"
-    registered = verified_model(ctx.services, target, await mlflow.get_registered_model(target, spec.name))
-    if registered is None:
-        try:
-            registered = await mlflow.create_registered_model(target, spec.name, signed_ownership(
-                ctx.services, target, "registered-model", spec.name, ownership.namespace_tags(identity)), None)
-        except AlreadyExists:
-            registered = verified_model(ctx.services, target, await mlflow.get_registered_model(target, spec.name))
-        except InvalidRequest as error:
-            raise ReconcileProblem(stalled("InvalidSpec", f"MLflow rejected model {spec.name!r}: {error}")) from None
-        if registered is None:
-            raise ReconcileProblem(progressing("ModelNotFound", f"registered model {spec.name!r} vanished"))
-    ownership.use_for_namespace(registered.tags, identity, f"registered model {spec.name!r}")
-    versions = await mlflow.model_versions(target, spec.name)
-    version = next((v for v in versions if v.run_id == run_id and v.source == source), None)
-    if version is None:
-        version = await mlflow.create_model_version(
-            target, spec.name, source, run_id, model.model_id, {**spec.tags, **identity.tags()}
-        )
-        events.append(("Normal", "ModelRegistered", f"registered {spec.name} version {version.version} "
-                                                      f"from {source}"))
-    # Aliases obey the namespace's promotion policy for this model and are audited, as a
-    # RegisteredModel's are; one that stays put does not fail the run.
-    actor = promotion.Actor(identity.kind, identity.namespace, identity.name, ctx.metadata.get("generation"),
-                            provenance.gitops_source(ctx.metadata))
-    evidence = promotions.evidence_reader(ctx.services, target, versions + [version], {run_id: run})
-    moves = await promotions.move_aliases(ctx.services, target, identity.namespace, spec.name, spec.aliases,
-                                          version, registered.aliases, evidence, actor, events)
-    for why in moves.blocked:
-        events.append(("Warning", "PromotionBlocked", why))
-    uri = f"models:/{spec.name}/{version.version}"
-    return Registration({"name": spec.name, "version": version.version, "uri": uri}, moves.blocked)
-
-
-@dataclass(frozen=True)
-class Registration:
-    """The model version a run registered (as status shows it), and why any alias stayed put."""
-
-    version: dict[str, str]
-    blocked: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        text = f"registered {self.version['uri']}"
-        return text + "".join(f"; {why}" for why in self.blocked)
 
 
 # --------------------------------------------------------------------------- deletion

@@ -32,7 +32,7 @@ from mlflow_operator.reconcilers.common import (
     owned_run,
     owned_run_to_close,
 )
-from mlflow_operator.reconcilers.trainingrun import (
+from mlflow_operator.reconcilers.runs import (
     DUPLICATE_TAG,
     Resolved,
     no_run_can_exist,
