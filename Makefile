@@ -87,6 +87,7 @@ test: lint sandbox-up
 lint: venv
 	$(VENV)/bin/ruff check operator sandbox tests benchmarks scripts examples
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy tests
 
 # The chart ships copies of crds/ (Helm reads crds/ inside the chart); a test checks they match.
 chart-crds:

@@ -8,7 +8,7 @@ from typing import Callable, TypeVar
 T = TypeVar("T")
 
 
-def wait_for(probe: Callable[[], T], timeout: float = 30.0, interval: float = 0.25, message: str = "") -> T:
+def wait_for(probe: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.25, message: str = "") -> T:
     """Call `probe` until it returns something truthy; fail with `message` after `timeout` seconds.
 
     Exceptions from the probe count as "not yet" until the deadline; the last one is reported.

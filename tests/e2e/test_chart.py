@@ -9,10 +9,10 @@ RBAC for every other test; see sandbox.py `ensure_operator_identity`.)
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -280,6 +280,18 @@ def test_the_embedded_servers_allowed_hosts_accept_its_service_names_and_refuse_
         server.wait(timeout=30)
 
 
+# The metrics port of each peered replica, by its log.
+metrics_ports: dict[Path, int] = {}
+
+
+def drift_passes_stood_by(log_path: Path, kind: str = "Experiment") -> float:
+    """How many drift passes of `kind` the replica writing `log_path` stood by for a peer."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_ports[log_path]}/metrics", timeout=5).read().decode()
+    pattern = rf'^mlflow_operator_drift_passes_total{{kind="{kind}",outcome="standby"}} (\S+)$'
+    found = re.search(pattern, text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 @pytest.fixture
 def peered(sandbox, namespace, tmp_path):
     """Replicas of the operator peered under the chart's namespaced RBAC, instead of the
@@ -300,15 +312,17 @@ def peered(sandbox, namespace, tmp_path):
     processes: list[subprocess.Popen] = []
 
     def start(name: str, priority: int) -> tuple[subprocess.Popen, Path]:
-        health, log_path = free_port(), tmp_path / f"{name}.log"
+        health, metrics, log_path = free_port(), free_port(), tmp_path / f"{name}.log"
         process = subprocess.Popen(
             [str(ROOT / ".venv" / "bin" / "mlflow-operator"), "run", f"--namespace={namespace}",
              f"--tracking-uri={sandbox.tracking_uri}", f"--peering={peering}", f"--peering-priority={priority}",
-             f"--health-port={health}", "--metrics-port=0", "--bind-address=127.0.0.1", "--drift-interval=5", f"--ownership-keys={sandbox.state / 'ownership-keys'}"],
+             f"--health-port={health}", f"--metrics-port={metrics}", "--bind-address=127.0.0.1",
+             "--drift-interval=5", f"--ownership-keys={sandbox.state / 'ownership-keys'}"],
             env={**os.environ, "KUBECONFIG": str(kubeconfig)}, stdout=log_path.open("w"), stderr=subprocess.STDOUT)
         processes.append(process)
         wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2).status == 200,
                  timeout=30, message=f"operator {name} to be healthy")
+        metrics_ports[log_path] = metrics
         return process, log_path
 
     stopped = sandbox.sandbox("stop", "operator")
@@ -360,7 +374,10 @@ def test_a_replica_paused_for_a_peer_runs_no_drift_pass(peered, namespace, custo
     mlflow_client.set_experiment_tag(experiment_id, "team", "changed by hand")
     wait_for(lambda: mlflow_client.get_experiment(experiment_id).tags.get("team") == "a", timeout=60,
              message="the active replica's drift pass to restore the tag")
-    time.sleep(6)  # one more drift interval of the paused replica
+    # Two more drift passes of the paused replica are due and stood by (a whole interval).
+    standing_by = drift_passes_stood_by(first_log)
+    wait_for(lambda: drift_passes_stood_by(first_log) >= standing_by + 2, timeout=30,
+             message="the paused replica to stand by for two more drift passes")
     assert "[{}/tagged]".format(namespace) not in first_log.read_text()[paused_at:]
 
 

@@ -12,6 +12,7 @@ import re
 import time
 import urllib.request
 import uuid
+from typing import Iterator
 
 import pytest
 import yaml
@@ -26,7 +27,7 @@ JOB_FINALIZER = "mlflow.operator.dev/job-outcome"
 
 
 @pytest.fixture(scope="module")
-def chart(request, kubeconfig) -> ChartTarget:
+def chart(request, kubeconfig) -> Iterator[ChartTarget]:
     target: ChartTarget = ClusterTarget(kubeconfig) if cluster_mode() else SandboxTarget(
         request.getfixturevalue("sandbox"))
     target.install()
@@ -85,8 +86,10 @@ def in_pod(chart: ChartTarget, pod, *command: str) -> str:
 
 def test_the_operator_and_its_mlflow_server_run_as_non_root_pods_on_the_real_node(chart, core):
     for selector in (operator_pods(chart), mlflow_pods(chart)):
-        [pod] = wait_for(lambda s=selector: [p for p in running_pods(core, chart, s) if ready(p)], timeout=120,
-                         message=f"a Ready pod for {selector}")
+        def ready_pods(selector: str = selector) -> list:
+            return [p for p in running_pods(core, chart, selector) if ready(p)]
+
+        [pod] = wait_for(ready_pods, timeout=120, message=f"a Ready pod for {selector}")
         if chart.node_name:
             assert pod.spec.node_name == chart.node_name
         [container] = pod.spec.containers
@@ -138,7 +141,9 @@ def test_the_operator_pods_resident_memory_is_measured(chart, core):
     """Not a limit: the number the README quotes, printed with -s."""
     [pod] = running_pods(core, chart, operator_pods(chart))
     status = in_pod(chart, pod, "cat", "/proc/1/status")
-    rss_kib = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1))
+    found = re.search(r"VmRSS:\s+(\d+) kB", status)
+    assert found is not None, status
+    rss_kib = int(found.group(1))
     print(f"operator pod RSS: {rss_kib / 1024:.0f} MiB")
     assert 20 * 1024 < rss_kib < 512 * 1024  # alive, and below the chart's memory limit
 

@@ -6,6 +6,7 @@ run the operator acts on (DESIGN.md, trust rule; docs/security.md)."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -109,7 +110,7 @@ def test_a_template_outside_the_pod_security_baseline_is_refused(runs, sweeps, p
 
 
 def test_an_apparmor_annotation_other_than_runtime_default_or_localhost_is_refused(runs):
-    template = {"metadata": {"annotations": {"container.apparmor.security.beta.kubernetes.io/t": "unconfined"}},
+    template: dict[str, Any] = {"metadata": {"annotations": {"container.apparmor.security.beta.kubernetes.io/t": "unconfined"}},
                 "spec": {"containers": [C]}}
     with pytest.raises(ApiException) as refused:
         runs.create("risky", {"experimentName": "e", "template": template})

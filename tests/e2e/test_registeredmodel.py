@@ -9,6 +9,7 @@ import sys
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
@@ -26,7 +27,7 @@ def unique(prefix: str = "model") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-SANDBOX = None  # the session's sandbox, set for every test: its key signs as the operator
+SANDBOX: Any = None  # the session's sandbox, set for every test: its key signs as the operator
 
 
 def namespace_owned(name: str, namespace: str) -> dict[str, str]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -341,7 +342,9 @@ def test_the_api_server_is_trusted_with_the_cluster_ca_alone(sandbox, monkeypatc
     gateway = KubernetesGateway()
     try:
         asyncio.run(gateway.get_object("trainingruns", "default", "absent"))  # opens a connection
-        context = gateway._http.get_adapter("https://").poolmanager.connection_pool_kw["ssl_context"]
+        adapter = gateway._http.get_adapter("https://")
+        assert isinstance(adapter, requests.adapters.HTTPAdapter)
+        context = adapter.poolmanager.connection_pool_kw["ssl_context"]
         assert context.cert_store_stats()["x509_ca"] == 1  # the sandbox's cluster CA
     finally:
         gateway.close()

@@ -233,7 +233,7 @@ def test_a_run_applied_with_its_experiment_logs_no_warning_and_posts_at_most_thr
     runs.create("quiet", spec(experimentRef={"name": "together"}, template=template(hold=False)))
     experiments.create("together", {})
     wait_phase(runs, "quiet", "Succeeded", timeout=60)
-    time.sleep(1)  # anything posted right after the last transition
+    wait_for(lambda: "Succeeded" in event_reasons(core, namespace, "quiet"), message="the Succeeded Event")
     noisy = [line for line in log.read_text().splitlines()
              if f"[{namespace}/" in line and ("[WARNING" in line or "[ERROR" in line)]
     assert noisy == []

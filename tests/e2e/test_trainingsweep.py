@@ -7,6 +7,7 @@ the objective metric to that run in the real MLflow server, and finishes the pod
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
@@ -158,9 +159,11 @@ def test_a_seeded_random_sweep_applied_twice_yields_the_same_trials(sweeps, runs
     for name in ("first", "second"):
         sweeps.create(name, sweep_spec(f"sweep-{name}", parameters=space, maxTrials=4, parallelism=4,
                                        algorithm={"type": "random", "seed": 42}, template=template(hold=False)))
+    def trials_done(name: str) -> bool:
+        return (sweeps.get(name).get("status") or {}).get("trials", {}).get("progress") == "4/4"
+
     for name in ("first", "second"):
-        wait_for(lambda n=name: (sweeps.get(n).get("status") or {}).get("trials", {}).get("progress") == "4/4",
-                 timeout=60)
+        wait_for(functools.partial(trials_done, name), timeout=60)
     first = [runs.get(f"first-{i}")["spec"]["params"] for i in range(4)]
     second = [runs.get(f"second-{i}")["spec"]["params"] for i in range(4)]
     assert first == second
@@ -227,7 +230,10 @@ def test_an_mlflow_outage_mid_sweep_is_ridden_out(sweeps, runs, core, mlflow_cli
     stopped = sandbox.sandbox("stop", "mlflow")
     assert stopped.returncode == 0, stopped.stderr
     try:
-        time.sleep(3)  # the trial ends while MLflow is down: its run cannot be closed yet
+        # The trial's Job ends while MLflow is down: its outcome is recorded, its run not closed.
+        wait_for(lambda: any((t.get("status") or {}).get("jobOutcome") and not t["status"].get("runStatus")
+                             for t in trainer.trials()), timeout=60,
+                 message="a trial's Job outcome recorded while its run cannot be closed")
     finally:
         restarted = sandbox.sandbox("up")
         assert restarted.returncode == 0, restarted.stdout + restarted.stderr

@@ -183,7 +183,7 @@ def test_a_crash_after_any_write_leaves_one_run_one_job_one_version_and_success(
 
 # --------------------------------------------------------------------------- the synced kinds
 
-SYNCED = {
+SYNCED: dict[str, tuple[handlers_common.Kind[Any], dict[str, Any]]] = {
     "experiments": (EXPERIMENT, {"name": "team-a/churn", "tags": {"team": "a"}}),
     "registeredmodels": (REGISTERED_MODEL, {"name": "fraud", "description": "fraud detector", "tags": {"team": "a"}}),
 }

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -22,7 +22,7 @@ def body(generation: int = 1, observed: int | None = None, labels: dict[str, str
     }
     if observed is not None:
         raw["status"] = {"observedGeneration": observed}
-    return kopf.Body(raw)
+    return kopf.Body(cast(kopf.RawBody, raw))
 
 
 def diff_base() -> tuple[HandledGenerations, HandledGenerationDiffBase]:
@@ -40,7 +40,7 @@ def test_a_generation_this_process_handled_shows_no_difference():
 
 def test_the_essence_is_the_spec_and_filtered_fields_without_status_or_managed_fields():
     _, storage = diff_base()
-    current = kopf.Body({**body(observed=1), "metadata": {"managedFields": [{"manager": "kubectl"}]}})
+    current = kopf.Body(cast(kopf.RawBody, {**dict(body(observed=1)), "metadata": {"managedFields": [{"manager": "kubectl"}]}}))
     essence = storage.build(body=current, extra_fields=[("spec",), "status.observedGeneration"])
     assert essence == {"spec": {"description": "generation 1"}, "status": {"observedGeneration": 1}}
 
@@ -91,7 +91,7 @@ def run_change_handler(monkeypatch, reconcile) -> HandledGenerations:
     handled = HandledGenerations()
     monkeypatch.setattr(common, "reconcile_and_report", reconcile)
     with contextlib.suppress(kopf.TemporaryError):  # kopf would retry it
-        asyncio.run(common.handle_change(None, body(generation=3), {common.HANDLED: handled}, logging.getLogger(), 0))
+        asyncio.run(common.handle_change(cast(Any, None), body(generation=3), {common.HANDLED: handled}, logging.getLogger(), 0))
     return handled
 
 

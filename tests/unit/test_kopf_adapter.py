@@ -10,7 +10,7 @@ import inspect
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import kopf
 import pytest
@@ -32,7 +32,7 @@ def body(generation: int, observed: int | None = None) -> kopf.Body:
                            "spec": {"description": f"generation {generation}"}}
     if observed is not None:
         raw["status"] = {"observedGeneration": observed}
-    return kopf.Body(raw)
+    return kopf.Body(cast(kopf.RawBody, raw))
 
 
 def cause_for(storage: HandledGenerationDiffBase, current: kopf.Body, initial: bool) -> kopf.Reason:
@@ -40,7 +40,7 @@ def cause_for(storage: HandledGenerationDiffBase, current: kopf.Body, initial: b
     new = storage.build(body=current)
     diff = diffs.diff(old, new) if old is not None else None
     return causes.detect_changing_cause(
-        finalizer=FINALIZER, raw_event={"type": "MODIFIED", "object": dict(current)}, body=current, old=old, new=new,
+        finalizer=FINALIZER, raw_event={"type": "MODIFIED", "object": cast(kopf.RawBody, dict(current))}, body=current, old=old, new=new,
         diff=diff, initial=initial, logger=logging.getLogger("test"), indices={}, memo=kopf.Memo(),
         resource=kopf.Resource("mlflow.operator.dev", "v1alpha1", "experiments"), patch=kopf.Patch()).reason
 
@@ -178,7 +178,8 @@ def test_an_event_posted_from_a_task_a_handler_started_goes_to_kopfs_queue_of_th
         posting.settings_var.set(kopf.OperatorSettings())
 
         async def drift_pass() -> None:
-            kopf.event({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns", "uid": "u"}},
+            pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns", "uid": "u"}}
+            kopf.event(kopf.Body(cast(kopf.RawBody, pod)),
                        type="Normal", reason="Drift", message="restored")
 
         await asyncio.create_task(drift_pass())

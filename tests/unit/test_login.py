@@ -15,6 +15,7 @@ def service_account(tmp_path: Path) -> Path:
 def test_the_api_server_comes_from_the_service_host_and_port(tmp_path):
     info = in_cluster_connection(service_account(tmp_path),
                                  {"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": "6443"})
+    assert info is not None
     assert info.server == "https://127.0.0.1:6443"
     assert (info.token, info.scheme, info.default_namespace) == ("tok3n", "Bearer", "mlflow-operator-system")
     assert info.ca_path == str(tmp_path / "ca.crt")
@@ -23,6 +24,7 @@ def test_the_api_server_comes_from_the_service_host_and_port(tmp_path):
 def test_an_ipv6_service_host_is_bracketed(tmp_path):
     info = in_cluster_connection(service_account(tmp_path),
                                  {"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "443"})
+    assert info is not None
     assert info.server == "https://[fd00::1]:443"
 
 

@@ -3,6 +3,7 @@ The failures are built as `requests` raises them (a fault the live server cannot
 show on demand, such as a timeout, is only covered here); e2e tests meet the real ones."""
 
 import io
+from typing import Any
 
 import pytest
 import requests
@@ -20,11 +21,14 @@ from mlflow_operator.tracking.entities import (
 
 SERVER = "http://127.0.0.1:5000"
 SECRET = "AKIA-instance-metadata-credentials"
+# urllib3 keeps the pool and connection only to describe them; these errors never reach one.
+NO_POOL: Any = None
+NO_CONNECTION: Any = None
 
 
 def test_connection_refused_is_unavailable_with_a_short_message():
-    cause = NewConnectionError(None, "Failed to establish a new connection: [Errno 111] Connection refused")
-    error = requests.exceptions.ConnectionError(MaxRetryError(None, "/api/2.0/mlflow/experiments/get", cause))
+    cause = NewConnectionError(NO_CONNECTION, "Failed to establish a new connection: [Errno 111] Connection refused")
+    error = requests.exceptions.ConnectionError(MaxRetryError(NO_POOL, "/api/2.0/mlflow/experiments/get", cause))
     translated = translate(error, "get_experiment", "http://127.0.0.1:9")
     assert isinstance(translated, TrackingUnavailable)
     assert str(translated) == "cannot connect to http://127.0.0.1:9: connection refused"
@@ -37,7 +41,7 @@ def test_a_timeout_is_unavailable():
 
 
 def test_server_errors_past_the_retries_are_unavailable():
-    error = requests.exceptions.RetryError(MaxRetryError(None, "/x", ResponseError("too many 503 error responses")))
+    error = requests.exceptions.RetryError(MaxRetryError(NO_POOL, "/x", ResponseError("too many 503 error responses")))
     assert str(translate(error, "get_run", SERVER)) == f"{SERVER} kept answering with server errors (5xx)"
 
 

@@ -315,7 +315,7 @@ def test_an_edit_stamped_before_a_later_read_of_the_same_pass_is_found_by_the_ne
     bodies = [body(mlflow, i) for i in range(2)]
     search = mlflow.search_model_versions_page
 
-    async def edit_after_the_search_for_updates(*args, **kwargs):  # type: ignore[no-untyped-def]
+    async def edit_after_the_search_for_updates(*args, **kwargs):
         found = await search(*args, **kwargs)
         if kwargs.get("order_by"):
             edit_version(mlflow, f"{NS}.m0", "3", moves=True, description="edited meanwhile")

@@ -178,17 +178,20 @@ def test_max_failed_trials_equal_to_the_failures_keeps_going():
 def test_the_best_trial_maximizes_the_objective_among_succeeded_trials():
     trials = {0: trial(0, "Succeeded", accuracy=0.9), 1: trial(1, "Succeeded", accuracy=0.95),
               2: trial(2, "Failed", accuracy=0.99), 3: trial(3, "Succeeded")}
-    assert logic.best_trial(trials, "accuracy", "maximize").index == 1
+    best = logic.best_trial(trials, "accuracy", "maximize")
+    assert best is not None and best.index == 1
 
 
 def test_the_best_trial_minimizes_when_the_goal_says_so():
     trials = {0: trial(0, "Succeeded", loss=0.3), 1: trial(1, "Succeeded", loss=0.1)}
-    assert logic.best_trial(trials, "loss", "minimize").index == 1
+    best = logic.best_trial(trials, "loss", "minimize")
+    assert best is not None and best.index == 1
 
 
 def test_a_tie_goes_to_the_lowest_index_and_nan_never_wins():
     trials = {2: trial(2, "Succeeded", a=0.5), 1: trial(1, "Succeeded", a=0.5), 0: trial(0, "Succeeded", a=math.nan)}
-    assert logic.best_trial(trials, "a", "maximize").index == 1
+    best = logic.best_trial(trials, "a", "maximize")
+    assert best is not None and best.index == 1
 
 
 def test_no_best_trial_without_the_metric():

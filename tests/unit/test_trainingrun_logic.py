@@ -150,20 +150,21 @@ def run(run_id: str, start: int, stage: str = "active") -> RunInfo:
 
 def test_the_oldest_active_run_is_ours_and_the_rest_duplicates():
     ours, duplicates = canonical_run([run("b", 20), run("a", 10), run("c", 5, stage="deleted")])
-    assert ours.run_id == "a"
+    assert ours is not None and ours.run_id == "a"
     assert [d.run_id for d in duplicates] == ["b"]
     assert canonical_run([run("c", 5, stage="deleted")]) == (None, [])
 
 
 def test_the_run_a_job_was_started_for_wins_over_an_older_one():
     ours, duplicates = canonical_run([run("old", 1), run("in-job", 2)], in_job="in-job")
-    assert ours.run_id == "in-job" and [d.run_id for d in duplicates] == ["old"]
+    assert ours is not None and ours.run_id == "in-job" and [d.run_id for d in duplicates] == ["old"]
 
 
 def test_the_logged_model_is_picked_by_name_newest_first():
     models = [LoggedModelInfo("m-1", "model", "r", "READY", 1), LoggedModelInfo("m-2", "model", "r", "READY", 2),
               LoggedModelInfo("m-3", "other", "r", "READY", 3)]
-    assert pick_logged_model(models, "model").model_id == "m-2"
+    picked = pick_logged_model(models, "model")
+    assert picked is not None and picked.model_id == "m-2"
     assert pick_logged_model(models, "missing") is None
 
 

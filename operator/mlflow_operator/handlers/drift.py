@@ -23,7 +23,7 @@ from mlflow_operator.handlers.common import Kind, drift_check_due, reconcile_and
 from mlflow_operator.logic import timestamps
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.runtime import kopf_adapter
-from mlflow_operator.runtime.metrics import DRIFT_PASS_DURATION, DRIFTED, reconciling
+from mlflow_operator.runtime.metrics import DRIFT_PASS_DURATION, DRIFT_PASSES, DRIFTED, reconciling
 
 logger = logging.getLogger("mlflow_operator.drift")
 
@@ -125,8 +125,11 @@ async def drift_passes(kind: Kind[Any], memo: Any, in_sync: InSync | None, setti
     while True:
         started = time.monotonic()
         try:
-            if not await standing_by(memo, settings):
+            if await standing_by(memo, settings):
+                DRIFT_PASSES.labels(kind=kind.name, outcome="standby").inc()
+            else:
                 await drift_pass(kind, memo, in_sync, settings)
+                DRIFT_PASSES.labels(kind=kind.name, outcome="ran").inc()
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - the next pass tries again

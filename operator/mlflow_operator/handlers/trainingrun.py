@@ -133,7 +133,7 @@ def needs_job_events(body: Any) -> bool:
 WAITS_FOR_SPEC = ("InvalidSpec", "InvalidTemplate", "TrackingServerNotAllowed")
 
 
-def needs_refresh(body: kopf.Body, **_: Any) -> bool:
+def needs_refresh(body: Any, **_: Any) -> bool:
     """Open runs are refreshed (live metrics, what is left after an outage, a model logged
     late); closed ones and those only a new spec can fix are not polled."""
     status = body.get("status") or {}
@@ -144,7 +144,7 @@ TRAINING_RUN = Kind(KIND, PLURAL, parse_spec, reconcile_training_run, status_on_
                     written=_written)
 
 
-async def _reconcile(body: Any, memo: kopf.Memo, logger: Any, retry: int | None,
+async def _reconcile(body: Any, memo: Any, logger: Any, retry: int | None,
                      refresh_metrics: bool = False) -> None:
     await reconcile_and_report(TRAINING_RUN, body=body, memo=memo, logger=logger, retry=retry,
                                drift_check=refresh_metrics)

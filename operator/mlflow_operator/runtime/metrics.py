@@ -54,6 +54,11 @@ DRIFT_PASS_DURATION = Histogram(
     ["kind"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
 )
+DRIFT_PASSES = Counter(
+    "mlflow_operator_drift_passes_total",
+    "Drift passes due, by kind and whether this replica ran them or stood by for a peer.",
+    ["kind", "outcome"],
+)
 DRIFTED = Counter(
     "mlflow_operator_drifted_objects_total",
     "Objects a drift pass found different from MLflow (or not comparable) and reconciled, by kind.",
