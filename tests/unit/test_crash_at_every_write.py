@@ -20,6 +20,7 @@ import pytest
 
 from mlflow_operator.api.common import TAG_UID
 from mlflow_operator.api.trainingrun import LABEL_RUN_ID
+from mlflow_operator.caches import Caches
 from mlflow_operator.handlers import common as handlers_common
 from mlflow_operator.handlers.experiment import EXPERIMENT
 from mlflow_operator.handlers.registeredmodel import REGISTERED_MODEL
@@ -121,7 +122,7 @@ def test_a_run_created_by_a_process_that_skipped_the_search_is_found_by_the_next
     body = world.kube.objects[("trainingruns", NAMESPACE, NAME)]
     body["metadata"]["creationTimestamp"] = timestamps.now_rfc3339()
     world.memo["services"] = Services(world.memo["services"].config, world.mlflow, world.kube,  # type: ignore[arg-type]
-                                      started_at=time.time() - 3600)
+                                      caches=Caches(started_at=time.time() - 3600))
     world.writes.crash_at = 1  # create_run
     asyncio.run(run_to_the_end(world))
     assert world.writes.log[0] == "create_run"
@@ -134,7 +135,7 @@ def test_a_process_that_skipped_the_search_makes_no_search_when_it_starts_a_run(
     world = new_world()
     world.kube.objects[("trainingruns", NAMESPACE, NAME)]["metadata"]["creationTimestamp"] = timestamps.now_rfc3339()
     world.memo["services"] = Services(world.memo["services"].config, world.mlflow, world.kube,  # type: ignore[arg-type]
-                                      started_at=time.time() - 3600)
+                                      caches=Caches(started_at=time.time() - 3600))
     asyncio.run(run_to_the_end(world))
     assert world.mlflow.calls.count("find_runs_by_tag") == 1  # closing the run only
 

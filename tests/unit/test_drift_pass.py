@@ -11,6 +11,7 @@ import dataclasses
 import json
 from typing import Any
 
+from mlflow_operator.caches import Caches
 from mlflow_operator.caches.pages import ExperimentPages
 from mlflow_operator.caches.watches import WatchCache, Watched
 from mlflow_operator.handlers.common import object_lock
@@ -53,7 +54,8 @@ def world(bodies: list[dict[str, Any]], page_size: int = 1000) -> tuple[FakeMlfl
         mlflow.experiments[b["status"]["experimentId"]] = owned(int(b["status"]["experimentId"]))
         cache.put((NS, b["metadata"]["name"]), synced_view(b))
     services = Services(OperatorConfig(default_tracking_uri=TARGET.uri, ownership_keys=TEST_KEYS), mlflow, FakeKube(writes),  # type: ignore[arg-type]
-                        watched=Watched(experiments=cache), experiment_pages=ExperimentPages(max_age_seconds=30))
+                        caches=Caches(watched=Watched(experiments=cache),
+                                      experiment_pages=ExperimentPages(max_age_seconds=30)))
     return mlflow, {"services": services, "objects": {}}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
+from mlflow_operator.caches import Caches
 from mlflow_operator.caches.pages import ExperimentPages
 from mlflow_operator.logic import signing
 from mlflow_operator.reconcilers.common import Services
@@ -36,7 +37,7 @@ def world(n: int, page_size: int = 1000) -> tuple[FakeMlflow, Services]:
     for i in range(n):
         mlflow.experiments[str(i)] = owned(i, team="a")
     services = Services(OperatorConfig(default_tracking_uri=TARGET.uri, ownership_keys=TEST_KEYS), mlflow, FakeKube(writes),  # type: ignore[arg-type]
-                        experiment_pages=ExperimentPages(max_age_seconds=30))
+                        caches=Caches(experiment_pages=ExperimentPages(max_age_seconds=30)))
     return mlflow, services
 
 

@@ -15,6 +15,7 @@ from typing import Callable
 
 from mlflow_operator.api.common import ObjectIdentity
 from mlflow_operator.api.registeredmodel import RegisteredModelSpec
+from mlflow_operator.caches import Caches
 from mlflow_operator.caches.pages import RECENT_PAGE_SIZE, ModelPages, names_in_filters
 from mlflow_operator.caches.watches import NamespacedWatchCache, Watched
 from mlflow_operator.logic import registeredmodel as logic
@@ -76,9 +77,9 @@ def world(n: int, page_size: int = 1000, versions: int = 2) -> tuple[FakeMlflow,
                               last_updated=registered(i, v)) for v in range(2, versions + 1)]
     clock = Clock()
     services = Services(OperatorConfig(default_tracking_uri=TARGET.uri, ownership_keys=TEST_KEYS), mlflow, FakeKube(writes),  # type: ignore[arg-type]
-                        watched=Watched(registered_models=NamespacedWatchCache()),
-                        model_pages=ModelPages(max_age_seconds=PAGE_AGE, full_read_seconds=100 * PAGE_AGE,
-                                               clock=clock, jitter=lambda: 0.0))
+                        caches=Caches(watched=Watched(registered_models=NamespacedWatchCache()),
+                                      model_pages=ModelPages(max_age_seconds=PAGE_AGE, full_read_seconds=100 * PAGE_AGE,
+                                                             clock=clock, jitter=lambda: 0.0)))
     return mlflow, services, clock
 
 
@@ -196,7 +197,7 @@ def two_passes(mlflow: FakeMlflow, services: Services, clock: Clock, bodies: lis
         return [await registered_model_in_sync(services, b) for b in bodies]
 
     for b in bodies:
-        services.watched.registered_models.put((NS, b["metadata"]["name"]), b)  # type: ignore[union-attr]
+        services.caches.watched.registered_models.put((NS, b["metadata"]["name"]), b)  # type: ignore[union-attr]
     assert all(asyncio.run(check_all()))
     between()
     clock.next_pass()

@@ -182,8 +182,13 @@ def test_a_run_not_started_is_starting_whatever_job_has_the_name():
     assert stage_of({}, state(), registers_model=False) == "starting"
 
 
-def test_a_recorded_run_whose_job_is_another_is_starting_again():
-    assert stage_of({"runId": "r", "jobUid": "old"}, state(), registers_model=False) == "starting"
+def test_a_recorded_run_whose_job_is_gone_or_another_has_lost_its_job():
+    assert stage_of({"runId": "r", "jobUid": "old"}, state(), registers_model=False) == "job_lost"
+    assert stage_of({"runId": "r", "jobUid": "old"}, None, registers_model=False) == "job_lost"
+
+
+def test_a_recorded_run_whose_job_is_not_recorded_yet_is_starting():
+    assert stage_of({"runId": "r"}, state(), registers_model=False) == "starting"
 
 
 def test_a_recorded_run_with_its_job_follows_the_job():

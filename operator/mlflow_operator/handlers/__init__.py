@@ -10,6 +10,7 @@ from typing import Any
 import kopf
 
 from mlflow_operator.api.common import GROUP, KINDS, VERSION
+from mlflow_operator.caches import Caches
 from mlflow_operator.caches.pages import ExperimentPages, ModelPages
 from mlflow_operator.caches.watches import Watched
 from mlflow_operator.gateways.kubernetes import (
@@ -52,12 +53,14 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -
             mlflow=MlflowGateway(concurrency=config.mlflow_concurrency, settings=HttpSettings(
                 timeout=config.mlflow_timeout, max_retries=config.mlflow_max_retries)),
             kube=KubernetesGateway(concurrency=config.kubernetes_concurrency),
-            # Filled by the watch event handlers below and in each kind's module.
-            watched=Watched.filled_by_watches(credentials=config.watch_credentials),
-            # Searched afresh by each drift pass (one per interval), shared by the checks in it.
-            experiment_pages=ExperimentPages(max_age_seconds=config.drift_interval / 2),
-            model_pages=ModelPages(max_age_seconds=config.drift_interval / 2,
-                                   full_read_seconds=config.drift_interval * FULL_READ_INTERVALS),
+            caches=Caches(
+                # Filled by the watch event handlers below and in each kind's module.
+                watched=Watched.filled_by_watches(credentials=config.watch_credentials),
+                # Searched afresh by each drift pass (one per interval), shared by the checks in it.
+                experiment_pages=ExperimentPages(max_age_seconds=config.drift_interval / 2),
+                model_pages=ModelPages(max_age_seconds=config.drift_interval / 2,
+                                       full_read_seconds=config.drift_interval * FULL_READ_INTERVALS),
+            ),
         )
         memo["background"]["memory"] = asyncio.create_task(memory.release_freed_memory_forever())
         if config.heartbeat_file:
@@ -90,6 +93,6 @@ def register_handlers(registry: kopf.OperatorRegistry, config: OperatorConfig) -
             check of an object that names it reads no Secret."""
             metadata = body["metadata"]
             consented = (metadata.get("labels") or {}).get(CREDENTIALS_LABEL) == "true"
-            services_of(memo).watched.saw_credentials(
+            services_of(memo).caches.watched.saw_credentials(
                 (metadata["namespace"], metadata["name"]),
                 None if type == "DELETED" or not consented else credentials_data(body.get("data")))

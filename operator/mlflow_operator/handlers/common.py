@@ -32,7 +32,7 @@ from mlflow_operator.logic.conditions import (
     progressing,
     stalled,
 )
-from mlflow_operator.reconcilers.common import Context, Event, Result, Services, SpecT, StatusWriter, parse_spec
+from mlflow_operator.reconcilers.common import Context, Event, Services, SpecT, StatusWriter, parse_spec
 from mlflow_operator.runtime import kopf_adapter
 from mlflow_operator.runtime.config import OperatorConfig
 from mlflow_operator.runtime.kopf_adapter import HandledGenerations
@@ -47,12 +47,12 @@ def _no_status(status: dict[str, Any]) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Kind(Generic[SpecT]):
     """How the handlers reconcile one kind: every kind follows this one contract (a parsed
-    spec in a Context, one Result, errors mapped to outcomes in one place, here)."""
+    spec in a Context, one Outcome, errors mapped to outcomes in one place, here)."""
 
     name: str
     plural: str
     parse: Callable[[Any], SpecT]
-    reconcile: Callable[[Context[SpecT]], Awaitable[Result]]
+    reconcile: Callable[[Context[SpecT]], Awaitable[Outcome]]
     # Condition types besides Ready/Reconciling/Stalled that the kind sets and clears.
     managed_extra: tuple[str, ...] = ()
     # Status fields written with a failed outcome, from the status read (TrainingRun: Pending).
@@ -120,8 +120,8 @@ def forget_object(memo: Any, uid: str) -> None:
     if handled is not None:
         handled.forget(uid)
     services = services_of(memo)
-    services.handled_jobs.forget(uid)
-    services.watched.open_training_runs.put(uid, None)
+    services.caches.handled_jobs.forget(uid)
+    services.caches.watched.open_training_runs.put(uid, None)
 
 
 def retry_delay(retry: int, cap: float) -> float:
@@ -297,9 +297,9 @@ async def _reconcile_once(kind: Kind[Any], metadata: Any, current: Any, state: O
                       dict(status_before), writer, drift_check=drift_check,
                       created_at=timestamps.parse(fresh["metadata"].get("creationTimestamp")),
                       metadata=fresh["metadata"])
-        result = await kind.reconcile(ctx)
-        outcome, events = result.outcome, [*ctx.events, *result.events]
-        status_update = {**ctx.recorded, **result.status}
+        outcome = await kind.reconcile(ctx)
+        events = list(ctx.events)
+        status_update = dict(ctx.recorded)
     except KubernetesError as error:
         if error.status == 409:
             raise  # decided on a stale read: start again

@@ -39,7 +39,7 @@ async def drifted_objects(kind: Kind[Any], memo: Any, in_sync: InSync | None) ->
     """The objects of the kind's watch cache a drift check must reconcile: not being deleted,
     reconciled for their generation, not being reconciled now, and not `in_sync`."""
     services = services_of(memo)
-    cache = services.watched.synced(kind.plural)
+    cache = services.caches.watched.synced(kind.plural)
     if cache is None:
         return []
     drifted = []

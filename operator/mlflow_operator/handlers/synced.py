@@ -75,7 +75,7 @@ def register_synced_kind(
     @kopf.on.event(*resource, id="watch", registry=registry)
     async def watched(body: kopf.Body, memo: kopf.Memo, logger: Any, type: str | None = None, **_: Any) -> None:
         start_drift_passes(kind, memo, in_sync, config.drift_interval)
-        cache = services_of(memo).watched.synced(kind.plural)
+        cache = services_of(memo).caches.watched.synced(kind.plural)
         assert cache is not None
         cache.put((body["metadata"]["namespace"], body["metadata"]["name"]),
                   None if type == "DELETED" else synced_view(body))

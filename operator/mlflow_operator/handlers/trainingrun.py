@@ -47,8 +47,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
                           **_: Any) -> None:
         job = job_snapshot(body)
         services = services_of(memo)
-        assert services.watched.jobs is not None
-        services.watched.jobs.put((job.namespace, job.name), None if type == "DELETED" else job)
+        assert services.caches.watched.jobs is not None
+        services.caches.watched.jobs.put((job.namespace, job.name), None if type == "DELETED" else job)
         # Its controller, in its own namespace: the only TrainingRun a Job's events concern.
         owner = next((ref for ref in body["metadata"].get("ownerReferences") or []
                       if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION
@@ -58,18 +58,18 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         # The run as last seen if it is open; else, and when its Job is going (as when the
         # run is deleted), enough to find it: the reconcile reads it fresh (and skips it if
         # it is gone, replaced, or being deleted).
-        seen = None if job.deleting or type == "DELETED" else services.watched.open_training_runs.get(owner["uid"])
+        seen = None if job.deleting or type == "DELETED" else services.caches.watched.open_training_runs.get(owner["uid"])
         if seen is not None and seen["metadata"]["namespace"] != job.namespace:
             seen = None
         run: Any = seen or {"metadata": {"namespace": job.namespace, "name": owner["name"], "uid": owner["uid"]}}
-        closed = services.watched.training_runs_closed.get((job.namespace, owner["uid"]))
+        closed = services.caches.watched.training_runs_closed.get((job.namespace, owner["uid"]))
         if closed is None:  # not seen (yet): read it, and reconcile from that read
             run = await _owner_if_alive(services.kube, job.namespace, owner)
             if run is None:  # its TrainingRun is gone
                 await _release_orphan(job, memo)
                 return
             closed = not needs_job_events(run)
-        handled = services.handled_jobs
+        handled = services.caches.handled_jobs
         signature = handled.signature(job, logic.phase_of(job))
         if handled.handled(owner["uid"], signature) or (closed and not job.deleting):
             return  # nothing the operator records changed; a closed run's Job is done
@@ -78,7 +78,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     @kopf.on.event(*resource, id="watch", registry=registry)
     async def training_run_seen(body: kopf.Body, memo: kopf.Memo, type: str | None = None, **_: Any) -> None:
         """What a Job's events and an Experiment's Ready status need to know of each run."""
-        watched, metadata = services_of(memo).watched, body["metadata"]
+        watched, metadata = services_of(memo).caches.watched, body["metadata"]
         gone = type == "DELETED"
         watched.training_runs_closed.put((metadata["namespace"], metadata["uid"]),
                                          None if gone else not needs_job_events(body))
@@ -90,7 +90,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
 async def wake_training_runs(experiment: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
     """A run applied together with its Experiment waits without retries or errors: the
     Experiment's Ready status is what starts it."""
-    await wake_waiting(TRAINING_RUN, services_of(memo).watched.waiting_for_experiment, experiment, memo, logger)
+    await wake_waiting(TRAINING_RUN, services_of(memo).caches.watched.waiting_for_experiment, experiment, memo, logger)
 
 
 async def _owner_if_alive(kube: KubernetesGateway, namespace: str, owner: dict[str, Any]) -> dict[str, Any] | None:
@@ -118,7 +118,7 @@ def open_run_copy(body: Any) -> dict[str, Any] | None:
 
 def _written(services: Services, run: dict[str, Any]) -> None:
     """A status write's reply is the run as it is now: fresher than the watch, for a while."""
-    services.watched.open_training_runs.put(run["metadata"]["uid"], open_run_copy(run))
+    services.caches.watched.open_training_runs.put(run["metadata"]["uid"], open_run_copy(run))
 
 
 def needs_job_events(body: Any) -> bool:

@@ -42,7 +42,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
         """A sweep not started yet waits for the Experiment it names, as a TrainingRun does."""
         metadata = body["metadata"]
         waiting = None if type == "DELETED" else waiting_for_experiment(body, started_field=RUN_FIELD)
-        services_of(memo).watched.sweeps_waiting_for_experiment.put(metadata["uid"], metadata["name"], waiting)
+        services_of(memo).caches.watched.sweeps_waiting_for_experiment.put(metadata["uid"], metadata["name"], waiting)
 
     @kopf.on.event(GROUP, VERSION, TRAINING_RUNS, id="trial", labels={LABEL_SWEEP: kopf.PRESENT}, registry=registry)
     async def trial_changed(body: kopf.Body, memo: kopf.Memo, logger: Any, type: str | None = None,
@@ -70,7 +70,7 @@ WAITS_FOR_SPEC = ("InvalidSpec", "TrackingServerNotAllowed", "TrialConflict")
 
 
 async def wake_training_sweeps(experiment: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
-    await wake_waiting(TRAINING_SWEEP, services_of(memo).watched.sweeps_waiting_for_experiment, experiment, memo,
+    await wake_waiting(TRAINING_SWEEP, services_of(memo).caches.watched.sweeps_waiting_for_experiment, experiment, memo,
                        logger)
 
 

@@ -248,7 +248,7 @@ def primary_metric_text(metrics: dict[str, float], name: str | None) -> str | No
 
 # --------------------------------------------------------------------------- stages
 
-Stage = Literal["closed", "closing", "job_ended", "job_running", "starting"]
+Stage = Literal["closed", "closing", "job_ended", "job_lost", "job_running", "starting"]
 CLOSED_RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 
@@ -266,14 +266,18 @@ def stage_of(status: dict[str, Any], job: JobSnapshot | None, registers_model: b
     closed       nothing left to do;
     closing      the Job's outcome is recorded: close the run in MLflow, register the model;
     job_ended    this run's Job finished or is being deleted: record its outcome first;
+    job_lost     this run's Job is gone (or replaced) without its outcome recorded: cut short;
     job_running  this run's Job is pending or running;
-    starting     no run or no Job of this run yet (or its Job was lost): create what is missing.
+    starting     no run, or no Job of this run recorded yet: create what is missing.
     """
     if is_closed(status, registers_model):
         return "closed"
     run_id = status.get("runId")
     if run_id and (status.get("jobOutcome") or status.get("phase") in TERMINAL_PHASES):
         return "closing"
-    if run_id and job is not None and job.uid == status.get("jobUid"):
+    job_uid = status.get("jobUid")
+    if run_id and job_uid and job is not None and job.uid == job_uid:
         return "job_ended" if job.ended else "job_running"
+    if run_id and job_uid:
+        return "job_lost"
     return "starting"

@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Mapping, TypeVar
+from typing import Any, Callable, Generic, Literal, Mapping, TypeVar
 
 from mlflow_operator.api.common import TAG_KIND, TAG_NAME, TAG_UID, ObjectIdentity, TrackingSpec
-from mlflow_operator.caches.jobs import HandledJobs
-from mlflow_operator.caches.pages import ExperimentPages, ModelPages
-from mlflow_operator.caches.remembered import RecentlyAccepted, RememberedCredentials
-from mlflow_operator.caches.watches import Watched
+from mlflow_operator.caches import Caches
 from mlflow_operator.gateways.kubernetes import KubernetesError, KubernetesGateway
 from mlflow_operator.gateways.mlflow import MlflowGateway
 from mlflow_operator.logic import ownership, signing
-from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, stalled
+from mlflow_operator.logic.conditions import ReconcileProblem, progressing, stalled
 from mlflow_operator.runtime.config import OperatorConfig
-from mlflow_operator.scheduling.priority import StartsFirst
+from mlflow_operator.scheduling.policy import Dispatcher
 from mlflow_operator.tracking.choice import choose_target, credentials_from_secret
 from mlflow_operator.tracking.entities import (
     ExperimentInfo,
@@ -41,23 +37,14 @@ def parse_spec(parse: Callable[[Any], SpecT], raw_spec: Any) -> SpecT:
 
 @dataclass(frozen=True)
 class Services:
-    """What a reconciler may use: configuration and the two gateways."""
+    """What a reconciler may use: configuration, the two gateways, the caches that spare
+    them reads, and the dispatcher that schedules steps when the operator is busy."""
 
     config: OperatorConfig
     mlflow: MlflowGateway
     kube: KubernetesGateway
-    remembered: RememberedCredentials = field(default_factory=RememberedCredentials)
-    # What the watches have seen (watch caches); without them, reads through `kube`.
-    watched: Watched = field(default_factory=Watched)
-    handled_jobs: HandledJobs = field(default_factory=HandledJobs)
-    accepted_job_shapes: RecentlyAccepted = field(default_factory=RecentlyAccepted)
-    starts: StartsFirst = field(default_factory=StartsFirst)
-    # Pages shared by the drift checks of Experiments and RegisteredModels (None: each reconciles).
-    experiment_pages: ExperimentPages | None = None
-    model_pages: ModelPages | None = None
-    # When this process started, and the TrainingRuns it has tried to create a run for.
-    started_at: float = field(default_factory=time.time)
-    run_attempts: set[str] = field(default_factory=set)
+    caches: Caches = field(default_factory=Caches)
+    dispatcher: Dispatcher = field(default_factory=Dispatcher)
 
 
 class StatusWriter:
@@ -82,27 +69,31 @@ class StatusWriter:
 # --------------------------------------------------------------------------- the reconcile contract
 
 Event = tuple[str, str, str]  # (type, reason, message)
+# How a step posts an Event: Context.event.
+EventSink = Callable[[str, str, str], None]
 
-
-@dataclass
-class Result:
-    """What one reconcile of any kind decided: its outcome (the conditions), the status
-    fields to write with it, and Events to post."""
-
-    outcome: Outcome
-    status: dict[str, Any] = field(default_factory=dict)
-    events: list[Event] = field(default_factory=list)
+# The status writes a reconcile makes before its end, each where a crash right after the
+# step that follows would lose what no later reconcile can find again:
+#   parent-run   a sweep's parent run, before any trial names it;
+#   job-outcome  a Job's outcome, before its finalizer lets it go (or when it was lost);
+#   run-closed   a closed run's final status, before the model is registered.
+Checkpoint = Literal["parent-run", "job-outcome", "run-closed"]
 
 
 @dataclass
 class Context(Generic[SpecT]):
     """Everything a reconcile of one object may use, for every kind: built by the handlers
-    from a fresh read, with the spec already parsed (an unusable spec never gets here)."""
+    from a fresh read, with the spec already parsed (an unusable spec never gets here).
+
+    Status has one way in: steps `record` fields as they learn them, and the handlers write
+    them with the outcome in one status write; `checkpoint` writes them earlier, only at the
+    named points. Events have one way out: `event`, posted after that write (also when a
+    later step fails: they say what was done)."""
 
     services: Services
     identity: ObjectIdentity
     spec: SpecT
-    # The status as read; checkpoint() keeps it current.
+    # The status as read, with what steps recorded since.
     status: dict[str, Any]
     writer: StatusWriter
     # A periodic check (drift pass, live metrics) rather than a change.
@@ -113,32 +104,31 @@ class Context(Generic[SpecT]):
     metadata: Mapping[str, Any] = field(default_factory=dict)
     # Deleting: credentials remembered from a Secret that is gone may be used.
     cleanup: bool = False
-    # Events of steps already done: posted even if a later step fails.
+    # Events of steps done, posted after the status write.
     events: list[Event] = field(default_factory=list)
-    # Status fields recorded by steps done, written with the outcome at the latest.
+    # Status fields recorded by steps done and not written yet.
     recorded: dict[str, Any] = field(default_factory=dict)
-
     # The status as stored in the API server: as read, plus what checkpoints wrote.
     stored: dict[str, Any] = field(default_factory=dict)
+    # The checkpoints written, in order (what a crash test looks for).
+    checkpoints: list[Checkpoint] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.stored = dict(self.status)
 
     def record(self, fields: dict[str, Any]) -> None:
-        """Status fields of a step done, written with the next checkpoint or the outcome,
-        whatever happens next: for what a crash before that write can find again elsewhere
-        (a run by its uid tag, a Job by its name and the run id it carries)."""
+        """Status fields of a step done, written with the outcome (or an earlier checkpoint)
+        whatever happens next."""
         self.recorded.update(fields)
         self.status = {**self.status, **fields}
 
-    async def checkpoint(self, fields: dict[str, Any]) -> None:
-        """Write status fields now (and whatever was recorded), before the next external step
-        depends on them (the write-ahead record: a crash after the next step finds them)."""
-        written = {**self.recorded, **fields}
-        await self.writer.write(written)
-        self.recorded.clear()
-        self.status = {**self.status, **fields}
-        self.stored = {**self.stored, **written}
+    async def checkpoint(self, name: Checkpoint) -> None:
+        """Write what was recorded now, before the next step depends on it being stored."""
+        if self.recorded:
+            await self.writer.write(dict(self.recorded))
+            self.stored = {**self.stored, **self.recorded}
+            self.recorded.clear()
+        self.checkpoints.append(name)
 
     def event(self, type_: str, reason: str, message: str) -> None:
         self.events.append((type_, reason, message))
@@ -163,12 +153,12 @@ async def resolve_target_and_secret(
     if choice.secret_name:
         key = (namespace, choice.secret_name, choice.uri)
         try:
-            secret = await services.watched.credentials_secret(services.kube, namespace, choice.secret_name)
+            secret = await services.caches.watched.credentials_secret(services.kube, namespace, choice.secret_name)
         except KubernetesError as error:
             raise ReconcileProblem(progressing(
                 "SecretUnreadable", f"cannot read Secret {choice.secret_name!r}: {error.message}"
             )) from None
-        remembered = services.remembered.recall(key) if cleanup and secret is None else None
+        remembered = services.caches.remembered.recall(key) if cleanup and secret is None else None
         if remembered is not None:
             credentials = remembered
         elif cleanup and secret is None:
@@ -182,7 +172,7 @@ async def resolve_target_and_secret(
                 namespace, choice.secret_name, None if secret is None else secret.data,
                 opted_in=secret is None or secret.opted_in,
             )
-            services.remembered.remember(key, credentials)
+            services.caches.remembered.remember(key, credentials)
     elif choice.use_operator_credentials:
         credentials = services.config.default_credentials
     else:

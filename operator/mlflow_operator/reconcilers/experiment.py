@@ -10,11 +10,10 @@ from mlflow_operator.api.experiment import ExperimentSpec
 from mlflow_operator.api.trainingrun import PLURAL as TRAINING_RUNS
 from mlflow_operator.logic import experiment as logic
 from mlflow_operator.logic import ownership
-from mlflow_operator.logic.conditions import ReconcileProblem, progressing, ready, stalled
+from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
 from mlflow_operator.reconcilers.common import (
     Context,
     Event,
-    Result,
     Services,
     owner_alive,
     parse_spec,
@@ -33,14 +32,14 @@ from mlflow_operator.tracking.entities import (
 )
 
 
-async def reconcile_experiment(ctx: Context[ExperimentSpec]) -> Result:
+async def reconcile_experiment(ctx: Context[ExperimentSpec]) -> Outcome:
     """Bring MLflow in line with the spec. Raises ReconcileProblem (known failure) or
     TrackingError (MLflow failed); the handlers turn both into conditions."""
     services, identity, status, spec, drift_check = ctx.services, ctx.identity, ctx.status, ctx.spec, ctx.drift_check
     target = await resolve_target(services, identity.namespace, spec.tracking)
     desired = logic.desired_experiment(spec, identity)
     mlflow = services.mlflow
-    events: list[Event] = []
+    event = ctx.event
 
     known_id = status.get("experimentId")
     if known_id:
@@ -55,7 +54,7 @@ async def reconcile_experiment(ctx: Context[ExperimentSpec]) -> Result:
     experiment: ExperimentInfo | None
     if binding.kind == "create":
         experiment = await _create(services, target, desired, identity, spec.adopt)
-        events.append(("Normal", "Created", f"created MLflow experiment {desired.name!r} (id {experiment.experiment_id})"))
+        event("Normal", "Created", f"created MLflow experiment {desired.name!r} (id {experiment.experiment_id})")
     else:
         experiment = binding.experiment
         assert experiment is not None
@@ -63,13 +62,13 @@ async def reconcile_experiment(ctx: Context[ExperimentSpec]) -> Result:
             mismatch = logic.artifact_location_mismatch(desired, experiment)
             if mismatch:
                 raise ReconcileProblem(stalled("ArtifactLocationMismatch", mismatch))
-            events.append(("Normal", "Adopted",
+            event("Normal", "Adopted",
                            f"adopted existing MLflow experiment {experiment.name!r} (id {experiment.experiment_id}), "
-                           f"artifact location {experiment.artifact_location!r}"))
+                           f"artifact location {experiment.artifact_location!r}")
         elif binding.kind == "restore":
             await mlflow.restore_experiment(target, experiment.experiment_id)
-            events.append(("Normal", "Restored",
-                           f"restored this object's deleted MLflow experiment (id {experiment.experiment_id})"))
+            event("Normal", "Restored",
+                           f"restored this object's deleted MLflow experiment (id {experiment.experiment_id})")
 
     desired = _signed(services, target, desired, experiment.experiment_id)
     previously_managed = set(status.get("managedTags") or [])
@@ -79,24 +78,21 @@ async def reconcile_experiment(ctx: Context[ExperimentSpec]) -> Result:
     await _apply(services, target, experiment.experiment_id, plan)
     if plan.changes and binding.kind == "use":
         if drift_check:
-            events.append(("Normal", "DriftCorrected", f"MLflow was changed outside the operator: {plan.describe()}"))
+            event("Normal", "DriftCorrected", f"MLflow was changed outside the operator: {plan.describe()}")
         else:
-            events.append(("Normal", "Updated", plan.describe()))
+            event("Normal", "Updated", plan.describe())
 
     experiment_id = experiment.experiment_id
-    return Result(
-        outcome=ready("Reconciled", f"MLflow experiment {desired.name!r} (id {experiment_id}) is in sync"),
-        status={
-            "experimentId": experiment_id,
-            "experimentName": desired.name,
-            "lifecycleStage": "active",
-            "artifactLocation": experiment.artifact_location,
-            "url": target.experiment_url(experiment_id),
-            "trackingUri": target.uri,
-            "managedTags": desired.managed_keys,
-        },
-        events=events,
-    )
+    ctx.record({
+        "experimentId": experiment_id,
+        "experimentName": desired.name,
+        "lifecycleStage": "active",
+        "artifactLocation": experiment.artifact_location,
+        "url": target.experiment_url(experiment_id),
+        "trackingUri": target.uri,
+        "managedTags": desired.managed_keys,
+    })
+    return ready("Reconciled", f"MLflow experiment {desired.name!r} (id {experiment_id}) is in sync")
 
 
 async def experiment_in_sync(services: Services, body: Any) -> bool:
@@ -104,7 +100,7 @@ async def experiment_in_sync(services: Services, body: Any) -> bool:
     and its MLflow experiment, in the page of its namespace's experiments that all drift
     checks share, needs no change. No MLflow call of its own; anything unexpected (a
     problem, an experiment missing from the page) is for a full reconcile to report."""
-    pages = services.experiment_pages
+    pages = services.caches.experiment_pages
     candidate = await shared_page_candidate(services, body, ExperimentSpec.parse, "experimentId") if pages else None
     if pages is None or candidate is None:
         return False

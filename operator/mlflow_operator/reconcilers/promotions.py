@@ -14,7 +14,7 @@ from mlflow_operator.api.registeredmodel import PromotionRule, RegisteredModelSp
 from mlflow_operator.gateways.mlflow import MlflowGateway
 from mlflow_operator.logic import promotion
 from mlflow_operator.logic import registeredmodel as model_logic
-from mlflow_operator.reconcilers.common import Event, Services
+from mlflow_operator.reconcilers.common import EventSink, Services
 from mlflow_operator.tracking.entities import ModelVersionInfo, RunInfo, TrackingTarget
 
 EvidenceOf = Callable[[str], Awaitable[promotion.Evidence]]
@@ -75,7 +75,7 @@ class AliasMoves:
 
 async def move_aliases(services: Services, target: TrackingTarget, namespace: str, model_name: str,
                        aliases: list[str], version: ModelVersionInfo, holders: dict[str, str],
-                       evidence: EvidenceOf, actor: promotion.Actor, events: list[Event]) -> AliasMoves:
+                       evidence: EvidenceOf, actor: promotion.Actor, event: EventSink) -> AliasMoves:
     """Point `aliases` at `version` where the namespace's promotion policy allows it, with the
     audit record of each move; the others stay where they are. `holders`: alias -> version now."""
     to_move = [alias for alias in aliases if holders.get(alias) != version.version]
@@ -93,13 +93,13 @@ async def move_aliases(services: Services, target: TrackingTarget, namespace: st
             continue
         await services.mlflow.set_alias(target, model_name, alias, version.version)
         change = model_logic.Change("set_alias", alias, version.version, previous=holder)
-        await audit(services.mlflow, target, model_name, change, actor, events, [])
+        await audit(services.mlflow, target, model_name, change, actor, event, [])
         moved.append(alias)
     return AliasMoves(tuple(moved), tuple(blocked))
 
 
 async def audit(mlflow: MlflowGateway, target: TrackingTarget, name: str, change: model_logic.Change,
-                actor: promotion.Actor, events: list[Event], audited: list[dict[str, Any]]) -> None:
+                actor: promotion.Actor, event: EventSink, audited: list[dict[str, Any]]) -> None:
     """Record an alias or stage change on the version it is about (tags) and as an Event."""
     now = dt.datetime.now(dt.timezone.utc)
     source = promotion.describe_source(actor)
@@ -122,4 +122,4 @@ async def audit(mlflow: MlflowGateway, target: TrackingTarget, name: str, change
         return
     for key, value in promotion.audit_tags(subject, actor, now, previous or "none").items():
         await mlflow.set_model_version_tag(target, name, version, key, value)
-    events.append(("Normal", reason, text))
+    event("Normal", reason, text)

@@ -15,7 +15,7 @@ from mlflow_operator.reconcilers import promotions
 from mlflow_operator.reconcilers.common import (
     Context,
     Event,
-    Result,
+    EventSink,
     Services,
     owner_alive,
     parse_spec,
@@ -40,16 +40,16 @@ PROMOTION_BLOCKED = "PromotionBlocked"
 EXTRA_CONDITIONS = (VERSION_NOT_FOUND, DRIFTED, PROMOTION_BLOCKED)
 
 
-async def reconcile_registered_model(ctx: Context[RegisteredModelSpec]) -> Result:
+async def reconcile_registered_model(ctx: Context[RegisteredModelSpec]) -> Outcome:
     services, identity, status, spec, drift_check = ctx.services, ctx.identity, ctx.status, ctx.spec, ctx.drift_check
     target = await resolve_target(services, identity.namespace, spec.tracking)
     desired = _desired(services, target, spec, identity)
     mlflow = services.mlflow
-    events: list[Event] = []
+    event = ctx.event
 
     if status.get("modelName"):
         check_pinned(status.get("trackingUri"), target.uri, f"registered model {status['modelName']!r}")
-    model, kind = await _bind(services, target, desired, spec, identity, status, events)
+    model, kind = await _bind(services, target, desired, spec, identity, status, event)
 
     versions = await mlflow.model_versions(target, desired.name)
     plan = logic.plan(desired, model, versions, logic.Managed.from_status(status))
@@ -57,7 +57,7 @@ async def reconcile_registered_model(ctx: Context[RegisteredModelSpec]) -> Resul
     actor = promotion.Actor(identity.kind, identity.namespace, identity.name, ctx.metadata.get("generation"),
                             provenance.gitops_source(ctx.metadata))
     audited: list[dict[str, Any]] = []
-    extra = await _apply_plan(services, target, desired, plan, status, events,
+    extra = await _apply_plan(services, target, desired, plan, status, event,
                               observe_only=drift_check and spec.drift_policy == "Observe" and kind == "use",
                               announce=(kind == "use"), drift_check=drift_check,
                               actor=actor, audited=audited)
@@ -66,7 +66,7 @@ async def reconcile_registered_model(ctx: Context[RegisteredModelSpec]) -> Resul
         extra[PROMOTION_BLOCKED] = ("True", PROMOTION_BLOCKED, message)
         previous = next((c for c in status.get("conditions") or [] if c.get("type") == PROMOTION_BLOCKED), None)
         if not previous or previous.get("message") != message:
-            events.append(("Warning", PROMOTION_BLOCKED, message))
+            event("Warning", PROMOTION_BLOCKED, message)
     if plan.changes:
         model = await mlflow.get_registered_model(target, desired.name) or model
         versions = await mlflow.model_versions(target, desired.name)
@@ -78,7 +78,8 @@ async def reconcile_registered_model(ctx: Context[RegisteredModelSpec]) -> Resul
                      "missingVersions": sorted(plan.missing, key=int) or None}
     if audited:
         status_update["lastPromotion"] = audited[-1]
-    return Result(_outcome(desired, plan, extra, len(versions)), status_update, events)
+    ctx.record(status_update)
+    return _outcome(desired, plan, extra, len(versions))
 
 
 async def _hold_back_blocked_promotions(
@@ -106,7 +107,7 @@ async def registered_model_in_sync(services: Services, body: Any) -> bool:
     and its registered model and versions, in the page of its namespace's models that all
     drift checks share, need no change and show what status shows. No MLflow call of its own;
     anything else (a problem, a model missing from the page) is for a full reconcile."""
-    pages = services.model_pages
+    pages = services.caches.model_pages
     candidate = await shared_page_candidate(services, body, RegisteredModelSpec.parse, "modelName") if pages else None
     if pages is None or candidate is None:
         return False
@@ -116,7 +117,7 @@ async def registered_model_in_sync(services: Services, body: Any) -> bool:
         desired = _desired(services, target, spec, identity)
         if desired.name != status["modelName"]:
             return False
-        cache = services.watched.registered_models
+        cache = services.caches.watched.registered_models
 
         def tagged() -> set[tuple[str, str]]:
             return versions_with_tags(cache.values_in(identity.namespace) if cache is not None else [body])
@@ -165,7 +166,7 @@ def _desired(services: Services, target: TrackingTarget, spec: RegisteredModelSp
 
 async def _bind(services: Services, target: TrackingTarget, desired: logic.DesiredModel, spec: RegisteredModelSpec,
                 identity: ObjectIdentity, status: dict[str, Any],
-                events: list[Event]) -> tuple[RegisteredModelInfo, str]:
+                event: EventSink) -> tuple[RegisteredModelInfo, str]:
     """The registered model this object manages: found and owned, adopted, or created."""
     mlflow = services.mlflow
     model = verified_model(services, target, await mlflow.get_registered_model(target, desired.name))
@@ -177,20 +178,20 @@ async def _bind(services: Services, target: TrackingTarget, desired: logic.Desir
             model = await mlflow.create_registered_model(
                 target, desired.name, {**desired.tags, **desired.ownership}, desired.description
             )
-            events.append(("Normal", "Created", f"created registered model {desired.name!r}"))
+            event("Normal", "Created", f"created registered model {desired.name!r}")
         except AlreadyExists:  # created meanwhile by someone else: decide again
             model = verified_model(services, target, await mlflow.get_registered_model(target, desired.name))
             kind = logic.bind(model, desired.name, identity, known=False, adopt=spec.adopt)
         except InvalidRequest as error:
             raise ReconcileProblem(stalled("InvalidSpec", f"MLflow rejected the model: {error}")) from None
     elif kind == "adopt":
-        events.append(("Normal", "Adopted", f"adopted existing registered model {desired.name!r}"))
+        event("Normal", "Adopted", f"adopted existing registered model {desired.name!r}")
     assert model is not None
     return model, kind
 
 
 async def _apply_plan(services: Services, target: TrackingTarget, desired: logic.DesiredModel, plan: logic.Plan,
-                      status: dict[str, Any], events: list[Event], *, observe_only: bool, announce: bool,
+                      status: dict[str, Any], event: EventSink, *, observe_only: bool, announce: bool,
                       drift_check: bool, actor: promotion.Actor,
                       audited: list[dict[str, Any]]) -> dict[str, tuple[str, str, str]]:
     """Apply the plan; with driftPolicy Observe, report drift instead of restoring it.
@@ -201,8 +202,8 @@ async def _apply_plan(services: Services, target: TrackingTarget, desired: logic
     pending = [c for c in plan.changes if c.target_version in waiting]
     drift = [c for c in plan.changes if c.target_version not in waiting]
     if pending:
-        await _apply(services, target, desired, logic.Plan(pending), actor, events, audited)
-        events.append(("Normal", "Updated", "set " + logic.Plan(pending).describe() + " (the version now exists)"))
+        await _apply(services, target, desired, logic.Plan(pending), actor, event, audited)
+        event("Normal", "Updated", "set " + logic.Plan(pending).describe() + " (the version now exists)")
     if not drift:
         return extra
     text = logic.Plan(drift).describe()
@@ -210,12 +211,14 @@ async def _apply_plan(services: Services, target: TrackingTarget, desired: logic
         extra[DRIFTED] = ("True", "DriftDetected", f"MLflow differs from the spec: {text}")
         previous = next((c for c in status.get("conditions") or [] if c.get("type") == DRIFTED), None)
         if not previous or previous.get("message") != extra[DRIFTED][2]:
-            events.append(("Warning", "DriftDetected", f"MLflow differs from the spec (driftPolicy Observe): {text}"))
+            event("Warning", "DriftDetected", f"MLflow differs from the spec (driftPolicy Observe): {text}")
         return extra
-    await _apply(services, target, desired, logic.Plan(drift), actor, events, audited)
+    await _apply(services, target, desired, logic.Plan(drift), actor, event, audited)
     if announce:
-        events.append(("Normal", "DriftCorrected", f"MLflow was changed outside the operator; restored {text}")
-                      if drift_check else ("Normal", "Updated", f"set {text}"))
+        if drift_check:
+            event("Normal", "DriftCorrected", f"MLflow was changed outside the operator; restored {text}")
+        else:
+            event("Normal", "Updated", f"set {text}")
     return extra
 
 
@@ -237,11 +240,11 @@ def _outcome(desired: logic.DesiredModel, plan: logic.Plan, extra: dict[str, tup
 
 
 async def _apply(services: Services, target: TrackingTarget, desired: logic.DesiredModel, plan: logic.Plan,
-                 actor: promotion.Actor, events: list[Event], audited: list[dict[str, Any]]) -> None:
+                 actor: promotion.Actor, event: EventSink, audited: list[dict[str, Any]]) -> None:
     for change in plan.changes:
         try:
             await _apply_change(services.mlflow, target, desired, change)
-            await promotions.audit(services.mlflow, target, desired.name, change, actor, events, audited)
+            await promotions.audit(services.mlflow, target, desired.name, change, actor, event, audited)
         except InvalidRequest as error:
             raise ReconcileProblem(stalled("InvalidSpec", f"MLflow rejected {change.describe()}: {error}")) from None
 

@@ -20,7 +20,6 @@ from mlflow_operator.logic.conditions import READY, Outcome, ReconcileProblem, c
 from mlflow_operator.reconcilers import promotions
 from mlflow_operator.reconcilers.common import (
     Context,
-    Event,
     resolve_target_and_secret,
     signed_ownership,
     verified_experiment,
@@ -53,7 +52,7 @@ async def _experiment_object(ctx: Context[Any]) -> dict[str, Any] | None:
     ref = ctx.spec.experiment_ref
     if ref is None:
         return None
-    return await ctx.services.watched.experiment(ctx.services.kube, ctx.identity.namespace, ref.name)
+    return await ctx.services.caches.watched.experiment(ctx.services.kube, ctx.identity.namespace, ref.name)
 
 
 def _tracking_for(spec: Any, experiment_obj: dict[str, Any] | None) -> TrackingSpec | None:
@@ -169,13 +168,13 @@ def no_run_can_exist(ctx: Context[Any]) -> bool:
     two processes working at once anyway (which the chart prevents) is not deleted: only
     the twin of a retried POST (same start time) is, when the run is closed."""
     services = ctx.services
-    if services.config.peering is not None or ctx.created_at is None or ctx.identity.uid in services.run_attempts:
+    if services.config.peering is not None or ctx.created_at is None or ctx.identity.uid in services.caches.run_attempts:
         return False
-    return ctx.created_at.timestamp() > services.started_at + CLOCK_MARGIN_SECONDS
+    return ctx.created_at.timestamp() > services.caches.started_at + CLOCK_MARGIN_SECONDS
 
 
-async def register_model(ctx: Context[Any], resolved: Resolved, run: RunInfo, spec: RegisterModelSpec,
-                         events: list[Event]) -> Registration:
+async def register_model(ctx: Context[Any], resolved: Resolved, run: RunInfo,
+                         spec: RegisterModelSpec) -> Registration:
     """Create (once) the model version from the run's logged model and point the aliases at it,
     in a registered model of this namespace only (a TrainingRun's registerModel, a
     TrainingSweep's registerBest). `run` was read and its owner checked (owned_run)."""
@@ -210,17 +209,17 @@ async def register_model(ctx: Context[Any], resolved: Resolved, run: RunInfo, sp
         version = await mlflow.create_model_version(
             target, spec.name, source, run_id, model.model_id, {**spec.tags, **identity.tags()}
         )
-        events.append(("Normal", "ModelRegistered", f"registered {spec.name} version {version.version} "
-                                                      f"from {source}"))
+        ctx.event("Normal", "ModelRegistered", f"registered {spec.name} version {version.version} "
+                                                      f"from {source}")
     # Aliases obey the namespace's promotion policy for this model and are audited, as a
     # RegisteredModel's are; one that stays put does not fail the run.
     actor = promotion.Actor(identity.kind, identity.namespace, identity.name, ctx.metadata.get("generation"),
                             provenance.gitops_source(ctx.metadata))
     evidence = promotions.evidence_reader(ctx.services, target, versions + [version], {run_id: run})
     moves = await promotions.move_aliases(ctx.services, target, identity.namespace, spec.name, spec.aliases,
-                                          version, registered.aliases, evidence, actor, events)
+                                          version, registered.aliases, evidence, actor, ctx.event)
     for why in moves.blocked:
-        events.append(("Warning", "PromotionBlocked", why))
+        ctx.event("Warning", "PromotionBlocked", why)
     uri = f"models:/{spec.name}/{version.version}"
     return Registration({"name": spec.name, "version": version.version, "uri": uri}, moves.blocked)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from mlflow_operator.api.common import (
@@ -22,6 +23,7 @@ from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.logic import provenance, timestamps
 from mlflow_operator.logic import trainingrun as logic
 from mlflow_operator.logic.conditions import (
+    Outcome,
     ReconcileProblem,
     progressing,
     ready,
@@ -32,7 +34,6 @@ from mlflow_operator.reconcilers import common
 from mlflow_operator.reconcilers.common import (
     Context,
     Event,
-    Result,
     Services,
     StatusWriter,
     owned_run,
@@ -46,7 +47,7 @@ from mlflow_operator.reconcilers.runs import (
     register_model,
     resolve_experiment,
 )
-from mlflow_operator.scheduling.priority import urgent
+from mlflow_operator.scheduling.policy import Schedule
 from mlflow_operator.tracking.entities import InvalidRequest, RunInfo
 
 # Set by the Job controller on the pods it creates (and used by its selector).
@@ -68,29 +69,30 @@ def is_closed(spec: TrainingRunSpec, status: dict[str, Any]) -> bool:
     return logic.is_closed(status, registers_model=spec.register_model is not None)
 
 
-async def reconcile_training_run(ctx: Context[TrainingRunSpec]) -> Result:
-    """One step of the stage the run is in (logic.stage_of); the drift check refreshes
-    live metrics while it runs."""
-    services, identity, status, spec = ctx.services, ctx.identity, ctx.status, ctx.spec
+async def reconcile_training_run(ctx: Context[TrainingRunSpec]) -> Outcome:
+    """The step of the stage the run is in (logic.stage_of), scheduled as the step declares
+    (scheduling.policy); the drift check refreshes live metrics while it runs."""
+    services, identity, spec = ctx.services, ctx.identity, ctx.spec
     registers_model = spec.register_model is not None
-    if status.get("runId"):
-        services.run_attempts.discard(identity.uid)  # recorded: memory not needed any more
+    if ctx.status.get("runId"):
+        services.caches.run_attempts.discard(identity.uid)  # recorded: memory not needed any more
     job = await _observed_job(ctx, registers_model)
-    stage = logic.stage_of(status, job, registers_model)
-    if stage in BOOKKEEPING and await services.starts.after_starts(status.get("trackingUri")):
+    step = STEPS[logic.stage_of(ctx.status, job, registers_model)]
+    if await services.dispatcher.waited(step.schedule, ctx.status.get("trackingUri")):
         job = await _observed_job(ctx, registers_model)  # as it is after the wait
-        stage = logic.stage_of(status, job, registers_model)
-    result = await STEPS[stage](ctx, job, ctx.drift_check)
+        step = STEPS[logic.stage_of(ctx.status, job, registers_model)]
+    with services.dispatcher.scheduled(step.schedule):
+        outcome = await step.run(ctx, job)
     if job is not None and job.uid == ctx.status.get("jobUid"):
-        services.handled_jobs.record(identity.uid, services.handled_jobs.signature(job, logic.phase_of(job)))
-    return result
+        services.caches.handled_jobs.record(identity.uid, services.caches.handled_jobs.signature(job, logic.phase_of(job)))
+    return outcome
 
 
 async def _observed_job(ctx: Context[TrainingRunSpec], registers_model: bool) -> JobSnapshot | None:
     """The run's Job as the watch last saw it. When status names a Job the watch has not
     seen (yet), it is read, so a Job is never taken for lost on a watch's delay."""
     kube, identity = ctx.services.kube, ctx.identity
-    job = await ctx.services.watched.job(kube, identity.namespace, identity.name)
+    job = await ctx.services.caches.watched.job(kube, identity.namespace, identity.name)
     known = ctx.status.get("jobUid")
     if known and (job is None or job.uid != known) and not logic.is_closed(ctx.status, registers_model):
         job = await kube.get_job(identity.namespace, identity.name)
@@ -105,59 +107,58 @@ async def _let_deleted_job_go(ctx: Context[TrainingRunSpec], job: JobSnapshot | 
         await ctx.services.kube.remove_job_finalizer(ctx.identity.namespace, ctx.identity.name, logic.JOB_FINALIZER)
 
 
-async def _closed(ctx: Context[TrainingRunSpec], job: JobSnapshot | None, refresh_metrics: bool) -> Result:
+async def _closed(ctx: Context[TrainingRunSpec], job: JobSnapshot | None) -> Outcome:
     await _let_deleted_job_go(ctx, job)
-    return Result(outcome_of_closed(ctx.status))
+    return outcome_of_closed(ctx.status)
 
 
-async def _closing(ctx: Context[TrainingRunSpec], job: JobSnapshot | None, refresh_metrics: bool) -> Result:
+async def _closing(ctx: Context[TrainingRunSpec], job: JobSnapshot | None) -> Outcome:
     """The Job's outcome is recorded: what is left happens in MLflow and needs no Job."""
     await _let_deleted_job_go(ctx, job)
     return await _finish(ctx, await _resolve(ctx))
 
 
-async def _job_ended_step(ctx: Context[TrainingRunSpec], job: JobSnapshot | None, refresh_metrics: bool) -> Result:
+async def _job_ended_step(ctx: Context[TrainingRunSpec], job: JobSnapshot | None) -> Outcome:
     assert job is not None
     return await _job_ended(ctx, job)
 
 
-async def _job_running_step(ctx: Context[TrainingRunSpec], job: JobSnapshot | None, refresh_metrics: bool) -> Result:
+async def _job_running_step(ctx: Context[TrainingRunSpec], job: JobSnapshot | None) -> Outcome:
     assert job is not None
-    return await _in_progress(ctx, job, refresh_metrics)
+    return await _in_progress(ctx, job)
 
 
-async def _starting(ctx: Context[TrainingRunSpec], job: JobSnapshot | None, refresh_metrics: bool) -> Result:
+async def _job_lost_step(ctx: Context[TrainingRunSpec], job: JobSnapshot | None) -> Outcome:
+    return await _job_lost(ctx, await _resolve(ctx))
+
+
+async def _starting(ctx: Context[TrainingRunSpec], job: JobSnapshot | None) -> Outcome:
     """Create what is missing, the run before the Job (its id is recorded in between), then
-    go on with the Job as it is now. Its MLflow calls go before those of closing runs: the
-    Job waits on them."""
-    events: list[Event] = []
-    with urgent():
-        resolved = await _resolve(ctx)
-    with ctx.services.starts.starting(resolved.target.uri):
-        with urgent():
-            run = await _ensure_run(ctx, resolved, job, events)
-        job = await _ensure_job(ctx, resolved, run, job, events)
-    if job is None:  # deleted, finalizer and all, before its outcome was recorded
-        await ctx.checkpoint({})
-        result = await _job_lost(ctx, resolved)
-    elif job.ended:
-        result = await _job_ended(ctx, job, resolved)
-    else:
-        result = await _in_progress(ctx, job, refresh_metrics=False)
-    result.events[:0] = events
-    return result
+    take the step of the stage the run is in with its Job (running, or ended already)."""
+    resolved = await _resolve(ctx)
+    with ctx.services.dispatcher.starts.starting(resolved.target.uri):
+        run = await _ensure_run(ctx, resolved, job)
+        job = await _ensure_job(ctx, resolved, run, job)
+    stage = logic.stage_of(ctx.status, job, ctx.spec.register_model is not None)
+    assert stage in ("job_running", "job_ended"), stage
+    return await STEPS[stage].run(ctx, job)
 
 
-# Steps that wait while other runs are being started (priority.StartsFirst).
-BOOKKEEPING: frozenset[logic.Stage] = frozenset({"job_running", "job_ended", "closing"})
+@dataclass(frozen=True)
+class Step:
+    """What one stage does, and how it is scheduled when the operator is busy."""
 
-Step = Callable[[Context[TrainingRunSpec], JobSnapshot | None, bool], Awaitable[Result]]
+    run: Callable[[Context[TrainingRunSpec], JobSnapshot | None], Awaitable[Outcome]]
+    schedule: Schedule = "normal"
+
+
 STEPS: dict[logic.Stage, Step] = {
-    "closed": _closed,
-    "closing": _closing,
-    "job_ended": _job_ended_step,
-    "job_running": _job_running_step,
-    "starting": _starting,
+    "closed": Step(_closed),
+    "closing": Step(_closing, "bookkeeping"),
+    "job_ended": Step(_job_ended_step, "bookkeeping"),
+    "job_lost": Step(_job_lost_step, "bookkeeping"),
+    "job_running": Step(_job_running_step, "bookkeeping"),
+    "starting": Step(_starting, "start"),
 }
 
 
@@ -179,7 +180,7 @@ def _job_run_id(job: JobSnapshot | None, identity: ObjectIdentity) -> str | None
     return job.labels.get(LABEL_RUN_ID)
 
 
-async def _ensure_run(ctx: Context[TrainingRunSpec], resolved: Resolved, job: JobSnapshot | None, events: list[Event]) -> RunInfo:
+async def _ensure_run(ctx: Context[TrainingRunSpec], resolved: Resolved, job: JobSnapshot | None) -> RunInfo:
     mlflow, target, identity = ctx.services.mlflow, resolved.target, ctx.identity
     known = ctx.status.get("runId")
     if known:
@@ -194,7 +195,7 @@ async def _ensure_run(ctx: Context[TrainingRunSpec], resolved: Resolved, job: Jo
             run = found
         else:
             await _check_job_template(ctx, resolved)
-            ctx.services.run_attempts.add(identity.uid)
+            ctx.services.caches.run_attempts.add(identity.uid)
             run = await mlflow.create_run(
                 target, resolved.experiment_id, logic.run_name(ctx.spec, identity),
                 {**logic.run_tags(ctx.spec, identity, logic.first_image(ctx.spec.template)),
@@ -217,8 +218,8 @@ async def _ensure_run(ctx: Context[TrainingRunSpec], resolved: Resolved, job: Jo
         for duplicate in duplicates:
             await mlflow.set_run_tag(target, duplicate.run_id, DUPLICATE_TAG, run.run_id)
             await mlflow.delete_run(target, duplicate.run_id)
-            events.append(("Normal", "DuplicateRunDeleted",
-                           f"deleted duplicate MLflow run {duplicate.run_id} (kept {run.run_id})"))
+            ctx.event("Normal", "DuplicateRunDeleted",
+                           f"deleted duplicate MLflow run {duplicate.run_id} (kept {run.run_id})")
     missing = {k: v for k, v in ctx.spec.params.items() if run.params.get(k) != v}
     if missing:
         try:
@@ -250,7 +251,7 @@ async def _check_job_template(ctx: Context[TrainingRunSpec], resolved: Resolved)
     anything in MLflow: a bad template should leave no FAILED run behind. A Job of the
     same shape accepted a moment ago is not asked about again (RecentlyAccepted)."""
     credentials = _credential_source(ctx, resolved)
-    accepted = ctx.services.accepted_job_shapes
+    accepted = ctx.services.caches.accepted_job_shapes
     shape = logic.job_shape(ctx.spec, ctx.identity.namespace, resolved.experiment_id, resolved.target.uri,
                             credentials)
     if accepted.accepted(shape):
@@ -266,22 +267,21 @@ async def _check_job_template(ctx: Context[TrainingRunSpec], resolved: Resolved)
     accepted.remember(shape)
 
 
-async def _ensure_job(ctx: Context[TrainingRunSpec], resolved: Resolved, run: RunInfo, job: JobSnapshot | None,
-                      events: list[Event]) -> JobSnapshot | None:
+async def _ensure_job(ctx: Context[TrainingRunSpec], resolved: Resolved, run: RunInfo,
+                      job: JobSnapshot | None) -> JobSnapshot:
+    """The run's Job, created if there is none (no Job's uid is recorded yet: the starting
+    stage), checked to be this TrainingRun's, and recorded."""
     kube, identity = ctx.services.kube, ctx.identity
-    known_uid = ctx.status.get("jobUid")
     if job is None:
-        if known_uid:
-            return None
         body = logic.build_job(ctx.spec, identity, run.run_id, resolved.experiment_id, resolved.target.uri,
                                _credential_source(ctx, resolved))
         try:
             job = await kube.create_job(identity.namespace, body)
             # Its first watch events (pending) bring nothing new: no reconcile for them.
-            ctx.services.handled_jobs.record(identity.uid, ctx.services.handled_jobs.signature(job, "Pending"))
+            ctx.services.caches.handled_jobs.record(identity.uid, ctx.services.caches.handled_jobs.signature(job, "Pending"))
             # One Event for the start: the run (created just before, or by an earlier attempt) and its Job.
-            events.append(("Normal", "JobCreated", f"created Job {identity.name} for MLflow run {run.run_id} in "
-                                                    f"experiment {resolved.experiment_name!r} ({resolved.experiment_id})"))
+            ctx.event("Normal", "JobCreated", f"created Job {identity.name} for MLflow run {run.run_id} in "
+                                                    f"experiment {resolved.experiment_name!r} ({resolved.experiment_id})")
         except KubernetesError as error:
             if error.status != 409:
                 raise _job_rejected(error, "was") or error from None
@@ -294,16 +294,13 @@ async def _ensure_job(ctx: Context[TrainingRunSpec], resolved: Resolved, run: Ru
             "JobConflict", f"a Job named {identity.name!r} exists and is not controlled by this TrainingRun; "
             "the operator leaves it alone: delete or rename it"
         ))
-    if known_uid and job.uid != known_uid:
-        return None  # the Job we created was deleted; this one is a stranger's recreation
-    if known_uid != job.uid:
-        in_job = job.labels.get(LABEL_RUN_ID)
-        if in_job != run.run_id:
-            # Created by an earlier attempt for a twin of this run: the Job's run is the one
-            # (closing the run deletes the other), if that run says it is this object's.
-            confirmed = await _job_run_confirmed(ctx, resolved, job, in_job)
-            ctx.record({"runId": confirmed, "url": resolved.target.run_url(resolved.experiment_id, confirmed)})
-        ctx.record({"jobUid": job.uid, "jobName": identity.name})
+    in_job = job.labels.get(LABEL_RUN_ID)
+    if in_job != run.run_id:
+        # Created by an earlier attempt for a twin of this run: the Job's run is the one
+        # (closing the run deletes the other), if that run says it is this object's.
+        confirmed = await _job_run_confirmed(ctx, resolved, job, in_job)
+        ctx.record({"runId": confirmed, "url": resolved.target.run_url(resolved.experiment_id, confirmed)})
+    ctx.record({"jobUid": job.uid, "jobName": identity.name})
     return job
 
 
@@ -319,24 +316,25 @@ async def _job_run_confirmed(ctx: Context[TrainingRunSpec], resolved: Resolved, 
         "no run is touched: delete the Job"))
 
 
-async def _in_progress(ctx: Context[TrainingRunSpec], state: JobSnapshot, refresh_metrics: bool) -> Result:
+async def _in_progress(ctx: Context[TrainingRunSpec], state: JobSnapshot) -> Outcome:
+    """The Job is pending or running; a drift check copies the run's live metrics."""
     phase = logic.phase_of(state, ctx.status.get("phase"))
-    update: dict[str, Any] = {"phase": phase}
+    ctx.record({"phase": phase})
     if state.start_time:
-        update["startTime"] = timestamps.rfc3339(state.start_time)
-    if phase == "Running" and refresh_metrics and ctx.status.get("runId"):
+        ctx.record({"startTime": timestamps.rfc3339(state.start_time)})
+    if phase == "Running" and ctx.drift_check and ctx.status.get("runId"):
         resolved = await _resolve(ctx)
         run = await ctx.services.mlflow.get_run(resolved.target, ctx.status["runId"])
         if run is not None:
-            update["metrics"] = run.metrics
-            update["primaryMetric"] = logic.primary_metric_text(run.metrics, ctx.spec.primary_metric)
+            ctx.record({"metrics": run.metrics,
+                        "primaryMetric": logic.primary_metric_text(run.metrics, ctx.spec.primary_metric)})
     run_id = ctx.status.get("runId")
     if phase == "Running":
         # The Job's events and the refresh timer carry it on from here.
-        return Result(progressing("Running", f"MLflow run {run_id} is running in Job {ctx.identity.name}",
-                                             awaited=True, expected=True), update)
-    return Result(progressing("JobPending", f"Job {ctx.identity.name} is waiting for its pod to run",
-                                         awaited=True, expected=True), update)
+        return progressing("Running", f"MLflow run {run_id} is running in Job {ctx.identity.name}",
+                           awaited=True, expected=True)
+    return progressing("JobPending", f"Job {ctx.identity.name} is waiting for its pod to run",
+                       awaited=True, expected=True)
 
 
 # --------------------------------------------------------------------------- closing
@@ -350,7 +348,7 @@ def _pod_failure_reasons(pods: list[PodSnapshot]) -> list[str]:
     return reasons
 
 
-async def _job_ended(ctx: Context[TrainingRunSpec], state: JobSnapshot, resolved: Resolved | None = None) -> Result:
+async def _job_ended(ctx: Context[TrainingRunSpec], state: JobSnapshot, resolved: Resolved | None = None) -> Outcome:
     """The Job finished, or is being deleted: record its outcome in status first, then let
     the Job go (its finalizer held it until now), then close the run in MLflow."""
     # The pods say why a Job failed, and what the run ran on (pod, node, image digest).
@@ -362,14 +360,13 @@ async def _job_ended(ctx: Context[TrainingRunSpec], state: JobSnapshot, resolved
         "completionTime": timestamps.rfc3339(ended.completion_time),
         "jobOutcome": {"phase": ended.phase, "reason": ended.reason, "message": ended.message},
     }
+    ctx.record(outcome)
     if state.deleting:
         # The Job is going (a TTL, by hand): its outcome is written before it is let go.
-        await ctx.checkpoint(outcome)
+        await ctx.checkpoint("job-outcome")
         await _let_deleted_job_go(ctx, state)
-    else:
-        # The Job stays (its finalizer too, until the TrainingRun is deleted): a crash before
-        # the outcome is written finds the Job ended again.
-        ctx.record(outcome)
+    # Otherwise the Job stays (its finalizer too, until the TrainingRun is deleted): a crash
+    # before the outcome is written finds the Job ended again.
     ran_on = provenance.pod_run_tags(pods, logic.first_container_name(ctx.spec.template))
     return await _finish(ctx, resolved or await _resolve(ctx), ran_on)
 
@@ -382,18 +379,19 @@ async def _pods_of(ctx: Context[TrainingRunSpec], job: JobSnapshot) -> list[PodS
     return [pod for pod in pods if pod.controller_uid == job.uid]
 
 
-async def _job_lost(ctx: Context[TrainingRunSpec], resolved: Resolved) -> Result:
+async def _job_lost(ctx: Context[TrainingRunSpec], resolved: Resolved) -> Outcome:
     """The Job is gone and its outcome was never recorded (it was created without the
     finalizer, or the finalizer was removed by hand): the run was cut short."""
-    await ctx.checkpoint({
+    ctx.record({
         "completionTime": ctx.status.get("completionTime") or timestamps.now_rfc3339(),
         "jobOutcome": {"phase": "Failed", "reason": "JobDeleted",
                        "message": f"Job {ctx.identity.name} was deleted before its outcome was recorded"},
     })
+    await ctx.checkpoint("job-outcome")
     return await _finish(ctx, resolved)
 
 
-async def _finish(ctx: Context[TrainingRunSpec], resolved: Resolved, ran_on: dict[str, str] | None = None) -> Result:
+async def _finish(ctx: Context[TrainingRunSpec], resolved: Resolved, ran_on: dict[str, str] | None = None) -> Outcome:
     """Close the MLflow run from the recorded outcome (never from what the container
     reported), with the tags that say what it ran on; copy its metrics, and register the
     model of a successful run."""
@@ -403,7 +401,6 @@ async def _finish(ctx: Context[TrainingRunSpec], resolved: Resolved, ran_on: dic
     run_id, phase = status["runId"], recorded.get("phase") or status["phase"]
     reason = recorded.get("reason") or ("Succeeded" if phase == "Succeeded" else "JobFailed")
     run_status = status.get("runStatus") or logic.final_run_status(phase, reason)
-    update: dict[str, Any] = {}
     run: RunInfo | None = None
     if not status.get("runStatus"):
         run = await _run_to_close(ctx, resolved, run_id)
@@ -413,24 +410,23 @@ async def _finish(ctx: Context[TrainingRunSpec], resolved: Resolved, ran_on: dic
         end_ms = timestamps.millis(timestamps.parse(status.get("completionTime"))) or int(time.time() * 1000)
         if run.status != run_status or run.end_time is None:
             await mlflow.set_run_status(target, run_id, run_status, run.end_time or end_ms)
-        update = {"phase": phase, "runStatus": run_status, "metrics": run.metrics,
-                  "primaryMetric": logic.primary_metric_text(run.metrics, ctx.spec.primary_metric)}
+        ctx.record({"phase": phase, "runStatus": run_status, "metrics": run.metrics,
+                    "primaryMetric": logic.primary_metric_text(run.metrics, ctx.spec.primary_metric)})
     if phase == "Failed":
         message = f"{recorded.get('message') or 'Job failed'}; MLflow run {run_id} marked {run_status}"
         # The outcome becomes a Warning event through the condition transition.
-        return Result(stalled(reason, message), update)
+        return stalled(reason, message)
     if ctx.spec.register_model is None:
-        return Result(ready("Succeeded", f"MLflow run {run_id} FINISHED"), update,
-                                 [("Normal", "Succeeded", f"MLflow run {run_id} FINISHED")])
-    if update:
-        # Worth keeping even if registration fails below.
-        await ctx.checkpoint(update)
-    events: list[Event] = []
+        ctx.event("Normal", "Succeeded", f"MLflow run {run_id} FINISHED")
+        return ready("Succeeded", f"MLflow run {run_id} FINISHED")
+    # Worth keeping even if registration fails below.
+    await ctx.checkpoint("run-closed")
     run = run or await owned_run(ctx.services, target, run_id, ctx.identity)
-    registration = await register_model(ctx, resolved, run, ctx.spec.register_model, events)
+    registration = await register_model(ctx, resolved, run, ctx.spec.register_model)
     message = f"MLflow run {run_id} FINISHED; {registration.describe()}"
-    events.append(("Normal", "Succeeded", message))
-    return Result(ready("Succeeded", message), {**update, "modelVersion": registration.version}, events)
+    ctx.record({"modelVersion": registration.version})
+    ctx.event("Normal", "Succeeded", message)
+    return ready("Succeeded", message)
 
 
 async def _run_to_close(ctx: Context[TrainingRunSpec], resolved: Resolved, run_id: str) -> RunInfo:

@@ -21,12 +21,11 @@ from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.logic import provenance, timestamps
 from mlflow_operator.logic import trainingrun as run_logic
 from mlflow_operator.logic import trainingsweep as logic
-from mlflow_operator.logic.conditions import ReconcileProblem, progressing, ready, stalled
+from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
 from mlflow_operator.reconcilers import common
 from mlflow_operator.reconcilers.common import (
     Context,
     Event,
-    Result,
     Services,
     StatusWriter,
     owned_run,
@@ -60,30 +59,30 @@ def _parse_sweep(raw_spec: Any) -> TrainingSweepSpec:
     return spec
 
 
-async def reconcile_training_sweep(ctx: Context[TrainingSweepSpec]) -> Result:
+async def reconcile_training_sweep(ctx: Context[TrainingSweepSpec]) -> Outcome:
     spec, status = ctx.spec, ctx.status
     # Closed as a TrainingRun is: ended, the (parent) run closed, the model registered if asked.
     if run_logic.is_closed(status, registers_model=spec.register_best is not None):
-        return Result(outcome_of_closed(status))
+        return outcome_of_closed(status)
     total = logic.trial_count(spec)
     resolved = await resolve_experiment(ctx, run_field=RUN_FIELD)
     parent_run_id = await _ensure_parent_run(ctx, resolved)
     trials = await _trials(ctx)
     plan = logic.plan(total, trials, spec.parallelism, spec.max_failed_trials)
-    events = [await _create_trial(ctx, index, parent_run_id) for index in plan.create]
+    for index in plan.create:
+        await _create_trial(ctx, index, parent_run_id)
     best = logic.best_trial(trials, spec.objective.metric, spec.objective.goal)
-    update: dict[str, Any] = {"phase": "Running", "trials": plan.counts.as_status()}
+    ctx.record({"phase": "Running", "trials": plan.counts.as_status()})
     if best is not None:
-        update["bestTrial"] = _best_status(best, spec.objective.metric)
+        ctx.record({"bestTrial": _best_status(best, spec.objective.metric)})
     if not plan.over:
         counts = plan.counts
         message = (f"{counts.succeeded + counts.failed}/{counts.total} trials done ({counts.failed} failed), "
                    f"{plan.unfinished} started and not ended (parallelism {spec.parallelism})")
         if plan.stopped_because:
             message += f"; {plan.stopped_because}: no further trials start"
-        return Result(progressing("Running", message, awaited=True, expected=True), update,
-                      [e for e in events if e is not None])
-    return await _close(ctx, resolved, parent_run_id, plan, best, update)
+        return progressing("Running", message, awaited=True, expected=True)
+    return await _close(ctx, resolved, parent_run_id, plan, best)
 
 
 def _best_status(best: logic.TrialView, metric: str) -> dict[str, Any]:
@@ -101,7 +100,7 @@ async def _ensure_parent_run(ctx: Context[TrainingSweepSpec], resolved: Resolved
         target, resolved.experiment_id, TAG_UID, identity.uid)
     run, duplicates = run_logic.canonical_run(runs)
     if run is None:
-        ctx.services.run_attempts.add(identity.uid)
+        ctx.services.caches.run_attempts.add(identity.uid)
         run = await mlflow.create_run(
             target, resolved.experiment_id, ctx.spec.run_name or identity.name,
             {**logic.parent_run_tags(ctx.spec, identity), **provenance.source_run_tags(ctx.metadata)},
@@ -110,7 +109,7 @@ async def _ensure_parent_run(ctx: Context[TrainingSweepSpec], resolved: Resolved
     for duplicate in duplicates:  # twins of a retried create_run POST
         await mlflow.set_run_tag(target, duplicate.run_id, DUPLICATE_TAG, run.run_id)
         await mlflow.delete_run(target, duplicate.run_id)
-    await ctx.checkpoint({
+    ctx.record({
         "phase": "Running",
         RUN_FIELD: run.run_id,
         "experimentId": resolved.experiment_id,
@@ -119,6 +118,7 @@ async def _ensure_parent_run(ctx: Context[TrainingSweepSpec], resolved: Resolved
         "url": target.run_url(resolved.experiment_id, run.run_id),
         "startTime": timestamps.now_rfc3339(),
     })
+    await ctx.checkpoint("parent-run")
     ctx.event("Normal", "Started", f"created parent MLflow run {run.run_id} in experiment "
                                    f"{resolved.experiment_name!r} ({resolved.experiment_id})")
     return run.run_id
@@ -143,7 +143,7 @@ async def _trials(ctx: Context[TrainingSweepSpec]) -> dict[int, logic.TrialView]
     return trials
 
 
-async def _create_trial(ctx: Context[TrainingSweepSpec], index: int, parent_run_id: str) -> Event | None:
+async def _create_trial(ctx: Context[TrainingSweepSpec], index: int, parent_run_id: str) -> None:
     spec, identity, kube = ctx.spec, ctx.identity, ctx.services.kube
     params = logic.trial_params(spec, index, logic.seed_source(spec, identity.uid))
     body = logic.trial_body(spec, identity, ctx.metadata, index, params, parent_run_id)
@@ -158,13 +158,13 @@ async def _create_trial(ctx: Context[TrainingSweepSpec], index: int, parent_run_
             raise ReconcileProblem(stalled(
                 "TrialConflict", f"a TrainingRun named {name!r} exists and is not a trial of this TrainingSweep; "
                 "delete or rename it")) from None
-        return None  # created by an earlier attempt
+        return  # created by an earlier attempt
     shown = ", ".join(f"{name}={params[name]}" for name in sorted(spec.parameters))
-    return ("Normal", "TrialCreated", f"created trial {name} ({shown})")
+    ctx.event("Normal", "TrialCreated", f"created trial {name} ({shown})")
 
 
 async def _close(ctx: Context[TrainingSweepSpec], resolved: Resolved, parent_run_id: str, plan: logic.Plan,
-                 best: logic.TrialView | None, update: dict[str, Any]) -> Result:
+                 best: logic.TrialView | None) -> Outcome:
     """Every trial has ended: the parent run gets the best trial's params and objective
     metric and ends FINISHED, or FAILED when too many trials failed or none is usable; then
     the best model is registered."""
@@ -189,26 +189,24 @@ async def _close(ctx: Context[TrainingSweepSpec], resolved: Resolved, parent_run
                 metrics={metric: best.metrics[metric]})
         if run.status != run_status or run.end_time is None:
             await mlflow.set_run_status(target, parent_run_id, run_status, run.end_time or int(time.time() * 1000))
-        update.update(runStatus=run_status, completionTime=timestamps.now_rfc3339())
-    update["phase"] = "Failed" if failure else "Succeeded"
+        ctx.record({"runStatus": run_status, "completionTime": timestamps.now_rfc3339()})
+    ctx.record({"phase": "Failed" if failure else "Succeeded"})
     summary = f"{counts.succeeded} of {counts.total} trials succeeded"
     if failure:
         reason, message = failure
-        return Result(stalled(reason, f"{message}; {summary}; parent MLflow run {parent_run_id} marked FAILED"),
-                      update)
+        return stalled(reason, f"{message}; {summary}; parent MLflow run {parent_run_id} marked FAILED")
     assert best is not None
     message = f"best trial {best.name} ({metric}={best.metrics[metric]:.6g}); {summary}"
-    events: list[Event] = []
     if spec.register_best is not None:
-        await ctx.checkpoint(update)  # kept even if registration fails below
+        await ctx.checkpoint("run-closed")  # kept even if registration fails below
         assert best.run_id is not None
         trial = ObjectIdentity(kind="TrainingRun", namespace=ctx.identity.namespace, name=best.name, uid=best.uid)
         best_run = await owned_run(ctx.services, target, best.run_id, trial, f"trial {best.name}'s MLflow run")
-        registration = await register_model(ctx, resolved, best_run, spec.register_best, events)
-        update["modelVersion"] = registration.version
+        registration = await register_model(ctx, resolved, best_run, spec.register_best)
+        ctx.record({"modelVersion": registration.version})
         message += f"; {registration.describe()}"
-    events.append(("Normal", "Succeeded", message))
-    return Result(ready("Succeeded", message), update, events)
+    ctx.event("Normal", "Succeeded", message)
+    return ready("Succeeded", message)
 
 
 # --------------------------------------------------------------------------- deletion
