@@ -14,7 +14,7 @@ import itertools
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-from mlflow_operator.cluster.snapshots import JobSnapshot, PodSnapshot
+from mlflow_operator.cluster.snapshots import ContainerImage, JobSnapshot, PodSnapshot
 from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.logic.signing import KeyRing
 from mlflow_operator.tracking.entities import (
@@ -71,6 +71,8 @@ class FakeKube:
         self.writes = writes
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.jobs: dict[tuple[str, str], JobSnapshot] = {}
+        # Pods by namespace, with the labels they carry (what the Job controller makes).
+        self.pods: dict[str, list[tuple[dict[str, str], PodSnapshot]]] = {}
         self.jobs_created = 0
         self._versions = itertools.count(1)
         self._uids = itertools.count(1)
@@ -86,6 +88,14 @@ class FakeKube:
     async def get_object(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         found = self.objects.get((plural, namespace, name))
         return copy.deepcopy(found) if found is not None else None
+
+    async def create_object(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        metadata = body["metadata"]
+        if (plural, namespace, metadata["name"]) in self.objects:
+            raise KubernetesError(409, "AlreadyExists", f"{plural} {metadata['name']} already exists")
+        created = self.add_object(plural, copy.deepcopy({**body, "metadata": {**metadata, "namespace": namespace}}))
+        self.writes.record(f"create_object {plural}/{metadata['name']}")
+        return copy.deepcopy(created)
 
     async def list_objects(self, plural: str, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
         wanted = dict(part.split("=", 1) for part in label_selector.split(",") if part)
@@ -150,7 +160,18 @@ class FakeKube:
         self.writes.record(f"remove_job_finalizer {name}")
 
     async def list_pods(self, namespace: str, label_selector: str) -> list[PodSnapshot]:
-        return []
+        wanted = dict(part.split("=", 1) for part in label_selector.split(",") if part)
+        return [pod for labels, pod in self.pods.get(namespace, [])
+                if all(labels.get(key) == value for key, value in wanted.items())]
+
+    def run_pod(self, namespace: str, job_name: str, node: str = "node-1") -> None:
+        """What the Job controller and the kubelet do for a Job: one pod, labelled with the
+        Job's controller uid, its container started from the template's image."""
+        job = self.jobs[(namespace, job_name)]
+        labels = {"batch.kubernetes.io/controller-uid": job.uid, "job-name": job_name}
+        pod = PodSnapshot(name=f"{job_name}-pod", controller_uid=job.uid, node=node,
+                          containers=(ContainerImage("train", "churn-train:1", "churn-train@sha256:1"),))
+        self.pods.setdefault(namespace, []).append((labels, pod))
 
     def finish_job(self, namespace: str, name: str) -> None:
         """What the Job controller does when the container exits 0."""
@@ -206,6 +227,10 @@ class FakeMlflow:
         self.experiments[experiment_id] = ExperimentInfo(experiment_id, name, "active", artifact_location, dict(tags))
         self.writes.record(f"create_experiment {name}")
         return experiment_id
+
+    async def delete_experiment(self, target: TrackingTarget, experiment_id: str) -> None:
+        self.experiments[experiment_id] = replace(self.experiments[experiment_id], lifecycle_stage="deleted")
+        self.writes.record(f"delete_experiment {experiment_id}")
 
     async def set_experiment_tag(self, target: TrackingTarget, experiment_id: str, key: str, value: str) -> None:
         experiment = self.experiments[experiment_id]
@@ -274,6 +299,11 @@ class FakeMlflow:
         self.versions[name] = []
         self.writes.record(f"create_registered_model {name}")
         return self.models[name]
+
+    async def delete_registered_model(self, target: TrackingTarget, name: str) -> None:
+        self.models.pop(name, None)
+        self.versions.pop(name, None)
+        self.writes.record(f"delete_registered_model {name}")
 
     async def set_registered_model_tag(self, target: TrackingTarget, name: str, key: str, value: str) -> None:
         model = self.models[name]

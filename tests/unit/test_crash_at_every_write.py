@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import kopf
 import pytest
 
 from mlflow_operator.api.common import TAG_UID
@@ -24,11 +26,10 @@ from mlflow_operator.caches import Caches
 from mlflow_operator.handlers import common as handlers_common
 from mlflow_operator.handlers.experiment import EXPERIMENT
 from mlflow_operator.handlers.registeredmodel import REGISTERED_MODEL
-from mlflow_operator.handlers.trainingrun import _reconcile
+from mlflow_operator.handlers.trainingrun import TRAINING_RUN, _reconcile
+from mlflow_operator.handlers.trainingsweep import TRAINING_SWEEP
 from mlflow_operator.logic import timestamps
-from mlflow_operator.logic.conditions import ReconcileProblem
 from mlflow_operator.reconcilers.common import Services
-from mlflow_operator.reconcilers.trainingrun import kill_training_run
 from mlflow_operator.runtime.config import OperatorConfig
 from mlflow_operator.scheduling.priority import URGENT
 from mlflow_operator.tracking.entities import ExperimentInfo
@@ -58,12 +59,17 @@ class World:
     def job_controller_and_container(self) -> None:
         """A Job that exists runs its container: it logs the model into the run it was
         started for, ends it FINISHED, and the Job completes."""
-        job = self.kube.jobs.get((NAMESPACE, NAME))
+        self.run_job(NAME)
+
+    def run_job(self, name: str) -> None:
+        job = self.kube.jobs.get((NAMESPACE, name))
         if job is None or job.finished is not None or job.deleting:
             return
+        if not self.kube.pods.get(NAMESPACE):
+            self.kube.run_pod(NAMESPACE, name)
         run_id = job.labels[LABEL_RUN_ID]
         self.mlflow.container_logs_model(run_id)
-        self.kube.finish_job(NAMESPACE, NAME)
+        self.kube.finish_job(NAMESPACE, name)
 
 
 def new_world() -> World:
@@ -152,13 +158,15 @@ def test_a_clean_lifecycle_makes_each_external_write_once():
         # The container ended the run FINISHED and the Job succeeded: no status write to MLflow.
         # The Job keeps its finalizer until the TrainingRun is deleted: no write to let it go.
         "create_run", "log_params_and_tags", "create_job churn-rf",
+        # What the run ran on (pod, node, image digest), from the Job's pod, when it is closed.
+        "log_params_and_tags",
         f"create_registered_model {MODEL}", f"create_model_version {MODEL}", "set_alias champion",
         # The alias move's audit record on the version (when, by whom, the previous holder).
         *(f"set_model_version_tag mlflow.operator.dev/alias.champion.{key}" for key in ("at", "by", "previous")),
     ]
     # Three status writes: the start (run and Job), the Job's outcome with the run closed (a
-    # checkpoint before registering), the registered version: the crash test covers all 12.
-    assert len(writes) == 12
+    # checkpoint before registering), the registered version: the crash test covers all 13.
+    assert len(writes) == 13
 
 
 def test_a_crash_after_any_write_leaves_one_run_one_job_one_version_and_success():
@@ -258,31 +266,211 @@ def test_the_mlflow_calls_that_start_a_run_go_first_and_those_after_its_job_do_n
     assert urgent_writes[f"create_model_version {MODEL}"] is False  # after the Job ended
 
 
-def deleting_with_run(world: World, run_id: str) -> dict[str, Any]:
-    """The TrainingRun as its deletion reads it: started, its status naming `run_id`."""
-    body = copy.deepcopy(world.kube.objects[("trainingruns", NAMESPACE, NAME)])
+def deleting_with_run(world: World, run_id: str) -> None:
+    """The TrainingRun being deleted, started, its status naming `run_id`."""
+    body = world.kube.objects[("trainingruns", NAMESPACE, NAME)]
+    body["metadata"]["deletionTimestamp"] = timestamps.now_rfc3339()
     body["status"] = {"phase": "Running", "runId": run_id, "experimentId": "1", "experimentName": f"{NAMESPACE}/exp",
                       "trackingUri": "http://mlflow:5000"}
-    return body
 
 
-def test_deleting_a_run_whose_status_names_another_objects_run_touches_no_run():
+async def delete_until_done(world: World, kind: handlers_common.Kind[Any], plural: str, name: str,
+                            steps: int = 10) -> None:
+    """Run the kind's deletion step as kopf would: again after a retry, or after a crash in
+    a new process, until it lets the object go."""
+    for retry in range(steps):
+        body = copy.deepcopy(world.kube.objects[(plural, NAMESPACE, name)])
+        body["metadata"].setdefault("deletionTimestamp", timestamps.now_rfc3339())
+        try:
+            await handlers_common.delete_and_report(kind, body=body, memo=world.memo, logger=LOGGER, retry=retry)
+            return
+        except Crash:
+            world.restart_operator()
+        except kopf.TemporaryError:
+            pass
+    raise AssertionError(f"{plural}/{name}: deletion not done after {steps} attempts")
+
+
+def test_deleting_a_run_whose_status_names_another_objects_run_touches_no_run(events_posted):
     """Status is the operator's, but the run it names must still say it is this object's:
     a run tagged with another uid is refused (RunConflict) and left RUNNING."""
     world = new_world()
     theirs = asyncio.run(world.mlflow.create_run(None, "1", "theirs", {TAG_UID: "another-uid"}, 0))  # type: ignore[arg-type]
-    services = world.memo["services"]
-    with pytest.raises(ReconcileProblem) as refused:
-        asyncio.run(kill_training_run(services, deleting_with_run(world, theirs.run_id)))
-    assert refused.value.outcome.reason == "RunConflict"
+    deleting_with_run(world, theirs.run_id)
+    asyncio.run(delete_until_done(world, TRAINING_RUN, "trainingruns", NAME))
+    [abandoned] = [e for e in events_posted if e[1] == "CleanupAbandoned"]
+    assert "RunConflict" in abandoned[2]
     assert world.mlflow.runs[theirs.run_id].status == "RUNNING"
 
 
-def test_deleting_a_run_whose_mlflow_run_was_deleted_by_hand_leaves_quietly():
+def test_deleting_a_run_whose_mlflow_run_was_deleted_by_hand_leaves_quietly(events_posted):
     world = new_world()
     uid = world.kube.objects[("trainingruns", NAMESPACE, NAME)]["metadata"]["uid"]
     ours = asyncio.run(world.mlflow.create_run(None, "1", NAME, {TAG_UID: uid}, 0))  # type: ignore[arg-type]
     asyncio.run(world.mlflow.delete_run(None, ours.run_id))  # type: ignore[arg-type]
-    event = asyncio.run(kill_training_run(world.memo["services"], deleting_with_run(world, ours.run_id)))
-    assert event is not None and event[1] == "Killed"
+    deleting_with_run(world, ours.run_id)
+    asyncio.run(delete_until_done(world, TRAINING_RUN, "trainingruns", NAME))
+    assert [e[1] for e in events_posted] == ["Killed"]
     assert world.mlflow.runs[ours.run_id].status == "RUNNING"  # deleted in MLflow: nothing to close
+
+
+
+
+# --------------------------------------------------------------------------- TrainingSweep
+
+SWEEP, BEST_MODEL = "sweep", "churn-best"
+
+
+def sweep_world() -> World:
+    world = new_world()
+    del world.kube.objects[("trainingruns", NAMESPACE, NAME)]
+    world.kube.add_object("trainingsweeps", {
+        "apiVersion": "mlflow.operator.dev/v1alpha1", "kind": "TrainingSweep",
+        "metadata": {"namespace": NAMESPACE, "name": SWEEP},
+        "spec": {
+            "experimentRef": {"name": "exp"},
+            "parameters": {"a": {"values": ["1", "2"]}},
+            "objective": {"metric": "accuracy"},
+            "parallelism": 2,
+            "template": {"spec": {"containers": [{"name": "train", "image": "churn-train:1"}]}},
+            "registerBest": {"name": BEST_MODEL, "aliases": ["champion"]},
+        },
+    })
+    world.writes.log.clear()
+    return world
+
+
+def sweep_status(world: World) -> dict[str, Any]:
+    return world.kube.objects[("trainingsweeps", NAMESPACE, SWEEP)].get("status") or {}
+
+
+def trials_of(world: World) -> list[dict[str, Any]]:
+    return [body for (plural, _, name), body in world.kube.objects.items()
+            if plural == "trainingruns" and name.startswith(f"{SWEEP}-")]
+
+
+async def run_sweep_to_the_end(world: World, steps: int = 30) -> None:
+    """The sweep and its trials reconciled as the operator's watches would, each trial's
+    container logging its objective (a/10) and model; the operator restarted after a crash."""
+    for _ in range(steps):
+        try:
+            body = world.kube.objects[("trainingsweeps", NAMESPACE, SWEEP)]
+            await handlers_common.reconcile_and_report(TRAINING_SWEEP, body={"metadata": dict(body["metadata"])},
+                                                       memo=world.memo, logger=LOGGER, retry=None)
+            for trial in trials_of(world):
+                await handlers_common.reconcile_and_report(TRAINING_RUN, body={"metadata": dict(trial["metadata"])},
+                                                           memo=world.memo, logger=LOGGER, retry=None)
+        except Crash:
+            world.restart_operator()
+            continue
+        for trial in trials_of(world):
+            job = world.kube.jobs.get((NAMESPACE, trial["metadata"]["name"]))
+            if job is not None and job.finished is None:
+                run_id = job.labels[LABEL_RUN_ID]
+                run = world.mlflow.runs[run_id]
+                world.mlflow.runs[run_id] = dataclasses.replace(
+                    run, metrics={"accuracy": int(trial["spec"]["params"]["a"]) / 10})
+                world.run_job(trial["metadata"]["name"])
+        if sweep_status(world).get("phase") == "Succeeded" and sweep_status(world).get("modelVersion"):
+            return
+    raise AssertionError(f"sweep: no end after {steps} rounds; status {sweep_status(world)}")
+
+
+def test_a_crash_after_any_write_of_a_sweep_leaves_one_parent_run_one_run_per_trial_and_the_best_registered():
+    clean = sweep_world()
+    asyncio.run(run_sweep_to_the_end(clean))
+    assert "create_object trainingruns/sweep-0" in clean.writes.log
+    for crash_at in range(1, len(clean.writes.log) + 1):
+        world = sweep_world()
+        world.writes.crash_at = crash_at
+        asyncio.run(run_sweep_to_the_end(world))
+        context = f"sweep: crash after write {crash_at} ({world.writes.log[crash_at - 1]})"
+        sweep_uid = world.kube.objects[("trainingsweeps", NAMESPACE, SWEEP)]["metadata"]["uid"]
+        [parent] = [r for r in world.mlflow.runs.values() if r.tags.get(TAG_UID) == sweep_uid]
+        trials = trials_of(world)
+        assert sorted(t["metadata"]["name"] for t in trials) == ["sweep-0", "sweep-1"], context
+        for trial in trials:
+            runs = [r for r in world.mlflow.runs.values() if r.tags.get(TAG_UID) == trial["metadata"]["uid"]]
+            assert len(runs) == 1 and runs[0].tags.get("mlflow.parentRunId") == parent.run_id, context
+        status = sweep_status(world)
+        assert status["bestTrial"]["params"] == {"a": "2"} and parent.status == "FINISHED", context
+        assert [v.version for v in world.mlflow.versions[BEST_MODEL]] == ["1"], context
+        assert world.mlflow.models[BEST_MODEL].aliases == {"champion": "1"}, context
+
+
+# --------------------------------------------------------------------------- deletion
+
+
+def started_world() -> World:
+    """A TrainingRun whose Job is running (its container has not ended)."""
+    world = new_world()
+    body = world.kube.objects[("trainingruns", NAMESPACE, NAME)]
+    asyncio.run(_reconcile({"metadata": dict(body["metadata"])}, world.memo, LOGGER, retry=None))
+    assert world.kube.jobs.get((NAMESPACE, NAME)) is not None
+    world.writes.log.clear()
+    return world
+
+
+def test_a_crash_after_any_write_of_a_training_runs_deletion_kills_its_run_once_and_lets_its_job_go(events_posted):
+    clean = started_world()
+    asyncio.run(delete_until_done(clean, TRAINING_RUN, "trainingruns", NAME))
+    assert clean.writes.log == ["delete_job churn-rf", "remove_job_finalizer churn-rf", "set_run_status KILLED"]
+    for crash_at in range(1, len(clean.writes.log) + 1):
+        world = started_world()
+        events_posted.clear()
+        world.writes.crash_at = crash_at
+        asyncio.run(delete_until_done(world, TRAINING_RUN, "trainingruns", NAME))
+        context = f"crash after write {crash_at} ({world.writes.log[crash_at - 1]})"
+        assert (NAMESPACE, NAME) not in world.kube.jobs, context
+        run_id = world.status["runId"]
+        assert world.mlflow.runs[run_id].status == "KILLED", context
+        assert [e[1] for e in events_posted] == ["Killed"], context
+        assert world.writes.log.count("set_run_status KILLED") == 1, context
+
+
+def sweep_started_world() -> World:
+    world = sweep_world()
+    body = world.kube.objects[("trainingsweeps", NAMESPACE, SWEEP)]
+    asyncio.run(handlers_common.reconcile_and_report(TRAINING_SWEEP, body={"metadata": dict(body["metadata"])},
+                                                     memo=world.memo, logger=LOGGER, retry=None))
+    assert sweep_status(world).get("parentRunId")
+    world.writes.log.clear()
+    return world
+
+
+def test_a_crash_after_any_write_of_a_sweeps_deletion_kills_its_parent_run_once(events_posted):
+    clean = sweep_started_world()
+    asyncio.run(delete_until_done(clean, TRAINING_SWEEP, "trainingsweeps", SWEEP))
+    assert clean.writes.log == ["set_run_status KILLED"]
+    for crash_at in range(1, len(clean.writes.log) + 1):
+        world = sweep_started_world()
+        events_posted.clear()
+        world.writes.crash_at = crash_at
+        asyncio.run(delete_until_done(world, TRAINING_SWEEP, "trainingsweeps", SWEEP))
+        assert world.mlflow.runs[sweep_status(world)["parentRunId"]].status == "KILLED"
+        assert [e[1] for e in events_posted] == ["Killed"]
+
+
+@pytest.mark.parametrize("plural", sorted(SYNCED))
+def test_a_crash_after_any_write_of_a_synced_kinds_deletion_deletes_its_entity_once(plural, events_posted):
+    def ready_world() -> World:
+        world = synced_world(plural)
+        world.kube.objects[(plural, NAMESPACE, "synced")]["spec"]["deletionPolicy"] = "Delete"
+        asyncio.run(reconcile_synced_until_ready(world, plural))
+        world.writes.log.clear()
+        return world
+
+    kind, _ = SYNCED[plural]
+    clean = ready_world()
+    events_posted.clear()
+    asyncio.run(delete_until_done(clean, kind, plural, "synced"))
+    assert len(clean.writes.log) == 1 and clean.writes.log[0].startswith("delete_")
+    assert [e[1] for e in events_posted] == ["Deleted"]
+    for crash_at in range(1, len(clean.writes.log) + 1):
+        world = ready_world()
+        events_posted.clear()
+        world.writes.crash_at = crash_at
+        asyncio.run(delete_until_done(world, kind, plural, "synced"))
+        assert [e for e in entities_of(world, plural) if not getattr(e, "deleted", False)] == []
+        # The process that deleted it died before saying so; the next finds nothing to delete.
+        assert events_posted == []

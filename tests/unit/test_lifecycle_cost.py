@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import logging
 
 from mlflow_operator.caches.jobs import HandledJobs
@@ -183,16 +184,23 @@ def test_a_reconcile_that_waited_for_the_deletion_leaves_the_object_alone(monkey
     as_last_seen = copy.deepcopy(stored)  # holds the operator's last write: no read needed
     logger = logging.getLogger("test")
 
-    async def delete_step(services, fresh):
-        await asyncio.sleep(0.05)  # the reconcile below arrives meanwhile and waits
-
     async def scenario():
+        in_deletion, let_go = asyncio.Event(), asyncio.Event()
+
+        async def delete_step(ctx):
+            in_deletion.set()
+            await let_go.wait()  # until the reconcile below waits for the object's lock
+
         deleting = asyncio.create_task(handlers_common.delete_and_report(
-            plural="experiments", body=copy.deepcopy(stored), memo=memo, logger=logger, retry=0,
-            delete=delete_step, what="deletionPolicy Delete"))
-        await asyncio.sleep(0.01)
-        waited = await handlers_common.reconcile_and_report(EXPERIMENT, body=as_last_seen, memo=memo, logger=logger)
+            dataclasses.replace(EXPERIMENT, delete=delete_step), body=copy.deepcopy(stored), memo=memo,
+            logger=logger, retry=0))
+        await in_deletion.wait()
+        reconciling = asyncio.create_task(
+            handlers_common.reconcile_and_report(EXPERIMENT, body=as_last_seen, memo=memo, logger=logger))
+        await asyncio.sleep(0)  # it runs until it waits: nothing before the lock awaits anything else
+        assert not reconciling.done()
+        let_go.set()
         await deleting
-        return waited
+        return await reconciling
 
     assert asyncio.run(scenario()) is None

@@ -53,6 +53,9 @@ class Kind(Generic[SpecT]):
     plural: str
     parse: Callable[[Any], SpecT]
     reconcile: Callable[[Context[SpecT]], Awaitable[Outcome]]
+    # The deletion step (before kopf lets the object go), with what it does for the log.
+    delete: Callable[[Context[SpecT]], Awaitable[None]]
+    deleting: str
     # Condition types besides Ready/Reconciling/Stalled that the kind sets and clears.
     managed_extra: tuple[str, ...] = ()
     # Status fields written with a failed outcome, from the status read (TrainingRun: Pending).
@@ -396,8 +399,6 @@ def register_lifecycle_kind(
     kind: Kind[Any],
     *,
     is_open: Callable[..., bool],
-    delete: Callable[[Services, dict[str, Any]], Awaitable[Event | None]],
-    what: str,
 ) -> None:
     """Handlers for a kind that works through to an end (TrainingRun, TrainingSweep):
     reconcile on create/update/resume; while `is_open`, a timer (live progress, and what is
@@ -418,22 +419,20 @@ def register_lifecycle_kind(
 
     @kopf.on.delete(*resource, id="delete", timeout=DELETE_TIMEOUT_SECONDS, registry=registry)
     async def deleted(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
-        await delete_and_report(plural=kind.plural, body=body, memo=memo, logger=logger, retry=retry,
-                                delete=delete, what=what)
+        await delete_and_report(kind, body=body, memo=memo, logger=logger, retry=retry)
 
 
 async def delete_and_report(
+    kind: Kind[Any],
     *,
-    plural: str,
     body: Any,
     memo: Any,
     logger: logging.Logger | logging.LoggerAdapter,
     retry: int,
-    delete: Callable[[Services, dict[str, Any]], Awaitable[Event | None]],
-    what: str,
     budget_seconds: float = CLEANUP_BUDGET_SECONDS,
 ) -> None:
-    """Run a kind's deletion step under the object's lock, on a fresh read.
+    """Run a kind's deletion step under the object's lock, on a fresh read, through the same
+    Context as a reconcile (parsed spec, status as read, ownership checks in the step).
 
     Waiting on something that will end (open runs) is retried quietly. A failure that
     passes (an outage) is one Warning Event, then retried with backoff until `budget_seconds`
@@ -445,9 +444,12 @@ async def delete_and_report(
     with reconciling(body.get("kind", "")):
         state = object_state(memo, metadata["uid"])
         async with state.lock:
-            fresh = await services.kube.get_object(plural, metadata["namespace"], metadata["name"]) or body
+            fresh = await services.kube.get_object(kind.plural, metadata["namespace"], metadata["name"]) or body
+            ctx: Context[Any] | None = None
             try:
-                event = await delete(services, fresh)
+                ctx = _deletion_context(kind, services, fresh)
+                await kind.delete(ctx)
+                events = list(ctx.events)
             except (ReconcileProblem, TrackingError, KubernetesError) as error:
                 outcome = outcome_for_error(error)
                 spent = timestamps.seconds_since(fresh["metadata"].get("deletionTimestamp"))
@@ -455,15 +457,24 @@ async def delete_and_report(
                     if retry == 0:
                         post_events(fresh, [("Normal" if outcome.expected else "Warning",
                                              outcome.reason if outcome.expected else "DeleteFailed", outcome.message)])
-                    raise kopf.TemporaryError(f"{what}: {outcome.message}",
+                    raise kopf.TemporaryError(f"{kind.deleting}: {outcome.message}",
                                               delay=retry_delay(retry, services.config.drift_interval)) from None
-                event = ("Warning", "CleanupAbandoned",
-                         f"{what} gave up, MLflow left as it is: {outcome.reason}: {outcome.message}")
+                events = [*(ctx.events if ctx else []), ("Warning", "CleanupAbandoned",
+                          f"{kind.deleting} gave up, MLflow left as it is: {outcome.reason}: {outcome.message}")]
             state.deleted = True  # kopf lets the object go now
-        if event:
-            post_events(fresh, [event])
-            (logger.warning if event[0] == "Warning" else logger.info)(event[2])
+        post_events(fresh, events)
+        for type_, _, message in events:
+            (logger.warning if type_ == "Warning" else logger.info)(message)
     forget_object(memo, metadata["uid"])
+
+
+def _deletion_context(kind: Kind[Any], services: Services, fresh: Any) -> Context[Any]:
+    metadata = fresh["metadata"]
+    writer = StatusWriter(services.kube, kind.plural, metadata["namespace"], metadata["name"],
+                          metadata.get("resourceVersion"))
+    return Context(services, ObjectIdentity.from_body(fresh), parse_spec(kind.parse, fresh.get("spec")),
+                   dict(fresh.get("status") or {}), writer, created_at=timestamps.parse(metadata.get("creationTimestamp")),
+                   metadata=metadata, cleanup=True)
 
 
 def cleanup_keeps_trying(outcome: Outcome, spent_seconds: float, budget_seconds: float) -> bool:

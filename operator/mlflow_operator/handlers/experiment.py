@@ -12,7 +12,8 @@ from mlflow_operator.handlers.synced import register_synced_kind
 from mlflow_operator.reconcilers.experiment import delete_experiment, experiment_in_sync, reconcile_experiment
 from mlflow_operator.runtime.config import OperatorConfig
 
-EXPERIMENT = Kind(KIND, PLURAL, ExperimentSpec.parse, reconcile_experiment)
+EXPERIMENT = Kind(KIND, PLURAL, ExperimentSpec.parse, reconcile_experiment, delete_experiment,
+                  "deletionPolicy Delete")
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig, wake_when_ready: tuple[Wake, ...] = ()) -> None:
@@ -26,5 +27,5 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig, wake_when_
             for wake in wake_when_ready:
                 await wake(body, memo, logger)
 
-    register_synced_kind(registry, config, EXPERIMENT, delete=delete_experiment, in_sync=experiment_in_sync,
+    register_synced_kind(registry, config, EXPERIMENT, in_sync=experiment_in_sync,
                          seen=experiment_seen)

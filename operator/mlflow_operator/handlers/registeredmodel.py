@@ -16,9 +16,9 @@ from mlflow_operator.reconcilers.registeredmodel import (
 from mlflow_operator.runtime.config import OperatorConfig
 
 REGISTERED_MODEL = Kind(KIND, PLURAL, RegisteredModelSpec.parse, reconcile_registered_model,
-                        managed_extra=EXTRA_CONDITIONS)
+                        delete_registered_model, "deletionPolicy Delete", managed_extra=EXTRA_CONDITIONS)
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    register_synced_kind(registry, config, REGISTERED_MODEL, delete=delete_registered_model,
+    register_synced_kind(registry, config, REGISTERED_MODEL,
                          in_sync=registered_model_in_sync)

@@ -17,7 +17,7 @@ from mlflow_operator.handlers.common import (
     services_of,
 )
 from mlflow_operator.handlers.drift import start_drift_passes
-from mlflow_operator.reconcilers.common import Event, Services
+from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.runtime import kopf_adapter
 from mlflow_operator.runtime.config import OperatorConfig
 from mlflow_operator.runtime.metrics import reconciling
@@ -44,7 +44,6 @@ def register_synced_kind(
     registry: kopf.OperatorRegistry,
     config: OperatorConfig,
     kind: Kind[Any],
-    delete: Callable[[Services, dict[str, Any]], Awaitable[Event | None]],
     in_sync: Callable[[Services, Any], Awaitable[bool]] | None = None,
     seen: Seen | None = None,
 ) -> None:
@@ -84,5 +83,4 @@ def register_synced_kind(
 
     @kopf.on.delete(*resource, id="delete", timeout=DELETE_TIMEOUT_SECONDS, registry=registry)
     async def deleted(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
-        await delete_and_report(plural=kind.plural, body=body, memo=memo, logger=logger, retry=retry,
-                                delete=delete, what="deletionPolicy Delete")
+        await delete_and_report(kind, body=body, memo=memo, logger=logger, retry=retry)

@@ -38,8 +38,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
 
     # Changes, the refresh timer while open (live metrics; what is left after the Job's last
     # event, e.g. closing the run or registering the model after an MLflow outage), deletion.
-    register_lifecycle_kind(registry, config, TRAINING_RUN, is_open=needs_refresh, delete=kill_training_run,
-                            what="closing the run")
+    register_lifecycle_kind(registry, config, TRAINING_RUN, is_open=needs_refresh)
 
     # Training Jobs only, selected by the API server (settings.watching.label_selectors).
     @kopf.on.event("batch", "v1", "jobs", id="job", labels={LABEL_TRAINING_RUN: kopf.PRESENT}, registry=registry)
@@ -140,8 +139,8 @@ def needs_refresh(body: Any, **_: Any) -> bool:
     return needs_job_events(body) and not stalled_for(status, WAITS_FOR_SPEC)
 
 
-TRAINING_RUN = Kind(KIND, PLURAL, parse_spec, reconcile_training_run, status_on_error=pending_until_started,
-                    written=_written)
+TRAINING_RUN = Kind(KIND, PLURAL, parse_spec, reconcile_training_run, kill_training_run, "closing the run",
+                    status_on_error=pending_until_started, written=_written)
 
 
 async def _reconcile(body: Any, memo: Any, logger: Any, retry: int | None,

@@ -34,8 +34,7 @@ from mlflow_operator.runtime.config import OperatorConfig
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     # Changes, the refresh timer while open (what is left after an outage, a trial event
     # missed while the operator was down), deletion (closing the parent run).
-    register_lifecycle_kind(registry, config, TRAINING_SWEEP, is_open=sweep_open, delete=kill_training_sweep,
-                            what="closing the parent run")
+    register_lifecycle_kind(registry, config, TRAINING_SWEEP, is_open=sweep_open)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="watch", registry=registry)
     async def training_sweep_seen(body: kopf.Body, memo: kopf.Memo, type: str | None = None, **_: Any) -> None:
@@ -80,7 +79,8 @@ def sweep_open(body: kopf.Body, **_: Any) -> bool:
     return not is_closed(status, registers_model) and not stalled_for(status, WAITS_FOR_SPEC)
 
 
-TRAINING_SWEEP = Kind(KIND, PLURAL, parse_spec, reconcile_training_sweep, status_on_error=pending_until_started)
+TRAINING_SWEEP = Kind(KIND, PLURAL, parse_spec, reconcile_training_sweep, kill_training_sweep,
+                      "closing the parent run", status_on_error=pending_until_started)
 
 
 async def _reconcile(body: Any, memo: kopf.Memo, logger: Any, retry: int | None) -> None:

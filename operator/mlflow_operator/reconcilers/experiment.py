@@ -13,10 +13,8 @@ from mlflow_operator.logic import ownership
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
 from mlflow_operator.reconcilers.common import (
     Context,
-    Event,
     Services,
     owner_alive,
-    parse_spec,
     resolve_target,
     shared_page_candidate,
     signed_ownership,
@@ -189,21 +187,20 @@ async def _open_training_runs(services: Services, namespace: str, experiment_id:
     )
 
 
-async def delete_experiment(services: Services, body: dict[str, Any]) -> Event | None:
-    """Apply deletionPolicy when the object is deleted. Returns an Event to post, if any."""
-    identity = ObjectIdentity.from_body(body)
-    status = dict(body.get("status") or {})
-    spec = parse_spec(ExperimentSpec.parse, body.get("spec"))
-    experiment_id = status.get("experimentId")
+async def delete_experiment(ctx: Context[ExperimentSpec]) -> None:
+    """Apply deletionPolicy when the object is deleted."""
+    services, identity, spec = ctx.services, ctx.identity, ctx.spec
+    experiment_id = ctx.status.get("experimentId")
     if spec.deletion_policy != "Delete" or not experiment_id:
-        return None
+        return
     target = await resolve_target(services, identity.namespace, spec.tracking, cleanup=True)
     experiment = verified_experiment(services, target, await services.mlflow.get_experiment(target, experiment_id))
     if experiment is None or experiment.deleted:
-        return None
+        return
     if not ownership.may_delete(experiment.tags, identity):
-        return ("Warning", "DeleteSkipped", f"MLflow experiment {experiment_id} is not owned by this object "
-                f"(owner: {ownership.describe_owner(experiment.tags)}); left in place")
+        ctx.event("Warning", "DeleteSkipped", f"MLflow experiment {experiment_id} is not owned by this object "
+                  f"(owner: {ownership.describe_owner(experiment.tags)}); left in place")
+        return
     open_runs = await _open_training_runs(services, identity.namespace, experiment_id)
     if open_runs:
         # Runs in a deleted experiment can no longer be closed: delete it once they are.
@@ -214,4 +211,4 @@ async def delete_experiment(services: Services, body: dict[str, Any]) -> Event |
             expected=True,
         ))
     await services.mlflow.delete_experiment(target, experiment_id)
-    return ("Normal", "Deleted", f"soft-deleted MLflow experiment {experiment.name!r} (id {experiment_id})")
+    ctx.event("Normal", "Deleted", f"soft-deleted MLflow experiment {experiment.name!r} (id {experiment_id})")

@@ -14,11 +14,9 @@ from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progress
 from mlflow_operator.reconcilers import promotions
 from mlflow_operator.reconcilers.common import (
     Context,
-    Event,
     EventSink,
     Services,
     owner_alive,
-    parse_spec,
     resolve_target,
     shared_page_candidate,
     signed_ownership,
@@ -276,19 +274,19 @@ async def _apply_change(mlflow: MlflowGateway, target: TrackingTarget, desired: 
             assert_never(unknown)
 
 
-async def delete_registered_model(services: Services, body: dict[str, Any]) -> Event | None:
+async def delete_registered_model(ctx: Context[RegisteredModelSpec]) -> None:
     """deletionPolicy Delete removes the registered model and every version (a hard delete)."""
-    identity = ObjectIdentity.from_body(body)
-    spec = parse_spec(RegisteredModelSpec.parse, body.get("spec"))
+    services, identity, spec = ctx.services, ctx.identity, ctx.spec
     if spec.deletion_policy != "Delete":
-        return None
+        return
     name = logic.desired_model(spec, identity).name
     target = await resolve_target(services, identity.namespace, spec.tracking, cleanup=True)
     model = verified_model(services, target, await services.mlflow.get_registered_model(target, name))
     if model is None:
-        return None
+        return
     if not ownership.may_delete(model.tags, identity):
-        return ("Warning", "DeleteSkipped", f"registered model {name!r} is not owned by this object "
-                f"(owner: {ownership.describe_owner(model.tags)}); left in place")
+        ctx.event("Warning", "DeleteSkipped", f"registered model {name!r} is not owned by this object "
+                  f"(owner: {ownership.describe_owner(model.tags)}); left in place")
+        return
     await services.mlflow.delete_registered_model(target, name)
-    return ("Normal", "Deleted", f"deleted registered model {name!r} and all its versions from MLflow")
+    ctx.event("Normal", "Deleted", f"deleted registered model {name!r} and all its versions from MLflow")

@@ -17,7 +17,7 @@ from mlflow_operator.api.common import (
     TAG_UID,
     ObjectIdentity,
 )
-from mlflow_operator.api.trainingrun import LABEL_RUN_ID, PLURAL, TrainingRunSpec
+from mlflow_operator.api.trainingrun import LABEL_RUN_ID, TrainingRunSpec
 from mlflow_operator.cluster.snapshots import JobSnapshot, PodSnapshot
 from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.logic import provenance, timestamps
@@ -33,9 +33,6 @@ from mlflow_operator.logic.trainingsweep import trial_run_tags
 from mlflow_operator.reconcilers import common
 from mlflow_operator.reconcilers.common import (
     Context,
-    Event,
-    Services,
-    StatusWriter,
     owned_run,
     owned_run_to_close,
 )
@@ -449,13 +446,11 @@ async def _run_to_close(ctx: Context[TrainingRunSpec], resolved: Resolved, run_i
 # --------------------------------------------------------------------------- deletion
 
 
-async def kill_training_run(services: Services, body: dict[str, Any]) -> Event | None:
+async def kill_training_run(ctx: Context[TrainingRunSpec]) -> None:
     """The object is being deleted: its Job is removed (with its pods) and a run still open is
     closed: FINISHED or FAILED if the Job had ended (its outcome is never lost), otherwise
     KILLED. A run closed earlier is kept as it is."""
-    identity = ObjectIdentity.from_body(body)
-    status = dict(body.get("status") or {})
-    kube = services.kube
+    services, identity, status, kube = ctx.services, ctx.identity, ctx.status, ctx.services.kube
     job = await kube.get_job(identity.namespace, identity.name)
     if job is not None and not job.controlled_by(identity.uid):
         job = None  # a stranger's Job of the same name: left alone
@@ -464,8 +459,8 @@ async def kill_training_run(services: Services, body: dict[str, Any]) -> Event |
         await kube.delete_job(identity.namespace, identity.name, propagation="Background", uid=job.uid)
         await kube.remove_job_finalizer(identity.namespace, identity.name, logic.JOB_FINALIZER)
     run_id = status.get("runId")
-    if not run_id or status.get("runStatus") in ("FINISHED", "FAILED", "KILLED"):
-        return None
+    if not run_id or status.get("runStatus") in logic.CLOSED_RUN_STATUSES:
+        return
     if status.get("jobOutcome"):
         phase, reason = status["jobOutcome"].get("phase", "Failed"), status["jobOutcome"].get("reason", "")
     elif state is not None and state.finished:
@@ -474,13 +469,12 @@ async def kill_training_run(services: Services, body: dict[str, Any]) -> Event |
     else:
         phase, reason = "Failed", "Killed"
     run_status = logic.final_run_status(phase, reason)
-    spec = parse_spec(body.get("spec"))
-    writer = StatusWriter(kube, PLURAL, identity.namespace, identity.name, None)
-    resolved = await _resolve(Context(services, identity, spec, status, writer, cleanup=True))
+    resolved = await _resolve(ctx)
     run = await owned_run_to_close(services, resolved.target, run_id, identity)
     if run is not None and (run.status != run_status or run.end_time is None):
         await services.mlflow.set_run_status(resolved.target, run_id, run_status,
                                              run.end_time or int(time.time() * 1000))
     if run_status == "KILLED":
-        return ("Normal", "Killed", f"deleted mid-run: MLflow run {run_id} marked KILLED; Job deleted")
-    return ("Normal", "Closed", f"deleted after its Job ended: MLflow run {run_id} marked {run_status}")
+        ctx.event("Normal", "Killed", f"deleted mid-run: MLflow run {run_id} marked KILLED; Job deleted")
+    else:
+        ctx.event("Normal", "Closed", f"deleted after its Job ended: MLflow run {run_id} marked {run_status}")

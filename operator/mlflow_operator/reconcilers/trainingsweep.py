@@ -16,7 +16,7 @@ from typing import Any
 
 from mlflow_operator.api.common import TAG_UID, ObjectIdentity
 from mlflow_operator.api.trainingrun import PLURAL as TRAINING_RUNS
-from mlflow_operator.api.trainingsweep import LABEL_SWEEP, PLURAL, TrainingSweepSpec
+from mlflow_operator.api.trainingsweep import LABEL_SWEEP, TrainingSweepSpec
 from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.logic import provenance, timestamps
 from mlflow_operator.logic import trainingrun as run_logic
@@ -25,9 +25,6 @@ from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progress
 from mlflow_operator.reconcilers import common
 from mlflow_operator.reconcilers.common import (
     Context,
-    Event,
-    Services,
-    StatusWriter,
     owned_run,
     owned_run_to_close,
 )
@@ -212,20 +209,16 @@ async def _close(ctx: Context[TrainingSweepSpec], resolved: Resolved, parent_run
 # --------------------------------------------------------------------------- deletion
 
 
-async def kill_training_sweep(services: Services, body: dict[str, Any]) -> Event | None:
+async def kill_training_sweep(ctx: Context[TrainingSweepSpec]) -> None:
     """The sweep is being deleted: its trials go with it (ownerReferences; each one's run is
     closed KILLED by its own deletion) and a parent run still open is closed KILLED."""
-    identity = ObjectIdentity.from_body(body)
-    status = dict(body.get("status") or {})
+    services, identity, status = ctx.services, ctx.identity, ctx.status
     run_id = status.get(RUN_FIELD)
     if not run_id or status.get("runStatus"):
-        return None
-    spec = parse_spec(body.get("spec"))
-    writer = StatusWriter(services.kube, PLURAL, identity.namespace, identity.name, None)
-    resolved = await resolve_experiment(Context(services, identity, spec, status, writer, cleanup=True),
-                                        run_field=RUN_FIELD)
+        return
+    resolved = await resolve_experiment(ctx, run_field=RUN_FIELD)
     run = await owned_run_to_close(services, resolved.target, run_id, identity, "parent MLflow run")
     if run is not None and run.status not in run_logic.CLOSED_RUN_STATUSES:
         await services.mlflow.set_run_status(resolved.target, run_id, "KILLED", int(time.time() * 1000))
-    return ("Normal", "Killed", f"deleted mid-sweep: parent MLflow run {run_id} marked KILLED; its trials are "
-                                "deleted with it")
+    ctx.event("Normal", "Killed", f"deleted mid-sweep: parent MLflow run {run_id} marked KILLED; its trials are "
+                                  "deleted with it")
