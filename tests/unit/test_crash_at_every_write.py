@@ -192,7 +192,7 @@ def test_a_crash_after_any_write_leaves_one_run_one_job_one_version_and_success(
 
 # --------------------------------------------------------------------------- the synced kinds
 
-SYNCED: dict[str, tuple[handlers_common.Kind[Any], dict[str, Any]]] = {
+SYNCED: dict[str, tuple[handlers_common.Kind[Any, Any], dict[str, Any]]] = {
     "experiments": (EXPERIMENT, {"name": "team-a/churn", "tags": {"team": "a"}}),
     "registeredmodels": (REGISTERED_MODEL, {"name": "fraud", "description": "fraud detector", "tags": {"team": "a"}}),
 }
@@ -274,7 +274,7 @@ def deleting_with_run(world: World, run_id: str) -> None:
                       "trackingUri": "http://mlflow:5000"}
 
 
-async def delete_until_done(world: World, kind: handlers_common.Kind[Any], plural: str, name: str,
+async def delete_until_done(world: World, kind: handlers_common.Kind[Any, Any], plural: str, name: str,
                             steps: int = 10) -> None:
     """Run the kind's deletion step as kopf would: again after a retry, or after a crash in
     a new process, until it lets the object go."""

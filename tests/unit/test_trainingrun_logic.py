@@ -3,7 +3,7 @@
 import pytest
 
 from mlflow_operator.api.common import ObjectIdentity
-from mlflow_operator.api.trainingrun import TrainingRunSpec
+from mlflow_operator.api.trainingrun import TrainingRunSpec, TrainingRunStatus
 from mlflow_operator.cluster.snapshots import JobSnapshot
 from mlflow_operator.logic.conditions import ReconcileProblem
 from mlflow_operator.logic.trainingrun import (
@@ -177,40 +177,45 @@ def test_primary_metric_text():
 # --------------------------------------------------------------------------- stages
 
 
+def stage(status: dict, job: JobSnapshot | None, registers_model: bool) -> str:
+    """The stage of a TrainingRun whose stored status is `status`."""
+    return stage_of(TrainingRunStatus.model_validate(status), job, registers_model)
+
+
 def test_a_run_not_started_is_starting_whatever_job_has_the_name():
-    assert stage_of({}, None, registers_model=False) == "starting"
-    assert stage_of({}, state(), registers_model=False) == "starting"
+    assert stage({}, None, registers_model=False) == "starting"
+    assert stage({}, state(), registers_model=False) == "starting"
 
 
 def test_a_recorded_run_whose_job_is_gone_or_another_has_lost_its_job():
-    assert stage_of({"runId": "r", "jobUid": "old"}, state(), registers_model=False) == "job_lost"
-    assert stage_of({"runId": "r", "jobUid": "old"}, None, registers_model=False) == "job_lost"
+    assert stage({"runId": "r", "jobUid": "old"}, state(), registers_model=False) == "job_lost"
+    assert stage({"runId": "r", "jobUid": "old"}, None, registers_model=False) == "job_lost"
 
 
 def test_a_recorded_run_whose_job_is_not_recorded_yet_is_starting():
-    assert stage_of({"runId": "r"}, state(), registers_model=False) == "starting"
+    assert stage({"runId": "r"}, state(), registers_model=False) == "starting"
 
 
 def test_a_recorded_run_with_its_job_follows_the_job():
     status = {"runId": "r", "jobUid": "j"}
-    assert stage_of(status, state(active=1), registers_model=False) == "job_running"
-    assert stage_of(status, state(finished=("Complete", "", "")), registers_model=False) == "job_ended"
-    assert stage_of(status, state(deleting=True), registers_model=False) == "job_ended"
+    assert stage(status, state(active=1), registers_model=False) == "job_running"
+    assert stage(status, state(finished=("Complete", "", "")), registers_model=False) == "job_ended"
+    assert stage(status, state(deleting=True), registers_model=False) == "job_ended"
 
 
 def test_a_recorded_outcome_is_closing_with_or_without_the_job():
     status = {"runId": "r", "jobUid": "j", "jobOutcome": {"phase": "Succeeded"}}
-    assert stage_of(status, None, registers_model=False) == "closing"
-    assert stage_of(status, state(finished=("Complete", "", "")), registers_model=False) == "closing"
+    assert stage(status, None, registers_model=False) == "closing"
+    assert stage(status, state(finished=("Complete", "", "")), registers_model=False) == "closing"
 
 
 def test_a_succeeded_run_is_closed_only_once_its_model_is_registered():
     status = {"runId": "r", "phase": "Succeeded", "runStatus": "FINISHED"}
-    assert stage_of(status, None, registers_model=False) == "closed"
-    assert stage_of(status, None, registers_model=True) == "closing"
-    assert stage_of({**status, "modelVersion": {"version": "1"}}, None, registers_model=True) == "closed"
+    assert stage(status, None, registers_model=False) == "closed"
+    assert stage(status, None, registers_model=True) == "closing"
+    assert stage({**status, "modelVersion": {"version": "1"}}, None, registers_model=True) == "closed"
 
 
 def test_a_failed_run_is_closed_once_its_run_status_is_written():
-    assert stage_of({"runId": "r", "phase": "Failed"}, None, registers_model=True) == "closing"
-    assert stage_of({"runId": "r", "phase": "Failed", "runStatus": "FAILED"}, None, registers_model=True) == "closed"
+    assert stage({"runId": "r", "phase": "Failed"}, None, registers_model=True) == "closing"
+    assert stage({"runId": "r", "phase": "Failed", "runStatus": "FAILED"}, None, registers_model=True) == "closed"

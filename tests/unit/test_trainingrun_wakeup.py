@@ -1,7 +1,8 @@
 """TrainingRuns waiting for their Experiment are found by what the watch has seen, not by retries."""
 
 from mlflow_operator.caches.watches import Waiting
-from mlflow_operator.handlers.common import experiment_ready, waiting_for_experiment
+from mlflow_operator.handlers.common import experiment_ready
+from mlflow_operator.handlers.trainingrun import run_waiting_for_experiment
 
 
 def run(status: dict | None = None, ref: str | None = "exp") -> dict:
@@ -10,15 +11,15 @@ def run(status: dict | None = None, ref: str | None = "exp") -> dict:
 
 
 def test_a_run_not_started_waits_for_the_experiment_it_names():
-    assert waiting_for_experiment(run()) == ("team-a", "exp")
+    assert run_waiting_for_experiment(run()) == ("team-a", "exp")
 
 
 def test_a_started_run_waits_for_nothing():
-    assert waiting_for_experiment(run({"runId": "abc"})) is None
+    assert run_waiting_for_experiment(run({"runId": "abc"})) is None
 
 
 def test_a_run_without_an_experiment_ref_waits_for_no_object():
-    assert waiting_for_experiment(run(ref=None)) is None
+    assert run_waiting_for_experiment(run(ref=None)) is None
 
 
 def test_an_experiment_wakes_runs_only_when_ready_with_an_id():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
 
 GROUP = "mlflow.operator.dev"
 VERSION = "v1alpha1"
@@ -86,3 +87,47 @@ class ObjectIdentity(Model):
 
     def tags(self) -> dict[str, str]:
         return {TAG_NAMESPACE: self.namespace, TAG_NAME: self.name, TAG_UID: self.uid, TAG_KIND: self.kind}
+
+
+# --------------------------------------------------------------------------- status
+
+
+class StatusModel(BaseModel):
+    """Base for status models: the CRD's camelCase names, Python names in code. What a read
+    holds that the model does not know (a field an older operator wrote) is ignored, and
+    every field has a default, so that any status the API server let through can be read
+    (handlers filter events on it). A model built with some fields is a patch of those
+    fields only (Context.record)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+    def as_patch(self) -> dict[str, Any]:
+        """The fields this model was built with, as a JSON merge patch (None removes one)."""
+        return self.model_dump(by_alias=True, exclude_unset=True, mode="json")
+
+
+class Status(StatusModel):
+    """What every kind's status has: the generation its conditions are about, and the
+    conditions (written by the handlers, from the outcome)."""
+
+    observed_generation: int | None = None
+    conditions: list[dict[str, Any]] = Field(default_factory=list)
+
+    @classmethod
+    def of(cls, body: Any) -> Any:
+        """The status of an object's body (a kopf body, a read, a watch event)."""
+        return cls.model_validate(dict((body or {}).get("status") or {}))
+
+    def condition(self, type_: str) -> dict[str, Any] | None:
+        return next((c for c in self.conditions if c.get("type") == type_), None)
+
+    def is_true(self, type_: str) -> bool:
+        found = self.condition(type_)
+        return found is not None and found.get("status") == "True"
+
+
+class TrackedStatus(Status):
+    """Every kind's status: the tracking server the object is bound to, and its link in the UI."""
+
+    tracking_uri: str | None = None
+    url: str | None = None

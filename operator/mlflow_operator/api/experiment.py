@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from mlflow_operator.api.common import MlflowName, Model, SpecTags, TrackingSpec
+from mlflow_operator.api.common import MlflowName, Model, SpecTags, TrackedStatus, TrackingSpec
 
 PLURAL = "experiments"
 KIND = "Experiment"
@@ -29,3 +29,12 @@ class ExperimentSpec(Model):
 def default_experiment_name(namespace: str, name: str) -> str:
     """MLflow name of an Experiment without spec.name: unique per cluster, readable in the UI."""
     return f"{namespace}/{name}"
+
+
+class ExperimentStatus(TrackedStatus):
+    experiment_id: str | None = None
+    experiment_name: str | None = None
+    lifecycle_stage: str | None = None
+    artifact_location: str | None = None
+    # The spec tag keys this object last set (removed from MLflow when the spec drops them).
+    managed_tags: list[str] = Field(default_factory=list)

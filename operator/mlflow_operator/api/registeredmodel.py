@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from mlflow_operator.api.common import MlflowName, Model, SpecTags, TrackingSpec
+from mlflow_operator.api.common import MlflowName, Model, SpecTags, StatusModel, TrackedStatus, TrackingSpec
 
 PLURAL = "registeredmodels"
 KIND = "RegisteredModel"
@@ -82,3 +82,36 @@ def default_model_name(name: str) -> str:
     """MLflow name of a RegisteredModel without spec.name: its metadata.name (MLflow model
     names cannot contain '/', so the namespace cannot be part of it as for experiments)."""
     return name
+
+
+class VersionStatus(StatusModel):
+    version: str = ""
+    stage: str | None = None
+    aliases: list[str] = Field(default_factory=list)
+    run_id: str | None = None
+    source: str | None = None
+    status: str | None = None
+    description: str | None = None
+
+
+class PromotionStatus(StatusModel):
+    alias: str | None = None
+    version: str | None = None
+    previous_version: str | None = None
+    at: str | None = None
+    by: str | None = None
+    source_revision: str | None = None
+
+
+class RegisteredModelStatus(TrackedStatus):
+    model_name: str | None = None
+    version_count: int | None = None
+    alias_summary: str | None = None
+    aliases: dict[str, str] = Field(default_factory=dict)
+    versions: list[VersionStatus] = Field(default_factory=list)
+    last_promotion: PromotionStatus | None = None
+    # What this object declared and set, so that it may later remove exactly that.
+    managed_tags: list[str] = Field(default_factory=list)
+    managed_aliases: list[str] = Field(default_factory=list)
+    managed_version_tags: dict[str, list[str]] | None = None
+    missing_versions: list[str] | None = None

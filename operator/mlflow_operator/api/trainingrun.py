@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from mlflow_operator.api.common import MlflowName, Model, SpecTags, TrackingSpec
+from mlflow_operator.api.common import MlflowName, Model, SpecTags, StatusModel, TrackedStatus, TrackingSpec
 
 PLURAL = "trainingruns"
 KIND = "TrainingRun"
@@ -59,3 +59,33 @@ class TrainingRunSpec(InExperiment):
     @classmethod
     def parse(cls, spec: Any) -> "TrainingRunSpec":
         return cls.model_validate(dict(spec or {}))
+
+
+class JobOutcomeStatus(StatusModel):
+    """How the Job ended, recorded before the run is closed (the job-outcome checkpoint)."""
+
+    phase: str = ""
+    reason: str = ""
+    message: str = ""
+
+
+class ModelVersionStatus(StatusModel):
+    name: str = ""
+    version: str = ""
+    uri: str = ""
+
+
+class TrainingRunStatus(TrackedStatus):
+    phase: str | None = None
+    run_id: str | None = None
+    experiment_id: str | None = None
+    experiment_name: str | None = None
+    job_name: str | None = None
+    job_uid: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    run_status: str | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
+    primary_metric: str | None = None
+    model_version: ModelVersionStatus | None = None
+    job_outcome: JobOutcomeStatus | None = None

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from mlflow_operator.api.common import Model
-from mlflow_operator.api.trainingrun import InExperiment, RegisterModelSpec
+from mlflow_operator.api.common import Model, StatusModel, TrackedStatus
+from mlflow_operator.api.trainingrun import InExperiment, ModelVersionStatus, RegisterModelSpec
 
 PLURAL = "trainingsweeps"
 KIND = "TrainingSweep"
@@ -62,3 +62,34 @@ class TrainingSweepSpec(InExperiment):
     @classmethod
     def parse(cls, spec: Any) -> "TrainingSweepSpec":
         return cls.model_validate(dict(spec or {}))
+
+
+class TrialCounts(StatusModel):
+    total: int = 0
+    pending: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    progress: str = ""
+
+
+class BestTrialStatus(StatusModel):
+    name: str = ""
+    index: int = 0
+    run_id: str | None = None
+    params: dict[str, str] = Field(default_factory=dict)
+    metric: str = ""
+    value: float | None = None
+
+
+class TrainingSweepStatus(TrackedStatus):
+    phase: str | None = None
+    parent_run_id: str | None = None
+    experiment_id: str | None = None
+    experiment_name: str | None = None
+    start_time: str | None = None
+    completion_time: str | None = None
+    run_status: str | None = None
+    trials: TrialCounts | None = None
+    best_trial: BestTrialStatus | None = None
+    model_version: ModelVersionStatus | None = None

@@ -20,7 +20,8 @@ from typing import Any, Awaitable, Callable, Generic
 
 import kopf
 
-from mlflow_operator.api.common import GROUP, VERSION, ObjectIdentity
+from mlflow_operator.api.common import GROUP, VERSION, ObjectIdentity, Status
+from mlflow_operator.api.experiment import ExperimentStatus
 from mlflow_operator.caches.watches import Waiting
 from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.logic import timestamps
@@ -32,7 +33,16 @@ from mlflow_operator.logic.conditions import (
     progressing,
     stalled,
 )
-from mlflow_operator.reconcilers.common import Context, Event, Services, SpecT, StatusWriter, parse_spec
+from mlflow_operator.reconcilers.common import (
+    Context,
+    Event,
+    Services,
+    SpecT,
+    StatusT,
+    StatusWriter,
+    parse_spec,
+    parse_status,
+)
 from mlflow_operator.runtime import kopf_adapter
 from mlflow_operator.runtime.config import OperatorConfig
 from mlflow_operator.runtime.kopf_adapter import HandledGenerations
@@ -45,16 +55,17 @@ def _no_status(status: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Kind(Generic[SpecT]):
+class Kind(Generic[SpecT, StatusT]):
     """How the handlers reconcile one kind: every kind follows this one contract (a parsed
     spec in a Context, one Outcome, errors mapped to outcomes in one place, here)."""
 
     name: str
     plural: str
     parse: Callable[[Any], SpecT]
-    reconcile: Callable[[Context[SpecT]], Awaitable[Outcome]]
+    status_type: type[StatusT]
+    reconcile: Callable[[Context[SpecT, StatusT]], Awaitable[Outcome]]
     # The deletion step (before kopf lets the object go), with what it does for the log.
-    delete: Callable[[Context[SpecT]], Awaitable[None]]
+    delete: Callable[[Context[SpecT, StatusT]], Awaitable[None]]
     deleting: str
     # Condition types besides Ready/Reconciling/Stalled that the kind sets and clears.
     managed_extra: tuple[str, ...] = ()
@@ -76,7 +87,7 @@ def services_of(memo: Any) -> Services:
 HANDLED = "handled"
 
 
-async def handle_change(kind: Kind[Any], body: Any, memo: Any, logger: logging.Logger | logging.LoggerAdapter,
+async def handle_change(kind: Kind[Any, Any], body: Any, memo: Any, logger: logging.Logger | logging.LoggerAdapter,
                         retry: int, left_alone: Callable[[], Awaitable[bool]] | None = None) -> None:
     """A change handler (create, update, resume): reconcile, and once that returns, tell
     kopf's diff base that this generation is handled. A raise leaves it unhandled, and kopf
@@ -194,10 +205,9 @@ async def dephase(memo: Any, uid: str, interval: float, stopped: kopf.DaemonStop
 
 def drift_check_due(body: Any, memo: Any) -> bool:
     """The timer leaves objects alone while a change handler owns them."""
-    status = body.get("status") or {}
     if body["metadata"].get("deletionTimestamp"):
         return False
-    if status.get("observedGeneration") != body["metadata"].get("generation"):
+    if Status.of(body).observed_generation != body["metadata"].get("generation"):
         return False
     return not object_lock(memo, body["metadata"]["uid"]).locked()
 
@@ -206,7 +216,7 @@ STALE_READ_ATTEMPTS = 5
 
 
 async def reconcile_and_report(
-    kind: Kind[Any],
+    kind: Kind[Any, Any],
     *,
     body: Any,
     memo: Any,
@@ -234,7 +244,7 @@ async def reconcile_and_report(
     return outcome
 
 
-async def _reconcile_locked(kind: Kind[Any], body: Any, services: Services, memo: Any,
+async def _reconcile_locked(kind: Kind[Any, Any], body: Any, services: Services, memo: Any,
                             logger: logging.Logger | logging.LoggerAdapter, drift_check: bool) -> Outcome | None:
     state = object_state(memo, body["metadata"]["uid"])
     async with state.lock:
@@ -275,14 +285,14 @@ def _is_current(body: Any, state: ObjectState) -> bool:
     return state.written_status == status_digest(body.get("status"))
 
 
-def _remember_write(kind: Kind[Any], services: Services, state: ObjectState, written: dict[str, Any]) -> None:
+def _remember_write(kind: Kind[Any, Any], services: Services, state: ObjectState, written: dict[str, Any]) -> None:
     state.written_version = written["metadata"]["resourceVersion"]
     state.written_status = status_digest(written.get("status"))
     if kind.written is not None:
         kind.written(services, written)
 
 
-async def _reconcile_once(kind: Kind[Any], metadata: Any, current: Any, state: ObjectState, services: Services,
+async def _reconcile_once(kind: Kind[Any, Any], metadata: Any, current: Any, state: ObjectState, services: Services,
                           logger: logging.Logger | logging.LoggerAdapter, drift_check: bool) -> Outcome | None:
     namespace, name = metadata["namespace"], metadata["name"]
     fresh = current if current is not None else await services.kube.get_object(kind.plural, namespace, name)
@@ -294,12 +304,12 @@ async def _reconcile_once(kind: Kind[Any], metadata: Any, current: Any, state: O
                           on_write=lambda written: _remember_write(kind, services, state, written))
     started = time.perf_counter()
     status_before = copy.deepcopy(dict(fresh.get("status") or {}))
-    ctx: Context[Any] | None = None
+    ctx: Context[Any, Any] | None = None
     try:
         ctx = Context(services, ObjectIdentity.from_body(fresh), parse_spec(kind.parse, fresh.get("spec")),
-                      dict(status_before), writer, drift_check=drift_check,
+                      parse_status(kind.status_type, status_before), writer, drift_check=drift_check,
                       created_at=timestamps.parse(fresh["metadata"].get("creationTimestamp")),
-                      metadata=fresh["metadata"])
+                      metadata=fresh["metadata"], stored=dict(status_before))
         outcome = await kind.reconcile(ctx)
         events = list(ctx.events)
         status_update = dict(ctx.recorded)
@@ -324,7 +334,7 @@ async def _reconcile_once(kind: Kind[Any], metadata: Any, current: Any, state: O
     return outcome
 
 
-async def _report(kind: Kind[Any], fresh: Any, status_before: dict[str, Any], stored: dict[str, Any],
+async def _report(kind: Kind[Any, Any], fresh: Any, status_before: dict[str, Any], stored: dict[str, Any],
                   outcome: Outcome, status_update: dict[str, Any], events: list[Event], writer: StatusWriter,
                   logger: logging.Logger | logging.LoggerAdapter) -> None:
     """Write the outcome to status (`stored`: as read, and what checkpoints wrote), post the
@@ -355,7 +365,7 @@ DELETE_TIMEOUT_SECONDS = 3600  # our own budget below lets go first
 CLEANUP_BUDGET_SECONDS = 120
 
 
-async def wake_waiting(kind: Kind[Any], waiting: Waiting, target: Any, memo: Any,
+async def wake_waiting(kind: Kind[Any, Any], waiting: Waiting, target: Any, memo: Any,
                        logger: logging.Logger | logging.LoggerAdapter) -> None:
     """Reconcile the objects of `kind` waiting for `target` (an object whose watch event said
     it is ready for them)."""
@@ -365,19 +375,18 @@ async def wake_waiting(kind: Kind[Any], waiting: Waiting, target: Any, memo: Any
                                    memo=memo, logger=logger)
 
 
-def waiting_for_experiment(body: Any, started_field: str = "runId") -> tuple[str, str] | None:
-    """The Experiment an object that has not started yet (no `started_field` in status) waits
-    for, by its experimentRef: its Ready status starts the object."""
+def waiting_for_experiment(body: Any, started: bool) -> tuple[str, str] | None:
+    """The Experiment an object that has not `started` yet waits for, by its experimentRef:
+    its Ready status starts the object."""
     name = ((body.get("spec") or {}).get("experimentRef") or {}).get("name")
-    if not name or (body.get("status") or {}).get(started_field):
+    if not name or started:
         return None
     return body["metadata"]["namespace"], name
 
 
 def experiment_ready(body: Any) -> bool:
-    status = body.get("status") or {}
-    return bool(status.get("experimentId")) and any(
-        c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    status = ExperimentStatus.of(body)
+    return bool(status.experiment_id) and status.is_true("Ready")
 
 
 def pending_until_started(status: dict[str, Any]) -> dict[str, Any]:
@@ -386,17 +395,17 @@ def pending_until_started(status: dict[str, Any]) -> dict[str, Any]:
     return {} if status.get("phase") else {"phase": "Pending"}
 
 
-def stalled_for(status: dict[str, Any], reasons: tuple[str, ...]) -> bool:
+def stalled_for(status: Status, reasons: tuple[str, ...]) -> bool:
     """Whether the object is Stalled for one of `reasons` (those only a new spec or a
     restart of the operator can fix: no timer needs to look at it)."""
-    return any(c.get("type") == "Stalled" and c.get("status") == "True" and c.get("reason") in reasons
-               for c in status.get("conditions") or [])
+    stalled_condition = status.condition("Stalled") or {}
+    return stalled_condition.get("status") == "True" and stalled_condition.get("reason") in reasons
 
 
 def register_lifecycle_kind(
     registry: kopf.OperatorRegistry,
     config: OperatorConfig,
-    kind: Kind[Any],
+    kind: Kind[Any, Any],
     *,
     is_open: Callable[..., bool],
 ) -> None:
@@ -423,7 +432,7 @@ def register_lifecycle_kind(
 
 
 async def delete_and_report(
-    kind: Kind[Any],
+    kind: Kind[Any, Any],
     *,
     body: Any,
     memo: Any,
@@ -445,7 +454,7 @@ async def delete_and_report(
         state = object_state(memo, metadata["uid"])
         async with state.lock:
             fresh = await services.kube.get_object(kind.plural, metadata["namespace"], metadata["name"]) or body
-            ctx: Context[Any] | None = None
+            ctx: Context[Any, Any] | None = None
             try:
                 ctx = _deletion_context(kind, services, fresh)
                 await kind.delete(ctx)
@@ -468,13 +477,15 @@ async def delete_and_report(
     forget_object(memo, metadata["uid"])
 
 
-def _deletion_context(kind: Kind[Any], services: Services, fresh: Any) -> Context[Any]:
+def _deletion_context(kind: Kind[Any, Any], services: Services, fresh: Any) -> Context[Any, Any]:
     metadata = fresh["metadata"]
     writer = StatusWriter(services.kube, kind.plural, metadata["namespace"], metadata["name"],
                           metadata.get("resourceVersion"))
+    stored = dict(fresh.get("status") or {})
     return Context(services, ObjectIdentity.from_body(fresh), parse_spec(kind.parse, fresh.get("spec")),
-                   dict(fresh.get("status") or {}), writer, created_at=timestamps.parse(metadata.get("creationTimestamp")),
-                   metadata=metadata, cleanup=True)
+                   parse_status(kind.status_type, stored), writer,
+                   created_at=timestamps.parse(metadata.get("creationTimestamp")), metadata=metadata, cleanup=True,
+                   stored=stored)
 
 
 def cleanup_keeps_trying(outcome: Outcome, spent_seconds: float, budget_seconds: float) -> bool:

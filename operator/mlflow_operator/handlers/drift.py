@@ -35,7 +35,7 @@ COMPARISONS_PER_YIELD = 200
 InSync = Callable[[Services, Any], Awaitable[bool]]
 
 
-async def drifted_objects(kind: Kind[Any], memo: Any, in_sync: InSync | None) -> list[dict[str, Any]]:
+async def drifted_objects(kind: Kind[Any, Any], memo: Any, in_sync: InSync | None) -> list[dict[str, Any]]:
     """The objects of the kind's watch cache a drift check must reconcile: not being deleted,
     reconciled for their generation, not being reconciled now, and not `in_sync`."""
     services = services_of(memo)
@@ -64,7 +64,7 @@ async def _in_sync_or_drifted(in_sync: InSync, services: Services, body: dict[st
         return False
 
 
-async def drift_pass(kind: Kind[Any], memo: Any, in_sync: InSync | None, settings: kopf.OperatorSettings) -> int:
+async def drift_pass(kind: Kind[Any, Any], memo: Any, in_sync: InSync | None, settings: kopf.OperatorSettings) -> int:
     """Reconcile every drifted object of the kind; the number reconciled."""
     started = time.perf_counter()
     drifted = await drifted_objects(kind, memo, in_sync)
@@ -116,7 +116,7 @@ async def standing_by(memo: Any, settings: kopf.OperatorSettings) -> bool:
     return False
 
 
-async def drift_passes(kind: Kind[Any], memo: Any, in_sync: InSync | None, settings: kopf.OperatorSettings,
+async def drift_passes(kind: Kind[Any, Any], memo: Any, in_sync: InSync | None, settings: kopf.OperatorSettings,
                        interval: float) -> None:
     """A drift pass every `interval` seconds, until cancelled. The first one comes at a random
     point of the first interval, so that the kinds' passes do not fall together; a pass that
@@ -137,7 +137,7 @@ async def drift_passes(kind: Kind[Any], memo: Any, in_sync: InSync | None, setti
         await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
 
-def start_drift_passes(kind: Kind[Any], memo: Any, in_sync: InSync | None, interval: float) -> None:
+def start_drift_passes(kind: Kind[Any, Any], memo: Any, in_sync: InSync | None, interval: float) -> None:
     """Start the kind's drift passes if they are not running yet. Called from the kind's watch
     handler: kopf sets up the posting of Events (which a reconcile does) for its handlers'
     context, which a task started from one inherits; the operator's cleanup stops it."""

@@ -6,13 +6,13 @@ from typing import Any
 
 import kopf
 
-from mlflow_operator.api.experiment import KIND, PLURAL, ExperimentSpec
+from mlflow_operator.api.experiment import KIND, PLURAL, ExperimentSpec, ExperimentStatus
 from mlflow_operator.handlers.common import Kind, Wake, experiment_ready
 from mlflow_operator.handlers.synced import register_synced_kind
 from mlflow_operator.reconcilers.experiment import delete_experiment, experiment_in_sync, reconcile_experiment
 from mlflow_operator.runtime.config import OperatorConfig
 
-EXPERIMENT = Kind(KIND, PLURAL, ExperimentSpec.parse, reconcile_experiment, delete_experiment,
+EXPERIMENT = Kind(KIND, PLURAL, ExperimentSpec.parse, ExperimentStatus, reconcile_experiment, delete_experiment,
                   "deletionPolicy Delete")
 
 

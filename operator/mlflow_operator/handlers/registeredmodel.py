@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import kopf
 
-from mlflow_operator.api.registeredmodel import KIND, PLURAL, RegisteredModelSpec
+from mlflow_operator.api.registeredmodel import KIND, PLURAL, RegisteredModelSpec, RegisteredModelStatus
 from mlflow_operator.handlers.common import Kind
 from mlflow_operator.handlers.synced import register_synced_kind
 from mlflow_operator.reconcilers.registeredmodel import (
@@ -15,7 +15,7 @@ from mlflow_operator.reconcilers.registeredmodel import (
 )
 from mlflow_operator.runtime.config import OperatorConfig
 
-REGISTERED_MODEL = Kind(KIND, PLURAL, RegisteredModelSpec.parse, reconcile_registered_model,
+REGISTERED_MODEL = Kind(KIND, PLURAL, RegisteredModelSpec.parse, RegisteredModelStatus, reconcile_registered_model,
                         delete_registered_model, "deletionPolicy Delete", managed_extra=EXTRA_CONDITIONS)
 
 

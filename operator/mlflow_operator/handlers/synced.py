@@ -43,7 +43,7 @@ Seen = Callable[[Any, Any, Any, "str | None"], Awaitable[None]]
 def register_synced_kind(
     registry: kopf.OperatorRegistry,
     config: OperatorConfig,
-    kind: Kind[Any],
+    kind: Kind[Any, Any],
     in_sync: Callable[[Services, Any], Awaitable[bool]] | None = None,
     seen: Seen | None = None,
 ) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import kopf
 
 from mlflow_operator.api.common import API_VERSION, GROUP, VERSION
-from mlflow_operator.api.trainingrun import KIND, LABEL_TRAINING_RUN, PLURAL
+from mlflow_operator.api.trainingrun import KIND, LABEL_TRAINING_RUN, PLURAL, TrainingRunStatus
 from mlflow_operator.caches.watches import shared_copy
 from mlflow_operator.cluster.snapshots import JobSnapshot
 from mlflow_operator.gateways.kubernetes import KubernetesGateway, job_snapshot
@@ -83,7 +83,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
                                          None if gone else not needs_job_events(body))
         watched.open_training_runs.put(metadata["uid"], None if gone else open_run_copy(body))
         watched.waiting_for_experiment.put(metadata["uid"], metadata["name"],
-                                           None if gone else waiting_for_experiment(body))
+                                           None if gone else run_waiting_for_experiment(body))
 
 
 async def wake_training_runs(experiment: kopf.Body, memo: kopf.Memo, logger: Any) -> None:
@@ -120,11 +120,16 @@ def _written(services: Services, run: dict[str, Any]) -> None:
     services.caches.watched.open_training_runs.put(run["metadata"]["uid"], open_run_copy(run))
 
 
+def run_waiting_for_experiment(body: Any) -> tuple[str, str] | None:
+    """The Experiment a TrainingRun not started yet waits for (its Ready status starts it)."""
+    return waiting_for_experiment(body, started=bool(TrainingRunStatus.of(body).run_id))
+
+
 def needs_job_events(body: Any) -> bool:
-    """Not closed yet. Called on every event of every TrainingRun: reads two fields, parses
-    nothing (a spec the operator cannot use is never closed)."""
+    """Not closed yet. Called on every event of every TrainingRun: the status and one field of
+    the spec, not the whole spec (a spec the operator cannot use is never closed)."""
     registers_model = (body.get("spec") or {}).get("registerModel") is not None
-    return not logic.is_closed(body.get("status") or {}, registers_model)
+    return not logic.is_closed(TrainingRunStatus.of(body), registers_model)
 
 
 # Stalled for these, a run waits for its spec to change (the update handler), or for the
@@ -135,11 +140,10 @@ WAITS_FOR_SPEC = ("InvalidSpec", "InvalidTemplate", "TrackingServerNotAllowed")
 def needs_refresh(body: Any, **_: Any) -> bool:
     """Open runs are refreshed (live metrics, what is left after an outage, a model logged
     late); closed ones and those only a new spec can fix are not polled."""
-    status = body.get("status") or {}
-    return needs_job_events(body) and not stalled_for(status, WAITS_FOR_SPEC)
+    return needs_job_events(body) and not stalled_for(TrainingRunStatus.of(body), WAITS_FOR_SPEC)
 
 
-TRAINING_RUN = Kind(KIND, PLURAL, parse_spec, reconcile_training_run, kill_training_run, "closing the run",
+TRAINING_RUN = Kind(KIND, PLURAL, parse_spec, TrainingRunStatus, reconcile_training_run, kill_training_run, "closing the run",
                     status_on_error=pending_until_started, written=_written)
 
 

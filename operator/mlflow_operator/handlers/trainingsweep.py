@@ -9,7 +9,8 @@ import kopf
 
 from mlflow_operator.api.common import GROUP, VERSION
 from mlflow_operator.api.trainingrun import PLURAL as TRAINING_RUNS
-from mlflow_operator.api.trainingsweep import KIND, LABEL_SWEEP, PLURAL
+from mlflow_operator.api.trainingrun import TrainingRunStatus
+from mlflow_operator.api.trainingsweep import KIND, LABEL_SWEEP, PLURAL, TrainingSweepStatus
 from mlflow_operator.handlers.common import (
     Kind,
     pending_until_started,
@@ -23,7 +24,6 @@ from mlflow_operator.handlers.common import (
 from mlflow_operator.logic.trainingrun import is_closed
 from mlflow_operator.logic.trainingsweep import controller_sweep
 from mlflow_operator.reconcilers.trainingsweep import (
-    RUN_FIELD,
     kill_training_sweep,
     parse_spec,
     reconcile_training_sweep,
@@ -40,7 +40,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
     async def training_sweep_seen(body: kopf.Body, memo: kopf.Memo, type: str | None = None, **_: Any) -> None:
         """A sweep not started yet waits for the Experiment it names, as a TrainingRun does."""
         metadata = body["metadata"]
-        waiting = None if type == "DELETED" else waiting_for_experiment(body, started_field=RUN_FIELD)
+        started = bool(TrainingSweepStatus.of(body).parent_run_id)
+        waiting = None if type == "DELETED" else waiting_for_experiment(body, started)
         services_of(memo).caches.watched.sweeps_waiting_for_experiment.put(metadata["uid"], metadata["name"], waiting)
 
     @kopf.on.event(GROUP, VERSION, TRAINING_RUNS, id="trial", labels={LABEL_SWEEP: kopf.PRESENT}, registry=registry)
@@ -52,7 +53,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             return
         seen: dict[str, str] = memo.setdefault("trial_phases", {})
         uid = body["metadata"]["uid"]
-        phase = "Deleted" if type == "DELETED" else (body.get("status") or {}).get("phase") or "Pending"
+        phase = "Deleted" if type == "DELETED" else TrainingRunStatus.of(body).phase or "Pending"
         if seen.get(uid) == phase:
             return
         if phase == "Deleted":
@@ -74,12 +75,12 @@ async def wake_training_sweeps(experiment: kopf.Body, memo: kopf.Memo, logger: A
 
 
 def sweep_open(body: kopf.Body, **_: Any) -> bool:
-    status = body.get("status") or {}
+    status = TrainingSweepStatus.of(body)
     registers_model = (body.get("spec") or {}).get("registerBest") is not None
     return not is_closed(status, registers_model) and not stalled_for(status, WAITS_FOR_SPEC)
 
 
-TRAINING_SWEEP = Kind(KIND, PLURAL, parse_spec, reconcile_training_sweep, kill_training_sweep,
+TRAINING_SWEEP = Kind(KIND, PLURAL, parse_spec, TrainingSweepStatus, reconcile_training_sweep, kill_training_sweep,
                       "closing the parent run", status_on_error=pending_until_started)
 
 

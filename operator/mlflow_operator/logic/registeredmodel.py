@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from mlflow_operator.api.common import ObjectIdentity
-from mlflow_operator.api.registeredmodel import RegisteredModelSpec, default_model_name
+from mlflow_operator.api.registeredmodel import RegisteredModelSpec, RegisteredModelStatus, default_model_name
 from mlflow_operator.logic import ownership
 from mlflow_operator.logic.conditions import ReconcileProblem, stalled
 from mlflow_operator.logic.ownership import Relation
@@ -63,11 +63,11 @@ class Managed:
     version_tags: dict[str, frozenset[str]] = field(default_factory=dict)
 
     @classmethod
-    def from_status(cls, status: dict[str, Any]) -> "Managed":
+    def from_status(cls, status: RegisteredModelStatus) -> "Managed":
         return cls(
-            tags=frozenset(status.get("managedTags") or ()),
-            aliases=frozenset(status.get("managedAliases") or ()),
-            version_tags={v: frozenset(keys) for v, keys in (status.get("managedVersionTags") or {}).items()},
+            tags=frozenset(status.managed_tags),
+            aliases=frozenset(status.managed_aliases),
+            version_tags={v: frozenset(keys) for v, keys in (status.managed_version_tags or {}).items()},
         )
 
 

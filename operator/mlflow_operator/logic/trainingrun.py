@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mlflow_operator.api.common import API_VERSION, NOTE_TAG, ObjectIdentity
-from mlflow_operator.api.trainingrun import LABEL_RUN_ID, LABEL_TRAINING_RUN, TERMINAL_PHASES, TrainingRunSpec
+from mlflow_operator.api.trainingrun import (
+    LABEL_RUN_ID,
+    LABEL_TRAINING_RUN,
+    TERMINAL_PHASES,
+    TrainingRunSpec,
+    TrainingRunStatus,
+)
+from mlflow_operator.api.trainingsweep import TrainingSweepStatus
 from mlflow_operator.cluster.snapshots import JobSnapshot
 from mlflow_operator.logic.conditions import ReconcileProblem, stalled
 from mlflow_operator.tracking.entities import LoggedModelInfo, RunInfo
@@ -252,14 +259,14 @@ Stage = Literal["closed", "closing", "job_ended", "job_lost", "job_running", "st
 CLOSED_RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 
-def is_closed(status: dict[str, Any], registers_model: bool) -> bool:
-    """Finished, and nothing left to do in MLflow for it."""
-    if status.get("phase") not in TERMINAL_PHASES or status.get("runStatus") not in CLOSED_RUN_STATUSES:
+def is_closed(status: TrainingRunStatus | TrainingSweepStatus, registers_model: bool) -> bool:
+    """Finished, and nothing left to do in MLflow for it (a TrainingRun, or a sweep's parent run)."""
+    if status.phase not in TERMINAL_PHASES or status.run_status not in CLOSED_RUN_STATUSES:
         return False
-    return status.get("phase") != "Succeeded" or not registers_model or bool(status.get("modelVersion"))
+    return status.phase != "Succeeded" or not registers_model or status.model_version is not None
 
 
-def stage_of(status: dict[str, Any], job: JobSnapshot | None, registers_model: bool) -> Stage:
+def stage_of(status: TrainingRunStatus, job: JobSnapshot | None, registers_model: bool) -> Stage:
     """Where a TrainingRun is in its lifecycle, from its status and its Job (None: no Job,
     or not read). Each stage has one step function in the reconciler.
 
@@ -272,10 +279,9 @@ def stage_of(status: dict[str, Any], job: JobSnapshot | None, registers_model: b
     """
     if is_closed(status, registers_model):
         return "closed"
-    run_id = status.get("runId")
-    if run_id and (status.get("jobOutcome") or status.get("phase") in TERMINAL_PHASES):
+    run_id, job_uid = status.run_id, status.job_uid
+    if run_id and (status.job_outcome is not None or status.phase in TERMINAL_PHASES):
         return "closing"
-    job_uid = status.get("jobUid")
     if run_id and job_uid and job is not None and job.uid == job_uid:
         return "job_ended" if job.ended else "job_running"
     if run_id and job_uid:

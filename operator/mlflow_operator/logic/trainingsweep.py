@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from mlflow_operator.api.common import API_VERSION, NOTE_TAG, ObjectIdentity
-from mlflow_operator.api.trainingrun import TERMINAL_PHASES
+from mlflow_operator.api.trainingrun import TERMINAL_PHASES, TrainingRunStatus
 from mlflow_operator.api.trainingsweep import (
     ANNOTATION_PARENT_RUN,
     KIND,
@@ -23,6 +23,7 @@ from mlflow_operator.api.trainingsweep import (
     MAX_TRIALS,
     SearchParameter,
     TrainingSweepSpec,
+    TrialCounts,
 )
 from mlflow_operator.logic.conditions import ReconcileProblem, stalled
 from mlflow_operator.logic.provenance import SOURCE_REPO_ANNOTATION, SOURCE_REVISION_ANNOTATION
@@ -161,13 +162,13 @@ class TrialView:
 
 def trial_view(body: Mapping[str, Any]) -> TrialView | None:
     """A child TrainingRun as a trial, or None if it carries no trial index."""
-    metadata, status = body["metadata"], body.get("status") or {}
+    metadata, status = body["metadata"], TrainingRunStatus.of(body)
     raw_index = (metadata.get("labels") or {}).get(LABEL_TRIAL, "")
     if not raw_index.isdigit():
         return None
-    return TrialView(index=int(raw_index), name=metadata["name"], phase=status.get("phase") or "Pending",
-                     run_id=status.get("runId"), uid=metadata.get("uid", ""), params=dict((body.get("spec") or {}).get("params") or {}),
-                     metrics=dict(status.get("metrics") or {}))
+    return TrialView(index=int(raw_index), name=metadata["name"], phase=status.phase or "Pending",
+                     run_id=status.run_id, uid=metadata.get("uid", ""),
+                     params=dict((body.get("spec") or {}).get("params") or {}), metrics=dict(status.metrics))
 
 
 @dataclass(frozen=True)
@@ -178,10 +179,10 @@ class Counts:
     succeeded: int
     failed: int
 
-    def as_status(self) -> dict[str, Any]:
+    def as_status(self) -> TrialCounts:
         done = self.succeeded + self.failed
-        return {"total": self.total, "pending": self.pending, "running": self.running,
-                "succeeded": self.succeeded, "failed": self.failed, "progress": f"{done}/{self.total}"}
+        return TrialCounts(total=self.total, pending=self.pending, running=self.running, succeeded=self.succeeded,
+                           failed=self.failed, progress=f"{done}/{self.total}")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Literal, Mapping, TypeVar
 
-from mlflow_operator.api.common import TAG_KIND, TAG_NAME, TAG_UID, ObjectIdentity, TrackingSpec
+from pydantic import ValidationError
+
+from mlflow_operator.api.common import TAG_KIND, TAG_NAME, TAG_UID, ObjectIdentity, Status, TrackedStatus, TrackingSpec
 from mlflow_operator.caches import Caches
 from mlflow_operator.gateways.kubernetes import KubernetesError, KubernetesGateway
 from mlflow_operator.gateways.mlflow import MlflowGateway
@@ -25,6 +27,16 @@ from mlflow_operator.tracking.entities import (
 )
 
 SpecT = TypeVar("SpecT")
+StatusT = TypeVar("StatusT", bound=Status)
+
+
+def parse_status(status_type: type[StatusT], raw_status: Any) -> StatusT:
+    """The typed status of a read. The API server checks status against the CRD's schema, so
+    only a status written by hand past it (or by a future operator) can fail here."""
+    try:
+        return status_type.model_validate(dict(raw_status or {}))
+    except ValidationError as error:
+        raise ReconcileProblem(stalled("InvalidStatus", f"status cannot be read: {error}")) from None
 
 
 def parse_spec(parse: Callable[[Any], SpecT], raw_spec: Any) -> SpecT:
@@ -81,7 +93,7 @@ Checkpoint = Literal["parent-run", "job-outcome", "run-closed"]
 
 
 @dataclass
-class Context(Generic[SpecT]):
+class Context(Generic[SpecT, StatusT]):
     """Everything a reconcile of one object may use, for every kind: built by the handlers
     from a fresh read, with the spec already parsed (an unusable spec never gets here).
 
@@ -93,8 +105,8 @@ class Context(Generic[SpecT]):
     services: Services
     identity: ObjectIdentity
     spec: SpecT
-    # The status as read, with what steps recorded since.
-    status: dict[str, Any]
+    # The status as read, with what steps recorded since (typed; `stored` is the raw read).
+    status: StatusT
     writer: StatusWriter
     # A periodic check (drift pass, live metrics) rather than a change.
     drift_check: bool = False
@@ -106,21 +118,18 @@ class Context(Generic[SpecT]):
     cleanup: bool = False
     # Events of steps done, posted after the status write.
     events: list[Event] = field(default_factory=list)
-    # Status fields recorded by steps done and not written yet.
+    # Status fields recorded by steps done and not written yet (a JSON merge patch).
     recorded: dict[str, Any] = field(default_factory=dict)
     # The status as stored in the API server: as read, plus what checkpoints wrote.
     stored: dict[str, Any] = field(default_factory=dict)
     # The checkpoints written, in order (what a crash test looks for).
     checkpoints: list[Checkpoint] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self.stored = dict(self.status)
-
-    def record(self, fields: dict[str, Any]) -> None:
-        """Status fields of a step done, written with the outcome (or an earlier checkpoint)
-        whatever happens next."""
-        self.recorded.update(fields)
-        self.status = {**self.status, **fields}
+    def record(self, fields: StatusT) -> None:
+        """Status fields of a step done (those `fields` was built with), written with the
+        outcome (or an earlier checkpoint) whatever happens next."""
+        self.recorded.update(fields.as_patch())
+        self.status = type(self.status).model_validate({**self.stored, **self.recorded})
 
     async def checkpoint(self, name: Checkpoint) -> None:
         """Write what was recorded now, before the next step depends on it being stored."""
@@ -181,14 +190,12 @@ async def resolve_target_and_secret(
     return TrackingTarget(uri=choice.uri, credentials=credentials, ui_url=ui_url), choice.secret_name
 
 
-async def shared_page_candidate(services: Services, body: Any, parse: Callable[[Any], Any],
-                                id_field: str) -> tuple[Any, ObjectIdentity, TrackingTarget] | None:
+async def shared_page_candidate(services: Services, body: Any, parse: Callable[[Any], Any], status: TrackedStatus,
+                                mlflow_id: str | None) -> tuple[Any, ObjectIdentity, TrackingTarget] | None:
     """For a drift check that compares an object against a shared page: its parsed spec,
-    identity and server, if it is Ready for its generation, has its MLflow id (`id_field`)
-    and is still bound to that server. None: a full reconcile decides (and reports any
-    problem)."""
-    status = body.get("status") or {}
-    if not ready_for_generation(body) or not status.get(id_field):
+    identity and server, if it is Ready for its generation, has its MLflow id and is still
+    bound to that server. None: a full reconcile decides (and reports any problem)."""
+    if not ready_for_generation(body, status) or not mlflow_id:
         return None
     try:
         spec = parse(body.get("spec"))
@@ -196,15 +203,13 @@ async def shared_page_candidate(services: Services, body: Any, parse: Callable[[
         target = await resolve_target(services, identity.namespace, spec.tracking)
     except (ValueError, ReconcileProblem, TrackingError, KubernetesError):
         return None
-    return (spec, identity, target) if target.uri == status.get("trackingUri") else None
+    return (spec, identity, target) if target.uri == status.tracking_uri else None
 
 
-def ready_for_generation(body: Any) -> bool:
+def ready_for_generation(body: Any, status: Status) -> bool:
     """Whether the object's last reconcile made it Ready for the spec it has now: only then may
     a drift check compare it against a shared page instead of reconciling it."""
-    metadata, status = body["metadata"], body.get("status") or {}
-    ready_now = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-    return ready_now and status.get("observedGeneration") == metadata.get("generation")
+    return status.is_true("Ready") and status.observed_generation == body["metadata"].get("generation")
 
 
 def verified_experiment(services: Services, target: TrackingTarget,

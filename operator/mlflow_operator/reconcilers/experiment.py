@@ -6,11 +6,13 @@ import dataclasses
 from typing import Any, assert_never
 
 from mlflow_operator.api.common import EXPERIMENT_KIND_TAG, TRAINING_EXPERIMENT_KIND, ObjectIdentity
-from mlflow_operator.api.experiment import ExperimentSpec
+from mlflow_operator.api.experiment import ExperimentSpec, ExperimentStatus
 from mlflow_operator.api.trainingrun import PLURAL as TRAINING_RUNS
+from mlflow_operator.api.trainingrun import TrainingRunStatus
 from mlflow_operator.logic import experiment as logic
 from mlflow_operator.logic import ownership
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
+from mlflow_operator.logic.trainingrun import CLOSED_RUN_STATUSES
 from mlflow_operator.reconcilers.common import (
     Context,
     Services,
@@ -30,7 +32,7 @@ from mlflow_operator.tracking.entities import (
 )
 
 
-async def reconcile_experiment(ctx: Context[ExperimentSpec]) -> Outcome:
+async def reconcile_experiment(ctx: Context[ExperimentSpec, ExperimentStatus]) -> Outcome:
     """Bring MLflow in line with the spec. Raises ReconcileProblem (known failure) or
     TrackingError (MLflow failed); the handlers turn both into conditions."""
     services, identity, status, spec, drift_check = ctx.services, ctx.identity, ctx.status, ctx.spec, ctx.drift_check
@@ -39,9 +41,9 @@ async def reconcile_experiment(ctx: Context[ExperimentSpec]) -> Outcome:
     mlflow = services.mlflow
     event = ctx.event
 
-    known_id = status.get("experimentId")
+    known_id = status.experiment_id
     if known_id:
-        check_pinned(status.get("trackingUri"), target.uri, f"MLflow experiment {known_id}")
+        check_pinned(status.tracking_uri, target.uri, f"MLflow experiment {known_id}")
         binding = logic.bind_known(verified_experiment(services, target, await mlflow.get_experiment(target, known_id)),
                                    known_id, identity)
     else:
@@ -69,7 +71,7 @@ async def reconcile_experiment(ctx: Context[ExperimentSpec]) -> Outcome:
                            f"restored this object's deleted MLflow experiment (id {experiment.experiment_id})")
 
     desired = _signed(services, target, desired, experiment.experiment_id)
-    previously_managed = set(status.get("managedTags") or [])
+    previously_managed = set(status.managed_tags or [])
     plan = logic.plan_updates(desired, experiment, previously_managed)
     if plan.rename_to:
         await _check_rename_target(services, target, experiment, plan.rename_to)
@@ -81,15 +83,15 @@ async def reconcile_experiment(ctx: Context[ExperimentSpec]) -> Outcome:
             event("Normal", "Updated", plan.describe())
 
     experiment_id = experiment.experiment_id
-    ctx.record({
-        "experimentId": experiment_id,
-        "experimentName": desired.name,
-        "lifecycleStage": "active",
-        "artifactLocation": experiment.artifact_location,
-        "url": target.experiment_url(experiment_id),
-        "trackingUri": target.uri,
-        "managedTags": desired.managed_keys,
-    })
+    ctx.record(ExperimentStatus(
+        experiment_id=experiment_id,
+        experiment_name=desired.name,
+        lifecycle_stage="active",
+        artifact_location=experiment.artifact_location,
+        url=target.experiment_url(experiment_id),
+        tracking_uri=target.uri,
+        managed_tags=desired.managed_keys,
+    ))
     return ready("Reconciled", f"MLflow experiment {desired.name!r} (id {experiment_id}) is in sync")
 
 
@@ -99,19 +101,20 @@ async def experiment_in_sync(services: Services, body: Any) -> bool:
     checks share, needs no change. No MLflow call of its own; anything unexpected (a
     problem, an experiment missing from the page) is for a full reconcile to report."""
     pages = services.caches.experiment_pages
-    candidate = await shared_page_candidate(services, body, ExperimentSpec.parse, "experimentId") if pages else None
+    status = ExperimentStatus.of(body)
+    candidate = await shared_page_candidate(services, body, ExperimentSpec.parse, status,
+                                            status.experiment_id) if pages else None
     if pages is None or candidate is None:
         return False
     spec, identity, target = candidate
-    status = body["status"]
     try:
-        experiment = (await pages.experiments(services.mlflow, target, identity.namespace)).get(status["experimentId"])
+        experiment = (await pages.experiments(services.mlflow, target, identity.namespace)).get(status.experiment_id)
     except TrackingError:
         return False
     if experiment is None or experiment.deleted:
         return False
     desired = _signed(services, target, logic.desired_experiment(spec, identity), experiment.experiment_id)
-    return not logic.plan_updates(desired, experiment, set(status.get("managedTags") or [])).changes
+    return not logic.plan_updates(desired, experiment, set(status.managed_tags or [])).changes
 
 
 def _signed(services: Services, target: TrackingTarget, desired: logic.DesiredExperiment,
@@ -181,16 +184,15 @@ async def _open_training_runs(services: Services, namespace: str, experiment_id:
     objects = await services.kube.list_objects(TRAINING_RUNS, namespace)
     return sorted(
         o["metadata"]["name"] for o in objects
-        if (o.get("status") or {}).get("experimentId") == experiment_id
-        and (o.get("status") or {}).get("runId")
-        and (o.get("status") or {}).get("runStatus") not in ("FINISHED", "FAILED", "KILLED")
+        if (run := TrainingRunStatus.of(o)).experiment_id == experiment_id
+        and run.run_id and run.run_status not in CLOSED_RUN_STATUSES
     )
 
 
-async def delete_experiment(ctx: Context[ExperimentSpec]) -> None:
+async def delete_experiment(ctx: Context[ExperimentSpec, ExperimentStatus]) -> None:
     """Apply deletionPolicy when the object is deleted."""
     services, identity, spec = ctx.services, ctx.identity, ctx.spec
-    experiment_id = ctx.status.get("experimentId")
+    experiment_id = ctx.status.experiment_id
     if spec.deletion_policy != "Delete" or not experiment_id:
         return
     target = await resolve_target(services, identity.namespace, spec.tracking, cleanup=True)

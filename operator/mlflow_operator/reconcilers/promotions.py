@@ -10,7 +10,12 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from mlflow_operator.api.registeredmodel import PLURAL as REGISTERED_MODELS
-from mlflow_operator.api.registeredmodel import PromotionRule, RegisteredModelSpec, default_model_name
+from mlflow_operator.api.registeredmodel import (
+    PromotionRule,
+    RegisteredModelSpec,
+    RegisteredModelStatus,
+    default_model_name,
+)
 from mlflow_operator.gateways.mlflow import MlflowGateway
 from mlflow_operator.logic import promotion
 from mlflow_operator.logic import registeredmodel as model_logic
@@ -56,9 +61,8 @@ async def declared_rules(services: Services, namespace: str, model_name: str,
             spec = RegisteredModelSpec.parse(body.get("spec"))
         except ValueError:
             continue
-        status = body.get("status") or {}
         name = spec.name or default_model_name(body["metadata"]["name"])
-        pinned = status.get("trackingUri")
+        pinned = RegisteredModelStatus.of(body).tracking_uri
         if name != model_name or (pinned and pinned != tracking_uri):
             continue
         for alias, rule in spec.promotion.items():

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any, Iterable, assert_never
 
 from mlflow_operator.api.common import ObjectIdentity
-from mlflow_operator.api.registeredmodel import RegisteredModelSpec, default_model_name
+from mlflow_operator.api.registeredmodel import RegisteredModelSpec, RegisteredModelStatus, default_model_name
 from mlflow_operator.gateways.mlflow import MlflowGateway
 from mlflow_operator.logic import ownership, promotion, provenance
 from mlflow_operator.logic import registeredmodel as logic
@@ -38,15 +38,15 @@ PROMOTION_BLOCKED = "PromotionBlocked"
 EXTRA_CONDITIONS = (VERSION_NOT_FOUND, DRIFTED, PROMOTION_BLOCKED)
 
 
-async def reconcile_registered_model(ctx: Context[RegisteredModelSpec]) -> Outcome:
+async def reconcile_registered_model(ctx: Context[RegisteredModelSpec, RegisteredModelStatus]) -> Outcome:
     services, identity, status, spec, drift_check = ctx.services, ctx.identity, ctx.status, ctx.spec, ctx.drift_check
     target = await resolve_target(services, identity.namespace, spec.tracking)
     desired = _desired(services, target, spec, identity)
     mlflow = services.mlflow
     event = ctx.event
 
-    if status.get("modelName"):
-        check_pinned(status.get("trackingUri"), target.uri, f"registered model {status['modelName']!r}")
+    if status.model_name:
+        check_pinned(status.tracking_uri, target.uri, f"registered model {status.model_name!r}")
     model, kind = await _bind(services, target, desired, spec, identity, status, event)
 
     versions = await mlflow.model_versions(target, desired.name)
@@ -62,7 +62,7 @@ async def reconcile_registered_model(ctx: Context[RegisteredModelSpec]) -> Outco
     if blocked:
         message = "; ".join(blocked)
         extra[PROMOTION_BLOCKED] = ("True", PROMOTION_BLOCKED, message)
-        previous = next((c for c in status.get("conditions") or [] if c.get("type") == PROMOTION_BLOCKED), None)
+        previous = next((c for c in status.conditions or [] if c.get("type") == PROMOTION_BLOCKED), None)
         if not previous or previous.get("message") != message:
             event("Warning", PROMOTION_BLOCKED, message)
     if plan.changes:
@@ -76,7 +76,8 @@ async def reconcile_registered_model(ctx: Context[RegisteredModelSpec]) -> Outco
                      "missingVersions": sorted(plan.missing, key=int) or None}
     if audited:
         status_update["lastPromotion"] = audited[-1]
-    ctx.record(status_update)
+    # status_view is also what the drift check compares with the stored status, as JSON.
+    ctx.record(RegisteredModelStatus.model_validate(status_update))
     return _outcome(desired, plan, extra, len(versions))
 
 
@@ -106,14 +107,15 @@ async def registered_model_in_sync(services: Services, body: Any) -> bool:
     drift checks share, need no change and show what status shows. No MLflow call of its own;
     anything else (a problem, a model missing from the page) is for a full reconcile."""
     pages = services.caches.model_pages
-    candidate = await shared_page_candidate(services, body, RegisteredModelSpec.parse, "modelName") if pages else None
+    stored, status = body.get("status") or {}, RegisteredModelStatus.of(body)
+    candidate = await shared_page_candidate(services, body, RegisteredModelSpec.parse, status,
+                                            status.model_name) if pages else None
     if pages is None or candidate is None:
         return False
     spec, identity, target = candidate
-    status = body["status"]
     try:
         desired = _desired(services, target, spec, identity)
-        if desired.name != status["modelName"]:
+        if desired.name != status.model_name:
             return False
         cache = services.caches.watched.registered_models
 
@@ -129,7 +131,7 @@ async def registered_model_in_sync(services: Services, body: Any) -> bool:
     if plan.changes or plan.missing:
         return False
     view = without_nulls(logic.status_view(found.model, found.versions, frozenset(desired.versions)))
-    return all(status.get(key) == value for key, value in view.items())
+    return all(stored.get(key) == value for key, value in view.items())
 
 
 def versions_with_tags(bodies: Iterable[dict[str, Any]]) -> set[tuple[str, str]]:
@@ -138,10 +140,10 @@ def versions_with_tags(bodies: Iterable[dict[str, Any]]) -> set[tuple[str, str]]
     moves none of MLflow's timestamps."""
     found: set[tuple[str, str]] = set()
     for body in bodies:
-        spec, status = body.get("spec") or {}, body.get("status") or {}
+        spec, status = body.get("spec") or {}, RegisteredModelStatus.of(body)
         name = spec.get("name") or default_model_name(body["metadata"]["name"])
         found |= {(name, str(v.get("version"))) for v in spec.get("versions") or [] if v.get("tags")}
-        found |= {(name, str(version)) for version in status.get("managedVersionTags") or {}}
+        found |= {(name, str(version)) for version in status.managed_version_tags or {}}
     return found
 
 
@@ -163,13 +165,13 @@ def _desired(services: Services, target: TrackingTarget, spec: RegisteredModelSp
 
 
 async def _bind(services: Services, target: TrackingTarget, desired: logic.DesiredModel, spec: RegisteredModelSpec,
-                identity: ObjectIdentity, status: dict[str, Any],
+                identity: ObjectIdentity, status: RegisteredModelStatus,
                 event: EventSink) -> tuple[RegisteredModelInfo, str]:
     """The registered model this object manages: found and owned, adopted, or created."""
     mlflow = services.mlflow
     model = verified_model(services, target, await mlflow.get_registered_model(target, desired.name))
     alive = model is None or await owner_alive(services, model.tags, identity)
-    kind = logic.bind(model, desired.name, identity, known=status.get("modelName") == desired.name,
+    kind = logic.bind(model, desired.name, identity, known=status.model_name == desired.name,
                       adopt=spec.adopt, owner_alive=alive)
     if kind == "create":
         try:
@@ -189,14 +191,14 @@ async def _bind(services: Services, target: TrackingTarget, desired: logic.Desir
 
 
 async def _apply_plan(services: Services, target: TrackingTarget, desired: logic.DesiredModel, plan: logic.Plan,
-                      status: dict[str, Any], event: EventSink, *, observe_only: bool, announce: bool,
+                      status: RegisteredModelStatus, event: EventSink, *, observe_only: bool, announce: bool,
                       drift_check: bool, actor: promotion.Actor,
                       audited: list[dict[str, Any]]) -> dict[str, tuple[str, str, str]]:
     """Apply the plan; with driftPolicy Observe, report drift instead of restoring it.
     Returns the extra conditions to set."""
     extra: dict[str, tuple[str, str, str]] = {}
     # Changes that waited for a declared version to appear are the spec's, not drift.
-    waiting = set(status.get("missingVersions") or ())
+    waiting = set(status.missing_versions or ())
     pending = [c for c in plan.changes if c.target_version in waiting]
     drift = [c for c in plan.changes if c.target_version not in waiting]
     if pending:
@@ -207,7 +209,7 @@ async def _apply_plan(services: Services, target: TrackingTarget, desired: logic
     text = logic.Plan(drift).describe()
     if observe_only:
         extra[DRIFTED] = ("True", "DriftDetected", f"MLflow differs from the spec: {text}")
-        previous = next((c for c in status.get("conditions") or [] if c.get("type") == DRIFTED), None)
+        previous = next((c for c in status.conditions or [] if c.get("type") == DRIFTED), None)
         if not previous or previous.get("message") != extra[DRIFTED][2]:
             event("Warning", "DriftDetected", f"MLflow differs from the spec (driftPolicy Observe): {text}")
         return extra
@@ -274,7 +276,7 @@ async def _apply_change(mlflow: MlflowGateway, target: TrackingTarget, desired: 
             assert_never(unknown)
 
 
-async def delete_registered_model(ctx: Context[RegisteredModelSpec]) -> None:
+async def delete_registered_model(ctx: Context[RegisteredModelSpec, RegisteredModelStatus]) -> None:
     """deletionPolicy Delete removes the registered model and every version (a hard delete)."""
     services, identity, spec = ctx.services, ctx.identity, ctx.spec
     if spec.deletion_policy != "Delete":

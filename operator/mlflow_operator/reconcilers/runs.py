@@ -5,7 +5,7 @@ model a run logged. Used by both reconcilers (a sweep's parent run is a run too)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from mlflow_operator.api.common import (
     EXPERIMENT_KIND_TAG,
@@ -13,10 +13,12 @@ from mlflow_operator.api.common import (
     TRAINING_EXPERIMENT_KIND,
     TrackingSpec,
 )
-from mlflow_operator.api.trainingrun import RegisterModelSpec
+from mlflow_operator.api.experiment import ExperimentStatus
+from mlflow_operator.api.trainingrun import ModelVersionStatus, RegisterModelSpec, TrainingRunStatus
+from mlflow_operator.api.trainingsweep import TrainingSweepStatus
 from mlflow_operator.logic import ownership, promotion, provenance
 from mlflow_operator.logic import trainingrun as logic
-from mlflow_operator.logic.conditions import READY, Outcome, ReconcileProblem, condition, progressing, ready, stalled
+from mlflow_operator.logic.conditions import READY, Outcome, ReconcileProblem, progressing, ready, stalled
 from mlflow_operator.reconcilers import promotions
 from mlflow_operator.reconcilers.common import (
     Context,
@@ -38,17 +40,27 @@ class Resolved:
     secret_name: str | None
 
 
-def outcome_of_closed(status: dict[str, Any]) -> Outcome:
-    ready_condition = condition(status.get("conditions"), READY) or {}
-    reason = ready_condition.get("reason", status.get("phase", "Succeeded"))
+# The status of an object that owns a run: a TrainingRun, or a TrainingSweep (its parent run).
+RunStatus = TrainingRunStatus | TrainingSweepStatus
+RunStatusT = TypeVar("RunStatusT", TrainingRunStatus, TrainingSweepStatus)
+
+
+def started_run_id(status: RunStatus) -> str | None:
+    """The run this object started (a sweep's parent run), once recorded."""
+    return status.run_id if isinstance(status, TrainingRunStatus) else status.parent_run_id
+
+
+def outcome_of_closed(status: RunStatus) -> Outcome:
+    ready_condition = status.condition(READY) or {}
+    reason = ready_condition.get("reason", status.phase or "Succeeded")
     message = ready_condition.get("message", "")
-    if status.get("phase") == "Succeeded" and ready_condition.get("status") == "True":
+    if status.phase == "Succeeded" and ready_condition.get("status") == "True":
         return ready(reason, message)
     return stalled(reason, message)
 
 
 
-async def _experiment_object(ctx: Context[Any]) -> dict[str, Any] | None:
+async def _experiment_object(ctx: Context[Any, Any]) -> dict[str, Any] | None:
     ref = ctx.spec.experiment_ref
     if ref is None:
         return None
@@ -74,23 +86,23 @@ def _tracking_for(spec: Any, experiment_obj: dict[str, Any] | None) -> TrackingS
     )
 
 
-def _pinned(tracking: TrackingSpec | None, status: dict[str, Any]) -> TrackingSpec | None:
+def _pinned(tracking: TrackingSpec | None, status: RunStatus) -> TrackingSpec | None:
     """Once the run exists, it is tracked on the server it was created on, whatever later
     happens to the spec of its Experiment object."""
-    pinned = status.get("trackingUri")
+    pinned = status.tracking_uri
     if not pinned:
         return tracking
     return TrackingSpec(uri=pinned, secretRef=tracking.secret_ref if tracking else None)
 
 
-async def resolve_experiment(ctx: Context[Any], run_field: str) -> Resolved:
+async def resolve_experiment(ctx: Context[Any, RunStatusT]) -> Resolved:
     """The experiment and server for the run (of a TrainingRun, or the parent run of a
-    TrainingSweep: the spec has experimentRef/experimentName and tracking, and status
-    `run_field`). Before the run starts, an experimentRef must be Ready; afterwards the run
-    goes on whatever happens to the Experiment object."""
+    TrainingSweep: the spec has experimentRef/experimentName and tracking). Before the run
+    starts, an experimentRef must be Ready; afterwards the run goes on whatever happens to
+    the Experiment object."""
     spec, identity, status = ctx.spec, ctx.identity, ctx.status
     experiment_obj = await _experiment_object(ctx)
-    started = bool(status.get(run_field) and status.get("experimentId"))
+    started = bool(started_run_id(status) and status.experiment_id)
     if spec.experiment_ref and not started:
         name = spec.experiment_ref.name
         if experiment_obj is None:
@@ -99,11 +111,11 @@ async def resolve_experiment(ctx: Context[Any], run_field: str) -> Resolved:
                 "ExperimentNotFound", f"Experiment {name!r} not found in namespace {identity.namespace!r}",
                 expected=True, awaited=True,
             ))
-        exp_status = experiment_obj.get("status") or {}
-        exp_ready = condition(exp_status.get("conditions"), READY) or {}
-        if exp_ready.get("status") != "True" or not exp_status.get("experimentId"):
+        exp_status = ExperimentStatus.of(experiment_obj)
+        exp_ready = exp_status.condition(READY) or {}
+        if exp_ready.get("status") != "True" or not exp_status.experiment_id:
             why = f": {exp_ready.get('reason')}: {exp_ready.get('message')}" if exp_ready else ""
-            exp_stalled = (condition(exp_status.get("conditions"), "Stalled") or {}).get("status") == "True"
+            exp_stalled = exp_status.is_true("Stalled")
             # An Experiment applied together with the run is normal progress, not a problem.
             raise ReconcileProblem(progressing("ExperimentNotReady", f"Experiment {name!r} is not Ready{why}",
                                                expected=not exp_stalled, awaited=True))
@@ -112,14 +124,16 @@ async def resolve_experiment(ctx: Context[Any], run_field: str) -> Resolved:
         cleanup=ctx.cleanup,
     )
     if started:
-        return Resolved(status["experimentId"], status.get("experimentName", ""), target, secret_name)
+        assert status.experiment_id is not None
+        return Resolved(status.experiment_id, status.experiment_name or "", target, secret_name)
     if experiment_obj is not None:  # spec.experiment_ref, found and Ready (checked above)
-        exp_status = experiment_obj["status"]
-        return Resolved(exp_status["experimentId"], exp_status.get("experimentName", ""), target, secret_name)
+        ready_experiment = ExperimentStatus.of(experiment_obj)
+        assert ready_experiment.experiment_id is not None
+        return Resolved(ready_experiment.experiment_id, ready_experiment.experiment_name or "", target, secret_name)
     return await _experiment_by_name(ctx, target, secret_name)
 
 
-async def _experiment_by_name(ctx: Context[Any], target: TrackingTarget, secret_name: str | None) -> Resolved:
+async def _experiment_by_name(ctx: Context[Any, Any], target: TrackingTarget, secret_name: str | None) -> Resolved:
     name = ctx.spec.experiment_name
     assert name is not None
     ownership.refuse_other_namespace_prefix(name, ctx.identity.namespace, "spec.experimentName")
@@ -159,7 +173,7 @@ async def _experiment_by_name(ctx: Context[Any], target: TrackingTarget, secret_
 CLOCK_MARGIN_SECONDS = 30
 
 
-def no_run_can_exist(ctx: Context[Any]) -> bool:
+def no_run_can_exist(ctx: Context[Any, Any]) -> bool:
     """Whether this object cannot have an MLflow run yet, so starting it needs no search by
     its uid tag: it was created after this process started, and this process has not tried
     to create its run. Without peering only one process works at a time (the chart's
@@ -173,7 +187,7 @@ def no_run_can_exist(ctx: Context[Any]) -> bool:
     return ctx.created_at.timestamp() > services.caches.started_at + CLOCK_MARGIN_SECONDS
 
 
-async def register_model(ctx: Context[Any], resolved: Resolved, run: RunInfo,
+async def register_model(ctx: Context[Any, Any], resolved: Resolved, run: RunInfo,
                          spec: RegisterModelSpec) -> Registration:
     """Create (once) the model version from the run's logged model and point the aliases at it,
     in a registered model of this namespace only (a TrainingRun's registerModel, a
@@ -221,18 +235,18 @@ async def register_model(ctx: Context[Any], resolved: Resolved, run: RunInfo,
     for why in moves.blocked:
         ctx.event("Warning", "PromotionBlocked", why)
     uri = f"models:/{spec.name}/{version.version}"
-    return Registration({"name": spec.name, "version": version.version, "uri": uri}, moves.blocked)
+    return Registration(ModelVersionStatus(name=spec.name, version=version.version, uri=uri), moves.blocked)
 
 
 @dataclass(frozen=True)
 class Registration:
     """The model version a run registered (as status shows it), and why any alias stayed put."""
 
-    version: dict[str, str]
+    version: ModelVersionStatus
     blocked: tuple[str, ...] = ()
 
     def describe(self) -> str:
-        text = f"registered {self.version['uri']}"
+        text = f"registered {self.version.uri}"
         return text + "".join(f"; {why}" for why in self.blocked)
 
 

@@ -17,7 +17,7 @@ from mlflow_operator.api.common import (
     TAG_UID,
     ObjectIdentity,
 )
-from mlflow_operator.api.trainingrun import LABEL_RUN_ID, TrainingRunSpec
+from mlflow_operator.api.trainingrun import LABEL_RUN_ID, JobOutcomeStatus, TrainingRunSpec, TrainingRunStatus
 from mlflow_operator.cluster.snapshots import JobSnapshot, PodSnapshot
 from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.logic import provenance, timestamps
@@ -61,75 +61,75 @@ def _parse_training_run(raw_spec: Any) -> TrainingRunSpec:
     return spec
 
 
-def is_closed(spec: TrainingRunSpec, status: dict[str, Any]) -> bool:
+def is_closed(spec: TrainingRunSpec, status: TrainingRunStatus) -> bool:
     """Finished, and nothing left to do in MLflow for it."""
     return logic.is_closed(status, registers_model=spec.register_model is not None)
 
 
-async def reconcile_training_run(ctx: Context[TrainingRunSpec]) -> Outcome:
+async def reconcile_training_run(ctx: Context[TrainingRunSpec, TrainingRunStatus]) -> Outcome:
     """The step of the stage the run is in (logic.stage_of), scheduled as the step declares
     (scheduling.policy); the drift check refreshes live metrics while it runs."""
     services, identity, spec = ctx.services, ctx.identity, ctx.spec
     registers_model = spec.register_model is not None
-    if ctx.status.get("runId"):
+    if ctx.status.run_id:
         services.caches.run_attempts.discard(identity.uid)  # recorded: memory not needed any more
     job = await _observed_job(ctx, registers_model)
     step = STEPS[logic.stage_of(ctx.status, job, registers_model)]
-    if await services.dispatcher.waited(step.schedule, ctx.status.get("trackingUri")):
+    if await services.dispatcher.waited(step.schedule, ctx.status.tracking_uri):
         job = await _observed_job(ctx, registers_model)  # as it is after the wait
         step = STEPS[logic.stage_of(ctx.status, job, registers_model)]
     with services.dispatcher.scheduled(step.schedule):
         outcome = await step.run(ctx, job)
-    if job is not None and job.uid == ctx.status.get("jobUid"):
+    if job is not None and job.uid == ctx.status.job_uid:
         services.caches.handled_jobs.record(identity.uid, services.caches.handled_jobs.signature(job, logic.phase_of(job)))
     return outcome
 
 
-async def _observed_job(ctx: Context[TrainingRunSpec], registers_model: bool) -> JobSnapshot | None:
+async def _observed_job(ctx: Context[TrainingRunSpec, TrainingRunStatus], registers_model: bool) -> JobSnapshot | None:
     """The run's Job as the watch last saw it. When status names a Job the watch has not
     seen (yet), it is read, so a Job is never taken for lost on a watch's delay."""
     kube, identity = ctx.services.kube, ctx.identity
     job = await ctx.services.caches.watched.job(kube, identity.namespace, identity.name)
-    known = ctx.status.get("jobUid")
+    known = ctx.status.job_uid
     if known and (job is None or job.uid != known) and not logic.is_closed(ctx.status, registers_model):
         job = await kube.get_job(identity.namespace, identity.name)
     return job
 
 
-async def _let_deleted_job_go(ctx: Context[TrainingRunSpec], job: JobSnapshot | None) -> None:
+async def _let_deleted_job_go(ctx: Context[TrainingRunSpec, TrainingRunStatus], job: JobSnapshot | None) -> None:
     """The Job's outcome is recorded: if the Job is being deleted (a TTL, by hand), its
     finalizer has done its work. Otherwise it stays until the TrainingRun is deleted."""
-    if job is not None and job.uid == ctx.status.get("jobUid") and job.deleting \
+    if job is not None and job.uid == ctx.status.job_uid and job.deleting \
             and logic.JOB_FINALIZER in job.finalizers:
         await ctx.services.kube.remove_job_finalizer(ctx.identity.namespace, ctx.identity.name, logic.JOB_FINALIZER)
 
 
-async def _closed(ctx: Context[TrainingRunSpec], job: JobSnapshot | None) -> Outcome:
+async def _closed(ctx: Context[TrainingRunSpec, TrainingRunStatus], job: JobSnapshot | None) -> Outcome:
     await _let_deleted_job_go(ctx, job)
     return outcome_of_closed(ctx.status)
 
 
-async def _closing(ctx: Context[TrainingRunSpec], job: JobSnapshot | None) -> Outcome:
+async def _closing(ctx: Context[TrainingRunSpec, TrainingRunStatus], job: JobSnapshot | None) -> Outcome:
     """The Job's outcome is recorded: what is left happens in MLflow and needs no Job."""
     await _let_deleted_job_go(ctx, job)
     return await _finish(ctx, await _resolve(ctx))
 
 
-async def _job_ended_step(ctx: Context[TrainingRunSpec], job: JobSnapshot | None) -> Outcome:
+async def _job_ended_step(ctx: Context[TrainingRunSpec, TrainingRunStatus], job: JobSnapshot | None) -> Outcome:
     assert job is not None
     return await _job_ended(ctx, job)
 
 
-async def _job_running_step(ctx: Context[TrainingRunSpec], job: JobSnapshot | None) -> Outcome:
+async def _job_running_step(ctx: Context[TrainingRunSpec, TrainingRunStatus], job: JobSnapshot | None) -> Outcome:
     assert job is not None
     return await _in_progress(ctx, job)
 
 
-async def _job_lost_step(ctx: Context[TrainingRunSpec], job: JobSnapshot | None) -> Outcome:
+async def _job_lost_step(ctx: Context[TrainingRunSpec, TrainingRunStatus], job: JobSnapshot | None) -> Outcome:
     return await _job_lost(ctx, await _resolve(ctx))
 
 
-async def _starting(ctx: Context[TrainingRunSpec], job: JobSnapshot | None) -> Outcome:
+async def _starting(ctx: Context[TrainingRunSpec, TrainingRunStatus], job: JobSnapshot | None) -> Outcome:
     """Create what is missing, the run before the Job (its id is recorded in between), then
     take the step of the stage the run is in with its Job (running, or ended already)."""
     resolved = await _resolve(ctx)
@@ -145,7 +145,7 @@ async def _starting(ctx: Context[TrainingRunSpec], job: JobSnapshot | None) -> O
 class Step:
     """What one stage does, and how it is scheduled when the operator is busy."""
 
-    run: Callable[[Context[TrainingRunSpec], JobSnapshot | None], Awaitable[Outcome]]
+    run: Callable[[Context[TrainingRunSpec, TrainingRunStatus], JobSnapshot | None], Awaitable[Outcome]]
     schedule: Schedule = "normal"
 
 
@@ -162,8 +162,8 @@ STEPS: dict[logic.Stage, Step] = {
 # --------------------------------------------------------------------------- experiment
 
 
-async def _resolve(ctx: Context[TrainingRunSpec]) -> Resolved:
-    return await resolve_experiment(ctx, run_field="runId")
+async def _resolve(ctx: Context[TrainingRunSpec, TrainingRunStatus]) -> Resolved:
+    return await resolve_experiment(ctx)
 
 
 # --------------------------------------------------------------------------- run
@@ -177,9 +177,9 @@ def _job_run_id(job: JobSnapshot | None, identity: ObjectIdentity) -> str | None
     return job.labels.get(LABEL_RUN_ID)
 
 
-async def _ensure_run(ctx: Context[TrainingRunSpec], resolved: Resolved, job: JobSnapshot | None) -> RunInfo:
+async def _ensure_run(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved: Resolved, job: JobSnapshot | None) -> RunInfo:
     mlflow, target, identity = ctx.services.mlflow, resolved.target, ctx.identity
-    known = ctx.status.get("runId")
+    known = ctx.status.run_id
     if known:
         # A recorded run id always wins, once its tags confirm it.
         run = await owned_run(ctx.services, target, known, identity)
@@ -203,15 +203,15 @@ async def _ensure_run(ctx: Context[TrainingRunSpec], resolved: Resolved, job: Jo
         # Written with the Job's uid: until then, the run is found again by its uid tag,
         # and once the Job exists, by the run id the Job carries. The write fails (409) if
         # another reconcile recorded a run since this one read.
-        ctx.record({
-            "phase": ctx.status.get("phase") or "Pending",
-            "runId": run.run_id,
-            "experimentId": resolved.experiment_id,
-            "experimentName": resolved.experiment_name,
-            "trackingUri": resolved.target.uri,
-            "jobName": identity.name,
-            "url": target.run_url(resolved.experiment_id, run.run_id),
-        })
+        ctx.record(TrainingRunStatus(
+            phase=ctx.status.phase or "Pending",
+            run_id=run.run_id,
+            experiment_id=resolved.experiment_id,
+            experiment_name=resolved.experiment_name,
+            tracking_uri=resolved.target.uri,
+            job_name=identity.name,
+            url=target.run_url(resolved.experiment_id, run.run_id),
+        ))
         for duplicate in duplicates:
             await mlflow.set_run_tag(target, duplicate.run_id, DUPLICATE_TAG, run.run_id)
             await mlflow.delete_run(target, duplicate.run_id)
@@ -229,7 +229,7 @@ async def _ensure_run(ctx: Context[TrainingRunSpec], resolved: Resolved, job: Jo
 # --------------------------------------------------------------------------- job
 
 
-def _credential_source(ctx: Context[TrainingRunSpec], resolved: Resolved) -> logic.CredentialSource | None:
+def _credential_source(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved: Resolved) -> logic.CredentialSource | None:
     if not resolved.secret_name:
         return None
     return logic.CredentialSource.for_secret(resolved.secret_name, resolved.target.credentials)
@@ -243,7 +243,7 @@ def _job_rejected(error: KubernetesError, verb: str) -> ReconcileProblem | None:
     return None
 
 
-async def _check_job_template(ctx: Context[TrainingRunSpec], resolved: Resolved) -> None:
+async def _check_job_template(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved: Resolved) -> None:
     """Ask the API server (dry run) whether the Job would be accepted, before creating
     anything in MLflow: a bad template should leave no FAILED run behind. A Job of the
     same shape accepted a moment ago is not asked about again (RecentlyAccepted)."""
@@ -264,7 +264,7 @@ async def _check_job_template(ctx: Context[TrainingRunSpec], resolved: Resolved)
     accepted.remember(shape)
 
 
-async def _ensure_job(ctx: Context[TrainingRunSpec], resolved: Resolved, run: RunInfo,
+async def _ensure_job(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved: Resolved, run: RunInfo,
                       job: JobSnapshot | None) -> JobSnapshot:
     """The run's Job, created if there is none (no Job's uid is recorded yet: the starting
     stage), checked to be this TrainingRun's, and recorded."""
@@ -296,12 +296,12 @@ async def _ensure_job(ctx: Context[TrainingRunSpec], resolved: Resolved, run: Ru
         # Created by an earlier attempt for a twin of this run: the Job's run is the one
         # (closing the run deletes the other), if that run says it is this object's.
         confirmed = await _job_run_confirmed(ctx, resolved, job, in_job)
-        ctx.record({"runId": confirmed, "url": resolved.target.run_url(resolved.experiment_id, confirmed)})
-    ctx.record({"jobUid": job.uid, "jobName": identity.name})
+        ctx.record(TrainingRunStatus(run_id=confirmed, url=resolved.target.run_url(resolved.experiment_id, confirmed)))
+    ctx.record(TrainingRunStatus(job_uid=job.uid, job_name=identity.name))
     return job
 
 
-async def _job_run_confirmed(ctx: Context[TrainingRunSpec], resolved: Resolved, job: JobSnapshot,
+async def _job_run_confirmed(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved: Resolved, job: JobSnapshot,
                              run_id: str | None) -> str:
     """A run id read from a Job's label is this object's only if the run's tags say so;
     otherwise the Job is a stranger's, whatever its ownerReferences claim."""
@@ -313,19 +313,21 @@ async def _job_run_confirmed(ctx: Context[TrainingRunSpec], resolved: Resolved, 
         "no run is touched: delete the Job"))
 
 
-async def _in_progress(ctx: Context[TrainingRunSpec], state: JobSnapshot) -> Outcome:
+async def _in_progress(ctx: Context[TrainingRunSpec, TrainingRunStatus], state: JobSnapshot) -> Outcome:
     """The Job is pending or running; a drift check copies the run's live metrics."""
-    phase = logic.phase_of(state, ctx.status.get("phase"))
-    ctx.record({"phase": phase})
+    phase = logic.phase_of(state, ctx.status.phase)
+    ctx.record(TrainingRunStatus(phase=phase))
     if state.start_time:
-        ctx.record({"startTime": timestamps.rfc3339(state.start_time)})
-    if phase == "Running" and ctx.drift_check and ctx.status.get("runId"):
+        ctx.record(TrainingRunStatus(start_time=timestamps.rfc3339(state.start_time)))
+    if phase == "Running" and ctx.drift_check and ctx.status.run_id:
         resolved = await _resolve(ctx)
-        run = await ctx.services.mlflow.get_run(resolved.target, ctx.status["runId"])
+        run = await ctx.services.mlflow.get_run(resolved.target, ctx.status.run_id)
         if run is not None:
-            ctx.record({"metrics": run.metrics,
-                        "primaryMetric": logic.primary_metric_text(run.metrics, ctx.spec.primary_metric)})
-    run_id = ctx.status.get("runId")
+            ctx.record(TrainingRunStatus(
+                metrics=run.metrics,
+                primary_metric=logic.primary_metric_text(run.metrics, ctx.spec.primary_metric),
+            ))
+    run_id = ctx.status.run_id
     if phase == "Running":
         # The Job's events and the refresh timer carry it on from here.
         return progressing("Running", f"MLflow run {run_id} is running in Job {ctx.identity.name}",
@@ -345,19 +347,18 @@ def _pod_failure_reasons(pods: list[PodSnapshot]) -> list[str]:
     return reasons
 
 
-async def _job_ended(ctx: Context[TrainingRunSpec], state: JobSnapshot, resolved: Resolved | None = None) -> Outcome:
+async def _job_ended(ctx: Context[TrainingRunSpec, TrainingRunStatus], state: JobSnapshot, resolved: Resolved | None = None) -> Outcome:
     """The Job finished, or is being deleted: record its outcome in status first, then let
     the Job go (its finalizer held it until now), then close the run in MLflow."""
     # The pods say why a Job failed, and what the run ran on (pod, node, image digest).
     pods = await _pods_of(ctx, state)
     pod_reasons = _pod_failure_reasons(pods) if state.finished and state.finished[0] == "Failed" else []
     ended = logic.job_outcome(state, ctx.identity.name, pod_reasons)
-    outcome = {
-        "startTime": timestamps.rfc3339(state.start_time) or ctx.status.get("startTime"),
-        "completionTime": timestamps.rfc3339(ended.completion_time),
-        "jobOutcome": {"phase": ended.phase, "reason": ended.reason, "message": ended.message},
-    }
-    ctx.record(outcome)
+    ctx.record(TrainingRunStatus(
+        start_time=timestamps.rfc3339(state.start_time) or ctx.status.start_time,
+        completion_time=timestamps.rfc3339(ended.completion_time),
+        job_outcome=JobOutcomeStatus(phase=ended.phase, reason=ended.reason, message=ended.message),
+    ))
     if state.deleting:
         # The Job is going (a TTL, by hand): its outcome is written before it is let go.
         await ctx.checkpoint("job-outcome")
@@ -370,47 +371,53 @@ async def _job_ended(ctx: Context[TrainingRunSpec], state: JobSnapshot, resolved
 
 
 
-async def _pods_of(ctx: Context[TrainingRunSpec], job: JobSnapshot) -> list[PodSnapshot]:
+async def _pods_of(ctx: Context[TrainingRunSpec, TrainingRunStatus], job: JobSnapshot) -> list[PodSnapshot]:
     """The Job's own pods: those it controls (a bare pod can carry any label)."""
     pods = await ctx.services.kube.list_pods(ctx.identity.namespace, f"{CONTROLLER_UID_LABEL}={job.uid}")
     return [pod for pod in pods if pod.controller_uid == job.uid]
 
 
-async def _job_lost(ctx: Context[TrainingRunSpec], resolved: Resolved) -> Outcome:
+async def _job_lost(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved: Resolved) -> Outcome:
     """The Job is gone and its outcome was never recorded (it was created without the
     finalizer, or the finalizer was removed by hand): the run was cut short."""
-    ctx.record({
-        "completionTime": ctx.status.get("completionTime") or timestamps.now_rfc3339(),
-        "jobOutcome": {"phase": "Failed", "reason": "JobDeleted",
-                       "message": f"Job {ctx.identity.name} was deleted before its outcome was recorded"},
-    })
+    ctx.record(TrainingRunStatus(
+        completion_time=ctx.status.completion_time or timestamps.now_rfc3339(),
+        job_outcome=JobOutcomeStatus(
+            phase="Failed", reason="JobDeleted",
+            message=f"Job {ctx.identity.name} was deleted before its outcome was recorded"),
+    ))
     await ctx.checkpoint("job-outcome")
     return await _finish(ctx, resolved)
 
 
-async def _finish(ctx: Context[TrainingRunSpec], resolved: Resolved, ran_on: dict[str, str] | None = None) -> Outcome:
+async def _finish(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved: Resolved, ran_on: dict[str, str] | None = None) -> Outcome:
     """Close the MLflow run from the recorded outcome (never from what the container
     reported), with the tags that say what it ran on; copy its metrics, and register the
     model of a successful run."""
     mlflow, target, status = ctx.services.mlflow, resolved.target, ctx.status
-    recorded = status.get("jobOutcome") or {}
+    recorded = status.job_outcome
     # The phase moves to Succeeded/Failed with the run's final status, not before it.
-    run_id, phase = status["runId"], recorded.get("phase") or status["phase"]
-    reason = recorded.get("reason") or ("Succeeded" if phase == "Succeeded" else "JobFailed")
-    run_status = status.get("runStatus") or logic.final_run_status(phase, reason)
+    run_id, phase = status.run_id, (recorded.phase if recorded else None) or status.phase
+    assert run_id is not None and phase is not None, "closing a run that was started and ended"
+    reason = (recorded.reason if recorded else "") or ("Succeeded" if phase == "Succeeded" else "JobFailed")
+    run_status = status.run_status or logic.final_run_status(phase, reason)
     run: RunInfo | None = None
-    if not status.get("runStatus"):
+    if not status.run_status:
         run = await _run_to_close(ctx, resolved, run_id)
         missing_tags = {key: value for key, value in (ran_on or {}).items() if run.tags.get(key) != value}
         if missing_tags:
             await mlflow.log_params_and_tags(target, run_id, {}, missing_tags)
-        end_ms = timestamps.millis(timestamps.parse(status.get("completionTime"))) or int(time.time() * 1000)
+        end_ms = timestamps.millis(timestamps.parse(status.completion_time)) or int(time.time() * 1000)
         if run.status != run_status or run.end_time is None:
             await mlflow.set_run_status(target, run_id, run_status, run.end_time or end_ms)
-        ctx.record({"phase": phase, "runStatus": run_status, "metrics": run.metrics,
-                    "primaryMetric": logic.primary_metric_text(run.metrics, ctx.spec.primary_metric)})
+        ctx.record(TrainingRunStatus(
+            phase=phase,
+            run_status=run_status,
+            metrics=run.metrics,
+            primary_metric=logic.primary_metric_text(run.metrics, ctx.spec.primary_metric),
+        ))
     if phase == "Failed":
-        message = f"{recorded.get('message') or 'Job failed'}; MLflow run {run_id} marked {run_status}"
+        message = f"{(recorded.message if recorded else '') or 'Job failed'}; MLflow run {run_id} marked {run_status}"
         # The outcome becomes a Warning event through the condition transition.
         return stalled(reason, message)
     if ctx.spec.register_model is None:
@@ -421,12 +428,12 @@ async def _finish(ctx: Context[TrainingRunSpec], resolved: Resolved, ran_on: dic
     run = run or await owned_run(ctx.services, target, run_id, ctx.identity)
     registration = await register_model(ctx, resolved, run, ctx.spec.register_model)
     message = f"MLflow run {run_id} FINISHED; {registration.describe()}"
-    ctx.record({"modelVersion": registration.version})
+    ctx.record(TrainingRunStatus(model_version=registration.version))
     ctx.event("Normal", "Succeeded", message)
     return ready("Succeeded", message)
 
 
-async def _run_to_close(ctx: Context[TrainingRunSpec], resolved: Resolved, run_id: str) -> RunInfo:
+async def _run_to_close(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved: Resolved, run_id: str) -> RunInfo:
     """The run, found by the object's uid tag: the same one call also finds a twin that a
     retried create_run POST may have left (same start time: the same request), which is
     deleted now. Other runs with the tag (as after a hand-over) are left as they are."""
@@ -446,7 +453,7 @@ async def _run_to_close(ctx: Context[TrainingRunSpec], resolved: Resolved, run_i
 # --------------------------------------------------------------------------- deletion
 
 
-async def kill_training_run(ctx: Context[TrainingRunSpec]) -> None:
+async def kill_training_run(ctx: Context[TrainingRunSpec, TrainingRunStatus]) -> None:
     """The object is being deleted: its Job is removed (with its pods) and a run still open is
     closed: FINISHED or FAILED if the Job had ended (its outcome is never lost), otherwise
     KILLED. A run closed earlier is kept as it is."""
@@ -454,15 +461,15 @@ async def kill_training_run(ctx: Context[TrainingRunSpec]) -> None:
     job = await kube.get_job(identity.namespace, identity.name)
     if job is not None and not job.controlled_by(identity.uid):
         job = None  # a stranger's Job of the same name: left alone
-    state = job if job is not None and job.uid == status.get("jobUid") else None
+    state = job if job is not None and job.uid == status.job_uid else None
     if job is not None:
         await kube.delete_job(identity.namespace, identity.name, propagation="Background", uid=job.uid)
         await kube.remove_job_finalizer(identity.namespace, identity.name, logic.JOB_FINALIZER)
-    run_id = status.get("runId")
-    if not run_id or status.get("runStatus") in logic.CLOSED_RUN_STATUSES:
+    run_id = status.run_id
+    if not run_id or status.run_status in logic.CLOSED_RUN_STATUSES:
         return
-    if status.get("jobOutcome"):
-        phase, reason = status["jobOutcome"].get("phase", "Failed"), status["jobOutcome"].get("reason", "")
+    if status.job_outcome:
+        phase, reason = status.job_outcome.phase, status.job_outcome.reason
     elif state is not None and state.finished:
         ended = logic.job_outcome(state, identity.name, [])
         phase, reason = ended.phase, ended.reason

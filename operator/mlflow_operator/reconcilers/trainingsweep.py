@@ -16,7 +16,7 @@ from typing import Any
 
 from mlflow_operator.api.common import TAG_UID, ObjectIdentity
 from mlflow_operator.api.trainingrun import PLURAL as TRAINING_RUNS
-from mlflow_operator.api.trainingsweep import LABEL_SWEEP, TrainingSweepSpec
+from mlflow_operator.api.trainingsweep import LABEL_SWEEP, BestTrialStatus, TrainingSweepSpec, TrainingSweepStatus
 from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.logic import provenance, timestamps
 from mlflow_operator.logic import trainingrun as run_logic
@@ -37,8 +37,6 @@ from mlflow_operator.reconcilers.runs import (
     resolve_experiment,
 )
 
-RUN_FIELD = "parentRunId"
-
 
 def parse_spec(raw_spec: Any) -> TrainingSweepSpec:
     return common.parse_spec(_parse_sweep, raw_spec)
@@ -56,22 +54,22 @@ def _parse_sweep(raw_spec: Any) -> TrainingSweepSpec:
     return spec
 
 
-async def reconcile_training_sweep(ctx: Context[TrainingSweepSpec]) -> Outcome:
+async def reconcile_training_sweep(ctx: Context[TrainingSweepSpec, TrainingSweepStatus]) -> Outcome:
     spec, status = ctx.spec, ctx.status
     # Closed as a TrainingRun is: ended, the (parent) run closed, the model registered if asked.
     if run_logic.is_closed(status, registers_model=spec.register_best is not None):
         return outcome_of_closed(status)
     total = logic.trial_count(spec)
-    resolved = await resolve_experiment(ctx, run_field=RUN_FIELD)
+    resolved = await resolve_experiment(ctx)
     parent_run_id = await _ensure_parent_run(ctx, resolved)
     trials = await _trials(ctx)
     plan = logic.plan(total, trials, spec.parallelism, spec.max_failed_trials)
     for index in plan.create:
         await _create_trial(ctx, index, parent_run_id)
     best = logic.best_trial(trials, spec.objective.metric, spec.objective.goal)
-    ctx.record({"phase": "Running", "trials": plan.counts.as_status()})
+    ctx.record(TrainingSweepStatus(phase="Running", trials=plan.counts.as_status()))
     if best is not None:
-        ctx.record({"bestTrial": _best_status(best, spec.objective.metric)})
+        ctx.record(TrainingSweepStatus(best_trial=_best_status(best, spec.objective.metric)))
     if not plan.over:
         counts = plan.counts
         message = (f"{counts.succeeded + counts.failed}/{counts.total} trials done ({counts.failed} failed), "
@@ -82,16 +80,16 @@ async def reconcile_training_sweep(ctx: Context[TrainingSweepSpec]) -> Outcome:
     return await _close(ctx, resolved, parent_run_id, plan, best)
 
 
-def _best_status(best: logic.TrialView, metric: str) -> dict[str, Any]:
-    return {"name": best.name, "index": best.index, "runId": best.run_id, "params": dict(best.params),
-            "metric": f"{metric}={best.metrics[metric]:.6g}", "value": best.metrics[metric]}
+def _best_status(best: logic.TrialView, metric: str) -> BestTrialStatus:
+    return BestTrialStatus(name=best.name, index=best.index, run_id=best.run_id, params=dict(best.params),
+                           metric=f"{metric}={best.metrics[metric]:.6g}", value=best.metrics[metric])
 
 
-async def _ensure_parent_run(ctx: Context[TrainingSweepSpec], resolved: Resolved) -> str:
+async def _ensure_parent_run(ctx: Context[TrainingSweepSpec, TrainingSweepStatus], resolved: Resolved) -> str:
     """The parent run: created once, recorded in status before any trial names it."""
-    known = ctx.status.get(RUN_FIELD)
+    known = ctx.status.parent_run_id
     if known:
-        return str(known)
+        return known
     mlflow, target, identity = ctx.services.mlflow, resolved.target, ctx.identity
     runs = [] if no_run_can_exist(ctx) else await mlflow.find_runs_by_tag(
         target, resolved.experiment_id, TAG_UID, identity.uid)
@@ -106,15 +104,15 @@ async def _ensure_parent_run(ctx: Context[TrainingSweepSpec], resolved: Resolved
     for duplicate in duplicates:  # twins of a retried create_run POST
         await mlflow.set_run_tag(target, duplicate.run_id, DUPLICATE_TAG, run.run_id)
         await mlflow.delete_run(target, duplicate.run_id)
-    ctx.record({
-        "phase": "Running",
-        RUN_FIELD: run.run_id,
-        "experimentId": resolved.experiment_id,
-        "experimentName": resolved.experiment_name,
-        "trackingUri": target.uri,
-        "url": target.run_url(resolved.experiment_id, run.run_id),
-        "startTime": timestamps.now_rfc3339(),
-    })
+    ctx.record(TrainingSweepStatus(
+        phase="Running",
+        parent_run_id=run.run_id,
+        experiment_id=resolved.experiment_id,
+        experiment_name=resolved.experiment_name,
+        tracking_uri=target.uri,
+        url=target.run_url(resolved.experiment_id, run.run_id),
+        start_time=timestamps.now_rfc3339(),
+    ))
     await ctx.checkpoint("parent-run")
     ctx.event("Normal", "Started", f"created parent MLflow run {run.run_id} in experiment "
                                    f"{resolved.experiment_name!r} ({resolved.experiment_id})")
@@ -126,7 +124,7 @@ def _owned(body: dict[str, Any], identity: ObjectIdentity) -> bool:
     return sweep is not None and sweep.get("uid") == identity.uid
 
 
-async def _trials(ctx: Context[TrainingSweepSpec]) -> dict[int, logic.TrialView]:
+async def _trials(ctx: Context[TrainingSweepSpec, TrainingSweepStatus]) -> dict[int, logic.TrialView]:
     """The sweep's trials as their TrainingRuns show them now (a TrainingRun of another
     sweep of the same name, e.g. one deleted and re-created, is not one of them)."""
     identity = ctx.identity
@@ -140,7 +138,7 @@ async def _trials(ctx: Context[TrainingSweepSpec]) -> dict[int, logic.TrialView]
     return trials
 
 
-async def _create_trial(ctx: Context[TrainingSweepSpec], index: int, parent_run_id: str) -> None:
+async def _create_trial(ctx: Context[TrainingSweepSpec, TrainingSweepStatus], index: int, parent_run_id: str) -> None:
     spec, identity, kube = ctx.spec, ctx.identity, ctx.services.kube
     params = logic.trial_params(spec, index, logic.seed_source(spec, identity.uid))
     body = logic.trial_body(spec, identity, ctx.metadata, index, params, parent_run_id)
@@ -160,7 +158,7 @@ async def _create_trial(ctx: Context[TrainingSweepSpec], index: int, parent_run_
     ctx.event("Normal", "TrialCreated", f"created trial {name} ({shown})")
 
 
-async def _close(ctx: Context[TrainingSweepSpec], resolved: Resolved, parent_run_id: str, plan: logic.Plan,
+async def _close(ctx: Context[TrainingSweepSpec, TrainingSweepStatus], resolved: Resolved, parent_run_id: str, plan: logic.Plan,
                  best: logic.TrialView | None) -> Outcome:
     """Every trial has ended: the parent run gets the best trial's params and objective
     metric and ends FINISHED, or FAILED when too many trials failed or none is usable; then
@@ -176,7 +174,7 @@ async def _close(ctx: Context[TrainingSweepSpec], resolved: Resolved, parent_run
     elif best is None:
         failure = ("ObjectiveMissing", f"no succeeded trial logged the objective metric {metric!r}")
     run_status = "FAILED" if failure else "FINISHED"
-    if not status.get("runStatus"):
+    if not status.run_status:
         run = await owned_run(ctx.services, target, parent_run_id, ctx.identity, "parent MLflow run")
         if best is not None and run.metrics.get(metric) != best.metrics[metric]:
             params = {k: v for k, v in best.params.items() if k not in run.params}
@@ -186,8 +184,8 @@ async def _close(ctx: Context[TrainingSweepSpec], resolved: Resolved, parent_run
                 metrics={metric: best.metrics[metric]})
         if run.status != run_status or run.end_time is None:
             await mlflow.set_run_status(target, parent_run_id, run_status, run.end_time or int(time.time() * 1000))
-        ctx.record({"runStatus": run_status, "completionTime": timestamps.now_rfc3339()})
-    ctx.record({"phase": "Failed" if failure else "Succeeded"})
+        ctx.record(TrainingSweepStatus(run_status=run_status, completion_time=timestamps.now_rfc3339()))
+    ctx.record(TrainingSweepStatus(phase="Failed" if failure else "Succeeded"))
     summary = f"{counts.succeeded} of {counts.total} trials succeeded"
     if failure:
         reason, message = failure
@@ -200,7 +198,7 @@ async def _close(ctx: Context[TrainingSweepSpec], resolved: Resolved, parent_run
         trial = ObjectIdentity(kind="TrainingRun", namespace=ctx.identity.namespace, name=best.name, uid=best.uid)
         best_run = await owned_run(ctx.services, target, best.run_id, trial, f"trial {best.name}'s MLflow run")
         registration = await register_model(ctx, resolved, best_run, spec.register_best)
-        ctx.record({"modelVersion": registration.version})
+        ctx.record(TrainingSweepStatus(model_version=registration.version))
         message += f"; {registration.describe()}"
     ctx.event("Normal", "Succeeded", message)
     return ready("Succeeded", message)
@@ -209,14 +207,14 @@ async def _close(ctx: Context[TrainingSweepSpec], resolved: Resolved, parent_run
 # --------------------------------------------------------------------------- deletion
 
 
-async def kill_training_sweep(ctx: Context[TrainingSweepSpec]) -> None:
+async def kill_training_sweep(ctx: Context[TrainingSweepSpec, TrainingSweepStatus]) -> None:
     """The sweep is being deleted: its trials go with it (ownerReferences; each one's run is
     closed KILLED by its own deletion) and a parent run still open is closed KILLED."""
     services, identity, status = ctx.services, ctx.identity, ctx.status
-    run_id = status.get(RUN_FIELD)
-    if not run_id or status.get("runStatus"):
+    run_id = status.parent_run_id
+    if not run_id or status.run_status:
         return
-    resolved = await resolve_experiment(ctx, run_field=RUN_FIELD)
+    resolved = await resolve_experiment(ctx)
     run = await owned_run_to_close(services, resolved.target, run_id, identity, "parent MLflow run")
     if run is not None and run.status not in run_logic.CLOSED_RUN_STATUSES:
         await services.mlflow.set_run_status(resolved.target, run_id, "KILLED", int(time.time() * 1000))
