@@ -33,6 +33,7 @@ from mlflow_operator.logic.conditions import (
     progressing,
     stalled,
 )
+from mlflow_operator.logic.reasons import Reason
 from mlflow_operator.reconcilers.common import (
     Context,
     Event,
@@ -156,7 +157,7 @@ def outcome_for_error(error: Exception) -> Outcome:
         # The server understood and refused (4xx): the same request will not succeed later.
         return stalled(error.reason, f"MLflow refused a request: {error}")
     if isinstance(error, KubernetesError):
-        return progressing("KubernetesError", f"Kubernetes API call failed, will retry: {error}")
+        return progressing(Reason.KUBERNETES_ERROR, f"Kubernetes API call failed, will retry: {error}")
     raise error
 
 

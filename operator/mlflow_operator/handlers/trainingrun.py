@@ -23,6 +23,7 @@ from mlflow_operator.handlers.common import (
     wake_waiting,
 )
 from mlflow_operator.logic import trainingrun as logic
+from mlflow_operator.logic.reasons import Reason
 from mlflow_operator.logic.trainingrun import JOB_FINALIZER
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.reconcilers.trainingrun import (
@@ -134,7 +135,7 @@ def needs_job_events(body: Any) -> bool:
 
 # Stalled for these, a run waits for its spec to change (the update handler), or for the
 # operator's configuration (a restart resumes every object): no timer.
-WAITS_FOR_SPEC = ("InvalidSpec", "InvalidTemplate", "TrackingServerNotAllowed")
+WAITS_FOR_SPEC = (Reason.INVALID_SPEC, Reason.INVALID_TEMPLATE, Reason.TRACKING_SERVER_NOT_ALLOWED)
 
 
 def needs_refresh(body: Any, **_: Any) -> bool:

@@ -21,6 +21,7 @@ from mlflow_operator.handlers.common import (
     waiting_for_experiment,
     wake_waiting,
 )
+from mlflow_operator.logic.reasons import Reason
 from mlflow_operator.logic.trainingrun import is_closed
 from mlflow_operator.logic.trainingsweep import controller_sweep
 from mlflow_operator.reconcilers.trainingsweep import (
@@ -66,7 +67,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
 
 # Stalled for these, a sweep waits for a new object (its spec is immutable once started)
 # or the operator's configuration: no timer.
-WAITS_FOR_SPEC = ("InvalidSpec", "TrackingServerNotAllowed", "TrialConflict")
+WAITS_FOR_SPEC = (Reason.INVALID_SPEC, Reason.TRACKING_SERVER_NOT_ALLOWED, Reason.TRIAL_CONFLICT)
 
 
 async def wake_training_sweeps(experiment: kopf.Body, memo: kopf.Memo, logger: Any) -> None:

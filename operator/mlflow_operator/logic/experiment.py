@@ -10,6 +10,7 @@ from mlflow_operator.api.experiment import ExperimentSpec, default_experiment_na
 from mlflow_operator.logic import ownership
 from mlflow_operator.logic.conditions import ReconcileProblem, stalled
 from mlflow_operator.logic.ownership import Relation
+from mlflow_operator.logic.reasons import Reason
 from mlflow_operator.tracking.entities import ExperimentInfo
 
 
@@ -59,20 +60,20 @@ def bind_known(experiment: ExperimentInfo | None, known_id: str, identity: Objec
     """
     if experiment is None:
         raise ReconcileProblem(stalled(
-            "DeletedInMLflow",
+            Reason.DELETED_IN_MLFLOW,
             f"MLflow experiment {known_id} no longer exists (deleted permanently outside the operator); "
             "delete and re-create this object to create a new experiment",
         ))
     if experiment.deleted:
         raise ReconcileProblem(stalled(
-            "DeletedInMLflow",
+            Reason.DELETED_IN_MLFLOW,
             f"MLflow experiment {known_id} ({experiment.name!r}) was deleted outside the operator; restore it "
             f"in MLflow (mlflow experiments restore --experiment-id {known_id}) or delete and re-create this "
             "object to create a new experiment",
         ))
     if ownership.relation(experiment.tags, identity) in (Relation.OTHER_OBJECT, Relation.OTHER_NAMESPACE):
         raise ReconcileProblem(stalled(
-            "Conflict",
+            Reason.CONFLICT,
             f"MLflow experiment {known_id} is now tagged as owned by {ownership.describe_owner(experiment.tags)}",
         ))
     # Ours, or its ownership tags were removed by hand: they are set again.
@@ -89,7 +90,7 @@ def bind_by_name(experiment: ExperimentInfo | None, name: str, identity: ObjectI
         return Binding("restore" if experiment.deleted else "use", experiment)
     if experiment.deleted:
         raise ReconcileProblem(stalled(
-            "NameTakenByDeletedExperiment",
+            Reason.NAME_TAKEN_BY_DELETED_EXPERIMENT,
             f"a deleted MLflow experiment named {name!r} (id {experiment.experiment_id}) is in MLflow's trash; "
             "restore it in MLflow to adopt it, remove it for good (mlflow gc), or choose another spec.name",
         ))

@@ -18,6 +18,7 @@ import re
 
 from mlflow_operator.api.common import TAG_KIND, TAG_NAME, TAG_NAMESPACE, TAG_UID, ObjectIdentity
 from mlflow_operator.logic.conditions import ReconcileProblem, stalled
+from mlflow_operator.logic.reasons import Reason
 
 # Written by TrainingRuns before entities carried k8s.namespace: "TrainingRun <namespace>/<name>".
 CREATED_BY_TAG = "k8s.createdBy"
@@ -77,11 +78,11 @@ def take_over(tags: dict[str, str], identity: ObjectIdentity, adopt: bool, what:
         if adopt:
             return found
         raise ReconcileProblem(stalled(
-            "Conflict",
+            Reason.CONFLICT,
             f"{what} exists and was not created by the operator; set spec.adopt: true to take it over "
             "(its ownership tags are then set to this object), or choose another name",
         ))
-    raise ReconcileProblem(stalled("Conflict", f"{what} is owned by {describe_owner(tags)}; choose another name"))
+    raise ReconcileProblem(stalled(Reason.CONFLICT, f"{what} is owned by {describe_owner(tags)}; choose another name"))
 
 
 def use_for_namespace(tags: dict[str, str], identity: ObjectIdentity, what: str) -> None:
@@ -91,11 +92,11 @@ def use_for_namespace(tags: dict[str, str], identity: ObjectIdentity, what: str)
         return
     if found is Relation.UNOWNED:
         raise ReconcileProblem(stalled(
-            "Conflict",
+            Reason.CONFLICT,
             f"{what} was not created by the operator and belongs to no namespace; declare it in this "
             "namespace with spec.adopt: true (an Experiment or RegisteredModel) to use it, or choose another name",
         ))
-    raise ReconcileProblem(stalled("Conflict", f"{what} is owned by {describe_owner(tags)}; choose another name"))
+    raise ReconcileProblem(stalled(Reason.CONFLICT, f"{what} is owned by {describe_owner(tags)}; choose another name"))
 
 
 def may_delete(tags: dict[str, str], identity: ObjectIdentity) -> bool:
@@ -120,7 +121,7 @@ def refuse_other_namespace_prefix(name: str, namespace: str, field: str) -> None
     head, slash, _ = name.partition("/")
     if slash and head != namespace and _NAMESPACE_NAME.fullmatch(head):
         raise ReconcileProblem(stalled(
-            "NameOutsideNamespace",
+            Reason.NAME_OUTSIDE_NAMESPACE,
             f"{field} {name!r} is inside namespace {head!r}'s prefix ({head}/...); a name whose first part "
             f"could be a namespace must start with this namespace's: {namespace}/...",
         ))

@@ -12,6 +12,7 @@ from mlflow_operator.api.registeredmodel import RegisteredModelSpec, RegisteredM
 from mlflow_operator.logic import ownership
 from mlflow_operator.logic.conditions import ReconcileProblem, stalled
 from mlflow_operator.logic.ownership import Relation
+from mlflow_operator.logic.reasons import Reason
 from mlflow_operator.tracking.entities import ModelVersionInfo, RegisteredModelInfo
 
 # status.versions lists the newest this many versions, and besides them only those that
@@ -81,7 +82,7 @@ def bind(model: RegisteredModelInfo | None, name: str, identity: ObjectIdentity,
     if model is None:
         if known:
             raise ReconcileProblem(stalled(
-                "DeletedInMLflow",
+                Reason.DELETED_IN_MLFLOW,
                 f"registered model {name!r} was deleted outside the operator (with all its versions); "
                 "delete and re-create this object to create it again",
             ))

@@ -22,6 +22,7 @@ from mlflow_operator.api.trainingrun import (
 from mlflow_operator.api.trainingsweep import TrainingSweepStatus
 from mlflow_operator.cluster.snapshots import JobSnapshot
 from mlflow_operator.logic.conditions import ReconcileProblem, stalled
+from mlflow_operator.logic.reasons import Reason
 from mlflow_operator.tracking.entities import LoggedModelInfo, RunInfo
 from mlflow_operator.tracking.servers import Credentials
 
@@ -49,7 +50,7 @@ def param_env(params: dict[str, str]) -> dict[str, str]:
         name = param_env_name(key)
         if name in result:
             raise ReconcileProblem(stalled(
-                "InvalidSpec",
+                Reason.INVALID_SPEC,
                 f"params {origin[name]!r} and {key!r} both become env var {name}; rename one of them",
             ))
         result[name], origin[name] = params[key], key
@@ -186,11 +187,11 @@ class JobOutcome:
 def job_outcome(job: JobSnapshot, job_name: str, pod_reasons: list[str]) -> JobOutcome:
     now = dt.datetime.now(dt.timezone.utc)
     if job.finished and job.finished[0] == "Complete":
-        return JobOutcome("Succeeded", "Succeeded", f"Job {job_name} completed", job.completion_time or now)
+        return JobOutcome("Succeeded", Reason.SUCCEEDED, f"Job {job_name} completed", job.completion_time or now)
     if job.finished:
-        return JobOutcome("Failed", job.finished[1] or "JobFailed", failure_message(job, pod_reasons),
+        return JobOutcome("Failed", job.finished[1] or Reason.JOB_FAILED, failure_message(job, pod_reasons),
                           job.completion_time or now)
-    return JobOutcome("Failed", "JobDeleted", f"Job {job_name} was deleted before it finished", now)
+    return JobOutcome("Failed", Reason.JOB_DELETED, f"Job {job_name} was deleted before it finished", now)
 
 
 def phase_of(job: JobSnapshot, previous_phase: str | None = None) -> str:
@@ -204,7 +205,7 @@ def phase_of(job: JobSnapshot, previous_phase: str | None = None) -> str:
 
 
 # Outcomes that cut the run short rather than let the training code fail.
-CUT_SHORT_REASONS = ("JobDeleted", "Killed")
+CUT_SHORT_REASONS = (Reason.JOB_DELETED, Reason.KILLED)
 
 
 def final_run_status(phase: str, reason: str = "") -> str:

@@ -27,6 +27,7 @@ from mlflow_operator.api.trainingsweep import (
 )
 from mlflow_operator.logic.conditions import ReconcileProblem, stalled
 from mlflow_operator.logic.provenance import SOURCE_REPO_ANNOTATION, SOURCE_REVISION_ANNOTATION
+from mlflow_operator.logic.reasons import Reason
 
 # Tags on the parent run (the `mlflow.operator.dev/` prefix is the operator's, as for audit tags).
 TAG_SEARCH_SPACE = "mlflow.operator.dev/search-space"
@@ -39,7 +40,7 @@ TAG_TRIAL = "mlflow.operator.dev/trial"
 
 
 def invalid(message: str) -> ReconcileProblem:
-    return ReconcileProblem(stalled("InvalidSpec", message))
+    return ReconcileProblem(stalled(Reason.INVALID_SPEC, message))
 
 
 # --------------------------------------------------------------------------- search space

@@ -15,6 +15,7 @@ from mlflow_operator.gateways.kubernetes import KubernetesError, KubernetesGatew
 from mlflow_operator.gateways.mlflow import MlflowGateway
 from mlflow_operator.logic import ownership, signing
 from mlflow_operator.logic.conditions import ReconcileProblem, progressing, stalled
+from mlflow_operator.logic.reasons import Reason
 from mlflow_operator.runtime.config import OperatorConfig
 from mlflow_operator.scheduling.policy import Dispatcher
 from mlflow_operator.tracking.choice import choose_target, credentials_from_secret
@@ -36,7 +37,7 @@ def parse_status(status_type: type[StatusT], raw_status: Any) -> StatusT:
     try:
         return status_type.model_validate(dict(raw_status or {}))
     except ValidationError as error:
-        raise ReconcileProblem(stalled("InvalidStatus", f"status cannot be read: {error}")) from None
+        raise ReconcileProblem(stalled(Reason.INVALID_STATUS, f"status cannot be read: {error}")) from None
 
 
 def parse_spec(parse: Callable[[Any], SpecT], raw_spec: Any) -> SpecT:
@@ -45,7 +46,7 @@ def parse_spec(parse: Callable[[Any], SpecT], raw_spec: Any) -> SpecT:
     try:
         return parse(raw_spec)
     except ValueError as error:
-        raise ReconcileProblem(stalled("InvalidSpec", f"invalid spec: {error}")) from None
+        raise ReconcileProblem(stalled(Reason.INVALID_SPEC, f"invalid spec: {error}")) from None
 
 @dataclass(frozen=True)
 class Services:
@@ -165,7 +166,7 @@ async def resolve_target_and_secret(
             secret = await services.caches.watched.credentials_secret(services.kube, namespace, choice.secret_name)
         except KubernetesError as error:
             raise ReconcileProblem(progressing(
-                "SecretUnreadable", f"cannot read Secret {choice.secret_name!r}: {error.message}"
+                Reason.SECRET_UNREADABLE, f"cannot read Secret {choice.secret_name!r}: {error.message}"
             )) from None
         remembered = services.caches.remembered.recall(key) if cleanup and secret is None else None
         if remembered is not None:
@@ -173,7 +174,7 @@ async def resolve_target_and_secret(
         elif cleanup and secret is None:
             # Deleting, e.g. with the whole namespace: the Secret will not come back.
             raise ReconcileProblem(stalled(
-                "SecretNotFound", f"Secret {choice.secret_name!r} is gone and the operator has not read it since "
+                Reason.SECRET_NOT_FOUND, f"Secret {choice.secret_name!r} is gone and the operator has not read it since "
                 "it started, so it cannot authenticate to close the MLflow entity",
             ))
         else:
@@ -244,10 +245,10 @@ async def owned_run(services: Services, target: TrackingTarget, run_id: str, own
     the run is checked before the id is recorded and again before every write to the run."""
     run = await services.mlflow.get_run(target, run_id)
     if run is None or run.lifecycle_stage == "deleted":
-        raise ReconcileProblem(stalled("RunDeletedInMLflow", f"{what} {run_id} was deleted outside the operator"))
+        raise ReconcileProblem(stalled(Reason.RUN_DELETED_IN_MLFLOW, f"{what} {run_id} was deleted outside the operator"))
     if run.tags.get(TAG_UID) != owner.uid:
         raise ReconcileProblem(stalled(
-            "RunConflict", f"{what} {run_id} is not tagged as {owner.kind} {owner.name}'s run "
+            Reason.RUN_CONFLICT, f"{what} {run_id} is not tagged as {owner.kind} {owner.name}'s run "
             f"({TAG_UID}); the operator leaves it untouched"))
     return run
 
@@ -259,7 +260,7 @@ async def owned_run_to_close(services: Services, target: TrackingTarget, run_id:
     try:
         return await owned_run(services, target, run_id, owner, what)
     except ReconcileProblem as problem:
-        if problem.outcome.reason == "RunDeletedInMLflow":
+        if problem.outcome.reason == Reason.RUN_DELETED_IN_MLFLOW:
             return None
         raise
 

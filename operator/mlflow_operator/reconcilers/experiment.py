@@ -12,6 +12,7 @@ from mlflow_operator.api.trainingrun import TrainingRunStatus
 from mlflow_operator.logic import experiment as logic
 from mlflow_operator.logic import ownership
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
+from mlflow_operator.logic.reasons import Reason
 from mlflow_operator.logic.trainingrun import CLOSED_RUN_STATUSES
 from mlflow_operator.reconcilers.common import (
     Context,
@@ -61,7 +62,7 @@ async def reconcile_experiment(ctx: Context[ExperimentSpec, ExperimentStatus]) -
         if binding.kind == "adopt":
             mismatch = logic.artifact_location_mismatch(desired, experiment)
             if mismatch:
-                raise ReconcileProblem(stalled("ArtifactLocationMismatch", mismatch))
+                raise ReconcileProblem(stalled(Reason.ARTIFACT_LOCATION_MISMATCH, mismatch))
             event("Normal", "Adopted",
                            f"adopted existing MLflow experiment {experiment.name!r} (id {experiment.experiment_id}), "
                            f"artifact location {experiment.artifact_location!r}")
@@ -92,7 +93,7 @@ async def reconcile_experiment(ctx: Context[ExperimentSpec, ExperimentStatus]) -
         tracking_uri=target.uri,
         managed_tags=desired.managed_keys,
     ))
-    return ready("Reconciled", f"MLflow experiment {desired.name!r} (id {experiment_id}) is in sync")
+    return ready(Reason.RECONCILED, f"MLflow experiment {desired.name!r} (id {experiment_id}) is in sync")
 
 
 async def experiment_in_sync(services: Services, body: Any) -> bool:
@@ -141,7 +142,7 @@ async def _create(
             raise
         return binding.experiment
     except InvalidRequest as error:
-        raise ReconcileProblem(stalled("InvalidSpec", f"MLflow rejected the experiment: {error}")) from None
+        raise ReconcileProblem(stalled(Reason.INVALID_SPEC, f"MLflow rejected the experiment: {error}")) from None
     created = await services.mlflow.get_experiment(target, experiment_id)
     assert created is not None, f"experiment {experiment_id} vanished right after creation"
     return created  # its signature comes with the plan (_signed), as its id is known only now
@@ -154,7 +155,7 @@ async def _check_rename_target(
     if holder is not None and holder.experiment_id != experiment.experiment_id:
         state = "a deleted" if holder.deleted else "another"
         raise ReconcileProblem(stalled(
-            "NameConflict",
+            Reason.NAME_CONFLICT,
             f"cannot rename MLflow experiment {experiment.experiment_id} to {new_name!r}: {state} experiment "
             f"(id {holder.experiment_id}) has that name",
         ))
@@ -175,7 +176,7 @@ async def _apply(services: Services, target: TrackingTarget, experiment_id: str,
                     assert_never(unknown)
         except InvalidRequest as error:
             raise ReconcileProblem(stalled(
-                "InvalidSpec", f"MLflow rejected {logic.describe_tag(change.key) if change.key else 'the rename'}: {error}"
+                Reason.INVALID_SPEC, f"MLflow rejected {logic.describe_tag(change.key) if change.key else 'the rename'}: {error}"
             )) from None
 
 
@@ -207,7 +208,7 @@ async def delete_experiment(ctx: Context[ExperimentSpec, ExperimentStatus]) -> N
     if open_runs:
         # Runs in a deleted experiment can no longer be closed: delete it once they are.
         raise ReconcileProblem(progressing(
-            "WaitingForRuns",
+            Reason.WAITING_FOR_RUNS,
             f"MLflow experiment {experiment_id} is deleted once these TrainingRuns have finished: "
             + ", ".join(open_runs[:10]) + (f" and {len(open_runs) - 10} more" if len(open_runs) > 10 else ""),
             expected=True,

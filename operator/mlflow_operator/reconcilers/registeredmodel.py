@@ -11,6 +11,7 @@ from mlflow_operator.gateways.mlflow import MlflowGateway
 from mlflow_operator.logic import ownership, promotion, provenance
 from mlflow_operator.logic import registeredmodel as logic
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
+from mlflow_operator.logic.reasons import Reason
 from mlflow_operator.reconcilers import promotions
 from mlflow_operator.reconcilers.common import (
     Context,
@@ -32,6 +33,7 @@ from mlflow_operator.tracking.entities import (
     TrackingTarget,
 )
 
+# Condition types of their own (besides Ready, Reconciling, Stalled).
 VERSION_NOT_FOUND = "VersionNotFound"
 DRIFTED = "Drifted"
 PROMOTION_BLOCKED = "PromotionBlocked"
@@ -183,7 +185,7 @@ async def _bind(services: Services, target: TrackingTarget, desired: logic.Desir
             model = verified_model(services, target, await mlflow.get_registered_model(target, desired.name))
             kind = logic.bind(model, desired.name, identity, known=False, adopt=spec.adopt)
         except InvalidRequest as error:
-            raise ReconcileProblem(stalled("InvalidSpec", f"MLflow rejected the model: {error}")) from None
+            raise ReconcileProblem(stalled(Reason.INVALID_SPEC, f"MLflow rejected the model: {error}")) from None
     elif kind == "adopt":
         event("Normal", "Adopted", f"adopted existing registered model {desired.name!r}")
     assert model is not None
@@ -208,10 +210,10 @@ async def _apply_plan(services: Services, target: TrackingTarget, desired: logic
         return extra
     text = logic.Plan(drift).describe()
     if observe_only:
-        extra[DRIFTED] = ("True", "DriftDetected", f"MLflow differs from the spec: {text}")
+        extra[DRIFTED] = ("True", Reason.DRIFT_DETECTED, f"MLflow differs from the spec: {text}")
         previous = next((c for c in status.conditions or [] if c.get("type") == DRIFTED), None)
         if not previous or previous.get("message") != extra[DRIFTED][2]:
-            event("Warning", "DriftDetected", f"MLflow differs from the spec (driftPolicy Observe): {text}")
+            event("Warning", Reason.DRIFT_DETECTED, f"MLflow differs from the spec (driftPolicy Observe): {text}")
         return extra
     await _apply(services, target, desired, logic.Plan(drift), actor, event, audited)
     if announce:
@@ -227,16 +229,16 @@ def _outcome(desired: logic.DesiredModel, plan: logic.Plan, extra: dict[str, tup
     if plan.missing:
         message = plan.describe_missing()
         # The next drift pass looks for the version again.
-        return progressing(VERSION_NOT_FOUND, message, awaited=True,
+        return progressing(Reason.VERSION_NOT_FOUND, message, awaited=True,
                            extra={**extra, VERSION_NOT_FOUND: ("True", VERSION_NOT_FOUND, message)})
     if PROMOTION_BLOCKED in extra:
         # The next drift pass evaluates the rule again: a tag added in MLflow unblocks it.
-        return progressing(PROMOTION_BLOCKED, extra[PROMOTION_BLOCKED][2], awaited=True, extra=extra)
+        return progressing(Reason.PROMOTION_BLOCKED, extra[PROMOTION_BLOCKED][2], awaited=True, extra=extra)
     if DRIFTED in extra:
-        return ready("DriftDetected",
+        return ready(Reason.DRIFT_DETECTED,
                      f"registered model {desired.name!r} observed; drift left in place (driftPolicy Observe)",
                      extra=extra)
-    return ready("Reconciled", f"registered model {desired.name!r} is in sync ({version_count} versions)")
+    return ready(Reason.RECONCILED, f"registered model {desired.name!r} is in sync ({version_count} versions)")
 
 
 async def _apply(services: Services, target: TrackingTarget, desired: logic.DesiredModel, plan: logic.Plan,
@@ -246,7 +248,7 @@ async def _apply(services: Services, target: TrackingTarget, desired: logic.Desi
             await _apply_change(services.mlflow, target, desired, change)
             await promotions.audit(services.mlflow, target, desired.name, change, actor, event, audited)
         except InvalidRequest as error:
-            raise ReconcileProblem(stalled("InvalidSpec", f"MLflow rejected {change.describe()}: {error}")) from None
+            raise ReconcileProblem(stalled(Reason.INVALID_SPEC, f"MLflow rejected {change.describe()}: {error}")) from None
 
 
 async def _apply_change(mlflow: MlflowGateway, target: TrackingTarget, desired: logic.DesiredModel,

@@ -19,6 +19,7 @@ from mlflow_operator.api.trainingsweep import TrainingSweepStatus
 from mlflow_operator.logic import ownership, promotion, provenance
 from mlflow_operator.logic import trainingrun as logic
 from mlflow_operator.logic.conditions import READY, Outcome, ReconcileProblem, progressing, ready, stalled
+from mlflow_operator.logic.reasons import Reason
 from mlflow_operator.reconcilers import promotions
 from mlflow_operator.reconcilers.common import (
     Context,
@@ -75,7 +76,7 @@ def _tracking_for(spec: Any, experiment_obj: dict[str, Any] | None) -> TrackingS
     inherited = TrackingSpec.model_validate((experiment_obj.get("spec") or {}).get("tracking") or {})
     if own and own.uri and inherited.uri and own.uri.rstrip("/") != inherited.uri.rstrip("/"):
         raise ReconcileProblem(stalled(
-            "InvalidSpec",
+            Reason.INVALID_SPEC,
             f"spec.tracking.uri {own.uri!r} differs from the server of Experiment "
             f"{experiment_obj['metadata']['name']!r} "
             f"({inherited.uri!r}); a run must be tracked where its experiment lives",
@@ -108,7 +109,7 @@ async def resolve_experiment(ctx: Context[Any, RunStatusT]) -> Resolved:
         if experiment_obj is None:
             # Its Ready status wakes this run (handlers/trainingrun.py), and the refresh timer.
             raise ReconcileProblem(progressing(
-                "ExperimentNotFound", f"Experiment {name!r} not found in namespace {identity.namespace!r}",
+                Reason.EXPERIMENT_NOT_FOUND, f"Experiment {name!r} not found in namespace {identity.namespace!r}",
                 expected=True, awaited=True,
             ))
         exp_status = ExperimentStatus.of(experiment_obj)
@@ -117,7 +118,7 @@ async def resolve_experiment(ctx: Context[Any, RunStatusT]) -> Resolved:
             why = f": {exp_ready.get('reason')}: {exp_ready.get('message')}" if exp_ready else ""
             exp_stalled = exp_status.is_true("Stalled")
             # An Experiment applied together with the run is normal progress, not a problem.
-            raise ReconcileProblem(progressing("ExperimentNotReady", f"Experiment {name!r} is not Ready{why}",
+            raise ReconcileProblem(progressing(Reason.EXPERIMENT_NOT_READY, f"Experiment {name!r} is not Ready{why}",
                                                expected=not exp_stalled, awaited=True))
     target, secret_name = await resolve_target_and_secret(
         ctx.services, identity.namespace, _pinned(_tracking_for(spec, experiment_obj), status),
@@ -153,17 +154,17 @@ async def _experiment_by_name(ctx: Context[Any, Any], target: TrackingTarget, se
         except AlreadyExists:
             pass
         except InvalidRequest as error:
-            raise ReconcileProblem(stalled("InvalidSpec", f"MLflow rejected experiment {name!r}: {error}")) from None
+            raise ReconcileProblem(stalled(Reason.INVALID_SPEC, f"MLflow rejected experiment {name!r}: {error}")) from None
         experiment = await mlflow.get_experiment_by_name(target, name)
         if experiment is None:
-            raise ReconcileProblem(progressing("ExperimentNotFound", f"MLflow experiment {name!r} vanished"))
+            raise ReconcileProblem(progressing(Reason.EXPERIMENT_NOT_FOUND, f"MLflow experiment {name!r} vanished"))
     experiment = verified_experiment(services, target, experiment)
     assert experiment is not None
     ownership.use_for_namespace(experiment.tags, ctx.identity,
                                 f"MLflow experiment {name!r} (id {experiment.experiment_id})")
     if experiment.deleted:
         raise ReconcileProblem(stalled(
-            "ExperimentDeleted",
+            Reason.EXPERIMENT_DELETED,
             f"MLflow experiment {name!r} (id {experiment.experiment_id}) is deleted; restore it or choose another",
         ))
     return Resolved(experiment.experiment_id, experiment.name, target, secret_name)
@@ -199,7 +200,7 @@ async def register_model(ctx: Context[Any, Any], resolved: Resolved, run: RunInf
     if model is None:
         found = ", ".join(sorted({m.name for m in models})) or "none"
         raise ReconcileProblem(stalled(
-            "ModelNotFound",
+            Reason.MODEL_NOT_FOUND,
             f"MLflow run {run_id} logged no model named {spec.artifact_path!r} (logged models: {found}); "
             f"log it with mlflow.<flavor>.log_model(..., name={spec.artifact_path!r}) or set "
             "registerModel.artifactPath",
@@ -213,9 +214,9 @@ async def register_model(ctx: Context[Any, Any], resolved: Resolved, run: RunInf
         except AlreadyExists:
             registered = verified_model(ctx.services, target, await mlflow.get_registered_model(target, spec.name))
         except InvalidRequest as error:
-            raise ReconcileProblem(stalled("InvalidSpec", f"MLflow rejected model {spec.name!r}: {error}")) from None
+            raise ReconcileProblem(stalled(Reason.INVALID_SPEC, f"MLflow rejected model {spec.name!r}: {error}")) from None
         if registered is None:
-            raise ReconcileProblem(progressing("ModelNotFound", f"registered model {spec.name!r} vanished"))
+            raise ReconcileProblem(progressing(Reason.MODEL_NOT_FOUND, f"registered model {spec.name!r} vanished"))
     ownership.use_for_namespace(registered.tags, identity, f"registered model {spec.name!r}")
     versions = await mlflow.model_versions(target, spec.name)
     version = next((v for v in versions if v.run_id == run_id and v.source == source), None)

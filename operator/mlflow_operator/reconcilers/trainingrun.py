@@ -29,6 +29,7 @@ from mlflow_operator.logic.conditions import (
     ready,
     stalled,
 )
+from mlflow_operator.logic.reasons import Reason
 from mlflow_operator.logic.trainingsweep import trial_run_tags
 from mlflow_operator.reconcilers import common
 from mlflow_operator.reconcilers.common import (
@@ -222,7 +223,7 @@ async def _ensure_run(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved
         try:
             await mlflow.log_params_and_tags(target, run.run_id, missing, {})
         except InvalidRequest as error:
-            raise ReconcileProblem(stalled("InvalidSpec", f"MLflow rejected the params: {error}")) from None
+            raise ReconcileProblem(stalled(Reason.INVALID_SPEC, f"MLflow rejected the params: {error}")) from None
     return run
 
 
@@ -237,9 +238,9 @@ def _credential_source(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolve
 
 def _job_rejected(error: KubernetesError, verb: str) -> ReconcileProblem | None:
     if error.status in (400, 422):
-        return ReconcileProblem(stalled("InvalidTemplate", f"the Job {verb} rejected: {error.message}"))
+        return ReconcileProblem(stalled(Reason.INVALID_TEMPLATE, f"the Job {verb} rejected: {error.message}"))
     if error.status == 403:
-        return ReconcileProblem(progressing("JobRejected", f"the Job is not allowed now: {error.message}"))
+        return ReconcileProblem(progressing(Reason.JOB_REJECTED, f"the Job is not allowed now: {error.message}"))
     return None
 
 
@@ -284,11 +285,11 @@ async def _ensure_job(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved
                 raise _job_rejected(error, "was") or error from None
             job = await kube.get_job(identity.namespace, identity.name)
     if job is None:
-        raise ReconcileProblem(progressing("JobPending", "the Job disappeared while it was being created",
+        raise ReconcileProblem(progressing(Reason.JOB_PENDING, "the Job disappeared while it was being created",
                                            awaited=True, expected=True))
     if not job.controlled_by(identity.uid):
         raise ReconcileProblem(stalled(
-            "JobConflict", f"a Job named {identity.name!r} exists and is not controlled by this TrainingRun; "
+            Reason.JOB_CONFLICT, f"a Job named {identity.name!r} exists and is not controlled by this TrainingRun; "
             "the operator leaves it alone: delete or rename it"
         ))
     in_job = job.labels.get(LABEL_RUN_ID)
@@ -309,7 +310,7 @@ async def _job_run_confirmed(ctx: Context[TrainingRunSpec, TrainingRunStatus], r
         with contextlib.suppress(ReconcileProblem):
             return (await owned_run(ctx.services, resolved.target, run_id, ctx.identity)).run_id
     raise ReconcileProblem(stalled(
-        "JobConflict", f"Job {job.name!r} names MLflow run {run_id}, which is not this TrainingRun's run; "
+        Reason.JOB_CONFLICT, f"Job {job.name!r} names MLflow run {run_id}, which is not this TrainingRun's run; "
         "no run is touched: delete the Job"))
 
 
@@ -330,9 +331,9 @@ async def _in_progress(ctx: Context[TrainingRunSpec, TrainingRunStatus], state: 
     run_id = ctx.status.run_id
     if phase == "Running":
         # The Job's events and the refresh timer carry it on from here.
-        return progressing("Running", f"MLflow run {run_id} is running in Job {ctx.identity.name}",
+        return progressing(Reason.RUNNING, f"MLflow run {run_id} is running in Job {ctx.identity.name}",
                            awaited=True, expected=True)
-    return progressing("JobPending", f"Job {ctx.identity.name} is waiting for its pod to run",
+    return progressing(Reason.JOB_PENDING, f"Job {ctx.identity.name} is waiting for its pod to run",
                        awaited=True, expected=True)
 
 
@@ -383,7 +384,7 @@ async def _job_lost(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved: 
     ctx.record(TrainingRunStatus(
         completion_time=ctx.status.completion_time or timestamps.now_rfc3339(),
         job_outcome=JobOutcomeStatus(
-            phase="Failed", reason="JobDeleted",
+            phase="Failed", reason=Reason.JOB_DELETED,
             message=f"Job {ctx.identity.name} was deleted before its outcome was recorded"),
     ))
     await ctx.checkpoint("job-outcome")
@@ -399,7 +400,7 @@ async def _finish(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved: Re
     # The phase moves to Succeeded/Failed with the run's final status, not before it.
     run_id, phase = status.run_id, (recorded.phase if recorded else None) or status.phase
     assert run_id is not None and phase is not None, "closing a run that was started and ended"
-    reason = (recorded.reason if recorded else "") or ("Succeeded" if phase == "Succeeded" else "JobFailed")
+    reason = (recorded.reason if recorded else "") or (Reason.SUCCEEDED if phase == "Succeeded" else Reason.JOB_FAILED)
     run_status = status.run_status or logic.final_run_status(phase, reason)
     run: RunInfo | None = None
     if not status.run_status:
@@ -422,7 +423,7 @@ async def _finish(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved: Re
         return stalled(reason, message)
     if ctx.spec.register_model is None:
         ctx.event("Normal", "Succeeded", f"MLflow run {run_id} FINISHED")
-        return ready("Succeeded", f"MLflow run {run_id} FINISHED")
+        return ready(Reason.SUCCEEDED, f"MLflow run {run_id} FINISHED")
     # Worth keeping even if registration fails below.
     await ctx.checkpoint("run-closed")
     run = run or await owned_run(ctx.services, target, run_id, ctx.identity)
@@ -430,7 +431,7 @@ async def _finish(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved: Re
     message = f"MLflow run {run_id} FINISHED; {registration.describe()}"
     ctx.record(TrainingRunStatus(model_version=registration.version))
     ctx.event("Normal", "Succeeded", message)
-    return ready("Succeeded", message)
+    return ready(Reason.SUCCEEDED, message)
 
 
 async def _run_to_close(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved: Resolved, run_id: str) -> RunInfo:
@@ -474,7 +475,7 @@ async def kill_training_run(ctx: Context[TrainingRunSpec, TrainingRunStatus]) ->
         ended = logic.job_outcome(state, identity.name, [])
         phase, reason = ended.phase, ended.reason
     else:
-        phase, reason = "Failed", "Killed"
+        phase, reason = "Failed", Reason.KILLED
     run_status = logic.final_run_status(phase, reason)
     resolved = await _resolve(ctx)
     run = await owned_run_to_close(services, resolved.target, run_id, identity)

@@ -22,6 +22,7 @@ from mlflow_operator.logic import provenance, timestamps
 from mlflow_operator.logic import trainingrun as run_logic
 from mlflow_operator.logic import trainingsweep as logic
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
+from mlflow_operator.logic.reasons import Reason
 from mlflow_operator.reconcilers import common
 from mlflow_operator.reconcilers.common import (
     Context,
@@ -76,7 +77,7 @@ async def reconcile_training_sweep(ctx: Context[TrainingSweepSpec, TrainingSweep
                    f"{plan.unfinished} started and not ended (parallelism {spec.parallelism})")
         if plan.stopped_because:
             message += f"; {plan.stopped_because}: no further trials start"
-        return progressing("Running", message, awaited=True, expected=True)
+        return progressing(Reason.RUNNING, message, awaited=True, expected=True)
     return await _close(ctx, resolved, parent_run_id, plan, best)
 
 
@@ -151,7 +152,7 @@ async def _create_trial(ctx: Context[TrainingSweepSpec, TrainingSweepStatus], in
         existing = await kube.get_object(TRAINING_RUNS, identity.namespace, name)
         if existing is not None and not _owned(existing, identity):
             raise ReconcileProblem(stalled(
-                "TrialConflict", f"a TrainingRun named {name!r} exists and is not a trial of this TrainingSweep; "
+                Reason.TRIAL_CONFLICT, f"a TrainingRun named {name!r} exists and is not a trial of this TrainingSweep; "
                 "delete or rename it")) from None
         return  # created by an earlier attempt
     shown = ", ".join(f"{name}={params[name]}" for name in sorted(spec.parameters))
@@ -168,11 +169,11 @@ async def _close(ctx: Context[TrainingSweepSpec, TrainingSweepStatus], resolved:
     counts = plan.counts
     failure: tuple[str, str] | None = None
     if plan.stopped_because:
-        failure = ("TooManyFailedTrials", f"{plan.stopped_because}: no further trials were started")
+        failure = (Reason.TOO_MANY_FAILED_TRIALS, f"{plan.stopped_because}: no further trials were started")
     elif counts.succeeded == 0:
-        failure = ("NoTrialSucceeded", f"none of the {counts.total} trials succeeded")
+        failure = (Reason.NO_TRIAL_SUCCEEDED, f"none of the {counts.total} trials succeeded")
     elif best is None:
-        failure = ("ObjectiveMissing", f"no succeeded trial logged the objective metric {metric!r}")
+        failure = (Reason.OBJECTIVE_MISSING, f"no succeeded trial logged the objective metric {metric!r}")
     run_status = "FAILED" if failure else "FINISHED"
     if not status.run_status:
         run = await owned_run(ctx.services, target, parent_run_id, ctx.identity, "parent MLflow run")
@@ -201,7 +202,7 @@ async def _close(ctx: Context[TrainingSweepSpec, TrainingSweepStatus], resolved:
         ctx.record(TrainingSweepStatus(model_version=registration.version))
         message += f"; {registration.describe()}"
     ctx.event("Normal", "Succeeded", message)
-    return ready("Succeeded", message)
+    return ready(Reason.SUCCEEDED, message)
 
 
 # --------------------------------------------------------------------------- deletion

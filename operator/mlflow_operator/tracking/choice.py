@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from mlflow_operator.api.common import TrackingSpec
 from mlflow_operator.logic.conditions import ReconcileProblem, progressing, stalled
+from mlflow_operator.logic.reasons import Reason
 from mlflow_operator.runtime.config import OperatorConfig
 from mlflow_operator.tracking.servers import Credentials, uri_problem
 
@@ -25,17 +26,17 @@ def choose_target(tracking: TrackingSpec | None, config: OperatorConfig) -> Targ
     uri = (tracking.uri if tracking and tracking.uri else config.default_tracking_uri) or None
     if not uri:
         raise ReconcileProblem(stalled(
-            "TrackingNotConfigured",
+            Reason.TRACKING_NOT_CONFIGURED,
             "no spec.tracking.uri and the operator has no default tracking server "
             "(flag --tracking-uri, Helm value tracking.uri)",
         ))
     uri = uri.rstrip("/")
     problem = uri_problem(uri)
     if problem:
-        raise ReconcileProblem(stalled("InvalidSpec", problem))
+        raise ReconcileProblem(stalled(Reason.INVALID_SPEC, problem))
     if not config.allowlist.allows(uri):
         raise ReconcileProblem(stalled(
-            "TrackingServerNotAllowed",
+            Reason.TRACKING_SERVER_NOT_ALLOWED,
             f"tracking server {uri!r} is not in the operator's allowlist, so nothing is sent to it; "
             "ask the operator's administrators to add it (Helm value tracking.allowedServers, "
             "flag --allowed-tracking-server) or use an allowed server",
@@ -55,13 +56,13 @@ def credentials_from_secret(namespace: str, name: str, data: dict[str, str] | No
     its owner labelled for the operator is used."""
     if data is None:
         raise ReconcileProblem(progressing(
-            "SecretNotFound",
+            Reason.SECRET_NOT_FOUND,
             f"Secret {name!r} not found in namespace {namespace!r}: create it with keys "
             f"username and password (basic auth) or token (bearer), labelled {CREDENTIALS_LABEL}=true",
         ))
     if not opted_in:
         raise ReconcileProblem(stalled(
-            "SecretNotAllowed",
+            Reason.SECRET_NOT_ALLOWED,
             f"Secret {name!r} is not labelled {CREDENTIALS_LABEL}=true, so the operator does not use it; "
             f"if it holds MLflow credentials meant for this server, label it: "
             f"kubectl label secret {name} -n {namespace} {CREDENTIALS_LABEL}=true",
@@ -75,7 +76,7 @@ def credentials_from_secret(namespace: str, name: str, data: dict[str, str] | No
         return Credentials(username=username, password=password)
     present = ", ".join(sorted(data)) or "none"
     raise ReconcileProblem(progressing(
-        "InvalidSecret",
+        Reason.INVALID_SECRET,
         f"Secret {name!r} must have keys username and password, or token (keys present: {present})",
     ))
 
@@ -85,7 +86,7 @@ def check_pinned(pinned_uri: str | None, uri: str, what: str) -> None:
     another server is another entity, so the operator never silently re-binds to it."""
     if pinned_uri and pinned_uri.rstrip("/") != uri.rstrip("/"):
         raise ReconcileProblem(stalled(
-            "TrackingServerChanged",
+            Reason.TRACKING_SERVER_CHANGED,
             f"{what} lives on {pinned_uri!r}, but the tracking server is now {uri!r}; the operator does not "
             "move entities between servers: set spec.tracking.uri back, or create a new object for the new server",
         ))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mlflow_operator.logic.reasons import Reason
 from mlflow_operator.tracking.servers import Credentials
 
 
@@ -40,13 +41,13 @@ class TrackingTarget:
 class TrackingError(Exception):
     """An MLflow call failed. `reason` is the condition reason to show for it."""
 
-    reason = "TrackingError"
+    reason: str = Reason.TRACKING_ERROR
 
 
 class TrackingUnavailable(TrackingError):
     """The server could not be reached, timed out, or failed (5xx): try again later."""
 
-    reason = "TrackingUnavailable"
+    reason: str = Reason.TRACKING_UNAVAILABLE
 
 
 class TrackingStalled(TrackingUnavailable):
@@ -58,34 +59,34 @@ class TrackingStalled(TrackingUnavailable):
 class TrackingUnauthorized(TrackingError):
     """The server refused the credentials (401/403)."""
 
-    reason = "TrackingUnauthorized"
+    reason: str = Reason.TRACKING_UNAUTHORIZED
 
 
 class TrackingRejected(TrackingError):
     """The server refused the request (another 4xx) or answered something that is not
     MLflow's API: sending the same request again will not help."""
 
-    reason = "TrackingRejected"
+    reason: str = Reason.TRACKING_REJECTED
 
 
 class InvalidResponse(TrackingRejected):
     """The server answered 200 with JSON that is not in the shape of MLflow's API."""
 
-    reason = "InvalidResponse"
+    reason: str = Reason.INVALID_RESPONSE
 
 
 class NotFound(TrackingError):
-    reason = "NotFound"
+    reason: str = Reason.NOT_FOUND
 
 
 class AlreadyExists(TrackingError):
-    reason = "AlreadyExists"
+    reason: str = Reason.ALREADY_EXISTS
 
 
 class InvalidRequest(TrackingError):
     """MLflow rejected the request as invalid (400): retrying the same request will not help."""
 
-    reason = "InvalidRequest"
+    reason: str = Reason.INVALID_REQUEST
 
 
 # --------------------------------------------------------------------------- snapshots
