@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from mlflow_operator.cluster.snapshots import ContainerImage, JobSnapshot, PodSnapshot
-from mlflow_operator.gateways.kubernetes import KubernetesError
+from mlflow_operator.gateways.kubernetes import CredentialsSecret, KubernetesError
 from mlflow_operator.logic.signing import KeyRing
 from mlflow_operator.tracking.entities import (
     AlreadyExists,
@@ -114,7 +114,7 @@ class FakeKube:
         self.writes.record(f"patch_status {plural}/{name} {sorted(status)}")
         return copy.deepcopy(body)
 
-    async def read_credentials_secret(self, namespace: str, name: str) -> None:
+    async def read_credentials_secret(self, namespace: str, name: str) -> CredentialsSecret | None:
         return None
 
     async def get_job(self, namespace: str, name: str) -> JobSnapshot | None:
@@ -158,6 +158,27 @@ class FakeKube:
         else:
             self.jobs[(namespace, name)] = job
         self.writes.record(f"remove_job_finalizer {name}")
+
+    def close(self) -> None:
+        """Nothing to close: no connections."""
+
+    async def get_peering_status(self, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return None  # no peering object: the tests run one operator
+
+    async def remove_object_finalizer(self, plural: str, namespace: str, name: str, finalizer: str) -> None:
+        body = self.objects.get((plural, namespace, name))
+        if body is None or finalizer not in (body["metadata"].get("finalizers") or []):
+            return
+        body["metadata"]["finalizers"] = [f for f in body["metadata"]["finalizers"] if f != finalizer]
+        self.writes.record(f"remove_object_finalizer {plural}/{name}")
+
+    async def list_objects_everywhere(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
+        return [copy.deepcopy(o) for (p, ns, _), o in self.objects.items() if p == plural and namespace in (None, ns)]
+
+    async def list_jobs(self, namespace: str | None, label_selector: str) -> list[JobSnapshot]:
+        wanted = dict(part.split("=", 1) for part in label_selector.split(",") if part and "=" in part)
+        return [job for (ns, _), job in self.jobs.items() if namespace in (None, ns)
+                and all(job.labels.get(key) == value for key, value in wanted.items())]
 
     async def list_pods(self, namespace: str, label_selector: str) -> list[PodSnapshot]:
         wanted = dict(part.split("=", 1) for part in label_selector.split(",") if part)
@@ -364,3 +385,51 @@ class FakeMlflow:
         self.versions[name] = [replace(v, tags={**v.tags, key: value}) if v.version == version else v
                                for v in self.versions[name]]
         self.writes.record(f"set_model_version_tag {key}")
+
+    def close(self) -> None:
+        """Nothing to close: no connections."""
+
+    async def rename_experiment(self, target: TrackingTarget, experiment_id: str, new_name: str) -> None:
+        self.experiments[experiment_id] = replace(self.experiments[experiment_id], name=new_name)
+        self.writes.record(f"rename_experiment {new_name}")
+
+    async def delete_experiment_tag(self, target: TrackingTarget, experiment_id: str, key: str) -> None:
+        experiment = self.experiments[experiment_id]
+        self.experiments[experiment_id] = replace(experiment, tags={k: v for k, v in experiment.tags.items() if k != key})
+        self.writes.record(f"delete_experiment_tag {key}")
+
+    async def restore_experiment(self, target: TrackingTarget, experiment_id: str) -> None:
+        self.experiments[experiment_id] = replace(self.experiments[experiment_id], lifecycle_stage="active")
+        self.writes.record(f"restore_experiment {experiment_id}")
+
+    async def delete_registered_model_tag(self, target: TrackingTarget, name: str, key: str) -> None:
+        model = self.models[name]
+        self.models[name] = replace(model, tags={k: v for k, v in model.tags.items() if k != key})
+        self.writes.record(f"delete_registered_model_tag {key}")
+
+    async def delete_alias(self, target: TrackingTarget, name: str, alias: str) -> None:
+        model = self.models[name]
+        self.models[name] = replace(model, aliases={k: v for k, v in model.aliases.items() if k != alias})
+        self.writes.record(f"delete_alias {alias}")
+
+    def _edit_version(self, name: str, version: str, **changes: Any) -> None:
+        self.versions[name] = [replace(v, **changes) if v.version == version else v for v in self.versions[name]]
+
+    async def update_model_version_description(self, target: TrackingTarget, name: str, version: str,
+                                               description: str) -> None:
+        self._edit_version(name, version, description=description)
+        self.writes.record(f"update_model_version_description {name}/{version}")
+
+    async def transition_stage(self, target: TrackingTarget, name: str, version: str, stage: str,
+                               archive_existing: bool) -> None:
+        if archive_existing:
+            for other in self.versions[name]:
+                if other.version != version and other.stage == stage:
+                    self._edit_version(name, other.version, stage="Archived")
+        self._edit_version(name, version, stage=stage)
+        self.writes.record(f"transition_stage {name}/{version} {stage}")
+
+    async def delete_model_version_tag(self, target: TrackingTarget, name: str, version: str, key: str) -> None:
+        self.versions[name] = [replace(v, tags={k: val for k, val in v.tags.items() if k != key})
+                               if v.version == version else v for v in self.versions[name]]
+        self.writes.record(f"delete_model_version_tag {key}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
@@ -122,7 +122,7 @@ def event_reasons(core, namespace: str, name: str, kind: str | None = None) -> l
     return [e.reason for e in events_for(core, namespace, name, kind)]
 
 
-def signed_by_operator(state, tracking_uri: str, entity: str, entity_id: str, tags: dict) -> dict:
+def signed_by_operator(state, tracking_uri: str, entity: Any, entity_id: str, tags: dict) -> dict:
     """`tags` with the signature the sandbox's operator would give them (its key is in the
     sandbox's state): for a test that plays an entity the operator created earlier, e.g. for
     another object or namespace. A test can do this; a tenant cannot (docs/security.md)."""
@@ -131,4 +131,4 @@ def signed_by_operator(state, tracking_uri: str, entity: str, entity_id: str, ta
     from mlflow_operator.logic import signing
 
     ring = signing.KeyRing.from_directory(Path(state) / "ownership-keys")
-    return signing.signed(ring, tracking_uri, entity, entity_id, tags)  # type: ignore[arg-type]
+    return signing.signed(ring, tracking_uri, entity, entity_id, tags)

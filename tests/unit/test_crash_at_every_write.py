@@ -32,12 +32,13 @@ from mlflow_operator.logic import timestamps
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.runtime.config import OperatorConfig
 from mlflow_operator.scheduling.priority import URGENT
-from mlflow_operator.tracking.entities import ExperimentInfo
+from mlflow_operator.tracking.entities import ExperimentInfo, TrackingTarget
 
 from fakes import TEST_KEYS, Crash, FakeKube, FakeMlflow, Writes
 
 NAMESPACE, NAME, MODEL = "team-a", "churn-rf", "churn"
 LOGGER = logging.getLogger("crash-test")
+TARGET = TrackingTarget("http://mlflow:5000")
 
 
 @dataclass
@@ -54,7 +55,7 @@ class World:
     def restart_operator(self) -> None:
         """What a new process has: nothing in memory, everything stored."""
         self.memo["objects"] = {}
-        self.memo["services"] = Services(self.memo["services"].config, self.mlflow, self.kube)  # type: ignore[arg-type]
+        self.memo["services"] = Services(self.memo["services"].config, self.mlflow, self.kube)
 
     def job_controller_and_container(self) -> None:
         """A Job that exists runs its container: it logs the model into the run it was
@@ -93,7 +94,7 @@ def new_world() -> World:
             "registerModel": {"name": MODEL, "aliases": ["champion"]},
         },
     })
-    services = Services(OperatorConfig(default_tracking_uri="http://mlflow:5000", ownership_keys=TEST_KEYS), mlflow, kube)  # type: ignore[arg-type]
+    services = Services(OperatorConfig(default_tracking_uri="http://mlflow:5000", ownership_keys=TEST_KEYS), mlflow, kube)
     return World(writes, kube, mlflow, {"services": services, "objects": {}})
 
 
@@ -127,7 +128,7 @@ def test_a_run_created_by_a_process_that_skipped_the_search_is_found_by_the_next
     world = new_world()
     body = world.kube.objects[("trainingruns", NAMESPACE, NAME)]
     body["metadata"]["creationTimestamp"] = timestamps.now_rfc3339()
-    world.memo["services"] = Services(world.memo["services"].config, world.mlflow, world.kube,  # type: ignore[arg-type]
+    world.memo["services"] = Services(world.memo["services"].config, world.mlflow, world.kube,
                                       caches=Caches(started_at=time.time() - 3600))
     world.writes.crash_at = 1  # create_run
     asyncio.run(run_to_the_end(world))
@@ -140,7 +141,7 @@ def test_a_run_created_by_a_process_that_skipped_the_search_is_found_by_the_next
 def test_a_process_that_skipped_the_search_makes_no_search_when_it_starts_a_run():
     world = new_world()
     world.kube.objects[("trainingruns", NAMESPACE, NAME)]["metadata"]["creationTimestamp"] = timestamps.now_rfc3339()
-    world.memo["services"] = Services(world.memo["services"].config, world.mlflow, world.kube,  # type: ignore[arg-type]
+    world.memo["services"] = Services(world.memo["services"].config, world.mlflow, world.kube,
                                       caches=Caches(started_at=time.time() - 3600))
     asyncio.run(run_to_the_end(world))
     assert world.mlflow.calls.count("find_runs_by_tag") == 1  # closing the run only
@@ -295,7 +296,7 @@ def test_deleting_a_run_whose_status_names_another_objects_run_touches_no_run(ev
     """Status is the operator's, but the run it names must still say it is this object's:
     a run tagged with another uid is refused (RunConflict) and left RUNNING."""
     world = new_world()
-    theirs = asyncio.run(world.mlflow.create_run(None, "1", "theirs", {TAG_UID: "another-uid"}, 0))  # type: ignore[arg-type]
+    theirs = asyncio.run(world.mlflow.create_run(TARGET, "1", "theirs", {TAG_UID: "another-uid"}, 0))
     deleting_with_run(world, theirs.run_id)
     asyncio.run(delete_until_done(world, TRAINING_RUN, "trainingruns", NAME))
     [abandoned] = [e for e in events_posted if e[1] == "CleanupAbandoned"]
@@ -306,8 +307,8 @@ def test_deleting_a_run_whose_status_names_another_objects_run_touches_no_run(ev
 def test_deleting_a_run_whose_mlflow_run_was_deleted_by_hand_leaves_quietly(events_posted):
     world = new_world()
     uid = world.kube.objects[("trainingruns", NAMESPACE, NAME)]["metadata"]["uid"]
-    ours = asyncio.run(world.mlflow.create_run(None, "1", NAME, {TAG_UID: uid}, 0))  # type: ignore[arg-type]
-    asyncio.run(world.mlflow.delete_run(None, ours.run_id))  # type: ignore[arg-type]
+    ours = asyncio.run(world.mlflow.create_run(TARGET, "1", NAME, {TAG_UID: uid}, 0))
+    asyncio.run(world.mlflow.delete_run(TARGET, ours.run_id))
     deleting_with_run(world, ours.run_id)
     asyncio.run(delete_until_done(world, TRAINING_RUN, "trainingruns", NAME))
     assert [e[1] for e in events_posted] == ["Killed"]

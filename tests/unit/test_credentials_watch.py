@@ -12,14 +12,17 @@ import time
 from mlflow_operator.caches.watches import CREDENTIALS_MAX_AGE, WatchCache, Watched
 from mlflow_operator.gateways.kubernetes import CredentialsSecret, credentials_data
 
+from fakes import FakeKube, Writes
 
-class CountingKube:
+
+class CountingKube(FakeKube):
     """Answers every Secret read as 'exists, not labelled', and counts the reads."""
 
     def __init__(self) -> None:
+        super().__init__(Writes())
         self.reads: list[tuple[str, str]] = []
 
-    async def read_credentials_secret(self, namespace: str, name: str) -> CredentialsSecret:
+    async def read_credentials_secret(self, namespace: str, name: str) -> CredentialsSecret | None:
         self.reads.append((namespace, name))
         return CredentialsSecret(name=name, opted_in=False, data={})
 
@@ -37,7 +40,7 @@ def watched_with(key: tuple[str, str], data: dict[str, str], seen_at: float | No
 def test_a_watched_labelled_secret_is_used_without_a_read():
     kube = CountingKube()
     watched = watched_with(("team-a", "creds"), credentials_data(encoded(token="t0k")))
-    secret = asyncio.run(watched.credentials_secret(kube, "team-a", "creds"))  # type: ignore[arg-type]
+    secret = asyncio.run(watched.credentials_secret(kube, "team-a", "creds"))
     assert secret == CredentialsSecret(name="creds", opted_in=True, data={"token": "t0k"})
     assert kube.reads == []
 
@@ -45,7 +48,7 @@ def test_a_watched_labelled_secret_is_used_without_a_read():
 def test_a_secret_the_watch_has_not_seen_is_read_to_say_why():
     kube = CountingKube()
     watched = watched_with(("team-a", "creds"), credentials_data(encoded(token="t0k")))
-    secret = asyncio.run(watched.credentials_secret(kube, "team-b", "creds"))  # type: ignore[arg-type]
+    secret = asyncio.run(watched.credentials_secret(kube, "team-b", "creds"))
     assert secret is not None and not secret.opted_in
     assert kube.reads == [("team-b", "creds")]
 
@@ -60,7 +63,7 @@ def test_a_secret_deleted_or_unlabelled_is_dropped_from_the_watch_and_read_again
     watched = watched_with(("team-a", "creds"), credentials_data(encoded(token="t0k")))
     assert watched.credentials is not None
     watched.saw_credentials(("team-a", "creds"), None)  # a DELETED event
-    secret = asyncio.run(watched.credentials_secret(kube, "team-a", "creds"))  # type: ignore[arg-type]
+    secret = asyncio.run(watched.credentials_secret(kube, "team-a", "creds"))
     assert secret is not None and not secret.opted_in
     assert kube.reads == [("team-a", "creds")]
 
@@ -71,7 +74,7 @@ def test_what_the_watch_saw_is_read_again_once_it_is_old():
     kube = CountingKube()
     watched = watched_with(("team-a", "creds"), credentials_data(encoded(token="t0k")),
                            seen_at=time.monotonic() - CREDENTIALS_MAX_AGE - 1)
-    secret = asyncio.run(watched.credentials_secret(kube, "team-a", "creds"))  # type: ignore[arg-type]
+    secret = asyncio.run(watched.credentials_secret(kube, "team-a", "creds"))
     assert secret is not None and not secret.opted_in
     assert kube.reads == [("team-a", "creds")]
     assert watched.credentials is not None and watched.credentials.get(("team-a", "creds")) is None

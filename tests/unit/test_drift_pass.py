@@ -53,7 +53,7 @@ def world(bodies: list[dict[str, Any]], page_size: int = 1000) -> tuple[FakeMlfl
     for b in bodies:
         mlflow.experiments[b["status"]["experimentId"]] = owned(int(b["status"]["experimentId"]))
         cache.put((NS, b["metadata"]["name"]), synced_view(b))
-    services = Services(OperatorConfig(default_tracking_uri=TARGET.uri, ownership_keys=TEST_KEYS), mlflow, FakeKube(writes),  # type: ignore[arg-type]
+    services = Services(OperatorConfig(default_tracking_uri=TARGET.uri, ownership_keys=TEST_KEYS), mlflow, FakeKube(writes),
                         caches=Caches(watched=Watched(experiments=cache),
                                       experiment_pages=ExperimentPages(max_age_seconds=30)))
     return mlflow, {"services": services, "objects": {}}

@@ -36,7 +36,7 @@ def world(n: int, page_size: int = 1000) -> tuple[FakeMlflow, Services]:
     mlflow.page_size = page_size
     for i in range(n):
         mlflow.experiments[str(i)] = owned(i, team="a")
-    services = Services(OperatorConfig(default_tracking_uri=TARGET.uri, ownership_keys=TEST_KEYS), mlflow, FakeKube(writes),  # type: ignore[arg-type]
+    services = Services(OperatorConfig(default_tracking_uri=TARGET.uri, ownership_keys=TEST_KEYS), mlflow, FakeKube(writes),
                         caches=Caches(experiment_pages=ExperimentPages(max_age_seconds=30)))
     return mlflow, services
 
@@ -86,9 +86,9 @@ def test_the_page_is_searched_again_once_it_is_older_than_its_age_limit():
     mlflow, _ = world(1)
     now = [0.0]
     pages = ExperimentPages(max_age_seconds=5, clock=lambda: now[0])
-    asyncio.run(pages.experiments(mlflow, TARGET, NS))  # type: ignore[arg-type]
+    asyncio.run(pages.experiments(mlflow, TARGET, NS))
     now[0] = 4.0
-    asyncio.run(pages.experiments(mlflow, TARGET, NS))  # type: ignore[arg-type]
+    asyncio.run(pages.experiments(mlflow, TARGET, NS))
     now[0] = 6.0
-    asyncio.run(pages.experiments(mlflow, TARGET, NS))  # type: ignore[arg-type]
+    asyncio.run(pages.experiments(mlflow, TARGET, NS))
     assert mlflow.calls == ["search_experiments"] * 2

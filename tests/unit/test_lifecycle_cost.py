@@ -122,7 +122,7 @@ def _experiment_memo(monkeypatch):
         return await read(plural, namespace, name)
 
     monkeypatch.setattr(kube, "get_object", counted_read)
-    memo = {"services": Services(OperatorConfig(default_tracking_uri="http://mlflow:5000", ownership_keys=TEST_KEYS), mlflow, kube),  # type: ignore[arg-type]
+    memo = {"services": Services(OperatorConfig(default_tracking_uri="http://mlflow:5000", ownership_keys=TEST_KEYS), mlflow, kube),
             "objects": {}}
     return kube, memo, reads
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 from mlflow_operator.api.common import ObjectIdentity
 from mlflow_operator.api.registeredmodel import RegisteredModelSpec
@@ -76,21 +76,21 @@ def world(n: int, page_size: int = 1000, versions: int = 2) -> tuple[FakeMlflow,
         ] + [ModelVersionInfo(name, str(v), "None", "", f"models:/m-{v}", f"run{v}", "READY",
                               last_updated=registered(i, v)) for v in range(2, versions + 1)]
     clock = Clock()
-    services = Services(OperatorConfig(default_tracking_uri=TARGET.uri, ownership_keys=TEST_KEYS), mlflow, FakeKube(writes),  # type: ignore[arg-type]
+    services = Services(OperatorConfig(default_tracking_uri=TARGET.uri, ownership_keys=TEST_KEYS), mlflow, FakeKube(writes),
                         caches=Caches(watched=Watched(registered_models=NamespacedWatchCache()),
                                       model_pages=ModelPages(max_age_seconds=PAGE_AGE, full_read_seconds=100 * PAGE_AGE,
                                                              clock=clock, jitter=lambda: 0.0)))
     return mlflow, services, clock
 
 
-def edit_version(mlflow: FakeMlflow, model: str, version: str, moves: bool, **changes: object) -> None:
+def edit_version(mlflow: FakeMlflow, model: str, version: str, moves: bool, **changes: Any) -> None:
     """Change a version as a hand edit would; `moves`: whether MLflow moves its last_updated
     (a description does, a tag does not)."""
     versions = mlflow.versions[model]
     index = next(i for i, v in enumerate(versions) if v.version == version)
     if moves:
         changes["last_updated"] = WRITTEN + 5000
-    versions[index] = dataclasses.replace(versions[index], **changes)  # type: ignore[arg-type]
+    versions[index] = dataclasses.replace(versions[index], **changes)
 
 
 def move_model_stamp(mlflow: FakeMlflow, model: str) -> None:
@@ -184,7 +184,7 @@ def test_the_models_are_searched_again_once_the_page_is_older_than_its_age_limit
     pages = ModelPages(max_age_seconds=5, full_read_seconds=1000, clock=lambda: now[0])
     for moment in (0.0, 4.0, 6.0):
         now[0] = moment
-        asyncio.run(pages.models(mlflow, TARGET, NS))  # type: ignore[arg-type]
+        asyncio.run(pages.models(mlflow, TARGET, NS))
     assert mlflow.calls.count("search_registered_models") == 2
 
 

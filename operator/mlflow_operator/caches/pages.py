@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Generic, Iterable, TypeVar
 
 from mlflow_operator.api.common import TAG_NAMESPACE
-from mlflow_operator.gateways.mlflow import MlflowGateway, every_page, filter_literal
+from mlflow_operator.gateways.mlflow import every_page, filter_literal
+from mlflow_operator.gateways.protocols import MlflowApi
 from mlflow_operator.tracking.entities import (
     ExperimentInfo,
     ModelVersionInfo,
@@ -46,7 +47,7 @@ class _SharedPages(Generic[K, T]):
 class ExperimentPages(_SharedPages[tuple[TrackingTarget, str], dict[str, ExperimentInfo]]):
     """The experiments of one namespace on one server, as one paged search found them."""
 
-    async def experiments(self, mlflow: MlflowGateway, target: TrackingTarget,
+    async def experiments(self, mlflow: MlflowApi, target: TrackingTarget,
                           namespace: str) -> dict[str, ExperimentInfo]:
         """By id: the experiments tagged with `namespace` (raises what MLflow raises)."""
 
@@ -125,7 +126,7 @@ class ModelPages(_SharedPages[tuple[TrackingTarget, str], dict[str, ModelInRegis
         self._full_read_seconds, self._jitter = full_read_seconds, jitter
         self._known: dict[tuple[TrackingTarget, str], _KnownRegistry] = {}
 
-    async def models(self, mlflow: MlflowGateway, target: TrackingTarget, namespace: str,
+    async def models(self, mlflow: MlflowApi, target: TrackingTarget, namespace: str,
                      tagged: Callable[[], Iterable[tuple[str, str]]] = tuple) -> dict[str, ModelInRegistry]:
         """By name: the registered models tagged with `namespace` (raises what MLflow raises).
         `tagged()`: (model name, version number) of the versions whose tags must be read."""
@@ -144,7 +145,7 @@ class ModelPages(_SharedPages[tuple[TrackingTarget, str], dict[str, ModelInRegis
 
         return await self._cached((target, namespace), search)
 
-    async def _refresh(self, mlflow: MlflowGateway, target: TrackingTarget, known: _KnownRegistry,
+    async def _refresh(self, mlflow: MlflowApi, target: TrackingTarget, known: _KnownRegistry,
                        models: dict[str, RegisteredModelInfo], tagged: set[tuple[str, str]]) -> None:
         now, since = self._clock(), known.newest_update
         # Stamps known now, this pass's reads apart: the next pass's search starts there.
@@ -173,7 +174,7 @@ class ModelPages(_SharedPages[tuple[TrackingTarget, str], dict[str, ModelInRegis
         return (known is None or model.last_updated is None or known.stamp != model.last_updated
                 or now >= known.read_again_at)
 
-    async def _read_in_full(self, mlflow: MlflowGateway, target: TrackingTarget, known: _KnownRegistry,
+    async def _read_in_full(self, mlflow: MlflowApi, target: TrackingTarget, known: _KnownRegistry,
                             models: dict[str, RegisteredModelInfo], now: float) -> None:
         by_model: dict[str, dict[str, ModelVersionInfo]] = {name: {} for name in models}
         for names_filter in names_in_filters(sorted(models)):
@@ -201,7 +202,7 @@ class ModelPages(_SharedPages[tuple[TrackingTarget, str], dict[str, ModelInRegis
         return unknown
 
 
-async def _updated_since(mlflow: MlflowGateway, target: TrackingTarget, names_filter: str,
+async def _updated_since(mlflow: MlflowApi, target: TrackingTarget, names_filter: str,
                          since: int) -> list[ModelVersionInfo]:
     """The versions matching `names_filter` last updated at `since` (server ms) or later (the
     ones at `since` again: a write in the same millisecond): the newest first, page by page

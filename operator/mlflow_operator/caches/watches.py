@@ -17,7 +17,8 @@ from typing import Any, Generic, TypeVar
 from mlflow_operator.api.experiment import PLURAL as EXPERIMENTS
 from mlflow_operator.api.registeredmodel import PLURAL as REGISTERED_MODELS
 from mlflow_operator.cluster.snapshots import JobSnapshot
-from mlflow_operator.gateways.kubernetes import CredentialsSecret, KubernetesGateway
+from mlflow_operator.gateways.kubernetes import CredentialsSecret
+from mlflow_operator.gateways.protocols import KubernetesApi
 
 # Cache keys of namespaced objects: (namespace, name).
 Key = tuple[str, str]
@@ -149,7 +150,7 @@ class Watched:
         """The watch cache of a kind kept in sync with MLflow (None: no watches, unit tests)."""
         return {EXPERIMENTS: self.experiments, REGISTERED_MODELS: self.registered_models}.get(plural)
 
-    async def job(self, kube: KubernetesGateway, namespace: str, name: str) -> JobSnapshot | None:
+    async def job(self, kube: KubernetesApi, namespace: str, name: str) -> JobSnapshot | None:
         """A training Job as last seen; None: the watch has not seen it. A TrainingRun that
         has recorded its Job's uid reads a Job the watch has not seen (trainingrun.py), and
         creating a Job that exists is a conflict that reads it, so a Job is never taken for
@@ -158,7 +159,7 @@ class Watched:
             return await kube.get_job(namespace, name)
         return self.jobs.get((namespace, name))
 
-    async def experiment(self, kube: KubernetesGateway, namespace: str, name: str) -> dict[str, Any] | None:
+    async def experiment(self, kube: KubernetesApi, namespace: str, name: str) -> dict[str, Any] | None:
         """An Experiment object as last seen (its synced_view), or read (None: no such object)."""
         seen = self.experiments.get((namespace, name)) if self.experiments is not None else None
         if seen is not None:
@@ -174,7 +175,7 @@ class Watched:
         else:
             self._credentials_seen_at[key] = time.monotonic() if now is None else now
 
-    async def credentials_secret(self, kube: KubernetesGateway, namespace: str, name: str) -> CredentialsSecret | None:
+    async def credentials_secret(self, kube: KubernetesApi, namespace: str, name: str) -> CredentialsSecret | None:
         """A credentials Secret (None: no such Secret). The watch holds only the Secrets labelled
         for the operator; one it has not seen (missing, not labelled, or created a moment ago)
         is read, so that the object can say which. What the watch saw is trusted for

@@ -11,7 +11,8 @@ from mlflow_operator.api.common import API_VERSION, GROUP, VERSION
 from mlflow_operator.api.trainingrun import KIND, LABEL_TRAINING_RUN, PLURAL, TrainingRunStatus
 from mlflow_operator.caches.watches import shared_copy
 from mlflow_operator.cluster.snapshots import JobSnapshot
-from mlflow_operator.gateways.kubernetes import KubernetesGateway, job_snapshot
+from mlflow_operator.gateways.kubernetes import job_snapshot
+from mlflow_operator.gateways.protocols import KubernetesApi
 from mlflow_operator.handlers.common import (
     Kind,
     pending_until_started,
@@ -93,7 +94,7 @@ async def wake_training_runs(experiment: kopf.Body, memo: kopf.Memo, logger: Any
     await wake_waiting(TRAINING_RUN, services_of(memo).caches.watched.waiting_for_experiment, experiment, memo, logger)
 
 
-async def _owner_if_alive(kube: KubernetesGateway, namespace: str, owner: dict[str, Any]) -> dict[str, Any] | None:
+async def _owner_if_alive(kube: KubernetesApi, namespace: str, owner: dict[str, Any]) -> dict[str, Any] | None:
     """A Job's TrainingRun, read (None: it is gone or was replaced)."""
     run = await kube.get_object(PLURAL, namespace, owner["name"])
     return run if run is not None and run["metadata"]["uid"] == owner["uid"] else None

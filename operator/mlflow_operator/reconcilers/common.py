@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from mlflow_operator.api.common import TAG_KIND, TAG_NAME, TAG_UID, ObjectIdentity, Status, TrackedStatus, TrackingSpec
 from mlflow_operator.caches import Caches
-from mlflow_operator.gateways.kubernetes import KubernetesError, KubernetesGateway
-from mlflow_operator.gateways.mlflow import MlflowGateway
+from mlflow_operator.gateways.kubernetes import KubernetesError
+from mlflow_operator.gateways.protocols import KubernetesApi, MlflowApi
 from mlflow_operator.logic import ownership, signing
 from mlflow_operator.logic.conditions import ReconcileProblem, progressing, stalled
 from mlflow_operator.logic.reasons import Reason
@@ -54,8 +54,8 @@ class Services:
     them reads, and the dispatcher that schedules steps when the operator is busy."""
 
     config: OperatorConfig
-    mlflow: MlflowGateway
-    kube: KubernetesGateway
+    mlflow: MlflowApi
+    kube: KubernetesApi
     caches: Caches = field(default_factory=Caches)
     dispatcher: Dispatcher = field(default_factory=Dispatcher)
 
@@ -64,7 +64,7 @@ class StatusWriter:
     """Writes an object's status with its resourceVersion as precondition: a reconcile that
     decided on a stale read (another replica, an older event) gets 409 instead of landing."""
 
-    def __init__(self, kube: KubernetesGateway, plural: str, namespace: str, name: str,
+    def __init__(self, kube: KubernetesApi, plural: str, namespace: str, name: str,
                  resource_version: str | None, on_write: Callable[[dict[str, Any]], None] | None = None) -> None:
         self._kube, self._plural, self._namespace, self._name = kube, plural, namespace, name
         self.resource_version = resource_version

@@ -16,7 +16,7 @@ from mlflow_operator.api.registeredmodel import (
     RegisteredModelStatus,
     default_model_name,
 )
-from mlflow_operator.gateways.mlflow import MlflowGateway
+from mlflow_operator.gateways.protocols import MlflowApi
 from mlflow_operator.logic import promotion
 from mlflow_operator.logic import registeredmodel as model_logic
 from mlflow_operator.reconcilers.common import EventSink, Services
@@ -102,7 +102,7 @@ async def move_aliases(services: Services, target: TrackingTarget, namespace: st
     return AliasMoves(tuple(moved), tuple(blocked))
 
 
-async def audit(mlflow: MlflowGateway, target: TrackingTarget, name: str, change: model_logic.Change,
+async def audit(mlflow: MlflowApi, target: TrackingTarget, name: str, change: model_logic.Change,
                 actor: promotion.Actor, event: EventSink, audited: list[dict[str, Any]]) -> None:
     """Record an alias or stage change on the version it is about (tags) and as an Event."""
     now = dt.datetime.now(dt.timezone.utc)

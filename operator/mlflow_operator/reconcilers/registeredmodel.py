@@ -7,7 +7,7 @@ from typing import Any, Iterable, assert_never
 
 from mlflow_operator.api.common import ObjectIdentity
 from mlflow_operator.api.registeredmodel import RegisteredModelSpec, RegisteredModelStatus, default_model_name
-from mlflow_operator.gateways.mlflow import MlflowGateway
+from mlflow_operator.gateways.protocols import MlflowApi
 from mlflow_operator.logic import ownership, promotion, provenance
 from mlflow_operator.logic import registeredmodel as logic
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
@@ -251,7 +251,7 @@ async def _apply(services: Services, target: TrackingTarget, desired: logic.Desi
             raise ReconcileProblem(stalled(Reason.INVALID_SPEC, f"MLflow rejected {change.describe()}: {error}")) from None
 
 
-async def _apply_change(mlflow: MlflowGateway, target: TrackingTarget, desired: logic.DesiredModel,
+async def _apply_change(mlflow: MlflowApi, target: TrackingTarget, desired: logic.DesiredModel,
                         change: logic.Change) -> None:
     """One registry write per action; an action without a case here fails type checking."""
     name = desired.name
