@@ -14,9 +14,9 @@ from typing import Any
 from mlflow_operator.caches import Caches
 from mlflow_operator.caches.pages import ExperimentPages
 from mlflow_operator.caches.watches import WatchCache, Watched
-from mlflow_operator.handlers.common import object_lock
 from mlflow_operator.handlers.drift import drifted_objects
 from mlflow_operator.handlers.experiment import EXPERIMENT
+from mlflow_operator.handlers.objects import object_lock
 from mlflow_operator.handlers.synced import synced_view
 from mlflow_operator.logic import signing
 from mlflow_operator.reconcilers.common import Services

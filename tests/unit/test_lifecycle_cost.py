@@ -16,8 +16,8 @@ from mlflow_operator.caches.jobs import HandledJobs
 from mlflow_operator.cluster.snapshots import JobSnapshot
 from mlflow_operator.gateways.kubernetes import job_snapshot
 from mlflow_operator.handlers import common as handlers_common
-from mlflow_operator.handlers.common import unchanged
 from mlflow_operator.handlers.experiment import EXPERIMENT
+from mlflow_operator.handlers.patches import unchanged
 from mlflow_operator.handlers.trainingrun import needs_job_events, needs_refresh, open_run_copy
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.runtime.config import OperatorConfig

@@ -1,8 +1,8 @@
 """TrainingRuns waiting for their Experiment are found by what the watch has seen, not by retries."""
 
 from mlflow_operator.caches.watches import Waiting
-from mlflow_operator.handlers.common import experiment_ready
 from mlflow_operator.handlers.trainingrun import run_waiting_for_experiment
+from mlflow_operator.handlers.waiting import experiment_ready
 
 
 def run(status: dict | None = None, ref: str | None = "exp") -> dict:

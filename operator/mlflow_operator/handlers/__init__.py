@@ -21,8 +21,8 @@ from mlflow_operator.gateways.kubernetes import (
 )
 from mlflow_operator.gateways.mlflow import HttpSettings, MlflowGateway
 from mlflow_operator.handlers import experiment, registeredmodel, trainingrun, trainingsweep
-from mlflow_operator.handlers.common import services_of
 from mlflow_operator.handlers.drift import KOPF_SETTINGS
+from mlflow_operator.handlers.objects import services_of
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.runtime import heartbeat, memory
 from mlflow_operator.runtime.config import OperatorConfig

@@ -1,6 +1,7 @@
-"""What every kind's handlers share: one reconcile at a time per object, from a fresh read,
-status written inside that critical section, Events on transitions, metrics, and retries
-with backoff for problems that pass.
+"""The reconcile contract every kind's handlers run (`Kind`): one reconcile at a time per
+object, from a fresh read, the one status write inside that critical section, Events,
+errors mapped to conditions, metrics, retries with backoff for problems that pass, and the
+deletion step. Per-object memory is in objects.py, status patches in patches.py.
 
 Status is written through the Kubernetes gateway rather than kopf's end-of-handler patch:
 a patch applied after the lock is released could overwrite what a later reconcile wrote
@@ -9,21 +10,18 @@ a patch applied after the lock is released could overwrite what a later reconcil
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import json
 import logging
-import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Generic
 
 import kopf
 
-from mlflow_operator.api.common import GROUP, VERSION, ObjectIdentity, Status
-from mlflow_operator.api.experiment import ExperimentStatus
-from mlflow_operator.caches.watches import Waiting
+from mlflow_operator.api.common import ObjectIdentity, Status
 from mlflow_operator.gateways.kubernetes import KubernetesError
+from mlflow_operator.handlers.objects import HANDLED, ObjectState, forget_object, object_state, services_of
+from mlflow_operator.handlers.patches import replace_maps, status_digest, unchanged
 from mlflow_operator.logic import timestamps
 from mlflow_operator.logic.conditions import (
     Outcome,
@@ -44,8 +42,6 @@ from mlflow_operator.reconcilers.common import (
     parse_spec,
     parse_status,
 )
-from mlflow_operator.runtime import kopf_adapter
-from mlflow_operator.runtime.config import OperatorConfig
 from mlflow_operator.runtime.kopf_adapter import HandledGenerations
 from mlflow_operator.runtime.metrics import EVENTS, RECONCILE_DURATION, RECONCILES, reconciling
 from mlflow_operator.tracking.entities import TrackingError, TrackingStalled, TrackingUnauthorized, TrackingUnavailable
@@ -76,16 +72,10 @@ class Kind(Generic[SpecT, StatusT]):
     written: Callable[[Services, dict[str, Any]], None] | None = None
 
 
-# How a kind starts its objects that wait for another (an Experiment that became Ready).
-Wake = Callable[[Any, Any, Any], Awaitable[None]]
 
 
-def services_of(memo: Any) -> Services:
-    return memo["services"]
 
 
-# The memo key of the HandledGenerations that kopf's diff base reads (runtime/process.py).
-HANDLED = "handled"
 
 
 async def handle_change(kind: Kind[Any, Any], body: Any, memo: Any, logger: logging.Logger | logging.LoggerAdapter,
@@ -101,42 +91,12 @@ async def handle_change(kind: Kind[Any, Any], body: Any, memo: Any, logger: logg
     handled.finished(uid, body["metadata"].get("generation"))
 
 
-@dataclass
-class ObjectState:
-    """What the operator keeps in memory per object: one reconcile at a time (shared by its
-    change handlers, its timer and handlers of other resources, e.g. a Job's events), and
-    its own last status write: its resourceVersion and a digest of the status it left."""
-
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    written_version: str | None = None
-    written_status: int | None = None
-    # Whether this object's timer has been shifted by a random part of its interval.
-    dephased: bool = False
-    # Its deletion step is done: a reconcile that waited for the lock meanwhile (a Job's
-    # event, with the run as last seen) must not act on it.
-    deleted: bool = False
 
 
-def object_state(memo: Any, uid: str) -> ObjectState:
-    objects: dict[str, ObjectState] = memo["objects"]
-    state = objects.get(uid)
-    if state is None:
-        state = objects[uid] = ObjectState()
-    return state
 
 
-def object_lock(memo: Any, uid: str) -> asyncio.Lock:
-    return object_state(memo, uid).lock
 
 
-def forget_object(memo: Any, uid: str) -> None:
-    memo["objects"].pop(uid, None)
-    handled: HandledGenerations | None = memo.get(HANDLED)
-    if handled is not None:
-        handled.forget(uid)
-    services = services_of(memo)
-    services.caches.handled_jobs.forget(uid)
-    services.caches.watched.open_training_runs.put(uid, None)
 
 
 def retry_delay(retry: int, cap: float) -> float:
@@ -161,29 +121,8 @@ def outcome_for_error(error: Exception) -> Outcome:
     raise error
 
 
-def replace_maps(before: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch merges maps key by key: null out keys that a map in `update` no
-    longer has (a removed alias, a metric), so status maps are replaced, not accumulated."""
-    result = dict(update)
-    for key, value in update.items():
-        old = before.get(key)
-        if isinstance(value, dict) and isinstance(old, dict):
-            result[key] = {**{k: None for k in old if k not in value}, **value}
-    return result
 
 
-def unchanged(status: dict[str, Any], patch: dict[str, Any]) -> bool:
-    """Whether a merge patch would leave `status` as it is."""
-    for key, value in patch.items():
-        if value is None:
-            if key in status:
-                return False
-        elif isinstance(value, dict) and isinstance(status.get(key), dict):
-            if not unchanged(status[key], value):
-                return False
-        elif status.get(key) != value:
-            return False
-    return True
 
 
 def post_events(body: Any, events: list[Event]) -> None:
@@ -192,25 +131,8 @@ def post_events(body: Any, events: list[Event]) -> None:
         kopf.event(body, type=type_, reason=reason, message=message[:1024])
 
 
-async def dephase(memo: Any, uid: str, interval: float, stopped: kopf.DaemonStopped) -> bool:
-    """Objects seen at once (all of them, when the operator starts) would have their timers
-    fire together every interval: the first tick of each waits a random part of it (instead
-    of a whole interval), and later ticks keep that phase. True if the timer was stopped
-    meanwhile (the object is being deleted): the tick does nothing."""
-    state = object_state(memo, uid)
-    if not state.dephased:
-        state.dephased = True
-        await stopped.wait(random.uniform(0, interval))
-    return bool(stopped)
 
 
-def drift_check_due(body: Any, memo: Any) -> bool:
-    """The timer leaves objects alone while a change handler owns them."""
-    if body["metadata"].get("deletionTimestamp"):
-        return False
-    if Status.of(body).observed_generation != body["metadata"].get("generation"):
-        return False
-    return not object_lock(memo, body["metadata"]["uid"]).locked()
 
 
 STALE_READ_ATTEMPTS = 5
@@ -268,9 +190,6 @@ async def _reconcile_locked(kind: Kind[Any, Any], body: Any, services: Services,
     return outcome
 
 
-def status_digest(status: Any) -> int:
-    """Which status a body holds, in a word per object (not a copy of it)."""
-    return hash(json.dumps(status or {}, sort_keys=True, separators=(",", ":")))
 
 
 def _is_current(body: Any, state: ObjectState) -> bool:
@@ -366,28 +285,10 @@ DELETE_TIMEOUT_SECONDS = 3600  # our own budget below lets go first
 CLEANUP_BUDGET_SECONDS = 120
 
 
-async def wake_waiting(kind: Kind[Any, Any], waiting: Waiting, target: Any, memo: Any,
-                       logger: logging.Logger | logging.LoggerAdapter) -> None:
-    """Reconcile the objects of `kind` waiting for `target` (an object whose watch event said
-    it is ready for them)."""
-    namespace = target["metadata"]["namespace"]
-    for name, uid in waiting.waiting_for((namespace, target["metadata"]["name"])):
-        await reconcile_and_report(kind, body={"metadata": {"namespace": namespace, "name": name, "uid": uid}},
-                                   memo=memo, logger=logger)
 
 
-def waiting_for_experiment(body: Any, started: bool) -> tuple[str, str] | None:
-    """The Experiment an object that has not `started` yet waits for, by its experimentRef:
-    its Ready status starts the object."""
-    name = ((body.get("spec") or {}).get("experimentRef") or {}).get("name")
-    if not name or started:
-        return None
-    return body["metadata"]["namespace"], name
 
 
-def experiment_ready(body: Any) -> bool:
-    status = ExperimentStatus.of(body)
-    return bool(status.experiment_id) and status.is_true("Ready")
 
 
 def pending_until_started(status: dict[str, Any]) -> dict[str, Any]:
@@ -403,33 +304,6 @@ def stalled_for(status: Status, reasons: tuple[str, ...]) -> bool:
     return stalled_condition.get("status") == "True" and stalled_condition.get("reason") in reasons
 
 
-def register_lifecycle_kind(
-    registry: kopf.OperatorRegistry,
-    config: OperatorConfig,
-    kind: Kind[Any, Any],
-    *,
-    is_open: Callable[..., bool],
-) -> None:
-    """Handlers for a kind that works through to an end (TrainingRun, TrainingSweep):
-    reconcile on create/update/resume; while `is_open`, a timer (live progress, and what is
-    left after an outage or an event missed while the operator was down); its deletion step."""
-    resource = (GROUP, VERSION, kind.plural)  # positional: kopf's typed selector
-
-    async def changed(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
-        await handle_change(kind, body, memo, logger, retry)
-
-    kopf_adapter.register_change_handler(registry, resource, changed)
-
-    @kopf.timer(*resource, id="refresh", interval=config.drift_interval, when=is_open, registry=registry)
-    async def refresh(body: kopf.Body, memo: kopf.Memo, logger: Any, **kwargs: Any) -> None:
-        if await dephase(memo, body["metadata"]["uid"], config.drift_interval, kwargs["stopped"]):
-            return
-        if drift_check_due(body, memo):
-            await reconcile_and_report(kind, body=body, memo=memo, logger=logger, drift_check=True)
-
-    @kopf.on.delete(*resource, id="delete", timeout=DELETE_TIMEOUT_SECONDS, registry=registry)
-    async def deleted(body: kopf.Body, memo: kopf.Memo, logger: Any, retry: int, **_: Any) -> None:
-        await delete_and_report(kind, body=body, memo=memo, logger=logger, retry=retry)
 
 
 async def delete_and_report(

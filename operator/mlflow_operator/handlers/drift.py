@@ -19,7 +19,8 @@ from typing import Any, Awaitable, Callable, cast
 import kopf
 
 from mlflow_operator.gateways.kubernetes import KubernetesError
-from mlflow_operator.handlers.common import Kind, drift_check_due, reconcile_and_report, services_of
+from mlflow_operator.handlers.common import Kind, reconcile_and_report
+from mlflow_operator.handlers.objects import drift_check_due, services_of
 from mlflow_operator.logic import timestamps
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.runtime import kopf_adapter

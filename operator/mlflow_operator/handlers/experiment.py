@@ -7,8 +7,9 @@ from typing import Any
 import kopf
 
 from mlflow_operator.api.experiment import KIND, PLURAL, ExperimentSpec, ExperimentStatus
-from mlflow_operator.handlers.common import Kind, Wake, experiment_ready
+from mlflow_operator.handlers.common import Kind
 from mlflow_operator.handlers.synced import register_synced_kind
+from mlflow_operator.handlers.waiting import Wake, experiment_ready
 from mlflow_operator.reconcilers.experiment import delete_experiment, experiment_in_sync, reconcile_experiment
 from mlflow_operator.runtime.config import OperatorConfig
 

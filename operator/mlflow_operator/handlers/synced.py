@@ -9,14 +9,9 @@ import kopf
 
 from mlflow_operator.api.common import GROUP, VERSION
 from mlflow_operator.caches.watches import shared_copy
-from mlflow_operator.handlers.common import (
-    DELETE_TIMEOUT_SECONDS,
-    Kind,
-    delete_and_report,
-    handle_change,
-    services_of,
-)
+from mlflow_operator.handlers.common import DELETE_TIMEOUT_SECONDS, Kind, delete_and_report, handle_change
 from mlflow_operator.handlers.drift import start_drift_passes
+from mlflow_operator.handlers.objects import services_of
 from mlflow_operator.reconcilers.common import Services
 from mlflow_operator.runtime import kopf_adapter
 from mlflow_operator.runtime.config import OperatorConfig

@@ -13,16 +13,10 @@ from mlflow_operator.caches.watches import shared_copy
 from mlflow_operator.cluster.snapshots import JobSnapshot
 from mlflow_operator.gateways.kubernetes import job_snapshot
 from mlflow_operator.gateways.protocols import KubernetesApi
-from mlflow_operator.handlers.common import (
-    Kind,
-    pending_until_started,
-    reconcile_and_report,
-    register_lifecycle_kind,
-    services_of,
-    stalled_for,
-    waiting_for_experiment,
-    wake_waiting,
-)
+from mlflow_operator.handlers.common import Kind, pending_until_started, reconcile_and_report, stalled_for
+from mlflow_operator.handlers.lifecycle import register_lifecycle_kind
+from mlflow_operator.handlers.objects import services_of
+from mlflow_operator.handlers.waiting import waiting_for_experiment, wake_waiting
 from mlflow_operator.logic import trainingrun as logic
 from mlflow_operator.logic.reasons import Reason
 from mlflow_operator.logic.trainingrun import JOB_FINALIZER

@@ -11,16 +11,10 @@ from mlflow_operator.api.common import GROUP, VERSION
 from mlflow_operator.api.trainingrun import PLURAL as TRAINING_RUNS
 from mlflow_operator.api.trainingrun import TrainingRunStatus
 from mlflow_operator.api.trainingsweep import KIND, LABEL_SWEEP, PLURAL, TrainingSweepStatus
-from mlflow_operator.handlers.common import (
-    Kind,
-    pending_until_started,
-    reconcile_and_report,
-    register_lifecycle_kind,
-    services_of,
-    stalled_for,
-    waiting_for_experiment,
-    wake_waiting,
-)
+from mlflow_operator.handlers.common import Kind, pending_until_started, reconcile_and_report, stalled_for
+from mlflow_operator.handlers.lifecycle import register_lifecycle_kind
+from mlflow_operator.handlers.objects import services_of
+from mlflow_operator.handlers.waiting import waiting_for_experiment, wake_waiting
 from mlflow_operator.logic.reasons import Reason
 from mlflow_operator.logic.trainingrun import is_closed
 from mlflow_operator.logic.trainingsweep import controller_sweep

@@ -13,8 +13,8 @@ from mlflow_operator.api.common import GROUP, KINDS, OPERATOR_FINALIZER, VERSION
 from mlflow_operator.api.trainingrun import LABEL_TRAINING_RUN
 from mlflow_operator.gateways.kubernetes import CREDENTIALS_LABEL
 from mlflow_operator.handlers import register_handlers
-from mlflow_operator.handlers.common import HANDLED
 from mlflow_operator.handlers.drift import PEER_IDENTITY
+from mlflow_operator.handlers.objects import HANDLED
 from mlflow_operator.runtime import kopf_adapter, metrics
 from mlflow_operator.runtime.config import OperatorConfig
 from mlflow_operator.runtime.kopf_adapter import HandledGenerationDiffBase, HandledGenerations, ProgressStorage
