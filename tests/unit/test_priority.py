@@ -23,12 +23,12 @@ async def record_order(limiter: PriorityLimiter, calls: list[tuple[str, bool]], 
     """Hold the only slot, queue `calls` (name, urgent) in order, then let them through one
     at a time; the order they ran in."""
     order: list[str] = []
-    holding = asyncio.Event()
+    holding, release = asyncio.Event(), asyncio.Event()
 
     async def holder() -> None:
         async with limiter.slot(urgent=False):
             holding.set()
-            await asyncio.sleep(0.01)
+            await release.wait()
             if clock is not None:
                 clock.now += waited
 
@@ -39,7 +39,8 @@ async def record_order(limiter: PriorityLimiter, calls: list[tuple[str, bool]], 
     first = asyncio.create_task(holder())
     await holding.wait()
     tasks = [asyncio.create_task(call(name, is_urgent)) for name, is_urgent in calls]
-    await asyncio.sleep(0)  # every call is waiting now
+    await asyncio.sleep(0)  # every call runs until it waits for the slot
+    release.set()
     await asyncio.gather(first, *tasks)
     return order
 
@@ -119,11 +120,11 @@ def test_calls_are_urgent_only_inside_urgent():
 
 def test_bookkeeping_waits_until_no_run_is_being_started_on_its_server():
     async def scenario() -> list[str]:
-        starts, order = StartsFirst(patience=5.0), []
+        starts, order, started = StartsFirst(patience=5.0), [], asyncio.Event()
 
         async def start() -> None:
             with starts.starting("http://a"):
-                await asyncio.sleep(0.02)
+                await started.wait()
                 order.append("started")
 
         async def close() -> None:
@@ -131,8 +132,11 @@ def test_bookkeeping_waits_until_no_run_is_being_started_on_its_server():
             order.append("closed")
 
         starting = asyncio.create_task(start())
-        await asyncio.sleep(0)
-        await asyncio.gather(close(), starting)
+        await asyncio.sleep(0)  # the start runs until it waits, marked as starting
+        closing = asyncio.create_task(close())
+        await asyncio.sleep(0)  # the close runs until it waits for the start
+        started.set()
+        await asyncio.gather(closing, starting)
         return order
 
     assert asyncio.run(scenario()) == ["started", "closed"]
