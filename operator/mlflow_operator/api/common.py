@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -114,7 +114,7 @@ class Status(StatusModel):
     conditions: list[dict[str, Any]] = Field(default_factory=list)
 
     @classmethod
-    def of(cls, body: Any) -> Any:
+    def of(cls, body: Any) -> Self:
         """The status of an object's body (a kopf body, a read, a watch event)."""
         return cls.model_validate(dict((body or {}).get("status") or {}))
 

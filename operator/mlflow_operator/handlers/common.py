@@ -226,10 +226,7 @@ async def _reconcile_once(kind: Kind[Any, Any], metadata: Any, current: Any, sta
     status_before = copy.deepcopy(dict(fresh.get("status") or {}))
     ctx: Context[Any, Any] | None = None
     try:
-        ctx = Context(services, ObjectIdentity.from_body(fresh), parse_spec(kind.parse, fresh.get("spec")),
-                      parse_status(kind.status_type, status_before), writer, drift_check=drift_check,
-                      created_at=timestamps.parse(fresh["metadata"].get("creationTimestamp")),
-                      metadata=fresh["metadata"], stored=dict(status_before))
+        ctx = _context(kind, services, fresh, writer, drift_check=drift_check)
         outcome = await kind.reconcile(ctx)
         events = list(ctx.events)
         status_update = dict(ctx.recorded)
@@ -331,7 +328,9 @@ async def delete_and_report(
             fresh = await services.kube.get_object(kind.plural, metadata["namespace"], metadata["name"]) or body
             ctx: Context[Any, Any] | None = None
             try:
-                ctx = _deletion_context(kind, services, fresh)
+                writer = StatusWriter(services.kube, kind.plural, metadata["namespace"], metadata["name"],
+                                      fresh["metadata"].get("resourceVersion"))
+                ctx = _context(kind, services, fresh, writer, cleanup=True)
                 await kind.delete(ctx)
                 events = list(ctx.events)
             except (ReconcileProblem, TrackingError, KubernetesError) as error:
@@ -352,15 +351,14 @@ async def delete_and_report(
     forget_object(memo, metadata["uid"])
 
 
-def _deletion_context(kind: Kind[Any, Any], services: Services, fresh: Any) -> Context[Any, Any]:
-    metadata = fresh["metadata"]
-    writer = StatusWriter(services.kube, kind.plural, metadata["namespace"], metadata["name"],
-                          metadata.get("resourceVersion"))
-    stored = dict(fresh.get("status") or {})
+def _context(kind: Kind[Any, Any], services: Services, fresh: Any, writer: StatusWriter, *,
+             drift_check: bool = False, cleanup: bool = False) -> Context[Any, Any]:
+    """The Context of a reconcile or a deletion step, from a fresh read: spec and status parsed."""
+    metadata, stored = fresh["metadata"], dict(fresh.get("status") or {})
     return Context(services, ObjectIdentity.from_body(fresh), parse_spec(kind.parse, fresh.get("spec")),
-                   parse_status(kind.status_type, stored), writer,
-                   created_at=timestamps.parse(metadata.get("creationTimestamp")), metadata=metadata, cleanup=True,
-                   stored=stored)
+                   parse_status(kind.status_type, stored), writer, drift_check=drift_check,
+                   created_at=timestamps.parse(metadata.get("creationTimestamp")), metadata=metadata,
+                   cleanup=cleanup, stored=stored)
 
 
 def cleanup_keeps_trying(outcome: Outcome, spent_seconds: float, budget_seconds: float) -> bool:

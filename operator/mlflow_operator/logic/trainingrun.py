@@ -260,7 +260,11 @@ Stage = Literal["closed", "closing", "job_ended", "job_lost", "job_running", "st
 CLOSED_RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 
 
-def is_closed(status: TrainingRunStatus | TrainingSweepStatus, registers_model: bool) -> bool:
+# The status of an object that owns a run: a TrainingRun, or a TrainingSweep (its parent run).
+RunStatus = TrainingRunStatus | TrainingSweepStatus
+
+
+def is_closed(status: RunStatus, registers_model: bool) -> bool:
     """Finished, and nothing left to do in MLflow for it (a TrainingRun, or a sweep's parent run)."""
     if status.phase not in TERMINAL_PHASES or status.run_status not in CLOSED_RUN_STATUSES:
         return False

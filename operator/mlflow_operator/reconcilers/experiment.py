@@ -105,7 +105,7 @@ async def experiment_in_sync(services: Services, body: Any) -> bool:
     status = ExperimentStatus.of(body)
     candidate = await shared_page_candidate(services, body, ExperimentSpec.parse, status,
                                             status.experiment_id) if pages else None
-    if pages is None or candidate is None:
+    if pages is None or candidate is None or status.experiment_id is None:
         return False
     spec, identity, target = candidate
     try:

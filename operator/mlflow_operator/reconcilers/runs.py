@@ -20,6 +20,7 @@ from mlflow_operator.logic import ownership, promotion, provenance
 from mlflow_operator.logic import trainingrun as logic
 from mlflow_operator.logic.conditions import READY, Outcome, ReconcileProblem, progressing, ready, stalled
 from mlflow_operator.logic.reasons import Reason
+from mlflow_operator.logic.trainingrun import RunStatus
 from mlflow_operator.reconcilers import promotions
 from mlflow_operator.reconcilers.common import (
     Context,
@@ -41,8 +42,6 @@ class Resolved:
     secret_name: str | None
 
 
-# The status of an object that owns a run: a TrainingRun, or a TrainingSweep (its parent run).
-RunStatus = TrainingRunStatus | TrainingSweepStatus
 RunStatusT = TypeVar("RunStatusT", TrainingRunStatus, TrainingSweepStatus)
 
 
