@@ -1,10 +1,14 @@
 """Kill the operator right after each external write, start it again from what is stored
 (the object in the API server, MLflow), and check that nothing is duplicated or lost. For a
 TrainingRun: exactly one MLflow run, at most one Job, one model version, Succeeded. For an
-Experiment and a RegisteredModel: exactly one MLflow entity, owned by the object, Ready.
+Experiment and a RegisteredModel: exactly one MLflow entity, owned by the object, Ready. For
+a TrainingSweep: one parent run, one run per trial, the best registered once. For every
+deletion step: what it closes or deletes, closed or deleted once.
 
 The reconcile paths are the operator's own (handlers/); the API server and MLflow are the
-in-process fakes of tests/fakes.py.
+in-process fakes of tests/fakes.py, because the process must die between one write and the
+next, which the sandbox's real servers cannot be made to show at every write (its kill tests
+cover the real ones at a few points).
 """
 
 from __future__ import annotations
