@@ -145,6 +145,7 @@ def ensure_pki(pki: Pki) -> None:
         ca_cert = (
             _builder(ca_name, ca_name, ca_key.public_key())
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
             .add_extension(
                 x509.KeyUsage(
                     digital_signature=True, key_cert_sign=True, crl_sign=True,
@@ -160,6 +161,15 @@ def ensure_pki(pki: Pki) -> None:
 
     ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
     ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    try:
+        ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    except x509.ExtensionNotFound:
+        # Python >= 3.13 verifies strictly (the workspace server runs on it): certificates
+        # need key identifiers, which a sandbox made before they were added lacks.
+        raise SystemExit(f"the sandbox's PKI in {pki.root} predates key identifiers, which Python 3.13 "
+                         "requires: `make sandbox-clean`, then `make sandbox-up`") from None
+    # Python >= 3.13 refuses a certificate without the key identifier of its issuer.
+    issuer_key_id = x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key())
 
     if not pki.apiserver_cert.exists():
         key = _new_key()
@@ -169,6 +179,8 @@ def ensure_pki(pki: Pki) -> None:
             _builder(_name("kube-apiserver"), ca_cert.subject, key.public_key())
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(issuer_key_id, critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
         _write_key(key, pki.apiserver_key)
@@ -181,6 +193,8 @@ def ensure_pki(pki: Pki) -> None:
         cert = (
             _builder(_name(common_name, organization), ca_cert.subject, key.public_key())
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .add_extension(issuer_key_id, critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
         _write_key(key, pki.client_key(stem))
@@ -193,6 +207,8 @@ def ensure_pki(pki: Pki) -> None:
             _builder(_name(f"system:node:{NODE_NAME}", "system:nodes"), ca_cert.subject, key.public_key())
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(issuer_key_id, critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
         _write_key(key, pki.client_key("kubelet-serving"))

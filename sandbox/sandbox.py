@@ -16,6 +16,7 @@ can run a sandbox each on one machine.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import hashlib
 import json
@@ -57,13 +58,67 @@ OPERATOR_TOKEN_DURATION = "24h"
 CHART = ROOT / "charts" / "mlflow-operator"
 
 AUTH_ADMIN = "admin"
+# The workspace server (MLflow workspaces, Kubernetes authorization): its data, its own
+# ServiceAccount's kubeconfig, and the identities that use it. The operator's MLflow token is
+# its ServiceAccount token; the sandbox user (`.sandbox/env`'s MLFLOW_TRACKING_TOKEN) may do
+# anything in every workspace.
+WORKSPACES_DIR = STATE / "mlflow-workspaces"
+WORKSPACE_SERVER_ACCOUNT = "mlflow-workspace-server"
+SANDBOX_USER_ACCOUNT = "sandbox-user"
+OPERATOR_TOKEN = STATE / "operator-token"
+SANDBOX_USER_TOKEN = STATE / "mlflow-user-token"
+WORKSPACE_SERVER_RBAC = """
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {server}, namespace: {namespace}}}
+---
+# What the Kubernetes workspace provider reads: namespaces (the workspaces) and the
+# plugin's MLflowConfig objects (per-namespace artifact roots; the CRD is not installed, so
+# none exist). The authorization plugin asks Kubernetes about each caller with the caller's
+# own token (SelfSubjectAccessReview), which needs nothing here. No Secrets: the server never
+# reads one.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: sandbox-mlflow-workspace-server}}
+rules:
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [get, list, watch]
+- apiGroups: [mlflow.kubeflow.org]
+  resources: [mlflowconfigs]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: sandbox-mlflow-workspace-server}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: sandbox-mlflow-workspace-server}}
+subjects: [{{kind: ServiceAccount, name: {server}, namespace: {namespace}}}]
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {user}, namespace: {namespace}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: sandbox-mlflow-user}}
+rules:
+- apiGroups: [mlflow.kubeflow.org]
+  resources: ["*"]
+  verbs: ["*"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: sandbox-mlflow-user}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: sandbox-mlflow-user}}
+subjects: [{{kind: ServiceAccount, name: {user}, namespace: {namespace}}}]
+"""
 # The operator checks MLflow for drift at least this often in the sandbox (DESIGN: <= 15 s).
 # SANDBOX_DRIFT_INTERVAL overrides it for benchmarks at the chart's default (60).
 SANDBOX_DRIFT_INTERVAL_SECONDS = int(os.environ.get("SANDBOX_DRIFT_INTERVAL", "10"))
 NODE_COUNT = int(os.environ.get("SANDBOX_NODES", "2"))
 PORT_NAMES = (
     "etcd-client", "etcd-peer", "kube-apiserver", "kube-controller-manager",
-    "kube-scheduler", "kwok", "mlflow", "mlflow-auth", "operator-health", "operator-metrics",
+    "kube-scheduler", "kwok", "mlflow", "mlflow-auth", "mlflow-workspaces", "operator-health", "operator-metrics",
     # Allowlisted for tests that play a tracking server of their own (tests/e2e/test_tenancy.py).
     "test-server", "test-server-2",
     "kubelet", "kubelet-healthz",
@@ -75,7 +130,7 @@ ALLOWED_SERVER_PORTS = ("mlflow-auth", "test-server", "test-server-2")
 # Components in start order; `down` stops them in reverse.
 ORDER = (
     "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
-    "containerd", "kubelet", "mlflow", "mlflow-auth", "operator",
+    "containerd", "kubelet", "mlflow", "mlflow-auth", "mlflow-workspaces", "operator",
 )
 NODE_DIR = STATE / "node"
 CONTAINERD_SOCKET = NODE_DIR / "containerd.sock"
@@ -228,6 +283,19 @@ def basic_auth_ok(url: str, username: str, password_file: Path) -> bool:
         return False
     token = base64.b64encode(f"{username}:{password_file.read_text().strip()}".encode()).decode()
     request = urllib.request.Request(url, headers={"Authorization": f"Basic {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def bearer_ok(url: str, token_file: Path, workspace: str) -> bool:
+    """Probe a workspace server with a bearer token, in one workspace."""
+    if not token_file.exists():
+        return False
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token_file.read_text().strip()}",
+                                                   "X-MLFLOW-WORKSPACE": workspace})
     try:
         with urllib.request.urlopen(request, timeout=2) as response:
             return response.status == 200
@@ -479,6 +547,32 @@ class Sandbox:
                 ready_timeout=120.0,
             ),
             Component(
+                # The workspace server: MLflow workspaces as Kubernetes namespaces, every request
+                # authorized by Kubernetes RBAC (mlflow-kubernetes-plugins), run from the chart's
+                # server image (its Python 3.13) by sandbox/mlflow/chroot-server.sh.
+                name="mlflow-workspaces",
+                argv=[
+                    str(ROOT / "sandbox" / "mlflow" / "chroot-server.sh"),
+                    str(NODE_DIR / "mlflow-rootfs"), str(WORKSPACES_DIR / "data"), str(WORKSPACES_DIR / "kubeconfig"),
+                    "--",
+                    "--backend-store-uri=sqlite:////var/lib/mlflow/mlflow.db",
+                    "--artifacts-destination=/var/lib/mlflow/artifacts",
+                    "--serve-artifacts",
+                    "--enable-workspaces",
+                    "--workspace-store-uri=kubernetes://",
+                    "--app-name=kubernetes-auth",
+                    "--host=127.0.0.1",
+                    f"--port={p['mlflow-workspaces']}",
+                    "--workers=1",
+                ],
+                ready=lambda: bearer_ok(
+                    f"http://127.0.0.1:{p['mlflow-workspaces']}/api/2.0/mlflow/experiments/search?max_results=1",
+                    SANDBOX_USER_TOKEN, workspace="default",
+                ),
+                marker=f"--port={p['mlflow-workspaces']}",
+                ready_timeout=180.0,
+            ),
+            Component(
                 name="operator",
                 argv=[
                     str(OPERATOR_VENV / "bin" / "mlflow-operator"),
@@ -486,6 +580,8 @@ class Sandbox:
                     "--all-namespaces",
                     f"--tracking-uri={self.mlflow_url}",
                     *(f"--allowed-tracking-server=http://127.0.0.1:{p[name]}" for name in ALLOWED_SERVER_PORTS),
+                    f"--workspace-tracking-server=http://127.0.0.1:{p['mlflow-workspaces']}",
+                    f"--workspace-token-file={OPERATOR_TOKEN}",
                     f"--drift-interval={SANDBOX_DRIFT_INTERVAL_SECONDS}",
                     f"--ownership-keys={OWNERSHIP_KEYS}",
                     f"--health-port={p['operator-health']}",
@@ -588,6 +684,10 @@ class Sandbox:
         (STATE / "env").write_text(
             f"export KUBECONFIG={KUBECONFIG}\n"
             f"export MLFLOW_TRACKING_URI={self.mlflow_url}\n"
+            "# The workspace server: a bearer token allowed in every workspace; name the workspace with\n"
+            "# MLFLOW_WORKSPACE (the mlflow client) or the X-MLFLOW-WORKSPACE header (curl).\n"
+            f"export MLFLOW_WORKSPACES_TRACKING_URI=http://127.0.0.1:{self.ports['mlflow-workspaces']}\n"
+            f"export MLFLOW_TRACKING_TOKEN=$(cat {SANDBOX_USER_TOKEN} 2>/dev/null)\n"
             f"export KUBECACHEDIR={STATE / 'kube-cache'}\n"
             f"export PATH={BIN}:$PATH\n"
         )
@@ -645,6 +745,7 @@ class Sandbox:
             "kubelet": self.ports["kubelet-healthz"],
             "mlflow": self.ports["mlflow"],
             "mlflow-auth": self.ports["mlflow-auth"],
+            "mlflow-workspaces": self.ports["mlflow-workspaces"],
             "operator": self.ports["operator-health"],
         }.get(name)
 
@@ -757,6 +858,46 @@ current-context: sandbox
 """
         )
         OPERATOR_KUBECONFIG.chmod(0o600)
+        OPERATOR_TOKEN.write_text(token + "\n")
+        OPERATOR_TOKEN.chmod(0o600)
+
+    def ensure_workspace_server_identity(self) -> None:
+        """The workspace server's ServiceAccount and RBAC, a kubeconfig with a fresh token for
+        it (readable by the server's non-root user only), and the sandbox user's token."""
+        self.kubectl("apply", "--server-side", "--field-manager=sandbox", "-f", "-",
+                     input_text=f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {OPERATOR_NAMESPACE}\n")
+        self.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=sandbox", "-f", "-",
+                     input_text=WORKSPACE_SERVER_RBAC.format(server=WORKSPACE_SERVER_ACCOUNT, user=SANDBOX_USER_ACCOUNT,
+                                                             namespace=OPERATOR_NAMESPACE))
+        (WORKSPACES_DIR / "data" / "artifacts").mkdir(parents=True, exist_ok=True)
+        for path in (WORKSPACES_DIR / "data", WORKSPACES_DIR / "data" / "artifacts"):
+            os.chown(path, 10001, 10001)
+        token = self.kubectl("create", "token", WORKSPACE_SERVER_ACCOUNT, "-n", OPERATOR_NAMESPACE,
+                             f"--duration={OPERATOR_TOKEN_DURATION}").strip()
+        ca = base64.b64encode(self.pki.ca_cert.read_bytes()).decode()
+        kubeconfig = WORKSPACES_DIR / "kubeconfig"
+        kubeconfig.write_text(f"""apiVersion: v1
+kind: Config
+clusters:
+- name: sandbox
+  cluster:
+    server: {self.apiserver_url}
+    certificate-authority-data: {ca}
+users:
+- name: {WORKSPACE_SERVER_ACCOUNT}
+  user:
+    token: {token}
+contexts:
+- name: sandbox
+  context: {{cluster: sandbox, user: {WORKSPACE_SERVER_ACCOUNT}, namespace: {OPERATOR_NAMESPACE}}}
+current-context: sandbox
+""")
+        os.chown(kubeconfig, 10001, 10001)
+        kubeconfig.chmod(0o600)
+        user_token = self.kubectl("create", "token", SANDBOX_USER_ACCOUNT, "-n", OPERATOR_NAMESPACE,
+                                  f"--duration={OPERATOR_TOKEN_DURATION}").strip()
+        SANDBOX_USER_TOKEN.write_text(user_token + "\n")
+        SANDBOX_USER_TOKEN.chmod(0o600)
 
     def ensure_default_service_account(self) -> None:
         """Pods need the namespace's `default` ServiceAccount, which a controller creates."""
@@ -804,6 +945,9 @@ current-context: sandbox
         self.ensure_default_service_account()
         self.ensure_real_node()
         bring_up("mlflow", "mlflow-auth")
+        if running_pid(self.components["mlflow-workspaces"]) is None:
+            self.ensure_workspace_server_identity()
+        bring_up("mlflow-workspaces")
         if running_pid(self.components["operator"]) is None:
             self.stop_chart_operator()
             self.ensure_operator_identity()

@@ -74,6 +74,9 @@ class FakeKube:
         # Pods by namespace, with the labels they carry (what the Job controller makes).
         self.pods: dict[str, list[tuple[dict[str, str], PodSnapshot]]] = {}
         self.jobs_created = 0
+        # (namespace, ServiceAccount) with the training ClusterRole bound (workspace servers).
+        self.bound_service_accounts: set[tuple[str, str]] = set()
+        self.access_reviews = 0
         self._versions = itertools.count(1)
         self._uids = itertools.count(1)
 
@@ -119,6 +122,13 @@ class FakeKube:
 
     async def get_job(self, namespace: str, name: str) -> JobSnapshot | None:
         return self.jobs.get((namespace, name))
+
+    async def service_account_may(self, namespace: str, service_account: str, group: str, resource: str,
+                                  verb: str, name: str | None = None) -> bool:
+        """RBAC as `bound_service_accounts` says: (namespace, ServiceAccount) pairs with the
+        training ClusterRole bound."""
+        self.access_reviews += 1
+        return (namespace, service_account) in self.bound_service_accounts
 
     async def create_job(self, namespace: str, body: dict[str, Any], dry_run: bool = False) -> JobSnapshot:
         metadata = body["metadata"]

@@ -9,10 +9,15 @@
 #                                                        examples/churn/Dockerfile on that base
 #   operator     ghcr.io/mlflow-operator/mlflow-operator:0.1.0
 #                                                        the repository's Dockerfile on that base
-#   mlflow       localhost/sandbox/mlflow:v3.17.2       images/mlflow/Dockerfile on that base: the
-#                                                        chart's embedded tracking server
+#   base13       localhost/sandbox/debian-python:13     Debian 13 (python3.13) the same way: the
+#                                                        Kubernetes plugins need Python >= 3.12
+#   mlflow       localhost/sandbox/mlflow:v3.17.2       images/mlflow/Dockerfile on the Debian 13
+#                                                        base: the chart's embedded tracking server
+#                                                        with the Kubernetes workspace and auth plugins
 #
-# Prints the archives, one per line, for the sandbox to import into containerd. Needs root
+# Prints the archives, one per line, for the sandbox to import into containerd, and unpacks
+# the mlflow image's root filesystem under ~/.cache/mlflow-operator/rootfs/ for the sandbox's
+# workspace server (its path in $SANDBOX_DIR/node/mlflow-rootfs). Needs root
 # (mmdebstrap, buildah); buildah keeps its storage under the cache, not in /var/lib.
 set -euo pipefail
 
@@ -98,27 +103,40 @@ if [[ ! -f "$pause_tar" ]]; then
   rm -rf "$work"
 fi
 
+# A Debian base from Debian's packages: python3 with a virtualenv first on PATH.
+build_base() {
+  local suite="$1" name="$2" archive="$3"
+  echo "[images] building $name (mmdebstrap $suite)" >&2
+  local work
+  work=$(mktemp -d)
+  run mmdebstrap --variant=minbase --include="$PACKAGES" \
+    --customize-hook='chroot "$1" python3 -m venv /opt/venv' \
+    --customize-hook='rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*' \
+    "$suite" "$work/rootfs.tar" "$MIRROR" </dev/null
+  local c
+  c=$("${BUILDAH[@]}" from scratch)
+  run "${BUILDAH[@]}" add "$c" "$work/rootfs.tar" /
+  run "${BUILDAH[@]}" config --env PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    --cmd '["python3"]' "$c"
+  commit_to "$c" "$name" "$archive"
+  rm -rf "$work"
+}
+
 # ---- base: Debian 12 from Debian's packages
 BASE=localhost/sandbox/debian-python:12
 MIRROR="http://deb.debian.org/debian"
 PACKAGES="python3,python3-venv,python-is-python3,ca-certificates,passwd"
 base_hash=$(echo "bookworm $MIRROR $PACKAGES venv:/opt/venv" | digest)
 base_tar="$CACHE/base-$base_hash.tar"
-if [[ ! -f "$base_tar" ]]; then
-  echo "[images] building $BASE (mmdebstrap)" >&2
-  work=$(mktemp -d)
-  run mmdebstrap --variant=minbase --include="$PACKAGES" \
-    --customize-hook='chroot "$1" python3 -m venv /opt/venv' \
-    --customize-hook='rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*' \
-    bookworm "$work/rootfs.tar" "$MIRROR" </dev/null
-  c=$("${BUILDAH[@]}" from scratch)
-  run "${BUILDAH[@]}" add "$c" "$work/rootfs.tar" /
-  run "${BUILDAH[@]}" config --env PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    --cmd '["python3"]' "$c"
-  commit_to "$c" "$BASE" "$base_tar"
-  rm -rf "$work"
-fi
+[[ -f "$base_tar" ]] || build_base bookworm "$BASE" "$base_tar"
 ensure_in_storage "$BASE" "$base_tar"
+
+# ---- base13: Debian 13 (python3.13), for what needs Python >= 3.12
+BASE13=localhost/sandbox/debian-python:13
+base13_hash=$(echo "trixie $MIRROR $PACKAGES venv:/opt/venv" | digest)
+base13_tar="$CACHE/base13-$base13_hash.tar"
+[[ -f "$base13_tar" ]] || build_base trixie "$BASE13" "$base13_tar"
+ensure_in_storage "$BASE13" "$base13_tar"
 
 # ---- the example's training image, from its own Dockerfile
 CHURN=mlflow-operator-examples/churn-train:0.1.0
@@ -156,18 +174,32 @@ fi
 
 # ---- the chart's embedded MLflow server (values.yaml keeps the MLflow project's public image)
 MLFLOW=localhost/sandbox/mlflow:v3.17.2
-mlflow_hash=$( (cd "$ROOT" && cat images/mlflow/Dockerfile constraints.txt; echo "$base_hash") | digest)
+mlflow_hash=$( (cd "$ROOT" && cat images/mlflow/Dockerfile images/mlflow/requirements.txt constraints.txt; echo "$base13_hash") | digest)
 mlflow_tar="$CACHE/mlflow-$mlflow_hash.tar"
 if [[ ! -f "$mlflow_tar" ]]; then
   echo "[images] building $MLFLOW (buildah bud, images/mlflow/Dockerfile)" >&2
   ca="${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}"
   run "${BUILDAH[@]}" bud --network host --isolation chroot --layers=false \
-    --build-arg BASE_IMAGE="$BASE" --build-arg PIP_CERT=/etc/ssl/host-ca.crt \
+    --build-arg BASE_IMAGE="$BASE13" --build-arg PIP_CERT=/etc/ssl/host-ca.crt \
     --volume "$ca:/etc/ssl/host-ca.crt:ro" \
     -f "$ROOT/images/mlflow/Dockerfile" -t "$MLFLOW" "$ROOT"
   rm -f "$mlflow_tar.tmp"
   run "${BUILDAH[@]}" push "$MLFLOW" "docker-archive:$mlflow_tar.tmp:$MLFLOW"
   mv "$mlflow_tar.tmp" "$mlflow_tar"
 fi
+
+# ---- the same server's root filesystem, for the sandbox's workspace server (a host process
+# chrooted into it: the sandbox's own Python is older than the plugins need)
+rootfs="${CACHE%/images}/rootfs/mlflow-$mlflow_hash"
+if [[ ! -d "$rootfs/rootfs" ]]; then
+  echo "[images] unpacking $MLFLOW for the sandbox's workspace server (umoci)" >&2
+  work=$(mktemp -d)
+  run skopeo copy "docker-archive:$mlflow_tar" "oci:$work/oci:mlflow"
+  rm -rf "$rootfs.tmp"
+  run umoci unpack --image "$work/oci:mlflow" "$rootfs.tmp"
+  mv "$rootfs.tmp" "$rootfs"
+  rm -rf "$work"
+fi
+echo "$rootfs/rootfs" > "$STATE/node/mlflow-rootfs"
 
 printf '%s\n' "$pause_tar" "$churn_tar" "$operator_tar" "$mlflow_tar"

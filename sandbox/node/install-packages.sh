@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install the real node's Debian packages if they are missing: containerd and runc (the
-# container runtime), the CNI loopback plugin, and buildah and mmdebstrap (the images).
+# container runtime), the CNI loopback plugin, buildah and mmdebstrap (the images), skopeo and
+# umoci (the workspace server's root filesystem, unpacked from its image).
 # Needs root (apt-get); a failure stops here with the exact command that failed.
 set -euo pipefail
-PACKAGES=(containerd runc containernetworking-plugins buildah mmdebstrap)
+PACKAGES=(containerd runc containernetworking-plugins buildah mmdebstrap skopeo umoci)
 missing=()
 for package in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -82,6 +82,12 @@ app.kubernetes.io/component: mlflow
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]
+# Workspace servers (MLflow workspaces with Kubernetes authorization) judge each MLflow call
+# by Kubernetes RBAC of this group in the namespace's workspace: what the operator does in
+# MLflow for a namespace's objects.
+- apiGroups: [mlflow.kubeflow.org]
+  resources: [experiments, registeredmodels]
+  verbs: [get, list, create, update, delete]
 {{- end -}}
 
 {{/* Environment that points the in-cluster client at kubernetesApi, when it is set. */}}

@@ -26,9 +26,10 @@ class ExperimentSpec(Model):
         return cls.model_validate(dict(spec or {}))
 
 
-def default_experiment_name(namespace: str, name: str) -> str:
-    """MLflow name of an Experiment without spec.name: unique per cluster, readable in the UI."""
-    return f"{namespace}/{name}"
+def default_experiment_name(namespace: str, name: str, in_workspace: bool = False) -> str:
+    """MLflow name of an Experiment without spec.name: unique per cluster, readable in the UI.
+    In a namespace's own MLflow workspace the name alone is unique (decision 0025)."""
+    return name if in_workspace else f"{namespace}/{name}"
 
 
 class ExperimentStatus(TrackedStatus):

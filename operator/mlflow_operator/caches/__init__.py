@@ -23,6 +23,8 @@ class Caches:
     handled_jobs: HandledJobs = field(default_factory=HandledJobs)
     # Job shapes a dry run accepted lately.
     accepted_job_shapes: RecentlyAccepted = field(default_factory=RecentlyAccepted)
+    # Training ServiceAccounts Kubernetes RBAC let log to an experiment (workspace servers).
+    granted_service_accounts: RecentlyAccepted = field(default_factory=RecentlyAccepted)
     # Credentials read from Secrets, for cleanup after a Secret is gone.
     remembered: RememberedCredentials = field(default_factory=RememberedCredentials)
     # Pages shared by the drift checks of Experiments and RegisteredModels (None: each reconciles).

@@ -270,6 +270,23 @@ class KubernetesGateway:
             "create_job_dry_run" if dry_run else "create_job", "POST", _jobs(namespace),
             params={"dryRun": "All"} if dry_run else None, body=body))
 
+    async def service_account_may(self, namespace: str, service_account: str, group: str, resource: str,
+                                  verb: str, name: str | None = None) -> bool:
+        """Whether Kubernetes RBAC lets `service_account` of `namespace` do `verb` on `resource`
+        of `group` there (a SubjectAccessReview, as the ServiceAccount's token would be judged)."""
+        attributes = {"group": group, "resource": resource, "verb": verb, "namespace": namespace,
+                      **({"name": name} if name else {})}
+        answer = await self._call("create_subject_access_review", "POST",
+                                  "/apis/authorization.k8s.io/v1/subjectaccessreviews", body={
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {
+                "user": f"system:serviceaccount:{namespace}:{service_account}",
+                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"],
+                "resourceAttributes": attributes,
+            },
+        })
+        return bool((answer.get("status") or {}).get("allowed"))
+
     async def delete_job(self, namespace: str, name: str, propagation: str = "Background",
                          uid: str | None = None) -> bool:
         """Delete the Job and (by propagation) its pods; False if it was already gone, or (with

@@ -11,6 +11,7 @@ footprint; decision 0018.)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,8 @@ from mlflow_operator.tracking.entities import (
 from mlflow_operator.tracking.servers import Origin, describe_origin, origin_of
 
 API = "/api/2.0/mlflow"
+# How a request names its MLflow workspace on a server with workspaces.
+WORKSPACE_HEADER = "X-MLFLOW-WORKSPACE"
 _NOT_FOUND = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "ENDPOINT_NOT_FOUND"}
 _ALREADY_EXISTS = {"RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"}
 _INVALID = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE", "MALFORMED_REQUEST", "RESOURCE_CONFLICT"}
@@ -241,16 +244,19 @@ class _Session:
             self.http.headers["Authorization"] = f"Bearer {credentials.token}"
         self.http.headers["User-Agent"] = "mlflow-operator"
 
-    def call(self, method: str, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    def call(self, method: str, endpoint: str, body: dict[str, Any], workspace: str | None = None) -> dict[str, Any]:
         """One request; its JSON answer. A redirect is an answer like any other (not followed:
-        the allowlisted server is the only one the operator talks to)."""
+        the allowlisted server is the only one the operator talks to). `workspace`: the MLflow
+        workspace the request acts in (one session serves every namespace of a server)."""
         fields = {key: value for key, value in body.items() if value is not None}
         url = f"{self.base}{API}/{endpoint}"
+        headers = {WORKSPACE_HEADER: workspace} if workspace else None
         if method == "GET":
-            response = self.http.get(url, params=fields, timeout=self.timeout, allow_redirects=False, stream=True)
+            response = self.http.get(url, params=fields, headers=headers, timeout=self.timeout,
+                                     allow_redirects=False, stream=True)
         else:
-            response = self.http.request(method, url, json=fields, timeout=self.timeout, allow_redirects=False,
-                                         stream=True)
+            response = self.http.request(method, url, json=fields, headers=headers, timeout=self.timeout,
+                                         allow_redirects=False, stream=True)
         with response:
             body_bytes = _read_capped(response, self.max_reply_bytes)
             if response.status_code != 200:
@@ -301,15 +307,17 @@ class MlflowGateway:
         return limiter
 
     def _session_for(self, target: TrackingTarget) -> _Session:
-        """The target's session, the most recently used first to stay: credentials rotate, so
-        the least recently used one goes past MAX_SESSIONS (not every session at once)."""
-        session = self._sessions.pop(target, None)
+        """The target's session (one per server and credentials; the workspace is per request),
+        the most recently used first to stay: credentials rotate, so the least recently used
+        one goes past MAX_SESSIONS (not every session at once)."""
+        key = dataclasses.replace(target, workspace=None, ui_url=None)
+        session = self._sessions.pop(key, None)
         if session is None:
-            session = _Session(target, self._settings, self._concurrency)
+            session = _Session(key, self._settings, self._concurrency)
             while len(self._sessions) >= MAX_SESSIONS:
                 stale = self._sessions.pop(next(iter(self._sessions)))
                 stale.http.close()
-        self._sessions[target] = session  # insertion order is use order
+        self._sessions[key] = session  # insertion order is use order
         return session
 
     async def _request(self, target: TrackingTarget, operation: str, method: str, endpoint: str,
@@ -323,7 +331,7 @@ class MlflowGateway:
         try:
             async with self._limiter_for(origin).slot(urgent=URGENT.get()):
                 return await loop.run_in_executor(self._executor_for(origin), session.call, method, endpoint,
-                                                  body)
+                                                  body, target.workspace)
         except Exception as error:  # noqa: BLE001 - translated and re-raised
             translated = translate(error, operation, describe_origin(origin))
             outcome = translated.reason

@@ -141,6 +141,9 @@ class KubernetesApi(Protocol):
 
     async def create_job(self, namespace: str, body: dict[str, Any], dry_run: bool = False) -> JobSnapshot: ...
 
+    async def service_account_may(self, namespace: str, service_account: str, group: str, resource: str,
+                                  verb: str, name: str | None = None) -> bool: ...
+
     async def delete_job(self, namespace: str, name: str, propagation: str = "Background",
                          uid: str | None = None) -> bool: ...
 

@@ -27,14 +27,22 @@ class DesiredExperiment:
         return sorted(self.tags)
 
 
-def desired_experiment(spec: ExperimentSpec, identity: ObjectIdentity) -> DesiredExperiment:
+def desired_experiment(spec: ExperimentSpec, identity: ObjectIdentity, in_workspace: bool = False) -> DesiredExperiment:
+    """`in_workspace`: the server keeps each namespace's experiments in its own MLflow
+    workspace, so names need no namespace prefix and cannot collide with another's."""
     tags = dict(spec.tags)
     if spec.description:
         tags[NOTE_TAG] = spec.description
-    if spec.name:
+    if spec.name and not in_workspace:
         ownership.refuse_other_namespace_prefix(spec.name, identity.namespace, "spec.name")
+    if spec.artifact_location and in_workspace:
+        raise ReconcileProblem(stalled(
+            Reason.INVALID_SPEC,
+            "spec.artifactLocation cannot be set on a server with MLflow workspaces: the server places each "
+            "workspace's artifacts itself; remove it",
+        ))
     return DesiredExperiment(
-        name=spec.name or default_experiment_name(identity.namespace, identity.name),
+        name=spec.name or default_experiment_name(identity.namespace, identity.name, in_workspace),
         artifact_location=spec.artifact_location,
         tags=tags,
         ownership=identity.tags(),

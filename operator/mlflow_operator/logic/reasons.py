@@ -31,6 +31,9 @@ class Reason(StrEnum):
     SECRET_NOT_ALLOWED = "SecretNotAllowed"
     SECRET_UNREADABLE = "SecretUnreadable"
     INVALID_SECRET = "InvalidSecret"
+    # Workspace servers (MLflow workspaces with Kubernetes authorization)
+    OPERATOR_TOKEN_UNREADABLE = "OperatorTokenUnreadable"
+    SERVICE_ACCOUNT_NOT_AUTHORIZED = "ServiceAccountNotAuthorized"
     # Ownership
     CONFLICT = "Conflict"
     NAME_CONFLICT = "NameConflict"

@@ -30,7 +30,8 @@ PARAM_ENV_PREFIX = "MLFLOW_PARAM_"
 # Environment the operator owns in every training container; a template's own entries
 # with these names are replaced, so the wiring cannot be broken by accident.
 OPERATOR_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_RUN_ID", "MLFLOW_DISABLE_TELEMETRY",
-                "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+                "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
+                "MLFLOW_TRACKING_AUTH", "MLFLOW_WORKSPACE")
 PLACEHOLDER_RUN_ID = "0" * 32
 # Holds a training Job until the operator has recorded its outcome, so that a TTL or a
 # `kubectl delete job` while the operator is down cannot lose it.
@@ -83,16 +84,43 @@ def first_container_name(template: dict[str, Any]) -> str | None:
 
 @dataclass(frozen=True)
 class CredentialSource:
-    """Where a Job's containers read MLflow credentials from: a Secret, by reference only."""
+    """How a Job's containers authenticate to MLflow: from a Secret, by reference only, or
+    (a workspace server) as the pod's own ServiceAccount, with no static credential."""
 
-    secret_name: str
+    secret_name: str | None
     keys: tuple[tuple[str, str], ...]  # (env var, secret key)
+    service_account: bool = False
 
     @classmethod
     def for_secret(cls, secret_name: str, credentials: Credentials) -> "CredentialSource":
         if credentials.token:
             return cls(secret_name, (("MLFLOW_TRACKING_TOKEN", "token"),))
         return cls(secret_name, (("MLFLOW_TRACKING_USERNAME", "username"), ("MLFLOW_TRACKING_PASSWORD", "password")))
+
+    @classmethod
+    def for_service_account(cls) -> "CredentialSource":
+        """MLflow's client sends the pod's ServiceAccount token and names the namespace as
+        the workspace (MLFLOW_TRACKING_AUTH=kubernetes-namespaced), re-reading it as it rotates."""
+        return cls(None, (), service_account=True)
+
+
+# MLflow's client auth provider that sends the pod's ServiceAccount token and namespace.
+SERVICE_ACCOUNT_AUTH = "kubernetes-namespaced"
+
+
+def pod_service_account(spec: TrainingRunSpec) -> str:
+    """The ServiceAccount the training pods run as."""
+    pod_spec = (spec.template or {}).get("spec") or {}
+    return str(pod_spec.get("serviceAccountName") or pod_spec.get("serviceAccount") or "default")
+
+
+def service_account_token_problem(spec: TrainingRunSpec) -> str | None:
+    """Why pods of this template cannot authenticate as their ServiceAccount, or None."""
+    pod_spec = (spec.template or {}).get("spec") or {}
+    if pod_spec.get("automountServiceAccountToken") is False:
+        return ("spec.template sets automountServiceAccountToken: false, but on this tracking server training pods "
+                "authenticate with their ServiceAccount token; remove it")
+    return None
 
 
 def job_env(tracking_uri: str, experiment_id: str, run_id: str, params: dict[str, str],
@@ -103,7 +131,9 @@ def job_env(tracking_uri: str, experiment_id: str, run_id: str, params: dict[str
         {"name": "MLFLOW_RUN_ID", "value": run_id},
         {"name": "MLFLOW_DISABLE_TELEMETRY", "value": "true"},
     ]
-    if credentials:
+    if credentials and credentials.service_account:
+        env.append({"name": "MLFLOW_TRACKING_AUTH", "value": SERVICE_ACCOUNT_AUTH})
+    elif credentials:
         env += [
             {"name": var, "valueFrom": {"secretKeyRef": {"name": credentials.secret_name, "key": key}}}
             for var, key in credentials.keys

@@ -26,6 +26,7 @@ from mlflow_operator.tracking.entities import (
     TrackingError,
     TrackingTarget,
 )
+from mlflow_operator.tracking.servers import Credentials
 
 SpecT = TypeVar("SpecT")
 StatusT = TypeVar("StatusT", bound=Status)
@@ -160,6 +161,18 @@ async def resolve_target_and_secret(
     allowed server. With `cleanup` (an object being deleted), a Secret that is gone is
     replaced by the credentials remembered from it, if any."""
     choice = choose_target(tracking, services.config)
+    ui_url = services.config.ui_url if choice.uri == services.config.default_tracking_uri else None
+    if choice.workspaces:
+        try:
+            token = services.config.workspace_token.read()
+        except (OSError, ValueError):
+            raise ReconcileProblem(progressing(
+                Reason.OPERATOR_TOKEN_UNREADABLE,
+                f"the operator cannot read its ServiceAccount token ({services.config.workspace_token.path}) "
+                f"for the workspace server {choice.uri!r}",
+            )) from None
+        return TrackingTarget(uri=choice.uri, credentials=Credentials(token=token), ui_url=ui_url,
+                              workspace=namespace), None
     if choice.secret_name:
         key = (namespace, choice.secret_name, choice.uri)
         try:
@@ -187,7 +200,6 @@ async def resolve_target_and_secret(
         credentials = services.config.default_credentials
     else:
         credentials = TrackingTarget(choice.uri).credentials
-    ui_url = services.config.ui_url if choice.uri == services.config.default_tracking_uri else None
     return TrackingTarget(uri=choice.uri, credentials=credentials, ui_url=ui_url), choice.secret_name
 
 

@@ -38,7 +38,7 @@ async def reconcile_experiment(ctx: Context[ExperimentSpec, ExperimentStatus]) -
     TrackingError (MLflow failed); the handlers turn both into conditions."""
     services, identity, status, spec, drift_check = ctx.services, ctx.identity, ctx.status, ctx.spec, ctx.drift_check
     target = await resolve_target(services, identity.namespace, spec.tracking)
-    desired = logic.desired_experiment(spec, identity)
+    desired = logic.desired_experiment(spec, identity, target.workspace is not None)
     mlflow = services.mlflow
     event = ctx.event
 
@@ -114,7 +114,7 @@ async def experiment_in_sync(services: Services, body: Any) -> bool:
         return False
     if experiment is None or experiment.deleted:
         return False
-    desired = _signed(services, target, logic.desired_experiment(spec, identity), experiment.experiment_id)
+    desired = _signed(services, target, logic.desired_experiment(spec, identity, target.workspace is not None), experiment.experiment_id)
     return not logic.plan_updates(desired, experiment, set(status.managed_tags or [])).changes
 
 

@@ -136,7 +136,8 @@ async def resolve_experiment(ctx: Context[Any, RunStatusT]) -> Resolved:
 async def _experiment_by_name(ctx: Context[Any, Any], target: TrackingTarget, secret_name: str | None) -> Resolved:
     name = ctx.spec.experiment_name
     assert name is not None
-    ownership.refuse_other_namespace_prefix(name, ctx.identity.namespace, "spec.experimentName")
+    if target.workspace is None:
+        ownership.refuse_other_namespace_prefix(name, ctx.identity.namespace, "spec.experimentName")
     services, mlflow = ctx.services, ctx.services.mlflow
     experiment = await mlflow.get_experiment_by_name(target, name)
     if experiment is None:

@@ -231,6 +231,8 @@ async def _ensure_run(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved
 
 
 def _credential_source(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved: Resolved) -> logic.CredentialSource | None:
+    if resolved.target.workspace is not None:
+        return logic.CredentialSource.for_service_account()
     if not resolved.secret_name:
         return None
     return logic.CredentialSource.for_secret(resolved.secret_name, resolved.target.credentials)
@@ -249,6 +251,8 @@ async def _check_job_template(ctx: Context[TrainingRunSpec, TrainingRunStatus], 
     anything in MLflow: a bad template should leave no FAILED run behind. A Job of the
     same shape accepted a moment ago is not asked about again (RecentlyAccepted)."""
     credentials = _credential_source(ctx, resolved)
+    if credentials is not None and credentials.service_account:
+        await _check_pod_identity(ctx, resolved)
     accepted = ctx.services.caches.accepted_job_shapes
     shape = logic.job_shape(ctx.spec, ctx.identity.namespace, resolved.experiment_id, resolved.target.uri,
                             credentials)
@@ -263,6 +267,40 @@ async def _check_job_template(ctx: Context[TrainingRunSpec, TrainingRunStatus], 
             return
         raise _job_rejected(error, "would be") or error from None
     accepted.remember(shape)
+
+
+# What a training pod does in MLflow on a workspace server (Kubernetes RBAC of the plugin's
+# API group): log to runs of its experiment (`update`) and read it (`get`).
+MLFLOW_RBAC_GROUP = "mlflow.kubeflow.org"
+POD_MLFLOW_VERBS = ("get", "update")
+
+
+async def _check_pod_identity(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved: Resolved) -> None:
+    """On a workspace server the pods log as their ServiceAccount: ask Kubernetes (a
+    SubjectAccessReview) whether that ServiceAccount may, before anything is created, so a
+    missing RoleBinding is a condition that says what to bind, not a crashed Job. A grant
+    seen a moment ago is not asked about again (RecentlyAccepted); a refusal always is."""
+    problem = logic.service_account_token_problem(ctx.spec)
+    if problem:
+        raise ReconcileProblem(stalled(Reason.INVALID_TEMPLATE, problem))
+    namespace = ctx.identity.namespace
+    account = logic.pod_service_account(ctx.spec)
+    granted = ctx.services.caches.granted_service_accounts
+    key = f"{resolved.target.uri}\n{namespace}\n{account}\n{resolved.experiment_name}"
+    if granted.accepted(key):
+        return
+    for verb in POD_MLFLOW_VERBS:
+        if not await ctx.services.kube.service_account_may(namespace, account, MLFLOW_RBAC_GROUP, "experiments",
+                                                           verb, resolved.experiment_name or None):
+            role = ctx.services.config.training_cluster_role
+            raise ReconcileProblem(progressing(
+                Reason.SERVICE_ACCOUNT_NOT_AUTHORIZED,
+                f"ServiceAccount {account!r} may not {verb} MLflow experiment {resolved.experiment_name!r} in "
+                f"workspace {namespace!r}, so its pods could not log to their run; bind the ClusterRole {role}: "
+                f"kubectl create rolebinding {account}-mlflow-training -n {namespace} --clusterrole={role} "
+                f"--serviceaccount={namespace}:{account}",
+            ))
+    granted.remember(key)
 
 
 async def _ensure_job(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved: Resolved, run: RunInfo,

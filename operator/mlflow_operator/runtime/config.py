@@ -11,7 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow_operator.logic.signing import KeyRing
-from mlflow_operator.tracking.servers import Allowlist, Credentials, uri_problem
+from mlflow_operator.tracking.servers import Allowlist, Credentials, TokenFile, uri_problem
+
+SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+# The chart's ClusterRole with the MLflow verbs a training pod needs on a workspace server.
+DEFAULT_TRAINING_CLUSTER_ROLE = "mlflow-operator-training"
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,14 @@ class OperatorConfig:
     # Servers objects may name in spec.tracking.uri besides the default one; nothing is
     # ever sent to any other server.
     allowed_tracking_servers: tuple[str, ...] = ()
+    # Servers that run MLflow workspaces with Kubernetes authorization (allowed too): the
+    # operator acts for namespace X only in workspace X, with its own ServiceAccount token,
+    # and training pods log as their ServiceAccount (decision 0025).
+    workspace_tracking_servers: tuple[str, ...] = ()
+    # The operator's bearer token for the workspace servers.
+    workspace_token: TokenFile = field(default_factory=lambda: TokenFile(SERVICE_ACCOUNT_TOKEN), compare=False)
+    # What a namespace binds to a training pod's ServiceAccount (named in conditions).
+    training_cluster_role: str = DEFAULT_TRAINING_CLUSTER_ROLE
     # Credentials the operator itself uses for the default server (from its own environment).
     default_credentials: Credentials = Credentials()
     # Name of a Secret, looked up in each object's own namespace, that TrainingRun Jobs
@@ -53,7 +65,8 @@ class OperatorConfig:
     allowlist: Allowlist = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "allowlist", Allowlist.of(self.default_tracking_uri, self.allowed_tracking_servers))
+        object.__setattr__(self, "allowlist", Allowlist.of(
+            self.default_tracking_uri, self.allowed_tracking_servers, self.workspace_tracking_servers))
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -100,6 +113,24 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="an MLflow server objects may name in spec.tracking.uri (repeatable; scheme, host and port "
         "are compared; the default server is always allowed); env MLFLOW_OPERATOR_ALLOWED_TRACKING_SERVERS "
         "(comma-separated)",
+    )
+    parser.add_argument(
+        "--workspace-tracking-server", action="append", dest="workspace_tracking_servers", default=None,
+        metavar="URI",
+        help="an MLflow server that runs workspaces with Kubernetes authorization (mlflow-kubernetes-plugins; "
+        "repeatable, allowed like --allowed-tracking-server; may be the --tracking-uri): the operator works in "
+        "each object's namespace's workspace with its ServiceAccount token, and training pods log as their "
+        "ServiceAccount; env MLFLOW_OPERATOR_WORKSPACE_TRACKING_SERVERS (comma-separated)",
+    )
+    parser.add_argument(
+        "--workspace-token-file", default=_env("WORKSPACE_TOKEN_FILE", str(SERVICE_ACCOUNT_TOKEN)),
+        help="the operator's bearer token for workspace servers, read again every minute "
+        f"(default {SERVICE_ACCOUNT_TOKEN}); env MLFLOW_OPERATOR_WORKSPACE_TOKEN_FILE",
+    )
+    parser.add_argument(
+        "--training-cluster-role", default=_env("TRAINING_CLUSTER_ROLE", DEFAULT_TRAINING_CLUSTER_ROLE),
+        help="the ClusterRole a namespace binds to its training ServiceAccounts for workspace servers, named in "
+        f"conditions (default {DEFAULT_TRAINING_CLUSTER_ROLE}); env MLFLOW_OPERATOR_TRAINING_CLUSTER_ROLE",
     )
     parser.add_argument(
         "--tracking-secret-name", default=_env("TRACKING_SECRET_NAME"),
@@ -182,8 +213,13 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
     if not allowed:
         allowed = [u.strip() for u in (environ.get("MLFLOW_OPERATOR_ALLOWED_TRACKING_SERVERS") or "").split(",")
                    if u.strip()]
+    workspace_servers: list[str] = list(args.workspace_tracking_servers or [])
+    if not workspace_servers:
+        workspace_servers = [u.strip() for u in
+                             (environ.get("MLFLOW_OPERATOR_WORKSPACE_TRACKING_SERVERS") or "").split(",") if u.strip()]
     checked = [("--tracking-uri", args.tracking_uri), ("--ui-url", args.ui_url)]
     checked += [("--allowed-tracking-server", uri) for uri in allowed]
+    checked += [("--workspace-tracking-server", uri) for uri in workspace_servers]
     for flag, uri in checked:
         problem = uri and uri_problem(uri)
         if problem:
@@ -197,6 +233,9 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         all_namespaces=not namespaces,
         default_tracking_uri=(args.tracking_uri or None) and args.tracking_uri.rstrip("/"),
         allowed_tracking_servers=tuple(uri.rstrip("/") for uri in allowed),
+        workspace_tracking_servers=tuple(uri.rstrip("/") for uri in workspace_servers),
+        workspace_token=TokenFile(Path(args.workspace_token_file)),
+        training_cluster_role=args.training_cluster_role,
         default_credentials=Credentials(
             username=environ.get("MLFLOW_TRACKING_USERNAME") or None,
             password=environ.get("MLFLOW_TRACKING_PASSWORD") or None,

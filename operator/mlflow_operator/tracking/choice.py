@@ -20,6 +20,9 @@ class TargetChoice:
     secret_name: str | None
     # Whether the operator's own credentials apply (default server, no Secret named).
     use_operator_credentials: bool
+    # A server with MLflow workspaces and Kubernetes authorization: the operator sends its
+    # ServiceAccount token and the namespace's workspace; training pods their own token.
+    workspaces: bool = False
 
 
 def choose_target(tracking: TrackingSpec | None, config: OperatorConfig) -> TargetChoice:
@@ -42,6 +45,15 @@ def choose_target(tracking: TrackingSpec | None, config: OperatorConfig) -> Targ
             "flag --allowed-tracking-server) or use an allowed server",
         ))
     is_default = uri == config.default_tracking_uri
+    if config.allowlist.uses_workspaces(uri):
+        if tracking and tracking.secret_ref:
+            raise ReconcileProblem(stalled(
+                Reason.INVALID_SPEC,
+                f"tracking server {uri!r} authorizes with Kubernetes RBAC (MLflow workspaces): the operator uses its "
+                "own ServiceAccount and training pods theirs, so no credentials Secret is used; remove "
+                "spec.tracking.secretRef",
+            ))
+        return TargetChoice(uri, None, False, workspaces=True)
     if tracking and tracking.secret_ref:
         return TargetChoice(uri, tracking.secret_ref.name, False)
     if is_default and config.default_tracking_secret:

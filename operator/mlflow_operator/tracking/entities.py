@@ -20,6 +20,9 @@ class TrackingTarget:
     credentials: Credentials = Credentials()
     # Base URL for links in status; the tracking URI when unset.
     ui_url: str | None = None
+    # The MLflow workspace every request names (X-MLFLOW-WORKSPACE): the object's namespace
+    # on a workspace server, None on a server without workspaces.
+    workspace: str | None = None
 
     @property
     def ui(self) -> str:

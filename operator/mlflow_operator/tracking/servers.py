@@ -4,7 +4,11 @@ it depends on neither."""
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit
 
 
@@ -61,14 +65,52 @@ class Allowlist:
     match by scheme, host and port; their path is not compared."""
 
     origins: frozenset[Origin] = frozenset()
+    # The allowed servers that run MLflow workspaces with Kubernetes authorization: the
+    # operator calls them inside the object's namespace's workspace, as itself.
+    workspace_origins: frozenset[Origin] = frozenset()
 
     @classmethod
-    def of(cls, default_uri: str | None, entries: tuple[str, ...] = ()) -> "Allowlist":
-        uris = [*entries, *([default_uri] if default_uri else [])]
-        return cls(frozenset(origin_of(uri) for uri in uris))
+    def of(cls, default_uri: str | None, entries: tuple[str, ...] = (),
+           workspace_entries: tuple[str, ...] = ()) -> "Allowlist":
+        uris = [*entries, *workspace_entries, *([default_uri] if default_uri else [])]
+        return cls(frozenset(origin_of(uri) for uri in uris), frozenset(origin_of(uri) for uri in workspace_entries))
 
     def allows(self, uri: str) -> bool:
         return uri_problem(uri) is None and origin_of(uri) in self.origins
 
+    def uses_workspaces(self, uri: str) -> bool:
+        return uri_problem(uri) is None and origin_of(uri) in self.workspace_origins
+
     def describe(self) -> str:
         return ", ".join(sorted(describe_origin(o) for o in self.origins)) or "none"
+
+
+# A projected ServiceAccount token is rotated by the kubelet well before it expires; reading it
+# again this often picks up the new one (as MLflow's own Kubernetes auth provider does).
+TOKEN_REREAD_SECONDS = 60.0
+
+
+class TokenFile:
+    """The operator's own bearer token for workspace servers: its ServiceAccount token, read
+    from a file and read again every minute, so that a rotated token is used."""
+
+    def __init__(self, path: Path, reread_seconds: float = TOKEN_REREAD_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self._reread, self._clock = reread_seconds, clock
+        self._token: str | None = None
+        self._read_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"TokenFile({str(self.path)!r})"
+
+    def read(self) -> str:
+        """The current token; OSError or ValueError when the file is missing or empty."""
+        with self._lock:
+            if self._token is None or self._clock() - self._read_at >= self._reread:
+                token = self.path.read_text().strip()
+                if not token:
+                    raise ValueError(f"{self.path} is empty")
+                self._token, self._read_at = token, self._clock()
+            return self._token
