@@ -4,7 +4,10 @@ kwok nodes run no containers. For a pod annotated `sandbox.mlflow.operator.dev/h
 this script does what the container would: it takes the pod's own environment (values and
 secretKeyRef values, exactly as the operator wired them), expands `$(VAR)` in the container's
 args as the kubelet does, runs COMMAND plus those args as a local process, and then finishes
-the pod with the process's outcome (annotation `sandbox.mlflow.operator.dev/finish`).
+the pod with the process's outcome (annotation `sandbox.mlflow.operator.dev/finish`). A pod
+that logs as its ServiceAccount (MLFLOW_TRACKING_AUTH=kubernetes-namespaced) gets a fresh
+token of that ServiceAccount in a kubeconfig whose context names the pod's namespace, where
+MLflow's client looks when there is no mounted token: the process is judged as the pod is.
 
     python sandbox/play_training.py NAMESPACE TRAININGRUN -- python examples/churn/train.py
 """
@@ -17,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,6 +62,23 @@ def container_env(core: client.CoreV1Api, namespace: str, container: client.V1Co
     return env
 
 
+def service_account_kubeconfig(core: client.CoreV1Api, namespace: str, account: str, directory: Path) -> str:
+    """A kubeconfig with a fresh token of the ServiceAccount (TokenRequest) and its namespace."""
+    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[],
+                                                                                  expiration_seconds=3600))
+    token = core.create_namespaced_service_account_token(account, namespace, request).status.token
+    path = directory / "kubeconfig"
+    path.write_text(
+        "apiVersion: v1\nkind: Config\n"
+        "clusters: [{name: sandbox, cluster: {server: 'https://127.0.0.1:1'}}]\n"
+        f"users: [{{name: {account}, user: {{token: '{token}'}}}}]\n"
+        f"contexts: [{{name: pod, context: {{cluster: sandbox, user: {account}, namespace: {namespace}}}}}]\n"
+        "current-context: pod\n"
+    )
+    path.chmod(0o600)
+    return str(path)
+
+
 def expand(text: str, env: dict[str, str]) -> str:
     """Kubernetes' $(VAR) expansion: defined variables are replaced, $$ escapes a $."""
     def replace(match: re.Match) -> str:
@@ -82,7 +103,13 @@ def play(namespace: str, training_run: str, command: list[str], timeout: float =
         env = container_env(core, namespace, container)
         args = [expand(a, env) for a in container.args or []]
         print(f"[play] running {' '.join(command + args)} as pod {pod.metadata.name}", flush=True)
-        code = subprocess.run(command + args, env={**os.environ, **env}, cwd=ROOT).returncode
+        own = {k: v for k, v in os.environ.items()
+               if k not in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_WORKSPACE", "KUBECONFIG")}
+        with tempfile.TemporaryDirectory() as scratch:
+            if env.get("MLFLOW_TRACKING_AUTH") == "kubernetes-namespaced":
+                env["KUBECONFIG"] = service_account_kubeconfig(
+                    core, namespace, pod.spec.service_account_name or "default", Path(scratch))
+            code = subprocess.run(command + args, env={**own, **env}, cwd=ROOT).returncode
         outcome = "succeeded" if code == 0 else "failed"
         core.patch_namespaced_pod(pod.metadata.name, namespace, {"metadata": {"annotations": {FINISH: outcome}}})
         print(f"[play] exit code {code}: pod {pod.metadata.name} finished {outcome}", flush=True)

@@ -62,7 +62,7 @@ AUTH_ADMIN = "admin"
 # ServiceAccount's kubeconfig, and the identities that use it. The operator's MLflow token is
 # its ServiceAccount token; the sandbox user (`.sandbox/env`'s MLFLOW_TRACKING_TOKEN) may do
 # anything in every workspace.
-WORKSPACES_DIR = STATE / "mlflow-workspaces"
+WORKSPACES_DIR = STATE / "mlflow"
 WORKSPACE_SERVER_ACCOUNT = "mlflow-workspace-server"
 SANDBOX_USER_ACCOUNT = "sandbox-user"
 OPERATOR_TOKEN = STATE / "operator-token"
@@ -118,7 +118,7 @@ SANDBOX_DRIFT_INTERVAL_SECONDS = int(os.environ.get("SANDBOX_DRIFT_INTERVAL", "1
 NODE_COUNT = int(os.environ.get("SANDBOX_NODES", "2"))
 PORT_NAMES = (
     "etcd-client", "etcd-peer", "kube-apiserver", "kube-controller-manager",
-    "kube-scheduler", "kwok", "mlflow", "mlflow-auth", "mlflow-workspaces", "operator-health", "operator-metrics",
+    "kube-scheduler", "kwok", "mlflow", "mlflow-auth", "mlflow-open", "operator-health", "operator-metrics",
     # Allowlisted for tests that play a tracking server of their own (tests/e2e/test_tenancy.py).
     "test-server", "test-server-2",
     "kubelet", "kubelet-healthz",
@@ -126,11 +126,11 @@ PORT_NAMES = (
     "chart-mlflow", "chart-operator-health", "chart-operator-metrics",
 )
 # Servers the sandbox's operator may call besides its default one.
-ALLOWED_SERVER_PORTS = ("mlflow-auth", "test-server", "test-server-2")
+ALLOWED_SERVER_PORTS = ("mlflow-open", "mlflow-auth", "test-server", "test-server-2")
 # Components in start order; `down` stops them in reverse.
 ORDER = (
     "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
-    "containerd", "kubelet", "mlflow", "mlflow-auth", "mlflow-workspaces", "operator",
+    "containerd", "kubelet", "mlflow-open", "mlflow-auth", "mlflow", "operator",
 )
 NODE_DIR = STATE / "node"
 CONTAINERD_SOCKET = NODE_DIR / "containerd.sock"
@@ -360,7 +360,7 @@ class Sandbox:
         p, pki = self.ports, self.pki
         apiserver_ctx = lambda: _ssl_context(pki, "admin")  # noqa: E731
         etcd_data = STATE / "etcd"
-        mlflow_dir = STATE / "mlflow"
+        open_dir = STATE / "mlflow-open"
         common_control_plane = ["--v=1"]
         return [
             Component(
@@ -497,15 +497,17 @@ class Sandbox:
                 marker=f"--config={NODE_DIR / 'kubelet.yaml'}",
             ),
             Component(
-                name="mlflow",
+                # A server without workspaces or authentication, where the tag rules (signed
+                # ownership tags, name prefixes) are what keeps namespaces apart.
+                name="mlflow-open",
                 argv=[
                     str(VENV / "bin" / "mlflow"),
                     "server",
-                    f"--backend-store-uri=sqlite:///{mlflow_dir / 'mlflow.db'}",
-                    f"--artifacts-destination={mlflow_dir / 'artifacts'}",
+                    f"--backend-store-uri=sqlite:///{open_dir / 'mlflow.db'}",
+                    f"--artifacts-destination={open_dir / 'artifacts'}",
                     "--serve-artifacts",
                     "--host=127.0.0.1",
-                    f"--port={p['mlflow']}",
+                    f"--port={p['mlflow-open']}",
                     "--workers=1",
                 ],
                 env={
@@ -514,9 +516,9 @@ class Sandbox:
                 },
                 # /health is exempt from MLflow's checks, so probe a real API path.
                 ready=lambda: http_ok(
-                    f"{self.mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
+                    f"http://127.0.0.1:{p['mlflow-open']}/api/2.0/mlflow/experiments/search?max_results=1"
                 ),
-                marker=f"--port={p['mlflow']}",
+                marker=f"--port={p['mlflow-open']}",
                 ready_timeout=120.0,
             ),
             Component(
@@ -550,7 +552,7 @@ class Sandbox:
                 # The workspace server: MLflow workspaces as Kubernetes namespaces, every request
                 # authorized by Kubernetes RBAC (mlflow-kubernetes-plugins), run from the chart's
                 # server image (its Python 3.13) by sandbox/mlflow/chroot-server.sh.
-                name="mlflow-workspaces",
+                name="mlflow",
                 argv=[
                     str(ROOT / "sandbox" / "mlflow" / "chroot-server.sh"),
                     str(NODE_DIR / "mlflow-rootfs"), str(WORKSPACES_DIR / "data"), str(WORKSPACES_DIR / "kubeconfig"),
@@ -562,14 +564,14 @@ class Sandbox:
                     "--workspace-store-uri=kubernetes://",
                     "--app-name=kubernetes-auth",
                     "--host=127.0.0.1",
-                    f"--port={p['mlflow-workspaces']}",
+                    f"--port={p['mlflow']}",
                     "--workers=1",
                 ],
                 ready=lambda: bearer_ok(
-                    f"http://127.0.0.1:{p['mlflow-workspaces']}/api/2.0/mlflow/experiments/search?max_results=1",
+                    f"http://127.0.0.1:{p['mlflow']}/api/2.0/mlflow/experiments/search?max_results=1",
                     SANDBOX_USER_TOKEN, workspace="default",
                 ),
-                marker=f"--port={p['mlflow-workspaces']}",
+                marker=f"--port={p['mlflow']}",
                 ready_timeout=180.0,
             ),
             Component(
@@ -580,7 +582,7 @@ class Sandbox:
                     "--all-namespaces",
                     f"--tracking-uri={self.mlflow_url}",
                     *(f"--allowed-tracking-server=http://127.0.0.1:{p[name]}" for name in ALLOWED_SERVER_PORTS),
-                    f"--workspace-tracking-server=http://127.0.0.1:{p['mlflow-workspaces']}",
+                    f"--workspace-tracking-server={self.mlflow_url}",
                     f"--workspace-token-file={OPERATOR_TOKEN}",
                     f"--drift-interval={SANDBOX_DRIFT_INTERVAL_SECONDS}",
                     f"--ownership-keys={OWNERSHIP_KEYS}",
@@ -608,7 +610,7 @@ class Sandbox:
             ("kubelet", f"system:node:{node.NODE_NAME}"),
         ):
             write_kubeconfig(self._kubeconfig(stem), self.apiserver_url, self.pki, stem, user)
-        (STATE / "mlflow" / "artifacts").mkdir(parents=True, exist_ok=True)
+        (STATE / "mlflow-open" / "artifacts").mkdir(parents=True, exist_ok=True)
         self.prepare_node()
         self.prepare_auth_server()
         self.write_env()
@@ -684,10 +686,11 @@ class Sandbox:
         (STATE / "env").write_text(
             f"export KUBECONFIG={KUBECONFIG}\n"
             f"export MLFLOW_TRACKING_URI={self.mlflow_url}\n"
-            "# The workspace server: a bearer token allowed in every workspace; name the workspace with\n"
-            "# MLFLOW_WORKSPACE (the mlflow client) or the X-MLFLOW-WORKSPACE header (curl).\n"
-            f"export MLFLOW_WORKSPACES_TRACKING_URI=http://127.0.0.1:{self.ports['mlflow-workspaces']}\n"
+            "# A bearer token allowed in every workspace; name the workspace with MLFLOW_WORKSPACE (the\n"
+            "# mlflow client) or the X-MLFLOW-WORKSPACE header (curl).\n"
             f"export MLFLOW_TRACKING_TOKEN=$(cat {SANDBOX_USER_TOKEN} 2>/dev/null)\n"
+            "# The server without workspaces (tag rules keep namespaces apart there).\n"
+            f"export MLFLOW_OPEN_TRACKING_URI=http://127.0.0.1:{self.ports['mlflow-open']}\n"
             f"export KUBECACHEDIR={STATE / 'kube-cache'}\n"
             f"export PATH={BIN}:$PATH\n"
         )
@@ -745,7 +748,7 @@ class Sandbox:
             "kubelet": self.ports["kubelet-healthz"],
             "mlflow": self.ports["mlflow"],
             "mlflow-auth": self.ports["mlflow-auth"],
-            "mlflow-workspaces": self.ports["mlflow-workspaces"],
+            "mlflow-open": self.ports["mlflow-open"],
             "operator": self.ports["operator-health"],
         }.get(name)
 
@@ -927,7 +930,7 @@ current-context: sandbox
                     log(f"{name} already running")
 
         # MLflow does not depend on the cluster: start it first so its slow start overlaps.
-        for server in ("mlflow", "mlflow-auth"):
+        for server in ("mlflow-open", "mlflow-auth"):
             if self.start(server):
                 started.add(server)
         bring_up("etcd")
@@ -944,10 +947,10 @@ current-context: sandbox
         self.ensure_nodes()
         self.ensure_default_service_account()
         self.ensure_real_node()
-        bring_up("mlflow", "mlflow-auth")
-        if running_pid(self.components["mlflow-workspaces"]) is None:
+        bring_up("mlflow-open", "mlflow-auth")
+        if running_pid(self.components["mlflow"]) is None:
             self.ensure_workspace_server_identity()
-        bring_up("mlflow-workspaces")
+        bring_up("mlflow")
         if running_pid(self.components["operator"]) is None:
             self.stop_chart_operator()
             self.ensure_operator_identity()

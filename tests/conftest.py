@@ -29,6 +29,17 @@ class SandboxInfo:
     ports: dict[str, int]
 
     @property
+    def open_tracking_uri(self) -> str:
+        """The sandbox's server without workspaces or authentication: there the tag rules keep
+        namespaces apart (the default server, `tracking_uri`, is a workspace server)."""
+        return f"http://127.0.0.1:{self.ports['mlflow-open']}"
+
+    @property
+    def user_token(self) -> str:
+        """`.sandbox/env`'s MLFLOW_TRACKING_TOKEN: a user allowed in every MLflow workspace."""
+        return (self.state / "mlflow-user-token").read_text().strip()
+
+    @property
     def auth_tracking_uri(self) -> str:
         """The sandbox's second MLflow server, which requires basic auth."""
         return f"http://127.0.0.1:{self.ports['mlflow-auth']}"
@@ -156,30 +167,45 @@ def sweeps(custom, namespace) -> Objects:
     return Objects(custom, namespace, "trainingsweeps", "TrainingSweep")
 
 
+# The chart's ClusterRole a namespace binds to its training ServiceAccount, so that its pods
+# may log to the workspace server as themselves (examples/00-mlflow-access.yaml).
+TRAINING_CLUSTER_ROLE = "mlflow-operator-training"
+
+
+def new_team_namespace(core, name: str) -> None:
+    """A namespace set up as a team's: its default ServiceAccount may log to MLflow."""
+    from kubernetes import client
+
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    wait_for(lambda: _has_default_sa(core, name), timeout=30, message=f"default ServiceAccount in namespace {name}")
+    client.RbacAuthorizationV1Api(core.api_client).create_namespaced_role_binding(name, client.V1RoleBinding(
+        metadata=client.V1ObjectMeta(name="mlflow-training"),
+        role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
+                                  name=TRAINING_CLUSTER_ROLE),
+        subjects=[client.RbacV1Subject(kind="ServiceAccount", name="default", namespace=name)],
+    ))
+
+
 @pytest.fixture
 def namespace(core, request) -> Iterator[str]:
-    """A fresh namespace for one test, deleted afterwards (its objects go with it)."""
-    from kubernetes import client
+    """A fresh namespace for one test, deleted afterwards (its objects go with it). The MLflow
+    client works in its workspace (mlflow.set_workspace) for the test."""
+    import mlflow
 
     base = request.node.name.lower().replace("_", "-")[:40].strip("-")
     name = f"t-{base}-{uuid.uuid4().hex[:6]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    wait_for(
-        lambda: _has_default_sa(core, name), timeout=30,
-        message=f"default ServiceAccount in namespace {name}",
-    )
+    new_team_namespace(core, name)
+    mlflow.set_workspace(name)
     yield name
+    mlflow.set_workspace(None)
     core.delete_namespace(name, propagation_policy="Background")
 
 
 @pytest.fixture
 def other_namespace(core) -> Iterator[str]:
     """A second tenant's namespace, for tests where one tenant tries to reach another's."""
-    from kubernetes import client
-
     name = f"t-tenant-b-{uuid.uuid4().hex[:6]}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    wait_for(lambda: _has_default_sa(core, name), timeout=30, message=f"default ServiceAccount in {name}")
+    new_team_namespace(core, name)
     yield name
     core.delete_namespace(name, propagation_policy="Background")
 
@@ -198,6 +224,9 @@ def _has_default_sa(core, namespace: str) -> bool:
 def mlflow_client(sandbox: SandboxInfo):
     os.environ["MLFLOW_TRACKING_URI"] = sandbox.tracking_uri
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # The default server is a workspace server: the sandbox user's token, in the workspace of
+    # the test's namespace (the `namespace` fixture sets it).
+    os.environ["MLFLOW_TRACKING_TOKEN"] = sandbox.user_token
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=sandbox.tracking_uri, registry_uri=sandbox.tracking_uri)

@@ -63,7 +63,24 @@ def token_kubeconfig(sandbox, service_account: str, namespace: str, path: Path) 
         "contexts": [{"name": "s", "context": {"cluster": "s", "user": "op"}}],
         "current-context": "s",
     }))
+    # The same token is the operator's bearer for the workspace server (workspace_flags).
+    (path.parent / "token").write_text(token)
     return path
+
+
+def is_operator_rbac(document: dict) -> bool:
+    """The operator's ServiceAccount, Roles and bindings in namespaced scope, and the one
+    cluster-wide grant it has there: creating SubjectAccessReviews (workspace servers)."""
+    if document["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+        return document["metadata"]["name"].endswith("-access-reviews")
+    return document["kind"] in ("ServiceAccount", "Role", "RoleBinding")
+
+
+def workspace_flags(sandbox, kubeconfig: Path) -> list[str]:
+    """The sandbox's default server is a workspace server: an operator started here calls it
+    as the ServiceAccount its kubeconfig names."""
+    return [f"--workspace-tracking-server={sandbox.tracking_uri}",
+            f"--workspace-token-file={kubeconfig.parent / 'token'}"]
 
 
 def test_the_chart_lints_strictly(sandbox):
@@ -87,6 +104,9 @@ def test_cluster_scope_rendering_is_accepted_by_the_api_server(sandbox, namespac
     kinds = sorted(line.split()[0].split("/")[0] for line in result.stdout.splitlines())
     assert kinds == sorted([
         "clusterrole.rbac.authorization.k8s.io", "clusterrolebinding.rbac.authorization.k8s.io",
+        # SubjectAccessReviews before a training Job (and its binding); the training pods' role.
+        "clusterrole.rbac.authorization.k8s.io", "clusterrolebinding.rbac.authorization.k8s.io",
+        "clusterrole.rbac.authorization.k8s.io",
         "deployment.apps", "deployment.apps", "persistentvolumeclaim", "service", "service", "serviceaccount",
         # The uninstall hook: its own ServiceAccount, RBAC and Job.
         "serviceaccount", "role.rbac.authorization.k8s.io", "rolebinding.rbac.authorization.k8s.io",
@@ -114,9 +134,10 @@ def test_namespaced_scope_with_peering_is_accepted_by_the_api_server(sandbox, na
         sandbox.kubectl("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=30s")
         rest = [d for d in documents if d["kind"] != "CustomResourceDefinition"]
         result = sandbox.kubectl("apply", "--dry-run=server", "-f", "-", input_text=yaml.safe_dump_all(rest))
-        # The operator's Role in each namespace, and the uninstall hook's (plus one for pods).
-        assert result.stdout.count("role.rbac.authorization.k8s.io/") == 5
-        assert result.stdout.count("rolebinding.rbac.authorization.k8s.io/") == 5
+        # The operator's Role in each namespace, and the uninstall hook's (plus one for pods);
+        # ClusterRoles: the hook's, access reviews', training pods' (Role and ClusterRole lines).
+        assert result.stdout.count("role.rbac.authorization.k8s.io/") == 7
+        assert result.stdout.count("rolebinding.rbac.authorization.k8s.io/") == 6
         assert result.stdout.count("kopfpeering.kopf.dev/") == 2
         deployment = next(d for d in rest if d["kind"] == "Deployment" and "operator" in d["spec"]["template"]
                           ["metadata"]["labels"]["app.kubernetes.io/component"])
@@ -198,7 +219,7 @@ def test_namespaced_rbac_runs_a_training_run_lifecycle(sandbox, namespace, custo
     release = f"ns-{uuid.uuid4().hex[:6]}"
     manifest = render(sandbox, release, namespace, "watch.scope=namespaces", f"watch.namespaces={{{namespace}}}",
                       "mlflow.enabled=false")
-    rbac = [d for d in yaml.safe_load_all(manifest) if d and d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+    rbac = [d for d in yaml.safe_load_all(manifest) if d and is_operator_rbac(d)]
     sandbox.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(rbac))
     service_account = next(d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount")
     kubeconfig = token_kubeconfig(sandbox, service_account, namespace, tmp_path / "kubeconfig")
@@ -211,8 +232,9 @@ def test_namespaced_rbac_runs_a_training_run_lifecycle(sandbox, namespace, custo
         with log_path.open("w") as log:
             process = subprocess.Popen(
                 [str(ROOT / ".venv" / "bin" / "mlflow-operator"), "run", f"--namespace={namespace}",
-                 f"--tracking-uri={sandbox.tracking_uri}", "--drift-interval=5", f"--health-port={health}",
-                 "--metrics-port=0", "--bind-address=127.0.0.1", f"--ownership-keys={sandbox.state / 'ownership-keys'}"],
+                 f"--tracking-uri={sandbox.tracking_uri}", *workspace_flags(sandbox, kubeconfig), "--drift-interval=5",
+                 f"--health-port={health}", "--metrics-port=0", "--bind-address=127.0.0.1",
+                 f"--ownership-keys={sandbox.state / 'ownership-keys'}"],
                 env={**os.environ, "KUBECONFIG": str(kubeconfig)}, stdout=log, stderr=subprocess.STDOUT,
             )
         wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2).status == 200,
@@ -304,7 +326,7 @@ def peered(sandbox, namespace, tmp_path):
     crds = [d for d in documents if d["kind"] == "CustomResourceDefinition" and d["spec"]["group"] == "kopf.dev"]
     sandbox.kubectl("apply", "--server-side", "-f", "-", input_text=yaml.safe_dump_all(crds))
     sandbox.kubectl("wait", "--for=condition=Established", "crd/kopfpeerings.kopf.dev", "--timeout=30s")
-    keep = [d for d in documents if d["kind"] in ("ServiceAccount", "Role", "RoleBinding", "KopfPeering")]
+    keep = [d for d in documents if is_operator_rbac(d) or d["kind"] == "KopfPeering"]
     sandbox.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(keep))
     peering = next(d["metadata"]["name"] for d in keep if d["kind"] == "KopfPeering")
     service_account = next(d["metadata"]["name"] for d in keep if d["kind"] == "ServiceAccount")
@@ -315,7 +337,8 @@ def peered(sandbox, namespace, tmp_path):
         health, metrics, log_path = free_port(), free_port(), tmp_path / f"{name}.log"
         process = subprocess.Popen(
             [str(ROOT / ".venv" / "bin" / "mlflow-operator"), "run", f"--namespace={namespace}",
-             f"--tracking-uri={sandbox.tracking_uri}", f"--peering={peering}", f"--peering-priority={priority}",
+             f"--tracking-uri={sandbox.tracking_uri}", *workspace_flags(sandbox, kubeconfig),
+             f"--peering={peering}", f"--peering-priority={priority}",
              f"--health-port={health}", f"--metrics-port={metrics}", "--bind-address=127.0.0.1",
              "--drift-interval=5", f"--ownership-keys={sandbox.state / 'ownership-keys'}"],
             env={**os.environ, "KUBECONFIG": str(kubeconfig)}, stdout=log_path.open("w"), stderr=subprocess.STDOUT)

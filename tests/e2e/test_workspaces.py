@@ -1,4 +1,4 @@
-"""The sandbox's workspace server: MLflow 3.17 with workspaces, Kubeflow's Kubernetes workspace
+"""The sandbox's default server is a workspace server: MLflow 3.17 with workspaces, Kubeflow's Kubernetes workspace
 provider and Kubernetes authorization (mlflow-kubernetes-plugins), run from the chart's server
 image. MLflow itself keeps namespaces apart there: the operator acts for a namespace in its
 workspace with its own ServiceAccount token, and training containers on the real node log as
@@ -48,7 +48,7 @@ class WorkspaceServer:
 
 @pytest.fixture(scope="module")
 def workspace_uri(sandbox) -> str:
-    return f"http://127.0.0.1:{sandbox.ports['mlflow-workspaces']}"
+    return sandbox.tracking_uri
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def on_the_real_node(core, namespace: str) -> None:
     core.patch_namespace(namespace, {"metadata": {"labels": {REAL_NODE_LABEL: "true"}}})
 
 
-def bind_training_role(rbac, namespace: str, service_account: str = "default") -> None:
+def bind_training_role(rbac, namespace: str, service_account: str) -> None:
     rbac.create_namespaced_role_binding(namespace, client.V1RoleBinding(
         metadata=client.V1ObjectMeta(name=f"{service_account}-mlflow-training"),
         role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=TRAINING_ROLE),
@@ -106,15 +106,19 @@ def test_an_experiment_is_created_in_its_namespaces_workspace_without_the_namesp
 def test_a_service_account_without_the_binding_gets_a_condition_and_no_job_until_it_is_bound(
         custom, core, batch, rbac, namespace, workspace_uri, admin):
     on_the_real_node(core, namespace)
+    core.create_namespaced_service_account(namespace, client.V1ServiceAccount(
+        metadata=client.V1ObjectMeta(name="trainer")))
     runs = Objects(custom, namespace, "trainingruns", "TrainingRun")
-    runs.create("unbound", churn_run(workspace_uri, unique("exp")))
+    spec = churn_run(workspace_uri, unique("exp"))
+    spec["template"]["spec"]["serviceAccountName"] = "trainer"
+    runs.create("unbound", spec)
     condition = runs.wait_reason("unbound", "ServiceAccountNotAuthorized")
     assert f"--clusterrole={TRAINING_ROLE}" in condition["message"]
-    assert f"--serviceaccount={namespace}:default" in condition["message"]
+    assert f"--serviceaccount={namespace}:trainer" in condition["message"]
     assert batch.list_namespaced_job(namespace).items == []
     assert "runId" not in (runs.get("unbound").get("status") or {})
 
-    bind_training_role(rbac, namespace)
+    bind_training_role(rbac, namespace, "trainer")
     status = runs.wait_ready("unbound", timeout=240)["status"]
     assert status["runStatus"] == "FINISHED" and status["metrics"]["accuracy"] > 0.5
     [job] = batch.list_namespaced_job(namespace).items
@@ -167,10 +171,10 @@ with mlflow.start_run():
 
 def test_a_container_of_another_namespace_cannot_read_or_change_a_teams_runs_models_or_aliases(
         custom, core, rbac, namespace, other_namespace, workspace_uri, admin):
-    # Team A trains and registers a model with an alias, as its own ServiceAccount.
+    # Team A trains and registers a model with an alias, as its own ServiceAccount (both
+    # namespaces bound the training ClusterRole to their default ServiceAccount).
     for team in (namespace, other_namespace):
         on_the_real_node(core, team)
-        bind_training_role(rbac, team)
     model = unique("churn")
     a_runs = Objects(custom, namespace, "trainingruns", "TrainingRun")
     a_runs.create("a", churn_run(workspace_uri, unique("exp"),
@@ -235,7 +239,7 @@ def test_the_sandbox_env_makes_the_workspace_server_usable_from_a_shell(sandbox,
                                                                         workspace_uri):
     experiments.create("from-shell", {"tracking": {"uri": workspace_uri}})
     experiments.wait_ready("from-shell")
-    script = (f". {sandbox.state / 'env'} && curl -sf \"$MLFLOW_WORKSPACES_TRACKING_URI/api/2.0/mlflow/"
+    script = (f". {sandbox.state / 'env'} && curl -sf \"$MLFLOW_TRACKING_URI/api/2.0/mlflow/"
               f"experiments/get-by-name?experiment_name=from-shell\" -H \"Authorization: Bearer $MLFLOW_TRACKING_TOKEN\" "
               f"-H 'X-MLFLOW-WORKSPACE: {namespace}'")
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
