@@ -64,6 +64,7 @@ from mlflow.entities.model_registry import RegisteredModelTag  # noqa: E402
 from mlflow.store.model_registry.rest_store import RestStore as RegistryStore  # noqa: E402
 from mlflow.store.tracking.rest_store import RestStore  # noqa: E402
 from mlflow.utils.rest_utils import MlflowHostCreds  # noqa: E402
+from mlflow.utils.workspace_context import set_workspace  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 from mlflow_operator.api.common import ObjectIdentity  # noqa: E402
@@ -179,9 +180,17 @@ class Cluster:
         self.custom = client.CustomObjectsApi(self.api)
 
     def namespace(self, prefix: str) -> str:
+        """A team's namespace: its training pods may log to the workspace server as its default
+        ServiceAccount (the RoleBinding a team makes), and direct MLflow calls work in its workspace."""
         name = f"{prefix}-{uuid.uuid4().hex[:6]}"
         self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
         wait(lambda: self._has_default_account(name), 60, f"namespace {name}")
+        client.RbacAuthorizationV1Api(self.api).create_namespaced_role_binding(name, client.V1RoleBinding(
+            metadata=client.V1ObjectMeta(name="mlflow-training"),
+            role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
+                                      name="mlflow-operator-training"),
+            subjects=[client.RbacV1Subject(kind="ServiceAccount", name="default", namespace=name)]))
+        set_workspace(name)
         return name
 
     def _has_default_account(self, namespace: str) -> bool:
@@ -313,12 +322,18 @@ def writes_per_run(before: dict[str, float], after: dict[str, float], n: int) ->
                            if value / n >= 0.05}}
 
 
+def direct_creds(tracking_uri: str) -> MlflowHostCreds:
+    """The sandbox user's token: the default server is a workspace server (the workspace is
+    the namespace Cluster.namespace made last)."""
+    return MlflowHostCreds(tracking_uri, token=(STATE / "mlflow-user-token").read_text().strip())
+
+
 def floor_dispatch(cluster: Cluster, n: int, tracking_uri: str) -> dict[str, Any]:
     """What a direct client needs for the same work: N MLflow runs with their tags and
     params, N Jobs (the operator's Job body, without its owner and finalizer), 8 threads;
     then it waits for the Jobs and closes the runs."""
     namespace = cluster.namespace("bench-floor")
-    store = RestStore(lambda: MlflowHostCreds(tracking_uri))
+    store = RestStore(lambda: direct_creds(tracking_uri))
     experiment_id = store.create_experiment(f"bench-floor-{namespace}")
 
     def dispatch_one(i: int) -> str:
@@ -329,7 +344,8 @@ def floor_dispatch(cluster: Cluster, n: int, tracking_uri: str) -> dict[str, Any
                                [RunTag(k, v) for k, v in training.run_tags(spec, identity, "trainer:1").items()],
                                training.run_name(spec, identity))
         store.log_batch(run.info.run_id, metrics=[], params=[Param(k, v) for k, v in spec.params.items()], tags=[])
-        job = copy.deepcopy(training.build_job(spec, identity, run.info.run_id, experiment_id, tracking_uri, None))
+        job = copy.deepcopy(training.build_job(spec, identity, run.info.run_id, experiment_id, tracking_uri,
+                                               training.CredentialSource.for_service_account()))
         job["metadata"].pop("ownerReferences", None)
         job["metadata"].pop("finalizers", None)
         cluster.batch.create_namespaced_job(namespace, job)
@@ -526,7 +542,7 @@ def wait_settled(pid: int, window: float = 10, busy_percent: float = 20, timeout
 def registered_versions(tracking_uri: str, namespace: str, n_models: int, versions: int) -> dict:
     """The benchmark's registered models, each with `versions` versions, registered directly
     (as TrainingRuns of the namespace would have): its RegisteredModels take them over."""
-    registry = RegistryStore(lambda: MlflowHostCreds(tracking_uri))
+    registry = RegistryStore(lambda: direct_creds(tracking_uri))
     keys = signing.KeyRing.from_directory(STATE / "ownership-keys")  # the sandbox operator's
     started = time.monotonic()
 

@@ -974,6 +974,8 @@ current-context: sandbox
             "tracking": {
                 "uri": f"http://127.0.0.1:{p['chart-mlflow']}",
                 "allowedServers": [f"http://127.0.0.1:{p[name]}" for name in ALLOWED_SERVER_PORTS],
+                # The embedded server as the operator's pod reaches it (host network).
+                "workspaceServers": [f"http://127.0.0.1:{p['chart-mlflow']}"],
             },
             "mlflow": {
                 "image": {"repository": MLFLOW_IMAGE[0], "tag": MLFLOW_IMAGE[1], "pullPolicy": "Never"},

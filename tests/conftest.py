@@ -230,3 +230,33 @@ def mlflow_client(sandbox: SandboxInfo):
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=sandbox.tracking_uri, registry_uri=sandbox.tracking_uri)
+
+
+class OpenServerClient:
+    """An MlflowClient of the sandbox's server without workspaces (`mlflow-open`), each call
+    made outside any workspace (MLflow's client refuses an active one there)."""
+
+    def __init__(self, uri: str) -> None:
+        from mlflow import MlflowClient
+
+        self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        self.tracking_uri = uri
+
+    def __getattr__(self, name: str):
+        from helpers import outside_workspaces
+
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args, **kwargs):
+            with outside_workspaces():
+                return attribute(*args, **kwargs)
+
+        return call
+
+
+@pytest.fixture(scope="session")
+def open_mlflow_client(sandbox: SandboxInfo, mlflow_client) -> OpenServerClient:
+    return OpenServerClient(sandbox.open_tracking_uri)
+

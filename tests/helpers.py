@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -132,3 +133,21 @@ def signed_by_operator(state, tracking_uri: str, entity: Any, entity_id: str, ta
 
     ring = signing.KeyRing.from_directory(Path(state) / "ownership-keys")
     return signing.signed(ring, tracking_uri, entity, entity_id, tags)
+
+
+@contextlib.contextmanager
+def outside_workspaces() -> Iterator[None]:
+    """For MLflow clients of a server without workspaces (the sandbox's `mlflow-open` or basic-
+    auth server): MLflow's client refuses to talk to one while a workspace is active (the
+    `namespace` fixture makes the test's namespace the active one)."""
+    import mlflow
+    from mlflow.utils.workspace_context import get_request_workspace
+
+    active = get_request_workspace()
+    mlflow.set_workspace(None)
+    try:
+        yield
+    finally:
+        if active:
+            mlflow.set_workspace(active)
+

@@ -8,11 +8,13 @@ puts the target back as the other tests expect it.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import time
 import urllib.request
 import uuid
-from typing import Iterator
+from typing import Any, Iterator
 
 import pytest
 import yaml
@@ -42,10 +44,50 @@ def chart(request, kubeconfig) -> Iterator[ChartTarget]:
 
 @pytest.fixture
 def chart_namespace(chart, core, namespace) -> str:
-    """A test namespace; in the sandbox its training pods run on the real node."""
+    """A test namespace set up as a team's for the chart's embedded server (a workspace
+    server): its training pods may log as their ServiceAccount (the chart's training role),
+    and a `reader` ServiceAccount stands for a person reading MLflow. In the sandbox its
+    training pods run on the real node."""
+    from kubernetes import client
+
     if chart.namespace_labels:
         core.patch_namespace(namespace, {"metadata": {"labels": chart.namespace_labels}})
+    core.create_namespaced_service_account(namespace, client.V1ServiceAccount(
+        metadata=client.V1ObjectMeta(name="reader")))
+    client.RbacAuthorizationV1Api(core.api_client).create_namespaced_role_binding(namespace, client.V1RoleBinding(
+        metadata=client.V1ObjectMeta(name="chart-mlflow-training"),
+        role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
+                                  name=f"{chart.fullname}-training"),
+        subjects=[client.RbacV1Subject(kind="ServiceAccount", name=name, namespace=namespace)
+                  for name in ("default", "reader")],
+    ))
     return namespace
+
+
+@contextlib.contextmanager
+def embedded_mlflow(chart: ChartTarget, namespace: str) -> Iterator[Any]:
+    """An MLflow client of the chart's embedded server, as the namespace's `reader`, in its
+    workspace."""
+    from mlflow import MlflowClient
+
+    token = chart.kubectl("create", "token", "reader", "-n", namespace).stdout.strip()
+    with chart.reach("-mlflow", chart.mlflow_port) as base, _environment(MLFLOW_TRACKING_TOKEN=token,
+                                                                         MLFLOW_WORKSPACE=namespace):
+        yield MlflowClient(tracking_uri=base, registry_uri=base)
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def operator_pods(chart: ChartTarget) -> str:
@@ -127,10 +169,7 @@ def test_the_examples_go_end_to_end_through_the_charts_operator_and_mlflow_serve
     models = Objects(custom, chart_namespace, "registeredmodels", "RegisteredModel")
     models.wait_ready("churn-model", timeout=120)
 
-    from mlflow import MlflowClient
-
-    with chart.reach("-mlflow", chart.mlflow_port) as base:
-        mlflow = MlflowClient(tracking_uri=base, registry_uri=base)
+    with embedded_mlflow(chart, chart_namespace) as mlflow:
         assert mlflow.get_model_version_by_alias(model_name, "champion").version == "1"
         assert mlflow.get_run(run["runId"]).data.metrics["accuracy"] > 0.9
     [server] = running_pods(core, chart, mlflow_pods(chart))
@@ -197,10 +236,8 @@ def test_two_replicas_as_pods_fail_over_when_the_active_one_is_deleted(chart, co
     assert run["status"]["phase"] == "Succeeded"
     assert len(batch.list_namespaced_job(chart_namespace, label_selector="mlflow.operator.dev/training-run=across")
                .items) == 1
-    from mlflow import MlflowClient
-
-    with chart.reach("-mlflow", chart.mlflow_port) as base:
-        found = MlflowClient(tracking_uri=base).search_runs(
+    with embedded_mlflow(chart, chart_namespace) as mlflow:
+        found = mlflow.search_runs(
             [experiments.get("before")["status"]["experimentId"]],
             filter_string=f"tags.`k8s.uid` = '{run['metadata']['uid']}'")
     assert [r.info.run_id for r in found] == [run["status"]["runId"]]

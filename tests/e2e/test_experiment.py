@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from helpers import event_reasons, events_for, signed_by_operator, stays, wait_for
+from helpers import event_reasons, events_for, outside_workspaces, signed_by_operator, stays, wait_for
 
 # Credentials Secrets are used only with their owner's consent (this label).
 CREDENTIALS_LABEL = {"mlflow.operator.dev/credentials": "true"}
@@ -35,14 +35,15 @@ def test_creates_the_experiment_with_tags_description_and_ownership(experiments,
     obj = experiments.wait_ready("churn")
     status = obj["status"]
     experiment = mlflow_client.get_experiment(status["experimentId"])
-    assert experiment.name == f"{namespace}/churn"
+    # The default server keeps each namespace in its own workspace: no namespace prefix.
+    assert experiment.name == "churn"
     assert experiment.tags["team"] == "ds"
     assert experiment.tags[NOTE] == "Churn models"
     assert experiment.tags["k8s.namespace"] == namespace
     assert experiment.tags["k8s.name"] == "churn"
     assert experiment.tags["k8s.kind"] == "Experiment"
     assert experiment.tags["k8s.uid"] == obj["metadata"]["uid"]
-    assert status["experimentName"] == f"{namespace}/churn"
+    assert status["experimentName"] == "churn"
     assert status["lifecycleStage"] == "active"
     assert status["url"].endswith(f"/#/experiments/{status['experimentId']}")
     assert "Created" in event_reasons(core, namespace, "churn")
@@ -182,7 +183,9 @@ def test_an_experiment_deleted_by_hand_is_reported_not_recreated(experiments, ml
     mlflow_client.delete_experiment(experiment_id)
     condition = experiments.wait_reason("gone", "DeletedInMLflow", timeout=DRIFT_WAIT)
     assert experiment_id in condition["message"]
-    assert "DeletedInMLflow" in event_reasons(core, namespace, "gone")
+    # Events are posted after the status write, not with it.
+    wait_for(lambda: "DeletedInMLflow" in event_reasons(core, namespace, "gone"), timeout=15,
+             message="the DeletedInMLflow Event")
     experiment = mlflow_client.get_experiment_by_name(name)
     assert experiment.experiment_id == experiment_id and experiment.lifecycle_stage == "deleted"
     # Restoring it in MLflow heals the object at the next drift check.
@@ -251,7 +254,7 @@ def test_an_mlflow_outage_is_reported_and_healed_by_the_drift_check(experiments,
 
 
 def test_a_missing_secret_is_reported_and_resolves_once_created(experiments, core, namespace, sandbox):
-    experiments.create("secured", {"tracking": {"uri": sandbox.tracking_uri, "secretRef": {"name": "mlflow-creds"}}})
+    experiments.create("secured", {"tracking": {"uri": sandbox.open_tracking_uri, "secretRef": {"name": "mlflow-creds"}}})
     condition = experiments.wait_reason("secured", "SecretNotFound")
     assert "mlflow-creds" in condition["message"] and namespace in condition["message"]
     core.create_namespaced_secret(namespace, client.V1Secret(
@@ -265,7 +268,7 @@ def test_a_secret_without_credential_keys_is_invalid_secret(experiments, core, n
     core.create_namespaced_secret(namespace, client.V1Secret(
         metadata=client.V1ObjectMeta(labels=CREDENTIALS_LABEL, name="wrong-keys"), string_data={"user": "alice"},
     ))
-    experiments.create("badsecret", {"tracking": {"uri": sandbox.tracking_uri, "secretRef": {"name": "wrong-keys"}}})
+    experiments.create("badsecret", {"tracking": {"uri": sandbox.open_tracking_uri, "secretRef": {"name": "wrong-keys"}}})
     condition = experiments.wait_reason("badsecret", "InvalidSecret")
     assert "username and password, or token" in condition["message"]
 
@@ -278,7 +281,7 @@ def test_secret_values_never_appear_in_status_events_or_logs(experiments, core, 
     experiments.create("tokened", {"tracking": {"uri": f"http://127.0.0.1:{closed_port(sandbox)}",
                                                  "secretRef": {"name": "token-creds"}}})
     experiments.wait_reason("tokened", "TrackingUnavailable")
-    experiments.patch_spec("tokened", {"tracking": {"uri": sandbox.tracking_uri}})
+    experiments.patch_spec("tokened", {"tracking": {"uri": sandbox.open_tracking_uri}})
     obj = experiments.wait_ready("tokened")
     assert secret_value not in json.dumps(obj)
     assert all(secret_value not in (e.message or "") for e in events_for(core, namespace, "tokened"))
@@ -322,7 +325,7 @@ def test_kubectl_get_shows_name_id_and_readiness(experiments, sandbox, namespace
     header = out.splitlines()[0].split()
     assert header[:6] == ["NAME", "MLFLOW", "NAME", "ID", "READY", "REASON"]
     row = next(line for line in out.splitlines() if "experiment.mlflow.operator.dev/columns" in line)
-    assert status["experimentId"] in row.split() and "True" in row.split() and f"{namespace}/columns" in row
+    assert status["experimentId"] in row.split() and "True" in row.split() and row.split()[1] == "columns"
 
 
 def test_the_drift_check_leaves_a_healthy_experiment_alone(experiments, core, namespace):
@@ -349,7 +352,8 @@ def test_credentials_from_the_secret_authenticate_to_a_server_that_checks_them(e
     status = experiments.wait_ready("authed")["status"]
     os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = "admin", sandbox.auth_admin_password
     try:
-        experiment = MlflowClient(sandbox.auth_tracking_uri).get_experiment(status["experimentId"])
+        with outside_workspaces():
+            experiment = MlflowClient(sandbox.auth_tracking_uri).get_experiment(status["experimentId"])
     finally:
         del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
     assert experiment.name == f"{namespace}/authed"

@@ -166,7 +166,8 @@ def test_spec_tags_cannot_forge_ownership_or_audit_tags(runs, key):
 
 def test_drift_in_one_namespace_is_corrected_while_another_namespaces_server_answers_odd_json(
         custom, namespace, other_namespace, sandbox, mlflow_client):
-    with ForwardingServer(sandbox.ports["test-server"], sandbox.tracking_uri) as odd_server:
+    # The odd server is B's server without workspaces (it forwards to the sandbox's open one).
+    with ForwardingServer(sandbox.ports["test-server"], sandbox.open_tracking_uri) as odd_server:
         theirs = objects(custom, other_namespace, "Experiment")
         theirs.create("odd", {"name": unique("b-odd"),
                               "tracking": {"uri": f"http://127.0.0.1:{odd_server.port}"}})
@@ -202,35 +203,38 @@ def test_objects_on_a_silent_server_leave_the_operator_free_for_others(custom, n
 # --------------------------------------------------------------------------- ownership tags
 
 
-def test_a_forged_ownership_tag_is_not_taken_as_consent(experiments, namespace, mlflow_client, core, tmp_path):
-    """Anyone holding the tracking URI can write `k8s.namespace`; only the operator signs it."""
+def test_a_forged_ownership_tag_is_not_taken_as_consent(experiments, namespace, open_mlflow_client, core, tmp_path,
+                                                        sandbox):
+    """Anyone holding the tracking URI of a server without workspaces can write
+    `k8s.namespace`; only the operator signs it."""
     chosen = f"file://{tmp_path}/chosen-by-b"
-    forged = mlflow_client.create_experiment(f"{namespace}/train", artifact_location=chosen,
+    forged = open_mlflow_client.create_experiment(f"{namespace}/train", artifact_location=chosen,
                                              tags={"k8s.namespace": namespace,
                                                    "k8s.createdBy": f"TrainingRun {namespace}/x"})
-    experiments.create("train", {})
+    experiments.create("train", {"tracking": {"uri": sandbox.open_tracking_uri}})
     assert "spec.adopt: true" in experiments.wait_reason("train", "Conflict")["message"]
-    assert "k8s.uid" not in mlflow_client.get_experiment(forged).tags
+    assert "k8s.uid" not in open_mlflow_client.get_experiment(forged).tags
 
     experiments.patch_spec("train", {"adopt": True})
     status = experiments.wait_ready("train")["status"]
     assert (status["experimentId"], status["artifactLocation"]) == (forged, chosen)
     adopted = next(e for e in events_for(core, namespace, "train") if e.reason == "Adopted")
     assert chosen in adopted.message
-    assert mlflow_client.get_experiment(forged).tags["k8s.owner-signature"].startswith("v1.")
+    assert open_mlflow_client.get_experiment(forged).tags["k8s.owner-signature"].startswith("v1.")
 
 
 def test_ownership_tags_copied_from_another_namespaces_experiment_prove_nothing(
-        custom, namespace, other_namespace, mlflow_client):
+        custom, namespace, other_namespace, open_mlflow_client, sandbox):
+    open_server = {"tracking": {"uri": sandbox.open_tracking_uri}}
     mine = objects(custom, other_namespace, "Experiment")
-    mine.create("exp", {})
-    original = mlflow_client.get_experiment(mine.wait_ready("exp")["status"]["experimentId"])
+    mine.create("exp", open_server)
+    original = open_mlflow_client.get_experiment(mine.wait_ready("exp")["status"]["experimentId"])
     copy_name = f"{namespace}/copied"
-    copied = mlflow_client.create_experiment(copy_name, tags={**original.tags, "k8s.namespace": namespace})
+    copied = open_mlflow_client.create_experiment(copy_name, tags={**original.tags, "k8s.namespace": namespace})
     theirs = objects(custom, namespace, "Experiment")
-    theirs.create("copied", {})
+    theirs.create("copied", open_server)
     assert "spec.adopt: true" in theirs.wait_reason("copied", "Conflict")["message"]
-    assert mlflow_client.get_experiment(copied).tags["k8s.namespace"] == namespace  # untouched
+    assert open_mlflow_client.get_experiment(copied).tags["k8s.namespace"] == namespace  # untouched
 
 
 # --------------------------------------------------------------------------- aliases from any kind

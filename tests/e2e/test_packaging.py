@@ -60,7 +60,8 @@ def test_the_clean_install_runs_and_reconciles(clean_install, sandbox, namespace
     assert stopped.returncode == 0, stopped.stderr
     process = subprocess.Popen(
         [str(clean_install / "bin" / "mlflow-operator"), "run", f"--namespace={namespace}",
-         f"--tracking-uri={sandbox.tracking_uri}", f"--health-port={health}", "--metrics-port=0",
+         f"--tracking-uri={sandbox.tracking_uri}", f"--workspace-tracking-server={sandbox.tracking_uri}",
+         f"--workspace-token-file={sandbox.state / 'operator-token'}", f"--health-port={health}", "--metrics-port=0",
          "--bind-address=127.0.0.1", "--log-format=json", f"--ownership-keys={sandbox.state / 'ownership-keys'}"],
         env={**{k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
              "KUBECONFIG": str(sandbox.state / "operator.kubeconfig")},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -142,10 +143,15 @@ def test_rbac_is_enforced_for_service_accounts(api_client, namespace):
     assert review.status.allowed is False
 
 
-def test_the_mlflow_server_answers_its_api(sandbox):
+def test_the_mlflow_server_answers_its_api_to_a_token_and_refuses_anyone_else(sandbox):
     url = f"{sandbox.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        assert "experiments" in json.loads(response.read())
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {sandbox.user_token}",
+                                                   "X-MLFLOW-WORKSPACE": "default"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert isinstance(json.loads(response.read()), dict)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=10)
+    assert refused.value.code == 401
 
 
 def test_env_file_points_at_the_sandbox(sandbox):

@@ -16,7 +16,7 @@ import requests
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from helpers import Objects, events_for, stays, wait_for
+from helpers import Objects, events_for, outside_workspaces, stays, wait_for
 from play_training import play
 from servers import RecordingServer, SilentServer, unused_port
 
@@ -137,33 +137,42 @@ def test_a_secret_without_the_opt_in_label_is_never_read_or_sent(experiments, co
 # --------------------------------------------------------------------------- entities
 
 
-def test_namespace_b_cannot_adopt_or_delete_namespace_as_model(custom, namespace, other_namespace, mlflow_client):
+# On the server without workspaces, where names are shared and the tag rules decide; on the
+# workspace server each namespace has its own names (tests/e2e/test_workspaces.py).
+
+
+def test_namespace_b_cannot_adopt_or_delete_namespace_as_model(custom, namespace, other_namespace, sandbox,
+                                                               open_mlflow_client):
     name = unique("shared-model")
+    open_server = {"uri": sandbox.open_tracking_uri}
     mine = objects(custom, namespace, "RegisteredModel")
-    mine.create("model", {"name": name})
+    mine.create("model", {"name": name, "tracking": open_server})
     mine.wait_ready("model")
     theirs = objects(custom, other_namespace, "RegisteredModel")
-    theirs.create("grab", {"name": name, "adopt": True, "deletionPolicy": "Delete", "description": "mine now"})
+    theirs.create("grab", {"name": name, "adopt": True, "deletionPolicy": "Delete", "description": "mine now",
+                           "tracking": open_server})
     condition = theirs.wait_reason("grab", "Conflict")
     assert namespace in condition["message"]
     theirs.delete("grab")
     wait_for(lambda: not theirs.exists("grab"), timeout=30, message="B's object to go")
-    model = mlflow_client.get_registered_model(name)
+    model = open_mlflow_client.get_registered_model(name)
     assert model.tags["k8s.namespace"] == namespace and model.description != "mine now"
 
 
-def test_namespace_b_cannot_register_into_namespace_as_model(custom, namespace, other_namespace, mlflow_client):
+def test_namespace_b_cannot_register_into_namespace_as_model(custom, namespace, other_namespace, sandbox,
+                                                             open_mlflow_client):
     name = unique("guarded")
+    open_server = {"uri": sandbox.open_tracking_uri}
     mine = objects(custom, namespace, "RegisteredModel")
-    mine.create("model", {"name": name})
+    mine.create("model", {"name": name, "tracking": open_server})
     mine.wait_ready("model")
     theirs = objects(custom, other_namespace, "TrainingRun")
-    theirs.create("sneak", {"experimentName": unique("b-exp"), "template": template(),
+    theirs.create("sneak", {"experimentName": unique("b-exp"), "template": template(), "tracking": open_server,
                             "registerModel": {"name": name, "aliases": ["champion"]}})
     assert play(other_namespace, "sneak", TRAINER + ["--model-name", "model"]) == 0
     condition = theirs.wait_reason("sneak", "Conflict", timeout=60)
     assert namespace in condition["message"]
-    assert mlflow_client.search_model_versions(f"name = '{name}'") == []
+    assert open_mlflow_client.search_model_versions(f"name = '{name}'") == []
 
 
 def test_an_experiment_created_outside_the_operator_needs_spec_adopt(experiments, mlflow_client):
@@ -176,9 +185,9 @@ def test_an_experiment_created_outside_the_operator_needs_spec_adopt(experiments
     assert status["experimentId"] == experiment_id
 
 
-def test_a_training_run_cannot_log_into_another_namespaces_experiment(custom, namespace, other_namespace):
+def test_a_training_run_cannot_log_into_another_namespaces_experiment(custom, namespace, other_namespace, sandbox):
     mine = objects(custom, namespace, "Experiment")
-    mine.create("exp", {})
+    mine.create("exp", {"tracking": {"uri": sandbox.open_tracking_uri}})
     taken = mine.wait_ready("exp")["status"]["experimentName"]
     theirs = objects(custom, other_namespace, "TrainingRun")
     with pytest.raises(ApiException) as refused:  # the chart's admission policy, as installed by default
@@ -265,7 +274,8 @@ def auth_run_status(sandbox, run_id: str) -> str:
 
     os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = "admin", sandbox.auth_admin_password
     try:
-        return MlflowClient(sandbox.auth_tracking_uri).get_run(run_id).info.status
+        with outside_workspaces():
+            return MlflowClient(sandbox.auth_tracking_uri).get_run(run_id).info.status
     finally:
         del os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]
 

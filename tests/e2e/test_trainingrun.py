@@ -252,13 +252,15 @@ def test_an_experiment_that_is_not_ready_holds_the_run(runs, experiments, batch,
     assert not jobs_of(batch, namespace)
 
 
-def test_missing_secret_keeps_it_pending_with_no_run_and_no_job(runs, ready_experiment, namespace, batch, core,
-                                                               mlflow_client):
-    runs.create("needs-secret", spec(tracking={"secretRef": {"name": "creds"}}, template=template(hold=False)))
+def test_missing_secret_keeps_it_pending_with_no_run_and_no_job(runs, namespace, batch, core, sandbox,
+                                                               open_mlflow_client):
+    """On the server without workspaces (credentials Secrets are for servers that take them)."""
+    name = unique("secret")
+    runs.create("needs-secret", {"experimentName": name, "template": template(hold=False),
+                                 "tracking": {"uri": sandbox.open_tracking_uri, "secretRef": {"name": "creds"}}})
     runs.wait_reason("needs-secret", "SecretNotFound")
-    uid = runs.get("needs-secret")["metadata"]["uid"]
     assert not jobs_of(batch, namespace)
-    assert not runs_tagged(mlflow_client, ready_experiment["status"]["experimentId"], uid)
+    assert open_mlflow_client.get_experiment_by_name(name) is None  # nothing at all in MLflow yet
     core.create_namespaced_secret(namespace, client.V1Secret(
         metadata=client.V1ObjectMeta(labels=CREDENTIALS_LABEL, name="creds"), string_data={"token": "t0ken"}))
     wait_phase(runs, "needs-secret", "Succeeded", timeout=60)
@@ -288,17 +290,24 @@ def test_a_restart_between_run_creation_and_job_creation_makes_no_duplicate(
     name = unique("restart")
     experiment_id = mlflow_client.create_experiment(name, tags=signed_by_operator(
         sandbox.state, sandbox.tracking_uri, "experiment-name", name, {"k8s.namespace": namespace}))
-    runs.create("crash", {"experimentName": name, "tracking": {"secretRef": {"name": "late"}},
-                          "template": template(hold=False)})
-    runs.wait_reason("crash", "SecretNotFound")
+    # Held before the start: its ServiceAccount may not log to MLflow yet.
+    core.create_namespaced_service_account(namespace, client.V1ServiceAccount(
+        metadata=client.V1ObjectMeta(name="late")))
+    crash_template = template(hold=False)
+    crash_template["spec"]["serviceAccountName"] = "late"
+    runs.create("crash", {"experimentName": name, "template": crash_template})
+    runs.wait_reason("crash", "ServiceAccountNotAuthorized")
     uid = runs.get("crash")["metadata"]["uid"]
     tags = {"k8s.uid": uid, "k8s.namespace": namespace, "k8s.name": "crash", "k8s.kind": "TrainingRun"}
     first = mlflow_client.create_run(experiment_id, tags=tags, run_name="crash")
     time.sleep(0.05)
     twin = mlflow_client.create_run(experiment_id, tags=tags, run_name="crash")
     kill_operator(sandbox)
-    core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(labels=CREDENTIALS_LABEL, name="late"), string_data={"username": "u", "password": "p"}))
+    client.RbacAuthorizationV1Api(core.api_client).create_namespaced_role_binding(namespace, client.V1RoleBinding(
+        metadata=client.V1ObjectMeta(name="late-mlflow-training"),
+        role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
+                                  name="mlflow-operator-training"),
+        subjects=[client.RbacV1Subject(kind="ServiceAccount", name="late", namespace=namespace)]))
     restart_operator(sandbox)
     status = wait_phase(runs, "crash", "Succeeded", timeout=90)["status"]
     assert status["runId"] == first.info.run_id
@@ -370,13 +379,14 @@ def test_params_that_collide_as_env_vars_are_an_invalid_spec(runs, ready_experim
     assert not runs_tagged(mlflow_client, ready_experiment["status"]["experimentId"], uid)
 
 
-def test_secret_values_never_reach_the_job_spec_status_events_or_logs(runs, ready_experiment, namespace, batch, core,
-                                                                      sandbox):
+def test_secret_values_never_reach_the_job_spec_status_events_or_logs(runs, namespace, batch, core, sandbox):
+    """On the server without workspaces (credentials Secrets are for servers that take them)."""
     password = f"pw-{uuid.uuid4().hex}"
     core.create_namespaced_secret(namespace, client.V1Secret(
         metadata=client.V1ObjectMeta(labels=CREDENTIALS_LABEL, name="basic"), string_data={"username": "alice", "password": password}))
-    runs.create("secret", spec(tracking={"secretRef": {"name": "basic"}},
-                               template=template(env=[{"name": "OWN", "value": "kept"}])))
+    runs.create("secret", {"experimentName": unique("secret"),
+                           "tracking": {"uri": sandbox.open_tracking_uri, "secretRef": {"name": "basic"}},
+                           "template": template(env=[{"name": "OWN", "value": "kept"}])})
     wait_phase(runs, "secret", "Running")
     job = batch.read_namespaced_job("secret", namespace)
     env = job.spec.template.spec.containers[0].env
@@ -470,7 +480,7 @@ def test_kubectl_get_shows_phase_run_id_experiment_and_metric(runs, ready_experi
     out = sandbox.kubectl("get", "trainingruns", "-n", namespace).stdout.splitlines()
     assert out[0].split() == ["NAME", "PHASE", "RUN", "ID", "EXPERIMENT", "METRIC", "AGE"]
     row = out[1].split()
-    assert row[:5] == ["cols", "Succeeded", run_id, f"{namespace}/exp", "acc=0.875"]
+    assert row[:5] == ["cols", "Succeeded", run_id, "exp", "acc=0.875"]
 
 
 def test_a_job_authenticates_with_the_secret_it_references(runs, namespace, core, sandbox):

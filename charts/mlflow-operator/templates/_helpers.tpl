@@ -44,6 +44,13 @@ app.kubernetes.io/component: mlflow
 {{- end -}}
 {{- end -}}
 
+{{/* The embedded server's in-cluster URL, when it runs workspaces (the operator treats it so). */}}
+{{- define "mlflow-operator.embeddedWorkspaceServer" -}}
+{{- if and .Values.mlflow.enabled .Values.mlflow.workspaces.enabled -}}
+{{- printf "http://%s.%s.svc:%d" (include "mlflow-operator.mlflowName" .) .Release.Namespace (int .Values.mlflow.port) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "mlflow-operator.peering" -}}
 {{- if gt (int .Values.replicaCount) 1 -}}{{ include "mlflow-operator.fullname" . }}{{- end -}}
 {{- end -}}
