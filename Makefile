@@ -96,6 +96,7 @@ chart-crds:
 # Measure reconcile latency, MLflow call latency, memory and idle CPU in the sandbox.
 bench: sandbox-up
 	$(PY) benchmarks/run.py
+	$(PY) benchmarks/authorization.py
 
 # The chart install tests (tests marked any_cluster) against the cluster KUBECONFIG names, kind
 # say, with the images loaded into its nodes (README "Install on any cluster"); no sandbox.

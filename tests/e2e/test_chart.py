@@ -107,6 +107,8 @@ def test_cluster_scope_rendering_is_accepted_by_the_api_server(sandbox, namespac
         # SubjectAccessReviews before a training Job (and its binding); the training pods' role.
         "clusterrole.rbac.authorization.k8s.io", "clusterrolebinding.rbac.authorization.k8s.io",
         "clusterrole.rbac.authorization.k8s.io",
+        # The embedded workspace server's own identity: namespaces and MLflowConfigs, read only.
+        "serviceaccount", "clusterrole.rbac.authorization.k8s.io", "clusterrolebinding.rbac.authorization.k8s.io",
         "deployment.apps", "deployment.apps", "persistentvolumeclaim", "service", "service", "serviceaccount",
         # The uninstall hook: its own ServiceAccount, RBAC and Job.
         "serviceaccount", "role.rbac.authorization.k8s.io", "rolebinding.rbac.authorization.k8s.io",
@@ -135,9 +137,10 @@ def test_namespaced_scope_with_peering_is_accepted_by_the_api_server(sandbox, na
         rest = [d for d in documents if d["kind"] != "CustomResourceDefinition"]
         result = sandbox.kubectl("apply", "--dry-run=server", "-f", "-", input_text=yaml.safe_dump_all(rest))
         # The operator's Role in each namespace, and the uninstall hook's (plus one for pods);
-        # ClusterRoles: the hook's, access reviews', training pods' (Role and ClusterRole lines).
-        assert result.stdout.count("role.rbac.authorization.k8s.io/") == 7
-        assert result.stdout.count("rolebinding.rbac.authorization.k8s.io/") == 6
+        # ClusterRoles: access reviews', training pods', the embedded server's (Role and ClusterRole
+        # lines alike).
+        assert result.stdout.count("role.rbac.authorization.k8s.io/") == 8
+        assert result.stdout.count("rolebinding.rbac.authorization.k8s.io/") == 7
         assert result.stdout.count("kopfpeering.kopf.dev/") == 2
         deployment = next(d for d in rest if d["kind"] == "Deployment" and "operator" in d["spec"]["template"]
                           ["metadata"]["labels"]["app.kubernetes.io/component"])
@@ -407,7 +410,8 @@ def test_a_replica_paused_for_a_peer_runs_no_drift_pass(peered, namespace, custo
 
 def test_without_the_credentials_watch_the_operator_may_only_get_secrets(sandbox):
     documents = [d for d in yaml.safe_load_all(render(sandbox, "nw", "ml", "credentialsWatch=false")) if d]
-    role = next(d for d in documents if d["kind"] == "ClusterRole")
+    role = next(d for d in documents if d["kind"] == "ClusterRole"
+                and d["metadata"]["labels"].get("app.kubernetes.io/component") != "mlflow")
     secrets = [rule for rule in role["rules"] if "secrets" in rule.get("resources", [])]
     assert [rule["verbs"] for rule in secrets] == [["get"]]
     operator = next(d for d in documents if d["kind"] == "Deployment" and not d["metadata"]["name"].endswith("-mlflow"))

@@ -31,6 +31,10 @@ def test_the_gitops_overlay_builds_and_passes_server_side_validation(sandbox, co
         assert error.status == 409
     try:
         result = sandbox.kubectl("apply", "--dry-run=server", "-f", "-", input_text=built)
-        assert result.stdout.count("(server dry run)") == 2
+        # The Experiment, the RegisteredModel and the training pods' RoleBinding (its subject in
+        # the overlay's namespace).
+        assert result.stdout.count("(server dry run)") == 3
+        binding = next(d for d in documents if d["kind"] == "RoleBinding")
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "default", "namespace": "ml-production"}]
     finally:
         core.delete_namespace("ml-production")
