@@ -166,8 +166,8 @@ def test_env_file_points_at_the_sandbox(sandbox):
 def test_up_again_restarts_nothing_that_runs(sandbox):
     pid_files = sorted((sandbox.state / "pids").glob("*.pid"))
     assert {p.stem for p in pid_files} >= {
-        "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "mlflow", "mlflow-workspaces",
-        "operator",
+        "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "mlflow", "mlflow-open",
+        "mlflow-auth", "operator",
     }
     before = {p.stem: p.read_text() for p in pid_files}
     result = sandbox.sandbox("up")
