@@ -72,7 +72,7 @@ from mlflow_operator.api.trainingrun import TrainingRunSpec  # noqa: E402
 from mlflow_operator.logic import signing  # noqa: E402
 from mlflow_operator.logic import trainingrun as training  # noqa: E402
 
-from helpers import Objects  # noqa: E402
+from helpers import TRAINING_CLUSTER_ROLE, Objects, bind_cluster_role  # noqa: E402
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 GROUP, VERSION = "mlflow.operator.dev", "v1alpha1"
@@ -185,11 +185,7 @@ class Cluster:
         name = f"{prefix}-{uuid.uuid4().hex[:6]}"
         self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
         wait(lambda: self._has_default_account(name), 60, f"namespace {name}")
-        client.RbacAuthorizationV1Api(self.api).create_namespaced_role_binding(name, client.V1RoleBinding(
-            metadata=client.V1ObjectMeta(name="mlflow-training"),
-            role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
-                                      name="mlflow-operator-training"),
-            subjects=[client.RbacV1Subject(kind="ServiceAccount", name="default", namespace=name)]))
+        bind_cluster_role(self.api, name, TRAINING_CLUSTER_ROLE, "default")
         set_workspace(name)
         return name
 

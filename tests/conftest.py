@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "sandbox"))
 
-from helpers import Objects, wait_for  # noqa: E402
+from helpers import TRAINING_CLUSTER_ROLE, Objects, bind_cluster_role, wait_for  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -167,23 +167,13 @@ def sweeps(custom, namespace) -> Objects:
     return Objects(custom, namespace, "trainingsweeps", "TrainingSweep")
 
 
-# The chart's ClusterRole a namespace binds to its training ServiceAccount, so that its pods
-# may log to the workspace server as themselves (examples/00-mlflow-access.yaml).
-TRAINING_CLUSTER_ROLE = "mlflow-operator-training"
-
-
 def new_team_namespace(core, name: str) -> None:
     """A namespace set up as a team's: its default ServiceAccount may log to MLflow."""
     from kubernetes import client
 
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     wait_for(lambda: _has_default_sa(core, name), timeout=30, message=f"default ServiceAccount in namespace {name}")
-    client.RbacAuthorizationV1Api(core.api_client).create_namespaced_role_binding(name, client.V1RoleBinding(
-        metadata=client.V1ObjectMeta(name="mlflow-training"),
-        role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
-                                  name=TRAINING_CLUSTER_ROLE),
-        subjects=[client.RbacV1Subject(kind="ServiceAccount", name="default", namespace=name)],
-    ))
+    bind_cluster_role(core.api_client, name, TRAINING_CLUSTER_ROLE, "default")
 
 
 @pytest.fixture

@@ -151,3 +151,22 @@ def outside_workspaces() -> Iterator[None]:
         if active:
             mlflow.set_workspace(active)
 
+
+# The chart's ClusterRole a namespace binds to its training ServiceAccount, so that its pods
+# may log to the workspace server as themselves (examples/00-mlflow-access.yaml).
+TRAINING_CLUSTER_ROLE = "mlflow-operator-training"
+
+
+def bind_cluster_role(api_client, namespace: str, role: str, *service_accounts: str,
+                      name: str = "mlflow-training") -> None:
+    """A RoleBinding in `namespace` of the ClusterRole `role` to its ServiceAccounts: how a team
+    lets its training pods (or a reader) use a workspace server."""
+    from kubernetes import client
+
+    client.RbacAuthorizationV1Api(api_client).create_namespaced_role_binding(namespace, client.V1RoleBinding(
+        metadata=client.V1ObjectMeta(name=name),
+        role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=role),
+        subjects=[client.RbacV1Subject(kind="ServiceAccount", name=account, namespace=namespace)
+                  for account in service_accounts],
+    ))
+

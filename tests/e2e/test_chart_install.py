@@ -21,7 +21,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 
 from chart_target import ROOT, TRAINING_IMAGE, ChartTarget, ClusterTarget, SandboxTarget, cluster_mode
-from helpers import GROUP, VERSION, Objects, wait_for
+from helpers import GROUP, VERSION, Objects, bind_cluster_role, wait_for
 
 pytestmark = pytest.mark.any_cluster
 OPERATOR_FINALIZER = "mlflow.operator.dev/finalizer"
@@ -54,13 +54,8 @@ def chart_namespace(chart, core, namespace) -> str:
         core.patch_namespace(namespace, {"metadata": {"labels": chart.namespace_labels}})
     core.create_namespaced_service_account(namespace, client.V1ServiceAccount(
         metadata=client.V1ObjectMeta(name="reader")))
-    client.RbacAuthorizationV1Api(core.api_client).create_namespaced_role_binding(namespace, client.V1RoleBinding(
-        metadata=client.V1ObjectMeta(name="chart-mlflow-training"),
-        role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
-                                  name=f"{chart.fullname}-training"),
-        subjects=[client.RbacV1Subject(kind="ServiceAccount", name=name, namespace=namespace)
-                  for name in ("default", "reader")],
-    ))
+    bind_cluster_role(core.api_client, namespace, f"{chart.fullname}-training", "default", "reader",
+                      name="chart-mlflow-training")
     return namespace
 
 

@@ -19,7 +19,16 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from helpers import Objects, event_reasons, events_for, signed_by_operator, stays, wait_for
+from helpers import (
+    TRAINING_CLUSTER_ROLE,
+    Objects,
+    bind_cluster_role,
+    event_reasons,
+    events_for,
+    signed_by_operator,
+    stays,
+    wait_for,
+)
 
 # Credentials Secrets are used only with their owner's consent (this label).
 CREDENTIALS_LABEL = {"mlflow.operator.dev/credentials": "true"}
@@ -303,11 +312,7 @@ def test_a_restart_between_run_creation_and_job_creation_makes_no_duplicate(
     time.sleep(0.05)
     twin = mlflow_client.create_run(experiment_id, tags=tags, run_name="crash")
     kill_operator(sandbox)
-    client.RbacAuthorizationV1Api(core.api_client).create_namespaced_role_binding(namespace, client.V1RoleBinding(
-        metadata=client.V1ObjectMeta(name="late-mlflow-training"),
-        role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole",
-                                  name="mlflow-operator-training"),
-        subjects=[client.RbacV1Subject(kind="ServiceAccount", name="late", namespace=namespace)]))
+    bind_cluster_role(core.api_client, namespace, TRAINING_CLUSTER_ROLE, "late", name="late-mlflow-training")
     restart_operator(sandbox)
     status = wait_phase(runs, "crash", "Succeeded", timeout=90)["status"]
     assert status["runId"] == first.info.run_id

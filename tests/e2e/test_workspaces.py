@@ -19,11 +19,10 @@ import pytest
 import requests
 from kubernetes import client
 
-from helpers import Objects, wait_for
+from helpers import TRAINING_CLUSTER_ROLE, Objects, bind_cluster_role, wait_for
 
 IMAGE = "mlflow-operator-examples/churn-train:0.1.0"
 REAL_NODE_LABEL = "sandbox.mlflow.operator.dev/real-node"
-TRAINING_ROLE = "mlflow-operator-training"
 TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
@@ -61,19 +60,6 @@ def on_the_real_node(core, namespace: str) -> None:
     core.patch_namespace(namespace, {"metadata": {"labels": {REAL_NODE_LABEL: "true"}}})
 
 
-def bind_training_role(rbac, namespace: str, service_account: str) -> None:
-    rbac.create_namespaced_role_binding(namespace, client.V1RoleBinding(
-        metadata=client.V1ObjectMeta(name=f"{service_account}-mlflow-training"),
-        role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=TRAINING_ROLE),
-        subjects=[client.RbacV1Subject(kind="ServiceAccount", name=service_account, namespace=namespace)],
-    ))
-
-
-@pytest.fixture(scope="module")
-def rbac(api_client):
-    return client.RbacAuthorizationV1Api(api_client)
-
-
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
@@ -104,7 +90,7 @@ def test_an_experiment_is_created_in_its_namespaces_workspace_without_the_namesp
 
 
 def test_a_service_account_without_the_binding_gets_a_condition_and_no_job_until_it_is_bound(
-        custom, core, batch, rbac, namespace, workspace_uri, admin):
+        custom, core, batch, namespace, workspace_uri, admin):
     on_the_real_node(core, namespace)
     core.create_namespaced_service_account(namespace, client.V1ServiceAccount(
         metadata=client.V1ObjectMeta(name="trainer")))
@@ -113,12 +99,12 @@ def test_a_service_account_without_the_binding_gets_a_condition_and_no_job_until
     spec["template"]["spec"]["serviceAccountName"] = "trainer"
     runs.create("unbound", spec)
     condition = runs.wait_reason("unbound", "ServiceAccountNotAuthorized")
-    assert f"--clusterrole={TRAINING_ROLE}" in condition["message"]
+    assert f"--clusterrole={TRAINING_CLUSTER_ROLE}" in condition["message"]
     assert f"--serviceaccount={namespace}:trainer" in condition["message"]
     assert batch.list_namespaced_job(namespace).items == []
     assert "runId" not in (runs.get("unbound").get("status") or {})
 
-    bind_training_role(rbac, namespace, "trainer")
+    bind_cluster_role(core.api_client, namespace, TRAINING_CLUSTER_ROLE, "trainer", name="trainer-mlflow-training")
     status = runs.wait_ready("unbound", timeout=240)["status"]
     assert status["runStatus"] == "FINISHED" and status["metrics"]["accuracy"] > 0.5
     [job] = batch.list_namespaced_job(namespace).items
@@ -170,7 +156,7 @@ with mlflow.start_run():
 
 
 def test_a_container_of_another_namespace_cannot_read_or_change_a_teams_runs_models_or_aliases(
-        custom, core, rbac, namespace, other_namespace, workspace_uri, admin):
+        custom, core, namespace, other_namespace, workspace_uri, admin):
     # Team A trains and registers a model with an alias, as its own ServiceAccount (both
     # namespaces bound the training ClusterRole to their default ServiceAccount).
     for team in (namespace, other_namespace):
@@ -211,13 +197,13 @@ def test_a_container_of_another_namespace_cannot_read_or_change_a_teams_runs_mod
 
 
 def test_a_user_token_with_a_binding_lists_its_workspace_and_one_without_does_not(
-        experiments, core, rbac, namespace, workspace_uri, sandbox):
+        experiments, core, namespace, workspace_uri, sandbox):
     experiments.create("listed", {"tracking": {"uri": workspace_uri}})
     experiment_id = experiments.wait_ready("listed")["status"]["experimentId"]
     for account in ("reader", "stranger"):
         core.create_namespaced_service_account(namespace, client.V1ServiceAccount(
             metadata=client.V1ObjectMeta(name=account)))
-    bind_training_role(rbac, namespace, "reader")
+    bind_cluster_role(core.api_client, namespace, TRAINING_CLUSTER_ROLE, "reader", name="reader-mlflow-training")
 
     def token_for(account: str) -> str:
         return sandbox.kubectl("create", "token", account, "-n", namespace).stdout.strip()
