@@ -71,6 +71,7 @@ class FakeKube:
         self.writes = writes
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.jobs: dict[tuple[str, str], JobSnapshot] = {}
+        self.services: dict[tuple[str, str], dict[str, Any]] = {}
         # Pods by namespace, with the labels they carry (what the Job controller makes).
         self.pods: dict[str, list[tuple[dict[str, str], PodSnapshot]]] = {}
         self.jobs_created = 0
@@ -129,6 +130,12 @@ class FakeKube:
         training ClusterRole bound."""
         self.access_reviews += 1
         return (namespace, service_account) in self.bound_service_accounts
+
+    async def ensure_service(self, namespace: str, body: dict[str, Any]) -> str | None:
+        metadata = body["metadata"]
+        self.services.setdefault((namespace, metadata["name"]), body)
+        existing = self.services[(namespace, metadata["name"])]["metadata"]
+        return next((ref["uid"] for ref in existing.get("ownerReferences") or [] if ref.get("controller")), None)
 
     async def create_job(self, namespace: str, body: dict[str, Any], dry_run: bool = False) -> JobSnapshot:
         metadata = body["metadata"]

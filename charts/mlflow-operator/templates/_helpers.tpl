@@ -75,6 +75,11 @@ app.kubernetes.io/component: mlflow
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [get, list, watch, create, delete, patch]
+# A distributed TrainingRun's headless Service (its ranks' names), owned by the TrainingRun:
+# created before its Job, read when one of that name exists already.
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, create]
 # Pods are listed only to report why a training Job failed.
 - apiGroups: [""]
   resources: [pods]

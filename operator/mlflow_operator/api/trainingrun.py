@@ -29,6 +29,21 @@ class RegisterModelSpec(Model):
     tags: SpecTags = Field(default_factory=dict)
 
 
+# Environment the operator sets in every container of a distributed run (logic.trainingrun);
+# a template that sets one of these itself is refused at admission.
+DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "NODE_RANK", "RANK", "MLFLOW_SYSTEM_METRICS_NODE_ID")
+DISTRIBUTED_ENV_PREFIX = "PET_"
+DEFAULT_RENDEZVOUS_PORT = 29500
+
+
+class DistributedSpec(Model):
+    """One run on `nodes` pods: an Indexed Job whose completion index is the node rank."""
+
+    nodes: int = Field(ge=1, le=1000)
+    processes_per_node: int = Field(default=1, alias="processesPerNode", ge=1, le=1024)
+    port: int = Field(default=DEFAULT_RENDEZVOUS_PORT, ge=1, le=65535)
+
+
 class InExperiment(Model):
     """What a kind that makes runs names: its experiment (an Experiment object or an MLflow
     name, exactly one) and its server. TrainingRun and TrainingSweep share it."""
@@ -55,6 +70,9 @@ class TrainingRunSpec(InExperiment):
     active_deadline_seconds: int | None = Field(default=None, alias="activeDeadlineSeconds", ge=1)
     ttl_seconds_after_finished: int | None = Field(default=None, alias="ttlSecondsAfterFinished", ge=0)
     register_model: RegisterModelSpec | None = Field(default=None, alias="registerModel")
+    distributed: DistributedSpec | None = None
+    # Create the Job suspended, for a queue (Kueue) or a person to resume it.
+    suspend: bool = False
 
     @classmethod
     def parse(cls, spec: Any) -> "TrainingRunSpec":
@@ -75,6 +93,17 @@ class ModelVersionStatus(StatusModel):
     uri: str = ""
 
 
+class NodeCounts(StatusModel):
+    """A distributed run's nodes (ranks) by phase, from its Job's status."""
+
+    total: int = 0
+    pending: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    summary: str = ""
+
+
 class TrainingRunStatus(TrackedStatus):
     phase: str | None = None
     run_id: str | None = None
@@ -89,3 +118,4 @@ class TrainingRunStatus(TrackedStatus):
     primary_metric: str | None = None
     model_version: ModelVersionStatus | None = None
     job_outcome: JobOutcomeStatus | None = None
+    nodes: NodeCounts | None = None

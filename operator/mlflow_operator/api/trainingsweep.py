@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from mlflow_operator.api.common import Model, StatusModel, TrackedStatus
-from mlflow_operator.api.trainingrun import InExperiment, ModelVersionStatus, RegisterModelSpec
+from mlflow_operator.api.trainingrun import DistributedSpec, InExperiment, ModelVersionStatus, RegisterModelSpec
 
 PLURAL = "trainingsweeps"
 KIND = "TrainingSweep"
@@ -58,6 +58,8 @@ class TrainingSweepSpec(InExperiment):
     backoff_limit: int = Field(default=0, alias="backoffLimit", ge=0)
     active_deadline_seconds: int | None = Field(default=None, alias="activeDeadlineSeconds", ge=1)
     register_best: RegisterModelSpec | None = Field(default=None, alias="registerBest")
+    # Every trial runs on this many nodes (a distributed TrainingRun).
+    distributed: DistributedSpec | None = None
 
     @classmethod
     def parse(cls, spec: Any) -> "TrainingSweepSpec":

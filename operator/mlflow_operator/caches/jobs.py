@@ -17,7 +17,10 @@ class HandledJobs:
 
     @staticmethod
     def signature(job: JobSnapshot, phase: str) -> tuple[Any, ...]:
-        return job.uid, phase, job.deleting, job.finalizers
+        """What a reconcile records from a Job: its phase, whether it is held or going, and
+        for a Job of several pods (a distributed run) its pods' counts (status.nodes)."""
+        counts = (job.active, job.ready, job.succeeded, job.failed, job.failed_indexes) if job.completions > 1 else ()
+        return job.uid, phase, job.deleting, job.finalizers, job.suspended, counts
 
     def handled(self, owner_uid: str, signature: tuple[Any, ...]) -> bool:
         return self._seen.get(owner_uid) == signature

@@ -32,6 +32,12 @@ class JobSnapshot:
     # Being deleted (its finalizer keeps it until the outcome is recorded).
     deleting: bool = False
     finalizers: tuple[str, ...] = ()
+    # Pods the Job runs to completion (a distributed run's nodes), and whether it is held
+    # (spec.suspend, set by whoever created it or by a queue such as Kueue).
+    completions: int = 1
+    suspended: bool = False
+    # An Indexed Job's failed indexes (ranks) as the Job controller writes them ("1,3-5").
+    failed_indexes: str = ""
 
     @property
     def ended(self) -> bool:
@@ -69,3 +75,5 @@ class PodSnapshot:
     node: str | None = None
     created: str | None = None  # RFC 3339, sorts in time order
     containers: tuple[ContainerImage, ...] = ()
+    # An Indexed Job's pod: its completion index (a distributed run's node rank).
+    completion_index: int | None = None

@@ -270,6 +270,19 @@ class KubernetesGateway:
             "create_job_dry_run" if dry_run else "create_job", "POST", _jobs(namespace),
             params={"dryRun": "All"} if dry_run else None, body=body))
 
+    async def ensure_service(self, namespace: str, body: dict[str, Any]) -> str | None:
+        """Create the Service unless one of its name exists; the uid of the controller of the
+        Service that now has that name (None: it has no controller)."""
+        name = body["metadata"]["name"]
+        path = f"/api/v1/namespaces/{quote(namespace)}/services"
+        try:
+            created = await self._call("create_service", "POST", path, body=body)
+        except KubernetesError as error:
+            if error.status != 409:
+                raise
+            created = await self._call("read_service", "GET", f"{path}/{quote(name)}")
+        return controller_uid(created.get("metadata") or {})
+
     async def service_account_may(self, namespace: str, service_account: str, group: str, resource: str,
                                   verb: str, name: str | None = None) -> bool:
         """Whether Kubernetes RBAC lets `service_account` of `namespace` do `verb` on `resource`
@@ -371,6 +384,10 @@ class KubernetesGateway:
         return [pod_snapshot(pod) for pod in result.get("items") or []]
 
 
+# Set by the Job controller on the pods of an Indexed Job: the pod's completion index.
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+
 def _jobs(namespace: str | None, name: str = "") -> str:
     where = f"/namespaces/{quote(namespace)}" if namespace is not None else ""
     return f"/apis/batch/v1{where}/jobs" + (f"/{quote(name)}" if name else "")
@@ -385,7 +402,7 @@ def controller_uid(metadata: Mapping[str, Any]) -> str | None:
 def job_snapshot(job: Mapping[str, Any]) -> JobSnapshot:
     """What the operator reads from a Job (the JSON of a reply or a watch event): identity,
     bookkeeping, progress and how it ended."""
-    metadata, status = job.get("metadata") or {}, job.get("status") or {}
+    metadata, spec, status = job.get("metadata") or {}, job.get("spec") or {}, job.get("status") or {}
     conditions = status.get("conditions") or []
     finished = None
     finish_time = timestamps.parse(status.get("completionTime"))
@@ -409,6 +426,9 @@ def job_snapshot(job: Mapping[str, Any]) -> JobSnapshot:
         completion_time=finish_time,
         deleting=metadata.get("deletionTimestamp") is not None,
         finalizers=tuple(metadata.get("finalizers") or ()),
+        completions=_int_or(spec.get("completions"), 1),
+        suspended=spec.get("suspend") is True,
+        failed_indexes=str(status.get("failedIndexes") or ""),
     )
 
 
@@ -424,5 +444,15 @@ def pod_snapshot(pod: Mapping[str, Any]) -> PodSnapshot:
                                        terminated.get("reason") or "Error"))
     images = tuple(ContainerImage(c.get("name", ""), c.get("image") or "", c.get("imageID") or "")
                    for c in containers)
+    index = (metadata.get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION)
     return PodSnapshot(name=metadata.get("name", ""), controller_uid=controller_uid(metadata), failed_containers=tuple(exits),
-                       node=spec.get("nodeName"), created=metadata.get("creationTimestamp"), containers=images)
+                       node=spec.get("nodeName"), created=metadata.get("creationTimestamp"), containers=images,
+                       completion_index=_int_or(index, None))
+
+
+def _int_or(value: Any, default: int | None) -> Any:
+    """A count or index from an API object, or `default` when it is missing or not a number."""
+    try:
+        return int(value) if value is not None else default
+    except (TypeError, ValueError):
+        return default

@@ -57,6 +57,7 @@ class Reason(StrEnum):
     INVALID_TEMPLATE = "InvalidTemplate"
     JOB_REJECTED = "JobRejected"
     JOB_PENDING = "JobPending"
+    JOB_SUSPENDED = "JobSuspended"
     RUNNING = "Running"
     SUCCEEDED = "Succeeded"
     JOB_FAILED = "JobFailed"

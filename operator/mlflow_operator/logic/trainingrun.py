@@ -13,14 +13,18 @@ from typing import Any, Literal
 
 from mlflow_operator.api.common import API_VERSION, NOTE_TAG, ObjectIdentity
 from mlflow_operator.api.trainingrun import (
+    DISTRIBUTED_ENV,
+    DISTRIBUTED_ENV_PREFIX,
     LABEL_RUN_ID,
     LABEL_TRAINING_RUN,
     TERMINAL_PHASES,
+    DistributedSpec,
+    NodeCounts,
     TrainingRunSpec,
     TrainingRunStatus,
 )
 from mlflow_operator.api.trainingsweep import TrainingSweepStatus
-from mlflow_operator.cluster.snapshots import JobSnapshot
+from mlflow_operator.cluster.snapshots import JobSnapshot, PodSnapshot
 from mlflow_operator.logic.conditions import ReconcileProblem, stalled
 from mlflow_operator.logic.reasons import Reason
 from mlflow_operator.tracking.entities import LoggedModelInfo, RunInfo
@@ -142,6 +146,141 @@ def job_env(tracking_uri: str, experiment_id: str, run_id: str, params: dict[str
     return env
 
 
+# --------------------------------------------------------------------------- distributed runs
+
+# Set by the Job controller on every pod of an Indexed Job: its completion index, the node rank.
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+# Set by the Job controller on its pods: the Service selects the ranks of this Job by it.
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+HOSTNAME_MAX = 63
+
+
+def rendezvous_host(name: str) -> str:
+    """Rank 0's stable name: an Indexed Job's pod `<job>-<index>` in the headless Service
+    `<name>` (pods resolve `<host>.<service>` through their namespace's search domain)."""
+    return f"{name}-0.{name}"
+
+
+def distributed_env(name: str, distributed: DistributedSpec) -> list[dict[str, Any]]:
+    """What every rank needs to find the others (torch.distributed's env:// and torchrun's
+    PET_* variables): the node rank comes from the pod's completion index."""
+    rank = {"valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}}
+    master = rendezvous_host(name)
+    port = str(distributed.port)
+    return [
+        {"name": "NODE_RANK", **rank},
+        {"name": "RANK", **rank},
+        {"name": "WORLD_SIZE", "value": str(distributed.nodes * distributed.processes_per_node)},
+        {"name": "MASTER_ADDR", "value": master},
+        {"name": "MASTER_PORT", "value": port},
+        {"name": "PET_NNODES", "value": str(distributed.nodes)},
+        {"name": "PET_NPROC_PER_NODE", "value": str(distributed.processes_per_node)},
+        {"name": "PET_NODE_RANK", **rank},
+        {"name": "PET_MASTER_ADDR", "value": master},
+        {"name": "PET_MASTER_PORT", "value": port},
+        # MLflow's system metrics monitor logs as system/node-<rank>/... with this.
+        {"name": "MLFLOW_SYSTEM_METRICS_NODE_ID", "value": "node-$(NODE_RANK)"},
+    ]
+
+
+def distributed_problems(spec: TrainingRunSpec, name: str) -> list[str]:
+    """Why a distributed spec cannot work as written (the CRD refuses the same at admission)."""
+    if spec.distributed is None:
+        return []
+    problems = []
+    last_host = f"{name}-{spec.distributed.nodes - 1}"
+    if len(last_host) > HOSTNAME_MAX:
+        problems.append(f"the pod of the last node would be named {last_host!r}, longer than {HOSTNAME_MAX} "
+                        "characters (an Indexed Job's pods are <name>-<rank>); use a shorter name or fewer nodes")
+    for container in (spec.template.get("spec") or {}).get("containers") or []:
+        for entry in container.get("env") or []:
+            env_name = str(entry.get("name", ""))
+            if env_name in DISTRIBUTED_ENV or env_name.startswith(DISTRIBUTED_ENV_PREFIX):
+                problems.append(f"container {container.get('name')!r} sets {env_name}, which the operator sets for "
+                                "every rank of a distributed run; remove it from the template")
+    return problems
+
+
+def build_service(spec: TrainingRunSpec, identity: ObjectIdentity) -> dict[str, Any] | None:
+    """The headless Service of a distributed run, owned by the TrainingRun: it gives every
+    rank's pod a DNS name (`<name>-<rank>.<name>`) from the moment it exists, ready or not."""
+    if spec.distributed is None:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": identity.name,
+            "namespace": identity.namespace,
+            "labels": {LABEL_TRAINING_RUN: identity.name, "app.kubernetes.io/managed-by": "mlflow-operator"},
+            "ownerReferences": [_controller_reference(identity)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_TRAINING_RUN: identity.name, JOB_NAME_LABEL: identity.name},
+            "ports": [{"name": "rendezvous", "port": spec.distributed.port, "targetPort": spec.distributed.port,
+                       "protocol": "TCP"}],
+        },
+    }
+
+
+def _controller_reference(identity: ObjectIdentity) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": identity.kind, "name": identity.name, "uid": identity.uid,
+            "controller": True, "blockOwnerDeletion": True}
+
+
+def index_set(indexes: str, limit: int = 100_000) -> set[int]:
+    """The indexes an Indexed Job's list names ("1,3-5" -> {1, 3, 4, 5}), at most `limit`."""
+    found: set[int] = set()
+    for part in filter(None, indexes.split(",")):
+        first, _, last = part.partition("-")
+        try:
+            low, high = int(first), int(last or first)
+        except ValueError:
+            continue
+        found.update(range(low, min(high, low + limit - len(found) - 1) + 1))
+        if len(found) >= limit:
+            break
+    return found
+
+
+def _index_count(indexes: str) -> int:
+    return len(index_set(indexes))
+
+
+def pod_failure_reasons(pods: list[PodSnapshot], failed_indexes: str = "") -> list[str]:
+    """Why the Job failed, pod by pod: for a distributed run, each failure names its rank,
+    and the ranks the Job counted as failed come first (the others were stopped after them)."""
+    failed_ranks = index_set(failed_indexes)
+    reasons: list[tuple[bool, str, str]] = []
+    for pod in pods:
+        rank = f"rank {pod.completion_index}: " if pod.completion_index is not None else ""
+        for exit in pod.failed_containers:
+            reasons.append((pod.completion_index not in failed_ranks, pod.created or "",
+                            f"{rank}pod {pod.name} container {exit.container} exited with code "
+                            f"{exit.exit_code} ({exit.reason})"))
+    return [text for _, _, text in sorted(reasons)]
+
+
+def node_counts(job: JobSnapshot) -> NodeCounts:
+    """A distributed run's nodes by phase, from its Job's status alone (no pod reads): ready
+    pods run, created or not, the rest of an active Job's ranks wait; after the Job's end the
+    ranks it stopped are counted as stopped in the summary."""
+    total = job.completions
+    failed = _index_count(job.failed_indexes) if job.failed_indexes else min(job.failed, total) if job.finished else 0
+    succeeded = min(job.succeeded, total)
+    running = 0 if job.ended else min(job.ready, total)
+    pending = 0 if job.ended else max(0, total - succeeded - failed - running)
+    parts = [f"{count} {word}" for count, word in
+             ((running, "running"), (pending, "pending"), (succeeded, "succeeded"), (failed, "failed")) if count]
+    stopped = total - succeeded - failed - running - pending
+    if stopped > 0:
+        parts.append(f"{stopped} stopped")
+    return NodeCounts(total=total, pending=pending, running=running, succeeded=succeeded, failed=failed,
+                      summary=f"{total} nodes: " + ", ".join(parts or ["none started"]))
+
+
 def _with_env(container: dict[str, Any], env: list[dict[str, Any]]) -> dict[str, Any]:
     ours = {e["name"] for e in env} | set(OPERATOR_ENV)
     theirs = [e for e in container.get("env") or [] if e.get("name") not in ours]
@@ -151,9 +290,10 @@ def _with_env(container: dict[str, Any], env: list[dict[str, Any]]) -> dict[str,
 
 def build_job(
     spec: TrainingRunSpec, identity: ObjectIdentity, run_id: str, experiment_id: str, tracking_uri: str,
-    credentials: CredentialSource | None,
+    credentials: CredentialSource | None, queue_labels: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The batch/v1 Job for this TrainingRun, owned by it, named after it."""
+    """The batch/v1 Job for this TrainingRun, owned by it, named after it. A distributed run
+    is an Indexed Job of one pod per node in the run's headless Service (build_service)."""
     template = copy.deepcopy(spec.template)
     metadata = template.setdefault("metadata", {})
     labels = {LABEL_TRAINING_RUN: identity.name, LABEL_RUN_ID: run_id}
@@ -161,8 +301,20 @@ def build_job(
     pod_spec = template.setdefault("spec", {})
     pod_spec.setdefault("restartPolicy", "Never")
     env = job_env(tracking_uri, experiment_id, run_id, spec.params, credentials)
-    pod_spec["containers"] = [_with_env(c, env) for c in pod_spec.get("containers") or []]
     job_spec: dict[str, Any] = {"backoffLimit": spec.backoff_limit, "template": template}
+    if spec.distributed is not None:
+        env += distributed_env(identity.name, spec.distributed)
+        pod_spec["subdomain"] = identity.name
+        nodes = spec.distributed.nodes
+        job_spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes)
+        if pod_spec["restartPolicy"] == "Never":
+            # Each rank has its own retries; one rank out of them fails the whole Job (and
+            # the Job controller stops the other ranks) at once.
+            del job_spec["backoffLimit"]
+            job_spec.update(backoffLimitPerIndex=spec.backoff_limit, maxFailedIndexes=0)
+    pod_spec["containers"] = [_with_env(c, env) for c in pod_spec.get("containers") or []]
+    if spec.suspend:
+        job_spec["suspend"] = True
     if spec.active_deadline_seconds is not None:
         job_spec["activeDeadlineSeconds"] = spec.active_deadline_seconds
     if spec.ttl_seconds_after_finished is not None:
@@ -174,30 +326,24 @@ def build_job(
             "name": identity.name,
             "namespace": identity.namespace,
             "finalizers": [JOB_FINALIZER],
-            "labels": {**labels, "app.kubernetes.io/managed-by": "mlflow-operator"},
+            "labels": {**(queue_labels or {}), **labels, "app.kubernetes.io/managed-by": "mlflow-operator"},
             "annotations": {"mlflow.operator.dev/experiment-id": experiment_id},
-            "ownerReferences": [{
-                "apiVersion": API_VERSION,
-                "kind": identity.kind,
-                "name": identity.name,
-                "uid": identity.uid,
-                "controller": True,
-                "blockOwnerDeletion": True,
-            }],
+            "ownerReferences": [_controller_reference(identity)],
         },
         "spec": job_spec,
     }
 
 
 def job_shape(spec: TrainingRunSpec, namespace: str, experiment_id: str, tracking_uri: str,
-              credentials: CredentialSource | None) -> str:
+              credentials: CredentialSource | None, queue_labels: dict[str, str] | None = None) -> str:
     """A digest of the Job a run would get, without what differs between runs of one
     template (the object's name and uid, the params' values): runs of one shape get the same
     answer from a dry run of their Job. The name is left out because the API server checks
     it on the TrainingRun already (a DNS name of at most 63 characters, as for a Job)."""
     same_values = spec.model_copy(update={"params": dict.fromkeys(spec.params, "")})
     identity = ObjectIdentity(kind="TrainingRun", namespace=namespace, name="shape", uid="shape")
-    body = build_job(same_values, identity, PLACEHOLDER_RUN_ID, experiment_id, tracking_uri, credentials)
+    body = build_job(same_values, identity, PLACEHOLDER_RUN_ID, experiment_id, tracking_uri, credentials,
+                     queue_labels)
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -226,9 +372,12 @@ def job_outcome(job: JobSnapshot, job_name: str, pod_reasons: list[str]) -> JobO
 
 def phase_of(job: JobSnapshot, previous_phase: str | None = None) -> str:
     """Pending until a pod is ready, then Running until the Job's final condition. A Job
-    between pods (a retry, or the moment between a pod ending and Complete) stays Running."""
+    between pods (a retry, or the moment between a pod ending and Complete) stays Running;
+    a suspended Job with no pod left (held, or preempted by a queue) is Pending."""
     if job.finished:
         return "Succeeded" if job.finished[0] == "Complete" else "Failed"
+    if job.suspended and job.active == 0:
+        return "Pending"
     if job.ready > 0 or job.succeeded > 0 or job.failed > 0 or previous_phase == "Running":
         return "Running"
     return "Pending"

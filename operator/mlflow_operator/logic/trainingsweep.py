@@ -27,6 +27,7 @@ from mlflow_operator.api.trainingsweep import (
 )
 from mlflow_operator.logic.conditions import ReconcileProblem, stalled
 from mlflow_operator.logic.provenance import SOURCE_REPO_ANNOTATION, SOURCE_REVISION_ANNOTATION
+from mlflow_operator.logic.queueing import queue_labels
 from mlflow_operator.logic.reasons import Reason
 
 # Tags on the parent run (the `mlflow.operator.dev/` prefix is the operator's, as for audit tags).
@@ -254,6 +255,8 @@ def trial_body(spec: TrainingSweepSpec, identity: ObjectIdentity, metadata: Mapp
         child["experimentName"] = spec.experiment_name
     if spec.active_deadline_seconds is not None:
         child["activeDeadlineSeconds"] = spec.active_deadline_seconds
+    if spec.distributed is not None:
+        child["distributed"] = spec.distributed.model_dump(by_alias=True)
     if spec.tracking is not None:
         child["tracking"] = spec.tracking.model_dump(by_alias=True, exclude_none=True)
     # The GitOps source travels with the trial (its run gets the source tags); Argo CD's
@@ -267,7 +270,7 @@ def trial_body(spec: TrainingSweepSpec, identity: ObjectIdentity, metadata: Mapp
         "metadata": {
             "name": trial_name(identity.name, index),
             "namespace": identity.namespace,
-            "labels": {LABEL_SWEEP: identity.name, LABEL_TRIAL: str(index),
+            "labels": {**queue_labels(metadata), LABEL_SWEEP: identity.name, LABEL_TRIAL: str(index),
                        "app.kubernetes.io/managed-by": "mlflow-operator"},
             "annotations": annotations,
             "ownerReferences": [{

@@ -29,6 +29,7 @@ from mlflow_operator.logic.conditions import (
     ready,
     stalled,
 )
+from mlflow_operator.logic.queueing import KUEUE_QUEUE_LABEL, queue_labels
 from mlflow_operator.logic.reasons import Reason
 from mlflow_operator.logic.trainingsweep import trial_run_tags
 from mlflow_operator.reconcilers import common
@@ -250,16 +251,20 @@ async def _check_job_template(ctx: Context[TrainingRunSpec, TrainingRunStatus], 
     """Ask the API server (dry run) whether the Job would be accepted, before creating
     anything in MLflow: a bad template should leave no FAILED run behind. A Job of the
     same shape accepted a moment ago is not asked about again (RecentlyAccepted)."""
+    problems = logic.distributed_problems(ctx.spec, ctx.identity.name)
+    if problems:
+        raise ReconcileProblem(stalled(Reason.INVALID_SPEC, "; ".join(problems)))
     credentials = _credential_source(ctx, resolved)
     if credentials is not None and credentials.service_account:
         await _check_pod_identity(ctx, resolved)
     accepted = ctx.services.caches.accepted_job_shapes
+    labels = queue_labels(ctx.metadata)
     shape = logic.job_shape(ctx.spec, ctx.identity.namespace, resolved.experiment_id, resolved.target.uri,
-                            credentials)
+                            credentials, labels)
     if accepted.accepted(shape):
         return
     body = logic.build_job(ctx.spec, ctx.identity, logic.PLACEHOLDER_RUN_ID, resolved.experiment_id,
-                           resolved.target.uri, credentials)
+                           resolved.target.uri, credentials, labels)
     try:
         await ctx.services.kube.create_job(ctx.identity.namespace, body, dry_run=True)
     except KubernetesError as error:
@@ -309,8 +314,9 @@ async def _ensure_job(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved
     stage), checked to be this TrainingRun's, and recorded."""
     kube, identity = ctx.services.kube, ctx.identity
     if job is None:
+        await _ensure_service(ctx)
         body = logic.build_job(ctx.spec, identity, run.run_id, resolved.experiment_id, resolved.target.uri,
-                               _credential_source(ctx, resolved))
+                               _credential_source(ctx, resolved), queue_labels(ctx.metadata))
         try:
             job = await kube.create_job(identity.namespace, body)
             # Its first watch events (pending) bring nothing new: no reconcile for them.
@@ -340,6 +346,22 @@ async def _ensure_job(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved
     return job
 
 
+async def _ensure_service(ctx: Context[TrainingRunSpec, TrainingRunStatus]) -> None:
+    """A distributed run's headless Service, before its Job: the ranks' names resolve from
+    their first start. One of the same name that this TrainingRun does not control is left alone."""
+    body = logic.build_service(ctx.spec, ctx.identity)
+    if body is None:
+        return
+    try:
+        controller = await ctx.services.kube.ensure_service(ctx.identity.namespace, body)
+    except KubernetesError as error:
+        raise _job_rejected(error, "Service was") or error from None
+    if controller != ctx.identity.uid:
+        raise ReconcileProblem(stalled(
+            Reason.JOB_CONFLICT, f"a Service named {ctx.identity.name!r} exists and is not controlled by this "
+            "TrainingRun; the ranks of a distributed run find each other through it: delete or rename it"))
+
+
 async def _job_run_confirmed(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved: Resolved, job: JobSnapshot,
                              run_id: str | None) -> str:
     """A run id read from a Job's label is this object's only if the run's tags say so;
@@ -356,6 +378,8 @@ async def _in_progress(ctx: Context[TrainingRunSpec, TrainingRunStatus], state: 
     """The Job is pending or running; a drift check copies the run's live metrics."""
     phase = logic.phase_of(state, ctx.status.phase)
     ctx.record(TrainingRunStatus(phase=phase))
+    if ctx.spec.distributed is not None:
+        ctx.record(TrainingRunStatus(nodes=logic.node_counts(state)))
     if state.start_time:
         ctx.record(TrainingRunStatus(start_time=timestamps.rfc3339(state.start_time)))
     if phase == "Running" and ctx.drift_check and ctx.status.run_id:
@@ -371,19 +395,17 @@ async def _in_progress(ctx: Context[TrainingRunSpec, TrainingRunStatus], state: 
         # The Job's events and the refresh timer carry it on from here.
         return progressing(Reason.RUNNING, f"MLflow run {run_id} is running in Job {ctx.identity.name}",
                            awaited=True, expected=True)
-    return progressing(Reason.JOB_PENDING, f"Job {ctx.identity.name} is waiting for its pod to run",
+    if state.suspended:
+        return progressing(Reason.JOB_SUSPENDED, f"Job {ctx.identity.name} is suspended: it starts when it is "
+                           f"resumed, by a queue such as Kueue (label {KUEUE_QUEUE_LABEL}) or by hand "
+                           f"(kubectl patch job {ctx.identity.name} -p '{{\"spec\":{{\"suspend\":false}}}}')",
+                           awaited=True, expected=True)
+    waiting_for = "its pods" if ctx.spec.distributed is not None else "its pod"
+    return progressing(Reason.JOB_PENDING, f"Job {ctx.identity.name} is waiting for {waiting_for} to run",
                        awaited=True, expected=True)
 
 
 # --------------------------------------------------------------------------- closing
-
-
-def _pod_failure_reasons(pods: list[PodSnapshot]) -> list[str]:
-    reasons: list[str] = []
-    for pod in pods:
-        reasons += [f"pod {pod.name} container {exit.container} exited with code {exit.exit_code} ({exit.reason})"
-                    for exit in pod.failed_containers]
-    return reasons
 
 
 async def _job_ended(ctx: Context[TrainingRunSpec, TrainingRunStatus], state: JobSnapshot, resolved: Resolved | None = None) -> Outcome:
@@ -391,13 +413,16 @@ async def _job_ended(ctx: Context[TrainingRunSpec, TrainingRunStatus], state: Jo
     the Job go (its finalizer held it until now), then close the run in MLflow."""
     # The pods say why a Job failed, and what the run ran on (pod, node, image digest).
     pods = await _pods_of(ctx, state)
-    pod_reasons = _pod_failure_reasons(pods) if state.finished and state.finished[0] == "Failed" else []
+    failed = state.finished is not None and state.finished[0] == "Failed"
+    pod_reasons = logic.pod_failure_reasons(pods, state.failed_indexes) if failed else []
     ended = logic.job_outcome(state, ctx.identity.name, pod_reasons)
     ctx.record(TrainingRunStatus(
         start_time=timestamps.rfc3339(state.start_time) or ctx.status.start_time,
         completion_time=timestamps.rfc3339(ended.completion_time),
         job_outcome=JobOutcomeStatus(phase=ended.phase, reason=ended.reason, message=ended.message),
     ))
+    if ctx.spec.distributed is not None:
+        ctx.record(TrainingRunStatus(nodes=logic.node_counts(state)))
     if state.deleting:
         # The Job is going (a TTL, by hand): its outcome is written before it is let go.
         await ctx.checkpoint("job-outcome")
