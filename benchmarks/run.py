@@ -17,6 +17,9 @@ Scenarios (sizes are flags, small by default; the README gives the recorded larg
   The scenario runs --rounds times (floor, then operator, each in a new namespace); the
   table gives the median of each side and their ratio, with every round's figures beside:
   on 2 shared cores one round's floor varies by a factor of two.
+- distributed dispatch (--distributed-runs N --distributed-nodes K, default 50 x 4): the
+  dispatch scenario with distributed TrainingRuns, each an Indexed Job of K pods and a
+  headless Service; the floor creates the same Services, Indexed Jobs and runs itself.
 - apply while deleting (--apply-while-deleting N): N Experiments Ready, then their namespace
   deleted and, at once, one Experiment applied elsewhere: how long it waits behind them.
 - closed runs (--closed-training-runs): N TrainingRuns run to Succeeded and kept while the
@@ -305,8 +308,13 @@ def jobs_watched(cluster: Cluster, namespace: str, keep: Callable[[dict], Any]) 
 TEMPLATE = {"spec": {"containers": [{"name": "t", "image": "trainer:1"}]}}
 
 
-def run_spec(i: int) -> dict:
-    return {"experimentRef": {"name": "bench"}, "params": {"i": str(i), "lr": "0.01"}, "template": TEMPLATE}
+def run_spec(i: int, nodes: int = 1) -> dict:
+    """TrainingRun i; with nodes > 1 a distributed one (an Indexed Job of `nodes` pods)."""
+    spec: dict[str, Any] = {"experimentRef": {"name": "bench"}, "params": {"i": str(i), "lr": "0.01"},
+                            "template": TEMPLATE}
+    if nodes > 1:
+        spec["distributed"] = {"nodes": nodes}
+    return spec
 
 
 def writes_per_run(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, Any]:
@@ -324,10 +332,11 @@ def direct_creds(tracking_uri: str) -> MlflowHostCreds:
     return MlflowHostCreds(tracking_uri, token=(STATE / "mlflow-user-token").read_text().strip())
 
 
-def floor_dispatch(cluster: Cluster, n: int, tracking_uri: str) -> dict[str, Any]:
+def floor_dispatch(cluster: Cluster, n: int, tracking_uri: str, nodes: int = 1) -> dict[str, Any]:
     """What a direct client needs for the same work: N MLflow runs with their tags and
-    params, N Jobs (the operator's Job body, without its owner and finalizer), 8 threads;
-    then it waits for the Jobs and closes the runs."""
+    params, N Jobs (the operator's Job body, without its owner and finalizer; for distributed
+    runs an Indexed Job and, before it, its headless Service), 8 threads; then it waits for
+    the Jobs and closes the runs."""
     namespace = cluster.namespace("bench-floor")
     store = RestStore(lambda: direct_creds(tracking_uri))
     experiment_id = store.create_experiment(f"bench-floor-{namespace}")
@@ -335,7 +344,7 @@ def floor_dispatch(cluster: Cluster, n: int, tracking_uri: str) -> dict[str, Any
     def dispatch_one(i: int) -> str:
         name = f"run-{i}"
         identity = ObjectIdentity(kind="TrainingRun", namespace=namespace, name=name, uid=str(uuid.uuid4()))
-        spec = TrainingRunSpec.parse(run_spec(i))
+        spec = TrainingRunSpec.parse(run_spec(i, nodes))
         run = store.create_run(experiment_id, "mlflow-operator", int(time.time() * 1000),
                                [RunTag(k, v) for k, v in training.run_tags(spec, identity, "trainer:1").items()],
                                training.run_name(spec, identity))
@@ -344,6 +353,10 @@ def floor_dispatch(cluster: Cluster, n: int, tracking_uri: str) -> dict[str, Any
                                                training.CredentialSource.for_service_account()))
         job["metadata"].pop("ownerReferences", None)
         job["metadata"].pop("finalizers", None)
+        service = training.build_service(spec, identity)
+        if service is not None:
+            service["metadata"].pop("ownerReferences", None)
+            cluster.core.create_namespaced_service(namespace, service)
         cluster.batch.create_namespaced_job(namespace, job)
         return run.info.run_id
 
@@ -367,7 +380,8 @@ def floor_dispatch(cluster: Cluster, n: int, tracking_uri: str) -> dict[str, Any
             "api_server_writes_per_run_end_to_end": writes_per_run(writes_before, writes_after, n)}
 
 
-def operator_dispatch(cluster: Cluster, metrics: OperatorMetrics, n: int, closed_idle_seconds: float) -> dict:
+def operator_dispatch(cluster: Cluster, metrics: OperatorMetrics, n: int, closed_idle_seconds: float,
+                      nodes: int = 1) -> dict:
     namespace = cluster.namespace("bench-runs")
     experiments = Objects(cluster.custom, namespace, "experiments", "Experiment")
     experiments.create("bench", {"name": f"bench-{namespace}"})
@@ -381,7 +395,7 @@ def operator_dispatch(cluster: Cluster, metrics: OperatorMetrics, n: int, closed
 
     started = time.monotonic()
     with ThreadPoolExecutor(THREADS) as pool:
-        list(pool.map(lambda i: runs.create(f"run-{i}", run_spec(i)), range(n)))
+        list(pool.map(lambda i: runs.create(f"run-{i}", run_spec(i, nodes)), range(n)))
     applied = time.monotonic() - started
 
     def dispatched() -> bool:
@@ -651,6 +665,10 @@ def main() -> int:
     parser.add_argument("--training-runs", type=size, default=50, help="dispatch scenario size (0 skips it)")
     parser.add_argument("--rounds", type=whole_number(1, "at least 1 round is needed for a median"), default=3,
                         help="dispatch scenario rounds (medians are reported)")
+    parser.add_argument("--distributed-runs", type=size, default=50,
+                        help="distributed dispatch scenario size (0 skips it)")
+    parser.add_argument("--distributed-nodes", type=whole_number(2, "a distributed run has at least 2 nodes"),
+                        default=4, help="nodes of each run in the distributed dispatch scenario")
     parser.add_argument("--experiments", type=size, default=50)
     parser.add_argument("--models", type=size, default=20)
     parser.add_argument("--versions-per-model", type=size, default=20,
@@ -685,6 +703,14 @@ def main() -> int:
                   for _ in range(args.rounds)]
         results.update(dispatch_medians(rounds))
         results["rss_mib_after_runs"] = round(rss_mib(pid), 1)
+    if args.distributed_runs:
+        nodes = args.distributed_nodes
+        rounds = [(floor_dispatch(cluster, args.distributed_runs, tracking_uri, nodes),
+                   operator_dispatch(cluster, metrics, args.distributed_runs,
+                                     args.closed_idle_seconds or 2 * interval, nodes))
+                  for _ in range(args.rounds)]
+        results["distributed"] = {**dispatch_medians(rounds), "n": args.distributed_runs, "nodes": nodes,
+                                  "rss_mib_after_runs": round(rss_mib(pid), 1)}
     closed_namespace = None
     if args.closed_training_runs:
         closed_namespace, results["closed"] = closed_runs(cluster, args.closed_training_runs, args.closed_namespace)
@@ -732,33 +758,44 @@ def writes_table(o: dict, f: dict) -> list[str]:
     ]
 
 
+def dispatch_lines(r: dict, title: str, lifecycle_of: str, n: int) -> list[str]:
+    """One dispatch scenario's medians, rounds, writes and lifecycle cost."""
+    o, f, life = r["operator"], r["floor"], r["operator"]["lifecycle"]
+    rounds = r.get("rounds") or []
+    each = "; ".join(f"{x['operator_dispatch_seconds']} / {x['floor_dispatch_seconds']} = {x['ratio']}" for x in rounds)
+    return [
+        f"{title} (8 threads), beside a direct client doing the same work "
+        f"with 8 threads (the floor); median of {max(len(rounds), 1)} rounds:", "",
+        "| | operator s | floor s | ratio |", "|---|---|---|---|",
+        f"| dispatch (every run has its MLflow run and its Job) | {o['dispatch_seconds']} | "
+        f"{f['dispatch_seconds']} | {r['dispatch_ratio']} |",
+        f"| end to end (every run closed) | {o['end_to_end_seconds']} | {f['end_to_end_seconds']} | "
+        f"{round(o['end_to_end_seconds'] / f['end_to_end_seconds'], 2)} |", "",
+        *([f"Dispatch in each round, operator / floor s: {each}.", ""] if rounds else []),
+        *(writes_table(o, f) if "api_server_writes_per_run_dispatch" in o else []),
+        f"Cost of {lifecycle_of}, from the operator's "
+        f"metrics (mean of the rounds): {life['mlflow_calls']} MLflow calls, {life['kubernetes_writes']} Kubernetes writes, "
+        f"{life['kubernetes_reads']} reads, {life['kubernetes_dry_runs']} dry runs, {life['events']} Events. "
+        f"MLflow calls for the {n} closed runs in {o['closed_runs_idle_seconds']:.0f} s afterwards: "
+        f"{o['mlflow_calls_for_closed_runs']}. RSS after: {r['rss_mib_after_runs']} MiB.", "",
+        "| call per run | count |", "|---|---|",
+        *(f"| {op} | {count} |" for op, count in life["by_operation"].items()), "",
+    ]
+
+
 def render_markdown(r: dict) -> str:
     lines = [f"Recorded {r['recorded_at']} on {r['machine']['cpus']} CPUs, Python {r['machine']['python']}; "
              f"operator RSS {r['rss_mib_idle_start']} MiB at start.", ""]
     if "operator" in r:
-        o, f, life = r["operator"], r["floor"], r["operator"]["lifecycle"]
-        n = r["arguments"]["training_runs"]
-        rounds = r.get("rounds") or []
-        each = "; ".join(f"{x['operator_dispatch_seconds']} / {x['floor_dispatch_seconds']} = {x['ratio']}"
-                         for x in rounds)
-        lines += [
-            f"**{n} TrainingRuns applied at once** (8 threads), beside a direct client doing the same work "
-            f"with 8 threads (the floor); median of {max(len(rounds), 1)} rounds:", "",
-            "| | operator s | floor s | ratio |", "|---|---|---|---|",
-            f"| dispatch (every run has its MLflow run and its Job) | {o['dispatch_seconds']} | "
-            f"{f['dispatch_seconds']} | {r['dispatch_ratio']} |",
-            f"| end to end (every run closed) | {o['end_to_end_seconds']} | {f['end_to_end_seconds']} | "
-            f"{round(o['end_to_end_seconds'] / f['end_to_end_seconds'], 2)} |", "",
-            *([f"Dispatch in each round, operator / floor s: {each}.", ""] if rounds else []),
-            *(writes_table(o, f) if "api_server_writes_per_run_dispatch" in o else []),
-            f"Cost of one TrainingRun lifecycle (create -> Succeeded, no registration), from the operator's "
-            f"metrics (mean of the rounds): {life['mlflow_calls']} MLflow calls, {life['kubernetes_writes']} Kubernetes writes, "
-            f"{life['kubernetes_reads']} reads, {life['kubernetes_dry_runs']} dry runs, {life['events']} Events. "
-            f"MLflow calls for the {n} closed runs in {o['closed_runs_idle_seconds']:.0f} s afterwards: "
-            f"{o['mlflow_calls_for_closed_runs']}. RSS after: {r['rss_mib_after_runs']} MiB.", "",
-            "| call per run | count |", "|---|---|",
-            *(f"| {op} | {count} |" for op, count in life["by_operation"].items()), "",
-        ]
+        lines += dispatch_lines(r, f"**{r['arguments']['training_runs']} TrainingRuns applied at once**",
+                                "one TrainingRun lifecycle (create -> Succeeded, no registration)",
+                                r["arguments"]["training_runs"])
+    if "distributed" in r:
+        d = r["distributed"]
+        lines += dispatch_lines(
+            d, f"**{d['n']} distributed TrainingRuns of {d['nodes']} nodes applied at once** (each an Indexed Job "
+            f"of {d['nodes']} pods and a headless Service; the floor creates the same Services, Jobs and runs)",
+            f"one distributed TrainingRun lifecycle ({d['nodes']} nodes)", d["n"])
     if "closed" in r:
         c = r["closed"]
         applied = "kept from an earlier run" if c.get("kept_from_an_earlier_run") else "applied at once"

@@ -36,6 +36,63 @@ PROBE_HOSTS = " +\n".join(
                              value: "127.0.0.1"}})"""
     for probe in ("livenessProbe", "readinessProbe", "startupProbe")
 )
+# The ranks of a distributed run find rank 0 at MASTER_ADDR:MASTER_PORT. On a real cluster
+# that is rank 0's name in the run's headless Service; here every pod shares the host's
+# network and there is no cluster DNS, so the sandbox (not the operator) rewrites the
+# rendezvous of the pods it runs: the address becomes 127.0.0.1, and the port one derived
+# from the Job's uid (its first four hex digits, into 20000-31999, below the ephemeral ports),
+# so that concurrent runs on this one host do not share a port. Ranks of one Job get the same.
+RENDEZVOUS_PORT_BASE, RENDEZVOUS_PORT_RANGE = 20000, 12000
+_HEX = '"0123456789abcdef"'
+_UID = "object.metadata.labels['batch.kubernetes.io/controller-uid']"
+RENDEZVOUS_PORT = (f"{RENDEZVOUS_PORT_BASE} + (" + " + ".join(
+    f"{_HEX}.indexOf({_UID}.charAt({i})) * {16 ** (3 - i)}" for i in range(4)) + f") % {RENDEZVOUS_PORT_RANGE}")
+RENDEZVOUS_ENV = "[" + ", ".join(
+    f'Object.spec.containers.env{{name: "{name}", value: {value}}}'
+    for name, value in (("MASTER_ADDR", '"127.0.0.1"'), ("PET_MASTER_ADDR", '"127.0.0.1"'),
+                        ("MASTER_PORT", "string(variables.port)"), ("PET_MASTER_PORT", "string(variables.port)"))
+) + "]"
+RANK_CONTAINER = "has(c.env) && c.env.exists(e, e.name == 'MASTER_ADDR')"
+RENDEZVOUS_POLICY = f"""---
+apiVersion: admissionregistration.k8s.io/v1beta1
+kind: MutatingAdmissionPolicy
+metadata:
+  name: sandbox-rendezvous
+spec:
+  failurePolicy: Fail
+  reinvocationPolicy: Never
+  matchConstraints:
+    namespaceSelector:
+      matchLabels: {{"{REAL_NODE_LABEL}": "true"}}
+    resourceRules:
+    - apiGroups: [""]
+      apiVersions: [v1]
+      operations: [CREATE]
+      resources: [pods]
+  matchConditions:
+  - name: rank-of-an-indexed-job
+    expression: >-
+      has(object.metadata.labels) && 'batch.kubernetes.io/controller-uid' in object.metadata.labels &&
+      has(object.metadata.annotations) && 'batch.kubernetes.io/job-completion-index' in object.metadata.annotations &&
+      object.spec.containers.exists(c, {RANK_CONTAINER})
+  variables:
+  - name: port
+    expression: >-
+      {RENDEZVOUS_PORT}
+  mutations:
+  - patchType: ApplyConfiguration
+    applyConfiguration:
+      expression: >-
+        Object{{spec: Object.spec{{containers: object.spec.containers.filter(c, {RANK_CONTAINER})
+          .map(c, Object.spec.containers{{name: c.name, env: {RENDEZVOUS_ENV}}})}}}}
+---
+apiVersion: admissionregistration.k8s.io/v1beta1
+kind: MutatingAdmissionPolicyBinding
+metadata:
+  name: sandbox-rendezvous
+spec:
+  policyName: sandbox-rendezvous
+"""
 TOLERATION = f'Object.spec.tolerations{{key: "{REAL_NODE_LABEL}", operator: "Exists", effect: "NoSchedule"}}'
 REAL_NODE_POLICY = f"""apiVersion: admissionregistration.k8s.io/v1beta1
 kind: MutatingAdmissionPolicy
@@ -71,7 +128,7 @@ metadata:
   name: sandbox-real-node
 spec:
   policyName: sandbox-real-node
-"""
+{RENDEZVOUS_POLICY}"""
 
 
 def own_cgroup() -> str:

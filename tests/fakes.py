@@ -133,7 +133,9 @@ class FakeKube:
 
     async def ensure_service(self, namespace: str, body: dict[str, Any]) -> str | None:
         metadata = body["metadata"]
-        self.services.setdefault((namespace, metadata["name"]), body)
+        if (namespace, metadata["name"]) not in self.services:
+            self.services[(namespace, metadata["name"])] = copy.deepcopy(body)
+            self.writes.record(f"create_service {metadata['name']}")
         existing = self.services[(namespace, metadata["name"])]["metadata"]
         return next((ref["uid"] for ref in existing.get("ownerReferences") or [] if ref.get("controller")), None)
 

@@ -140,7 +140,7 @@ ensure_in_storage "$BASE13" "$base13_tar"
 
 # ---- the example's training image, from its own Dockerfile
 CHURN=mlflow-operator-examples/churn-train:0.1.0
-churn_hash=$( (cd "$ROOT/examples/churn" && cat Dockerfile requirements.txt train.py; echo "$base_hash") | digest)
+churn_hash=$( (cd "$ROOT/examples/churn" && cat Dockerfile requirements.txt train.py train_distributed.py; echo "$base_hash") | digest)
 churn_tar="$CACHE/churn-$churn_hash.tar"
 if [[ ! -f "$churn_tar" ]]; then
   echo "[images] building $CHURN (buildah bud examples/churn)" >&2

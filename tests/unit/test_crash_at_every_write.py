@@ -195,6 +195,39 @@ def test_a_crash_after_any_write_leaves_one_run_one_job_one_version_and_success(
         assert status["modelVersion"]["version"] == "1", context
 
 
+def distributed_world() -> World:
+    world = new_world()
+    world.kube.objects[("trainingruns", NAMESPACE, NAME)]["spec"]["distributed"] = {"nodes": 4}
+    return world
+
+
+def test_a_crash_after_any_write_of_a_distributed_run_leaves_one_service_one_job_and_one_run():
+    clean = distributed_world()
+    asyncio.run(run_to_the_end(clean))
+    assert [w for w in clean.writes.log if not w.startswith("patch_status")][:4] == [
+        "create_run", "log_params_and_tags", f"create_service {NAME}", f"create_job {NAME}"]
+    for crash_at in range(1, len(clean.writes.log) + 1):
+        world = distributed_world()
+        world.writes.crash_at = crash_at
+        asyncio.run(run_to_the_end(world))
+        context = f"crash after write {crash_at} ({world.writes.log[crash_at - 1]})"
+        uid = world.kube.objects[("trainingruns", NAMESPACE, NAME)]["metadata"]["uid"]
+        assert len([r for r in world.mlflow.runs.values() if r.tags.get(TAG_UID) == uid]) == 1, context
+        assert world.kube.jobs_created <= 1 and list(world.kube.services) == [(NAMESPACE, NAME)], context
+        assert world.status["phase"] == "Succeeded", context
+
+
+def test_a_service_of_the_runs_name_that_it_does_not_control_stops_the_run_before_its_job():
+    world = distributed_world()
+    world.kube.services[(NAMESPACE, NAME)] = {"metadata": {"name": NAME, "ownerReferences": [
+        {"kind": "TrainingRun", "name": NAME, "uid": "someone-else", "controller": True}]}}
+    body = world.kube.objects[("trainingruns", NAMESPACE, NAME)]
+    asyncio.run(_reconcile({"metadata": dict(body["metadata"])}, world.memo, LOGGER, retry=None))
+    ready = next(c for c in world.status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "JobConflict" and "Service" in ready["message"]
+    assert world.kube.jobs_created == 0
+
+
 # --------------------------------------------------------------------------- the synced kinds
 
 SYNCED: dict[str, tuple[handlers_common.Kind[Any, Any], dict[str, Any]]] = {
