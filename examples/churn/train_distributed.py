@@ -189,6 +189,9 @@ def main() -> None:
                     "roc_auc": roc_auc_score(y_test, pipeline.predict_proba(x_test)[:, 1]),
                 })
                 mlflow.sklearn.log_model(pipeline, name="model", input_example=x_test[:3])
+            # A barrier: every rank ends once rank 0 has logged the model, while the run is
+            # still RUNNING (the other ranks' system metrics monitors log until then).
+            collective.sum(np.zeros(1))
     finally:
         collective.close()
         if monitor is not None:
