@@ -14,7 +14,7 @@ from kubernetes import client
 from test_trainingrun import template
 from test_trainingsweep import Trainer, sweep_spec
 
-from helpers import Objects, wait_for
+from helpers import Objects, events_for, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "mlflow-operator-examples/churn-train:0.1.0"
@@ -105,7 +105,7 @@ def test_deleting_a_distributed_run_mid_run_stops_every_rank_and_kills_the_run(
 
 
 def test_a_four_node_run_is_an_indexed_job_in_a_headless_service_with_each_ranks_env(
-    runs, core, batch, namespace
+    runs, core, batch, namespace, sandbox
 ):
     runs.create("four", {"experimentName": unique("ddp-kwok"), "distributed": {"nodes": 4, "port": 23456},
                          "template": template(hold=False)})
@@ -135,6 +135,10 @@ def test_a_four_node_run_is_an_indexed_job_in_a_headless_service_with_each_ranks
     pods = rank_pods(core, namespace, "four")
     assert [p.spec.hostname for p in pods] == ["four-0", "four-1", "four-2", "four-3"]
     assert {p.spec.subdomain for p in pods} == {"four"}
+    # kubectl get shows the nodes by phase; the start Event says what was made.
+    out = sandbox.kubectl("get", "trainingruns", "four", "-n", namespace).stdout.splitlines()
+    assert "NODES" in out[0] and "4 nodes: 4 succeeded" in out[1]
+    assert any("4 nodes, in headless Service four" in e.message for e in events_for(core, namespace, "four"))
 
 
 def test_a_template_that_sets_a_ranks_env_itself_is_refused_at_admission(runs):

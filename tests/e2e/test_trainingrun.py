@@ -483,7 +483,8 @@ def test_kubectl_get_shows_phase_run_id_experiment_and_metric(runs, ready_experi
     assert play(namespace, "cols", TRAINER + ["--metric", "acc=0.875"]) == 0
     wait_phase(runs, "cols", "Succeeded")
     out = sandbox.kubectl("get", "trainingruns", "-n", namespace).stdout.splitlines()
-    assert out[0].split() == ["NAME", "PHASE", "RUN", "ID", "EXPERIMENT", "METRIC", "AGE"]
+    # NODES: a distributed run's nodes by phase (empty for a single-pod run).
+    assert out[0].split() == ["NAME", "PHASE", "RUN", "ID", "EXPERIMENT", "METRIC", "NODES", "AGE"]
     row = out[1].split()
     assert row[:5] == ["cols", "Succeeded", run_id, "exp", "acc=0.875"]
 

@@ -322,7 +322,9 @@ async def _ensure_job(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved
             # Its first watch events (pending) bring nothing new: no reconcile for them.
             ctx.services.caches.handled_jobs.record(identity.uid, ctx.services.caches.handled_jobs.signature(job, "Pending"))
             # One Event for the start: the run (created just before, or by an earlier attempt) and its Job.
-            ctx.event("Normal", "JobCreated", f"created Job {identity.name} for MLflow run {run.run_id} in "
+            shape = "" if ctx.spec.distributed is None else \
+                f" ({ctx.spec.distributed.nodes} nodes, in headless Service {identity.name})"
+            ctx.event("Normal", "JobCreated", f"created Job {identity.name}{shape} for MLflow run {run.run_id} in "
                                                     f"experiment {resolved.experiment_name!r} ({resolved.experiment_id})")
         except KubernetesError as error:
             if error.status != 409:
