@@ -54,7 +54,7 @@ def main() -> None:
     print("  kubectl get mlflow -A                   # every Experiment, TrainingRun, RegisteredModel, TrainingSweep")
     print("  kubectl describe experiments -A         # conditions and Events")
     print("  kubectl logs -n default -l job-name=churn-rf-1   # the training container's output")
-    print("  kubectl get trainingsweeps -n default -w          # the example sweep: 12 trials, 3 at a time")
+    print("  kubectl get trainingsweeps -n default -w          # the example sweep: TPE, 12 trials, 3 at a time")
     print("  kubectl get trainingrun churn-ddp-1 -n default    # the distributed example: 2 nodes, one MLflow run")
     print("  MLFLOW_WORKSPACE=default .venv/bin/mlflow experiments search   # MLflow, in the default namespace's workspace")
     print(f"  curl -H \"Authorization: Bearer $MLFLOW_TRACKING_TOKEN\" -H 'X-MLFLOW-WORKSPACE: default' "

@@ -93,6 +93,12 @@ class FakeKube:
         found = self.objects.get((plural, namespace, name))
         return copy.deepcopy(found) if found is not None else None
 
+    async def annotate_object(self, plural: str, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        body = self.objects[(plural, namespace, name)]
+        body["metadata"].setdefault("annotations", {}).update(annotations)
+        body["metadata"]["resourceVersion"] = str(next(self._versions))
+        self.writes.record(f"annotate {plural}/{name}")
+
     async def create_object(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         metadata = body["metadata"]
         if (plural, namespace, metadata["name"]) in self.objects:
@@ -236,6 +242,8 @@ class FakeMlflow:
         self.page_size = 1000
         self.versions_read = 0
         self.version_searches: list[str] = []
+        # (run id, metric) -> (step, value) history, as training code logged it.
+        self.histories: dict[tuple[str, str], list[tuple[int, float]]] = {}
 
     # ---- experiments
 
@@ -287,6 +295,10 @@ class FakeMlflow:
 
     async def get_run(self, target: TrackingTarget, run_id: str) -> RunInfo | None:
         return self.runs.get(run_id)
+
+    async def metric_history(self, target: TrackingTarget, run_id: str, key: str) -> list[tuple[int, float]]:
+        self.calls.append("metric_history")
+        return list(self.histories.get((run_id, key), []))
 
     async def create_run(self, target: TrackingTarget, experiment_id: str, run_name: str, tags: dict[str, str],
                          start_time_ms: int) -> RunInfo:

@@ -56,7 +56,7 @@ class Trainer:
             label_selector=f"{SWEEP_LABEL}={self.sweep}")["items"]
 
     def unfinished(self) -> int:
-        return sum(1 for t in self.trials() if (t.get("status") or {}).get("phase") not in ("Succeeded", "Failed"))
+        return sum(1 for t in self.trials() if (t.get("status") or {}).get("phase") not in ("Succeeded", "Failed", "EarlyStopped"))
 
     def step(self) -> bool:
         """Train and finish one running pod; False if none is running."""

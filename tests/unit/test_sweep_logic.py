@@ -147,7 +147,7 @@ def test_counts_cover_every_trial():
     trials = {0: trial(0, "Succeeded"), 1: trial(1, "Running"), 2: trial(2, "Failed")}
     counts = logic.plan(12, trials, parallelism=3, max_failed=None).counts
     assert counts.as_status().as_patch() == {"total": 12, "pending": 9, "running": 1, "succeeded": 1, "failed": 1,
-                                  "progress": "2/12"}
+                                             "earlyStopped": 0, "progress": "2/12"}
 
 
 def test_the_sweep_is_over_when_every_trial_has_ended():

@@ -11,7 +11,8 @@ from mlflow_operator.api.common import MlflowName, Model, SpecTags, StatusModel,
 PLURAL = "trainingruns"
 KIND = "TrainingRun"
 
-TERMINAL_PHASES = ("Succeeded", "Failed")
+# EarlyStopped: a sweep's trial that the sweep stopped (its run KILLED), not a failure.
+TERMINAL_PHASES = ("Succeeded", "Failed", "EarlyStopped")
 
 # Labels on the Jobs the operator creates, so it can watch exactly those.
 LABEL_TRAINING_RUN = "mlflow.operator.dev/training-run"

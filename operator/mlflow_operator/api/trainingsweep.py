@@ -17,6 +17,9 @@ KIND = "TrainingSweep"
 LABEL_SWEEP = "mlflow.operator.dev/sweep"
 LABEL_TRIAL = "mlflow.operator.dev/trial"
 ANNOTATION_PARENT_RUN = "mlflow.operator.dev/parent-run-id"
+# Set by the sweep on a trial it stops (median stopping, or too many failed trials): why.
+# The trial's Job is then deleted and its run closed KILLED; the trial ends EarlyStopped.
+ANNOTATION_STOP = "mlflow.operator.dev/stop"
 
 # Trials a sweep may have: bounds its children, its status and the length of their names.
 MAX_TRIALS = 1000
@@ -35,8 +38,18 @@ class SearchParameter(Model):
 
 
 class Algorithm(Model):
-    type: Literal["grid", "random"] = "grid"
+    # tpe: Bayesian (Optuna's TPE sampler), each trial suggested from the trials recorded so far.
+    type: Literal["grid", "random", "tpe"] = "grid"
     seed: int | None = None
+
+
+class EarlyStopping(Model):
+    """Median stopping: a running trial whose best objective up to a step is worse than the
+    median of the completed trials' best up to that step is stopped."""
+
+    type: Literal["median"] = "median"
+    min_trials_required: int = Field(default=3, alias="minTrialsRequired", ge=1)
+    start_step: int = Field(default=0, alias="startStep", ge=0)
 
 
 class Objective(Model):
@@ -60,6 +73,7 @@ class TrainingSweepSpec(InExperiment):
     register_best: RegisterModelSpec | None = Field(default=None, alias="registerBest")
     # Every trial runs on this many nodes (a distributed TrainingRun).
     distributed: DistributedSpec | None = None
+    early_stopping: EarlyStopping | None = Field(default=None, alias="earlyStopping")
 
     @classmethod
     def parse(cls, spec: Any) -> "TrainingSweepSpec":
@@ -72,6 +86,7 @@ class TrialCounts(StatusModel):
     running: int = 0
     succeeded: int = 0
     failed: int = 0
+    early_stopped: int = 0
     progress: str = ""
 
 

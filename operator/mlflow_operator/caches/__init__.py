@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from mlflow_operator.caches.histories import EndedHistories
 from mlflow_operator.caches.jobs import HandledJobs
 from mlflow_operator.caches.pages import ExperimentPages, ModelPages
 from mlflow_operator.caches.remembered import RecentlyAccepted, RememberedCredentials
@@ -33,3 +34,5 @@ class Caches:
     # When this process started, and the TrainingRuns it has tried to create a run for.
     started_at: float = field(default_factory=time.time)
     run_attempts: set[str] = field(default_factory=set)
+    # Objective histories of ended trials (median stopping compares running trials with them).
+    ended_histories: EndedHistories = field(default_factory=EndedHistories)

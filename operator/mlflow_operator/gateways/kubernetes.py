@@ -218,6 +218,11 @@ class KubernetesGateway:
                 return None
             raise
 
+    async def annotate_object(self, plural: str, namespace: str, name: str, annotations: dict[str, str]) -> None:
+        """Set annotations on one of the operator's own objects (a merge patch of those keys)."""
+        await self._call(f"patch_{plural}", "PATCH", _custom(namespace, plural, name),
+                         body={"metadata": {"annotations": annotations}}, content_type=MERGE_PATCH)
+
     async def get_peering_status(self, namespace: str | None, name: str) -> dict[str, Any] | None:
         """The peers kopf recorded in its peering object (cluster-wide when `namespace` is None);
         None: no such object."""

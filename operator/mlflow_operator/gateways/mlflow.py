@@ -417,6 +417,18 @@ class MlflowGateway:
             return None
         return _run_from_json(answer.get("run") or {})
 
+    async def metric_history(self, target: TrackingTarget, run_id: str, key: str) -> list[tuple[int, float]]:
+        """Every (step, value) the run logged for metric `key`, in MLflow's order (all pages)."""
+
+        async def page(token: str | None) -> tuple[list[tuple[int, float]], str | None]:
+            answer = await self._request(target, "get_metric_history", "GET", "metrics/get-history", {
+                "run_id": run_id, "metric_key": key, "max_results": 25000,
+                **({"page_token": token} if token else {})})
+            points = [_metric_point(item) for item in _list(answer.get("metrics"), "a metric's history")]
+            return points, answer.get("next_page_token") or None
+
+        return await every_page(page)
+
     async def create_run(
         self, target: TrackingTarget, experiment_id: str, run_name: str, tags: dict[str, str], start_time_ms: int
     ) -> RunInfo:
@@ -663,6 +675,19 @@ def _run_from_json(value: Any) -> RunInfo:
         params=_pairs_from_json(data.get("params"), "a run's params"),
         metrics=metrics,
     )
+
+
+def _metric_point(value: Any) -> tuple[int, float]:
+    """(step, value) of one entry of a metric's history."""
+    point = _object(value, "a metric's history entry")
+    raw, step = point.get("value", 0.0), point.get("step", 0)
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)) or isinstance(step, bool) \
+            or not isinstance(step, (int, str)):
+        raise InvalidResponse("the server answered with a metric history entry that is not a number")
+    try:
+        return int(step), float(raw)
+    except ValueError:
+        raise InvalidResponse("the server answered with a metric history entry that is not a number") from None
 
 
 def _logged_model_from_json(value: Any) -> LoggedModelInfo:

@@ -130,7 +130,8 @@ def needs_job_events(body: Any) -> bool:
 
 # Stalled for these, a run waits for its spec to change (the update handler), or for the
 # operator's configuration (a restart resumes every object): no timer.
-WAITS_FOR_SPEC = (Reason.INVALID_SPEC, Reason.INVALID_TEMPLATE, Reason.TRACKING_SERVER_NOT_ALLOWED)
+WAITS_FOR_SPEC = (Reason.INVALID_SPEC, Reason.INVALID_TEMPLATE, Reason.TRACKING_SERVER_NOT_ALLOWED,
+                  Reason.EARLY_STOPPED)
 
 
 def needs_refresh(body: Any, **_: Any) -> bool:

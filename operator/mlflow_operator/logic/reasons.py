@@ -66,5 +66,7 @@ class Reason(StrEnum):
     MODEL_NOT_FOUND = "ModelNotFound"
     RUN_DELETED_IN_MLFLOW = "RunDeletedInMLflow"
     TOO_MANY_FAILED_TRIALS = "TooManyFailedTrials"
+    EARLY_STOPPED = "EarlyStopped"
+    EXTENDED = "Extended"
     NO_TRIAL_SUCCEEDED = "NoTrialSucceeded"
     OBJECTIVE_MISSING = "ObjectiveMissing"

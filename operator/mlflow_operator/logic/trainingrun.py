@@ -23,7 +23,7 @@ from mlflow_operator.api.trainingrun import (
     TrainingRunSpec,
     TrainingRunStatus,
 )
-from mlflow_operator.api.trainingsweep import TrainingSweepStatus
+from mlflow_operator.api.trainingsweep import ANNOTATION_STOP, TrainingSweepStatus
 from mlflow_operator.cluster.snapshots import JobSnapshot, PodSnapshot
 from mlflow_operator.logic.conditions import ReconcileProblem, stalled
 from mlflow_operator.logic.reasons import Reason
@@ -360,14 +360,28 @@ class JobOutcome:
     completion_time: dt.datetime
 
 
-def job_outcome(job: JobSnapshot, job_name: str, pod_reasons: list[str]) -> JobOutcome:
+def job_outcome(job: JobSnapshot, job_name: str, pod_reasons: list[str], stop_reason: str | None = None) -> JobOutcome:
+    """How the Job ended; a Job deleted before it finished because its sweep stopped the
+    trial (`stop_reason`, the trial's stop annotation) ended it EarlyStopped."""
     now = dt.datetime.now(dt.timezone.utc)
     if job.finished and job.finished[0] == "Complete":
         return JobOutcome("Succeeded", Reason.SUCCEEDED, f"Job {job_name} completed", job.completion_time or now)
     if job.finished:
         return JobOutcome("Failed", job.finished[1] or Reason.JOB_FAILED, failure_message(job, pod_reasons),
                           job.completion_time or now)
+    if stop_reason:
+        return JobOutcome("EarlyStopped", Reason.EARLY_STOPPED, f"stopped by its sweep: {stop_reason}", now)
     return JobOutcome("Failed", Reason.JOB_DELETED, f"Job {job_name} was deleted before it finished", now)
+
+
+# The longest stop reason an annotation may give (it reaches a tag, status and an Event).
+STOP_REASON_MAX_CHARS = 500
+
+
+def stop_reason(metadata: Any) -> str | None:
+    """Why the trial's sweep stopped it (its stop annotation), bounded; None if not stopped."""
+    value = ((metadata or {}).get("annotations") or {}).get(ANNOTATION_STOP)
+    return str(value)[:STOP_REASON_MAX_CHARS] if value else None
 
 
 def phase_of(job: JobSnapshot, previous_phase: str | None = None) -> str:
@@ -391,7 +405,7 @@ def final_run_status(phase: str, reason: str = "") -> str:
     """MLflow's run status from the Job's outcome, never from what the container reported."""
     if phase == "Succeeded":
         return "FINISHED"
-    return "KILLED" if reason in CUT_SHORT_REASONS else "FAILED"
+    return "KILLED" if reason in CUT_SHORT_REASONS or phase == "EarlyStopped" else "FAILED"
 
 
 def failure_message(job: JobSnapshot, pod_reasons: list[str]) -> str:

@@ -17,6 +17,7 @@ from mlflow_operator.api.common import API_VERSION, NOTE_TAG, ObjectIdentity
 from mlflow_operator.api.trainingrun import TERMINAL_PHASES, TrainingRunStatus
 from mlflow_operator.api.trainingsweep import (
     ANNOTATION_PARENT_RUN,
+    ANNOTATION_STOP,
     KIND,
     LABEL_SWEEP,
     LABEL_TRIAL,
@@ -29,6 +30,7 @@ from mlflow_operator.logic.conditions import ReconcileProblem, stalled
 from mlflow_operator.logic.provenance import SOURCE_REPO_ANNOTATION, SOURCE_REVISION_ANNOTATION
 from mlflow_operator.logic.queueing import queue_labels
 from mlflow_operator.logic.reasons import Reason
+from mlflow_operator.search import tpe
 
 # Tags on the parent run (the `mlflow.operator.dev/` prefix is the operator's, as for audit tags).
 TAG_SEARCH_SPACE = "mlflow.operator.dev/search-space"
@@ -97,9 +99,13 @@ def _random_value(rng: random.Random, param: SearchParameter) -> str:
 
 def trial_count(spec: TrainingSweepSpec) -> int:
     """How many trials the sweep has: the grid's size (at most maxTrials), or maxTrials."""
-    if spec.algorithm.type == "random":
+    if spec.algorithm.type in ("random", "tpe"):
         if spec.max_trials is None:
-            raise invalid("a random search needs maxTrials")
+            raise invalid(f"a {spec.algorithm.type} search needs maxTrials")
+        if spec.algorithm.type == "tpe":
+            for name, param in spec.parameters.items():
+                if param.values is None and (param.min is None or param.max is None):
+                    raise invalid(f"parameters.{name}: set either values or min and max")
         return spec.max_trials
     size = 1
     for name in sorted(spec.parameters):
@@ -112,15 +118,40 @@ def trial_count(spec: TrainingSweepSpec) -> int:
 
 
 def seed_source(spec: TrainingSweepSpec, uid: str) -> str:
-    """What a random search is seeded from: spec.algorithm.seed, or the object's uid."""
+    """What a random or TPE search is seeded from: spec.algorithm.seed, or the object's uid."""
     return str(spec.algorithm.seed) if spec.algorithm.seed is not None else uid
 
 
-def searched_values(spec: TrainingSweepSpec, index: int, seed: str) -> dict[str, str]:
+def observations(spec: TrainingSweepSpec, trials: Mapping[int, "TrialView"],
+                 suggested: Mapping[int, Mapping[str, str]] | None = None) -> list[tpe.Observation]:
+    """What a Bayesian search learns from: every recorded trial in index order (its searched
+    values; the objective's final value if it succeeded with one, failed otherwise, running
+    while it has not ended), and the trials suggested in this pass, not created yet, as running."""
+    names = set(spec.parameters)
+    seen: list[tpe.Observation] = []
+    for index in sorted(trials):
+        trial = trials[index]
+        values = {k: v for k, v in trial.params.items() if k in names}
+        objective = trial.metrics.get(spec.objective.metric) if trial.phase == "Succeeded" else None
+        state: tpe.TrialState = "running" if not trial.ended else "complete" if objective is not None else "failed"
+        seen.append(tpe.Observation(values, state, objective))
+    for index in sorted(suggested or {}):
+        seen.append(tpe.Observation(dict(suggested[index]), "running"))  # type: ignore[index]
+    return seen
+
+
+def searched_values(spec: TrainingSweepSpec, index: int, seed: str,
+                    history: list[tpe.Observation] | None = None) -> dict[str, str]:
     """Trial `index`'s values of the searched parameters. Grid: the index-th point of the
     grid, the last parameter (by name) varying fastest. Random: drawn from a generator seeded
-    with (seed, index) alone, so trials do not depend on each other or on their order."""
+    with (seed, index) alone, so trials do not depend on each other or on their order. TPE:
+    suggested from the trials recorded so far (`history`, see `observations`) with a sampler
+    seeded with (seed, index); CPU work, run off the event loop."""
     names = sorted(spec.parameters)
+    if spec.algorithm.type == "tpe":
+        suggested = tpe.suggest(spec.parameters, spec.objective.goal, seed, index, history or [])
+        return {name: suggested[name] if isinstance(suggested[name], str)
+                else format_value(suggested[name], spec.parameters[name].type) for name in names}
     if spec.algorithm.type == "random":
         rng = random.Random(f"{seed}/{index}")  # a str seed is hashed (sha512): stable everywhere
         return {name: _random_value(rng, spec.parameters[name]) for name in names}
@@ -133,9 +164,10 @@ def searched_values(spec: TrainingSweepSpec, index: int, seed: str) -> dict[str,
     return {name: values[name] for name in names}
 
 
-def trial_params(spec: TrainingSweepSpec, index: int, seed: str) -> dict[str, str]:
+def trial_params(spec: TrainingSweepSpec, index: int, seed: str,
+                 history: list[tpe.Observation] | None = None) -> dict[str, str]:
     """What trial `index` runs with: the fixed params and its searched values."""
-    return {**spec.params, **searched_values(spec, index, seed)}
+    return {**spec.params, **searched_values(spec, index, seed, history)}
 
 
 # --------------------------------------------------------------------------- trials
@@ -151,11 +183,14 @@ class TrialView:
 
     index: int
     name: str
-    phase: str  # Pending | Running | Succeeded | Failed
+    phase: str  # Pending | Running | Succeeded | Failed | EarlyStopped
     run_id: str | None = None
     uid: str = ""
     params: Mapping[str, str] = field(default_factory=dict)
     metrics: Mapping[str, float] = field(default_factory=dict)
+    job_uid: str | None = None
+    # Why its sweep stopped it (its stop annotation), if it did.
+    stop: str | None = None
 
     @property
     def ended(self) -> bool:
@@ -170,7 +205,8 @@ def trial_view(body: Mapping[str, Any]) -> TrialView | None:
         return None
     return TrialView(index=int(raw_index), name=metadata["name"], phase=status.phase or "Pending",
                      run_id=status.run_id, uid=metadata.get("uid", ""),
-                     params=dict((body.get("spec") or {}).get("params") or {}), metrics=dict(status.metrics))
+                     params=dict((body.get("spec") or {}).get("params") or {}), metrics=dict(status.metrics),
+                     job_uid=status.job_uid, stop=(metadata.get("annotations") or {}).get(ANNOTATION_STOP))
 
 
 @dataclass(frozen=True)
@@ -180,11 +216,12 @@ class Counts:
     running: int
     succeeded: int
     failed: int
+    early_stopped: int = 0
 
     def as_status(self) -> TrialCounts:
-        done = self.succeeded + self.failed
+        done = self.succeeded + self.failed + self.early_stopped
         return TrialCounts(total=self.total, pending=self.pending, running=self.running, succeeded=self.succeeded,
-                           failed=self.failed, progress=f"{done}/{self.total}")
+                           failed=self.failed, early_stopped=self.early_stopped, progress=f"{done}/{self.total}")
 
 
 @dataclass(frozen=True)
@@ -209,6 +246,7 @@ def plan(total: int, trials: Mapping[int, TrialView], parallelism: int, max_fail
     running = sum(1 for t in present.values() if t.phase == "Running")
     succeeded = sum(1 for t in present.values() if t.phase == "Succeeded")
     failed = sum(1 for t in present.values() if t.phase == "Failed")
+    early_stopped = sum(1 for t in present.values() if t.phase == "EarlyStopped")
     stopped_because = None
     if max_failed is not None and failed > max_failed:
         stopped_because = f"{failed} trials failed, more than maxFailedTrials ({max_failed})"
@@ -216,12 +254,47 @@ def plan(total: int, trials: Mapping[int, TrialView], parallelism: int, max_fail
     if stopped_because is None:
         free = max(0, parallelism - unfinished)
         create = [i for i in range(total) if i not in present][:free]
-    counts = Counts(total=total, pending=total - running - succeeded - failed, running=running,
-                    succeeded=succeeded, failed=failed)
+    counts = Counts(total=total, pending=total - running - succeeded - failed - early_stopped, running=running,
+                    succeeded=succeeded, failed=failed, early_stopped=early_stopped)
     not_started = total - len(present) - len(create)
     over = unfinished == 0 and not create and (not_started == 0 or stopped_because is not None)
     return Plan(create=create, counts=counts, over=over, unfinished=unfinished + len(create),
                 stopped_because=stopped_because)
+
+
+History = list[tuple[int, float]]  # (step, value) of one metric, as MLflow logged it
+
+
+def _best_up_to(history: History, step: int, goal: str) -> float | None:
+    values = [v for s, v in history if s <= step and not math.isnan(v)]
+    if not values:
+        return None
+    return max(values) if goal == "maximize" else min(values)
+
+
+def median_stops(running: Mapping[int, History], completed: Mapping[int, History], goal: str,
+                 min_trials: int, start_step: int) -> dict[int, str]:
+    """Median stopping: which running trials to stop, and why. A running trial at step s
+    (its last logged step, at least `start_step`) is stopped when its best objective up to s
+    is worse than the median of the completed trials' best up to s, and at least
+    `min_trials` completed trials logged the objective by s."""
+    stops: dict[int, str] = {}
+    for index, history in sorted(running.items()):
+        steps = [s for s, v in history if not math.isnan(v)]
+        if not steps or max(steps) < start_step:
+            continue
+        step = max(steps)
+        own = _best_up_to(history, step, goal)
+        others = [b for b in (_best_up_to(h, step, goal) for h in completed.values()) if b is not None]
+        if own is None or len(others) < min_trials:
+            continue
+        others.sort()
+        middle = len(others) // 2
+        median = others[middle] if len(others) % 2 else (others[middle - 1] + others[middle]) / 2
+        if (own < median) if goal == "maximize" else (own > median):
+            stops[index] = (f"median stopping: best objective {own:.6g} by step {step} is worse than the median "
+                            f"{median:.6g} of {len(others)} completed trials by that step")
+    return stops
 
 
 def best_trial(trials: Mapping[int, TrialView], metric: str, goal: str) -> TrialView | None:

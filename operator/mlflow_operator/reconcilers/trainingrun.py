@@ -49,6 +49,8 @@ from mlflow_operator.reconcilers.runs import (
 from mlflow_operator.scheduling.policy import Schedule
 from mlflow_operator.tracking.entities import InvalidRequest, RunInfo
 
+# On the run of a trial its sweep stopped: why (the trial's stop annotation).
+STOPPED_TAG = "mlflow.operator.dev/stopped"
 # Set by the Job controller on the pods it creates (and used by its selector).
 CONTROLLER_UID_LABEL = "batch.kubernetes.io/controller-uid"
 
@@ -134,6 +136,11 @@ async def _job_lost_step(ctx: Context[TrainingRunSpec, TrainingRunStatus], job: 
 async def _starting(ctx: Context[TrainingRunSpec, TrainingRunStatus], job: JobSnapshot | None) -> Outcome:
     """Create what is missing, the run before the Job (its id is recorded in between), then
     take the step of the stage the run is in with its Job (running, or ended already)."""
+    stopped = logic.stop_reason(ctx.metadata)
+    if stopped and not ctx.status.run_id:
+        # Its sweep stopped it before it started: nothing is created.
+        ctx.record(TrainingRunStatus(phase="EarlyStopped", completion_time=timestamps.now_rfc3339()))
+        return stalled(Reason.EARLY_STOPPED, f"stopped by its sweep before it started: {stopped}")
     resolved = await _resolve(ctx)
     with ctx.services.dispatcher.starts.starting(resolved.target.uri):
         run = await _ensure_run(ctx, resolved, job)
@@ -417,7 +424,7 @@ async def _job_ended(ctx: Context[TrainingRunSpec, TrainingRunStatus], state: Jo
     pods = await _pods_of(ctx, state)
     failed = state.finished is not None and state.finished[0] == "Failed"
     pod_reasons = logic.pod_failure_reasons(pods, state.failed_indexes) if failed else []
-    ended = logic.job_outcome(state, ctx.identity.name, pod_reasons)
+    ended = logic.job_outcome(state, ctx.identity.name, pod_reasons, logic.stop_reason(ctx.metadata))
     ctx.record(TrainingRunStatus(
         start_time=timestamps.rfc3339(state.start_time) or ctx.status.start_time,
         completion_time=timestamps.rfc3339(ended.completion_time),
@@ -446,12 +453,13 @@ async def _pods_of(ctx: Context[TrainingRunSpec, TrainingRunStatus], job: JobSna
 async def _job_lost(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved: Resolved) -> Outcome:
     """The Job is gone and its outcome was never recorded (it was created without the
     finalizer, or the finalizer was removed by hand): the run was cut short."""
+    stopped = logic.stop_reason(ctx.metadata)
+    outcome = JobOutcomeStatus(phase="EarlyStopped", reason=Reason.EARLY_STOPPED,
+                               message=f"stopped by its sweep: {stopped}") if stopped else JobOutcomeStatus(
+        phase="Failed", reason=Reason.JOB_DELETED,
+        message=f"Job {ctx.identity.name} was deleted before its outcome was recorded")
     ctx.record(TrainingRunStatus(
-        completion_time=ctx.status.completion_time or timestamps.now_rfc3339(),
-        job_outcome=JobOutcomeStatus(
-            phase="Failed", reason=Reason.JOB_DELETED,
-            message=f"Job {ctx.identity.name} was deleted before its outcome was recorded"),
-    ))
+        completion_time=ctx.status.completion_time or timestamps.now_rfc3339(), job_outcome=outcome))
     await ctx.checkpoint("job-outcome")
     return await _finish(ctx, resolved)
 
@@ -470,7 +478,10 @@ async def _finish(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved: Re
     run: RunInfo | None = None
     if not status.run_status:
         run = await _run_to_close(ctx, resolved, run_id)
-        missing_tags = {key: value for key, value in (ran_on or {}).items() if run.tags.get(key) != value}
+        wanted = dict(ran_on or {})
+        if phase == "EarlyStopped" and recorded is not None:
+            wanted[STOPPED_TAG] = recorded.message  # why, in MLflow's UI too
+        missing_tags = {key: value for key, value in wanted.items() if run.tags.get(key) != value}
         if missing_tags:
             await mlflow.log_params_and_tags(target, run_id, {}, missing_tags)
         end_ms = timestamps.millis(timestamps.parse(status.completion_time)) or int(time.time() * 1000)
@@ -482,6 +493,10 @@ async def _finish(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved: Re
             metrics=run.metrics,
             primary_metric=logic.primary_metric_text(run.metrics, ctx.spec.primary_metric),
         ))
+    if phase == "EarlyStopped":
+        message = f"{recorded.message if recorded else 'stopped by its sweep'}; MLflow run {run_id} marked {run_status}"
+        ctx.event("Normal", "EarlyStopped", message)
+        return stalled(Reason.EARLY_STOPPED, message)
     if phase == "Failed":
         message = f"{(recorded.message if recorded else '') or 'Job failed'}; MLflow run {run_id} marked {run_status}"
         # The outcome becomes a Warning event through the condition transition.

@@ -11,12 +11,19 @@ duplicates a trial, a child run or the parent run.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 from mlflow_operator.api.common import TAG_UID, ObjectIdentity
 from mlflow_operator.api.trainingrun import PLURAL as TRAINING_RUNS
-from mlflow_operator.api.trainingsweep import LABEL_SWEEP, BestTrialStatus, TrainingSweepSpec, TrainingSweepStatus
+from mlflow_operator.api.trainingsweep import (
+    ANNOTATION_STOP,
+    LABEL_SWEEP,
+    BestTrialStatus,
+    TrainingSweepSpec,
+    TrainingSweepStatus,
+)
 from mlflow_operator.gateways.kubernetes import KubernetesError
 from mlflow_operator.logic import provenance, timestamps
 from mlflow_operator.logic import trainingrun as run_logic
@@ -57,16 +64,23 @@ def _parse_sweep(raw_spec: Any) -> TrainingSweepSpec:
 
 async def reconcile_training_sweep(ctx: Context[TrainingSweepSpec, TrainingSweepStatus]) -> Outcome:
     spec, status = ctx.spec, ctx.status
-    # Closed as a TrainingRun is: ended, the (parent) run closed, the model registered if asked.
-    if run_logic.is_closed(status, registers_model=spec.register_best is not None):
-        return outcome_of_closed(status)
     total = logic.trial_count(spec)
+    # Closed as a TrainingRun is: ended, the (parent) run closed, the model registered if
+    # asked; unless maxTrials was raised since (an extended sweep runs again).
+    extended = status.trials is not None and total > status.trials.total
+    if run_logic.is_closed(status, registers_model=spec.register_best is not None) and not extended:
+        return outcome_of_closed(status)
     resolved = await resolve_experiment(ctx)
     parent_run_id = await _ensure_parent_run(ctx, resolved)
+    if status.run_status and extended:
+        assert status.trials is not None
+        await _reopen(ctx, resolved, parent_run_id, status.trials.total, total)
     trials = await _trials(ctx)
     plan = logic.plan(total, trials, spec.parallelism, spec.max_failed_trials)
+    await _stop_trials(ctx, resolved, trials, plan)
+    suggested: dict[int, dict[str, str]] = {}
     for index in plan.create:
-        await _create_trial(ctx, index, parent_run_id)
+        suggested[index] = await _create_trial(ctx, index, parent_run_id, trials, suggested)
     best = logic.best_trial(trials, spec.objective.metric, spec.objective.goal)
     ctx.record(TrainingSweepStatus(phase="Running", trials=plan.counts.as_status()))
     if best is not None:
@@ -120,6 +134,71 @@ async def _ensure_parent_run(ctx: Context[TrainingSweepSpec, TrainingSweepStatus
     return run.run_id
 
 
+async def _reopen(ctx: Context[TrainingSweepSpec, TrainingSweepStatus], resolved: Resolved, parent_run_id: str,
+                  before: int, total: int) -> None:
+    """maxTrials was raised on an ended sweep: its parent run runs again (it is closed again,
+    with the best trial then, when the new trials have ended)."""
+    run = await owned_run(ctx.services, resolved.target, parent_run_id, ctx.identity, "parent MLflow run")
+    if run.status != "RUNNING":
+        await ctx.services.mlflow.set_run_status(resolved.target, parent_run_id, "RUNNING", None)
+    ctx.record(TrainingSweepStatus(phase="Running", run_status=None, completion_time=None))
+    ctx.event("Normal", Reason.EXTENDED, f"maxTrials raised: {total - before} more trials ({before} -> {total}); "
+                                         f"parent MLflow run {parent_run_id} reopened")
+
+
+async def _stop_trials(ctx: Context[TrainingSweepSpec, TrainingSweepStatus], resolved: Resolved,
+                       trials: dict[int, logic.TrialView], plan: logic.Plan) -> None:
+    """Stop the trials that should not run on: every unfinished one once too many failed, or
+    (median stopping) running ones doing worse than the completed ones did by the same step."""
+    spec = ctx.spec
+    stops: dict[int, str] = {}
+    if plan.stopped_because:
+        stops = {i: f"the sweep stopped: {plan.stopped_because}" for i, t in trials.items() if not t.ended}
+    elif spec.early_stopping is not None:
+        stops = await _median_stops(ctx, resolved, trials)
+    # Those stopped earlier whose Job started since are stopped again (their Job deleted).
+    stops.update({i: t.stop for i, t in trials.items() if t.stop and not t.ended and i not in stops})
+    for index, reason in sorted(stops.items()):
+        await _stop_trial(ctx, trials[index], reason)
+
+
+async def _median_stops(ctx: Context[TrainingSweepSpec, TrainingSweepStatus], resolved: Resolved,
+                        trials: dict[int, logic.TrialView]) -> dict[int, str]:
+    """Median stopping's decision, from the objective's history: one read per running trial
+    per check, and one per ended trial per process (EndedHistories)."""
+    spec, mlflow, histories = ctx.spec, ctx.services.mlflow, ctx.services.caches.ended_histories
+    stopping, metric = spec.early_stopping, spec.objective.metric
+    assert stopping is not None
+    running = [t for t in trials.values() if t.phase == "Running" and t.run_id and not t.stop]
+    if not running:
+        return {}
+    completed: dict[int, logic.History] = {}
+    for trial in trials.values():
+        if trial.phase == "Succeeded" and trial.run_id:
+            known = histories.get(trial.run_id, metric)
+            if known is None:
+                known = await mlflow.metric_history(resolved.target, trial.run_id, metric)
+                histories.put(trial.run_id, metric, known)
+            completed[trial.index] = known
+    if len(completed) < stopping.min_trials_required:
+        return {}
+    current = {t.index: await mlflow.metric_history(resolved.target, t.run_id or "", metric) for t in running}
+    return logic.median_stops(current, completed, spec.objective.goal, stopping.min_trials_required,
+                              stopping.start_step)
+
+
+async def _stop_trial(ctx: Context[TrainingSweepSpec, TrainingSweepStatus], trial: logic.TrialView, reason: str) -> None:
+    """Say why on the trial (its stop annotation), then delete its Job: the trial records the
+    Job's end as EarlyStopped and closes its run KILLED. A trial without a Job yet does not
+    start one."""
+    kube, namespace = ctx.services.kube, ctx.identity.namespace
+    if trial.stop != reason:
+        await kube.annotate_object(TRAINING_RUNS, namespace, trial.name, {ANNOTATION_STOP: reason})
+        ctx.event("Normal", Reason.EARLY_STOPPED, f"stopping trial {trial.name}: {reason}")
+    if trial.job_uid:
+        await kube.delete_job(namespace, trial.name, propagation="Background", uid=trial.job_uid)
+
+
 def _owned(body: dict[str, Any], identity: ObjectIdentity) -> bool:
     sweep = logic.controller_sweep(body["metadata"])
     return sweep is not None and sweep.get("uid") == identity.uid
@@ -139,9 +218,17 @@ async def _trials(ctx: Context[TrainingSweepSpec, TrainingSweepStatus]) -> dict[
     return trials
 
 
-async def _create_trial(ctx: Context[TrainingSweepSpec, TrainingSweepStatus], index: int, parent_run_id: str) -> None:
+async def _create_trial(ctx: Context[TrainingSweepSpec, TrainingSweepStatus], index: int, parent_run_id: str,
+                        trials: dict[int, logic.TrialView], suggested: dict[int, dict[str, str]]) -> dict[str, str]:
+    """Create trial `index` (its values from the search; for TPE, from the trials recorded
+    and those suggested earlier in this pass); the values it was created with."""
     spec, identity, kube = ctx.spec, ctx.identity, ctx.services.kube
-    params = logic.trial_params(spec, index, logic.seed_source(spec, identity.uid))
+    seed = logic.seed_source(spec, identity.uid)
+    if spec.algorithm.type == "tpe":
+        history = logic.observations(spec, trials, suggested)
+        params = await asyncio.to_thread(logic.trial_params, spec, index, seed, history)
+    else:
+        params = logic.trial_params(spec, index, seed)
     body = logic.trial_body(spec, identity, ctx.metadata, index, params, parent_run_id)
     name = body["metadata"]["name"]
     try:
@@ -154,9 +241,11 @@ async def _create_trial(ctx: Context[TrainingSweepSpec, TrainingSweepStatus], in
             raise ReconcileProblem(stalled(
                 Reason.TRIAL_CONFLICT, f"a TrainingRun named {name!r} exists and is not a trial of this TrainingSweep; "
                 "delete or rename it")) from None
-        return  # created by an earlier attempt
+        # Created by an earlier attempt: its values are the ones it has.
+        return dict((existing or {}).get("spec", {}).get("params") or params)
     shown = ", ".join(f"{name}={params[name]}" for name in sorted(spec.parameters))
     ctx.event("Normal", "TrialCreated", f"created trial {name} ({shown})")
+    return params
 
 
 async def _close(ctx: Context[TrainingSweepSpec, TrainingSweepStatus], resolved: Resolved, parent_run_id: str, plan: logic.Plan,
