@@ -97,6 +97,7 @@ chart-crds:
 bench: sandbox-up
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/authorization.py
+	$(PY) benchmarks/search.py
 
 # The chart install tests (tests marked any_cluster) against the cluster KUBECONFIG names, kind
 # say, with the images loaded into its nodes (README "Install on any cluster"); no sandbox.
