@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from mlflow import MlflowClient
-from run import RESULTS, STATE, Cluster, Objects, operator_pid, rss_mib
+from run import RESULTS, STATE, Cluster, Objects, operator_pid, restart_operator, rss_mib, wait_settled
 
 HOLD = {"sandbox.mlflow.operator.dev/hold": "true"}
 FINISH = "sandbox.mlflow.operator.dev/finish"
@@ -52,7 +52,9 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=60)
     parser.add_argument("--output", default="search")
     args = parser.parse_args()
+    restart_operator()  # a process that has not imported Optuna yet
     cluster, pid = Cluster(), operator_pid()
+    wait_settled(pid)
     namespace = cluster.namespace("bench-search")  # also the MLflow workspace of the calls below
     os.environ["MLFLOW_TRACKING_TOKEN"] = (STATE / "mlflow-user-token").read_text().strip()
     mlflow = MlflowClient(f"http://127.0.0.1:{json.loads((STATE / 'ports.json').read_text())['mlflow']}")

@@ -52,11 +52,12 @@ class SandboxInfo:
     def bin(self) -> Path:
         return self.state / "bin"
 
-    def kubectl(self, *args: str, input_text: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    def kubectl(self, *args: str, input_text: str | None = None, check: bool = True,
+                timeout: float = 120) -> subprocess.CompletedProcess:
         result = subprocess.run(
             [str(self.bin / "kubectl"), f"--kubeconfig={self.kubeconfig}",
              f"--cache-dir={self.state / 'kube-cache'}", *args],
-            input=input_text, capture_output=True, text=True, timeout=120,
+            input=input_text, capture_output=True, text=True, timeout=timeout,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}): {result.stderr}")

@@ -194,7 +194,7 @@ def test_the_tpe_sweep_example_trains_12_trials_3_at_a_time_in_containers_and_re
         custom.create_namespaced_custom_object("mlflow.operator.dev", "v1alpha1", real_node_namespace,
                                                "trainingsweeps", example)
         waited = sandbox.kubectl("wait", "trainingsweep/churn-search", "-n", real_node_namespace,
-                                 "--for=condition=Ready", "--timeout=900s", check=False)
+                                 "--for=condition=Ready", "--timeout=900s", check=False, timeout=960)
     finally:
         monitor.stop.set()
     sweep = custom.get_namespaced_custom_object("mlflow.operator.dev", "v1alpha1", real_node_namespace,

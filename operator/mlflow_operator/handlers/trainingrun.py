@@ -66,7 +66,8 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
             closed = not needs_job_events(run)
         handled = services.caches.handled_jobs
         signature = handled.signature(job, logic.phase_of(job))
-        if handled.handled(owner["uid"], signature) or (closed and not job.deleting):
+        gone = type == "DELETED"  # always news for an open run (a stopped trial waits for it)
+        if (handled.handled(owner["uid"], signature) and not (gone and not closed)) or (closed and not job.deleting):
             return  # nothing the operator records changed; a closed run's Job is done
         await _reconcile(run, memo, logger, retry=None)
 

@@ -114,9 +114,26 @@ async def _closed(ctx: Context[TrainingRunSpec, TrainingRunStatus], job: JobSnap
 
 
 async def _closing(ctx: Context[TrainingRunSpec, TrainingRunStatus], job: JobSnapshot | None) -> Outcome:
-    """The Job's outcome is recorded: what is left happens in MLflow and needs no Job."""
+    """The Job's outcome is recorded: what is left happens in MLflow and needs no Job (but a
+    stopped trial's run is closed only once its Job, and so its pods, are gone)."""
     await _let_deleted_job_go(ctx, job)
+    if _stopped_job_still_there(ctx, job):
+        return _waiting_for_stopped_pods(ctx)
     return await _finish(ctx, await _resolve(ctx))
+
+
+def _stopped_job_still_there(ctx: Context[TrainingRunSpec, TrainingRunStatus], job: JobSnapshot | None) -> bool:
+    """A trial its sweep stopped whose Job is still being deleted (in the foreground: its
+    pods first). Closing the run now would race the training code, which may still end the
+    run FINISHED itself before its container is stopped."""
+    outcome = ctx.status.job_outcome
+    return outcome is not None and outcome.phase == "EarlyStopped" and job is not None \
+        and job.uid == ctx.status.job_uid and not ctx.status.run_status
+
+
+def _waiting_for_stopped_pods(ctx: Context[TrainingRunSpec, TrainingRunStatus]) -> Outcome:
+    return progressing(Reason.EARLY_STOPPED, f"stopped by its sweep; waiting for the pods of Job {ctx.identity.name} "
+                       "to end before its MLflow run is closed KILLED", awaited=True, expected=True)
 
 
 async def _job_ended_step(ctx: Context[TrainingRunSpec, TrainingRunStatus], job: JobSnapshot | None) -> Outcome:
@@ -438,6 +455,8 @@ async def _job_ended(ctx: Context[TrainingRunSpec, TrainingRunStatus], state: Jo
         await _let_deleted_job_go(ctx, state)
     # Otherwise the Job stays (its finalizer too, until the TrainingRun is deleted): a crash
     # before the outcome is written finds the Job ended again.
+    if _stopped_job_still_there(ctx, state):
+        return _waiting_for_stopped_pods(ctx)
     ran_on = provenance.pod_run_tags(pods, logic.first_container_name(ctx.spec.template))
     return await _finish(ctx, resolved or await _resolve(ctx), ran_on)
 

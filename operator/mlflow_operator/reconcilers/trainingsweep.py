@@ -196,7 +196,9 @@ async def _stop_trial(ctx: Context[TrainingSweepSpec, TrainingSweepStatus], tria
         await kube.annotate_object(TRAINING_RUNS, namespace, trial.name, {ANNOTATION_STOP: reason})
         ctx.event("Normal", Reason.EARLY_STOPPED, f"stopping trial {trial.name}: {reason}")
     if trial.job_uid:
-        await kube.delete_job(namespace, trial.name, propagation="Background", uid=trial.job_uid)
+        # Foreground: the Job goes only once its pods have, so the trial closes its run after
+        # the training code can no longer end it itself.
+        await kube.delete_job(namespace, trial.name, propagation="Foreground", uid=trial.job_uid)
 
 
 def _owned(body: dict[str, Any], identity: ObjectIdentity) -> bool:
