@@ -10,6 +10,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
+# Set by the Job controller on every pod of an Indexed Job: its completion index (a
+# distributed run's node rank).
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
 
 @dataclass(frozen=True)
 class JobSnapshot:

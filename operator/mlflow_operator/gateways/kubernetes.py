@@ -28,7 +28,13 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from mlflow_operator.api.common import GROUP, VERSION
-from mlflow_operator.cluster.snapshots import ContainerExit, ContainerImage, JobSnapshot, PodSnapshot
+from mlflow_operator.cluster.snapshots import (
+    COMPLETION_INDEX_ANNOTATION,
+    ContainerExit,
+    ContainerImage,
+    JobSnapshot,
+    PodSnapshot,
+)
 from mlflow_operator.logic import timestamps
 from mlflow_operator.runtime.metrics import KUBERNETES_REQUESTS, RECONCILING_KIND
 
@@ -387,10 +393,6 @@ class KubernetesGateway:
         result = await self._call("list_pods", "GET", f"/api/v1/namespaces/{quote(namespace)}/pods",
                                   params={"labelSelector": label_selector})
         return [pod_snapshot(pod) for pod in result.get("items") or []]
-
-
-# Set by the Job controller on the pods of an Indexed Job: the pod's completion index.
-COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
 def _jobs(namespace: str | None, name: str = "") -> str:

@@ -24,7 +24,7 @@ from mlflow_operator.api.trainingrun import (
     TrainingRunStatus,
 )
 from mlflow_operator.api.trainingsweep import ANNOTATION_STOP, TrainingSweepStatus
-from mlflow_operator.cluster.snapshots import JobSnapshot, PodSnapshot
+from mlflow_operator.cluster.snapshots import COMPLETION_INDEX_ANNOTATION, JobSnapshot, PodSnapshot
 from mlflow_operator.logic.conditions import ReconcileProblem, stalled
 from mlflow_operator.logic.reasons import Reason
 from mlflow_operator.tracking.entities import LoggedModelInfo, RunInfo
@@ -148,8 +148,6 @@ def job_env(tracking_uri: str, experiment_id: str, run_id: str, params: dict[str
 
 # --------------------------------------------------------------------------- distributed runs
 
-# Set by the Job controller on every pod of an Indexed Job: its completion index, the node rank.
-COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 # Set by the Job controller on its pods: the Service selects the ranks of this Job by it.
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 HOSTNAME_MAX = 63
@@ -245,10 +243,6 @@ def index_set(indexes: str, limit: int = 100_000) -> set[int]:
     return found
 
 
-def _index_count(indexes: str) -> int:
-    return len(index_set(indexes))
-
-
 def pod_failure_reasons(pods: list[PodSnapshot], failed_indexes: str = "") -> list[str]:
     """Why the Job failed, pod by pod: for a distributed run, each failure names its rank,
     and the ranks the Job counted as failed come first (the others were stopped after them)."""
@@ -268,7 +262,7 @@ def node_counts(job: JobSnapshot) -> NodeCounts:
     pods run, created or not, the rest of an active Job's ranks wait; after the Job's end the
     ranks it stopped are counted as stopped in the summary."""
     total = job.completions
-    failed = _index_count(job.failed_indexes) if job.failed_indexes else min(job.failed, total) if job.finished else 0
+    failed = len(index_set(job.failed_indexes)) if job.failed_indexes else min(job.failed, total) if job.finished else 0
     succeeded = min(job.succeeded, total)
     running = 0 if job.ended else min(job.ready, total)
     pending = 0 if job.ended else max(0, total - succeeded - failed - running)
