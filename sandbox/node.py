@@ -36,6 +36,34 @@ PROBE_HOSTS = " +\n".join(
                              value: "127.0.0.1"}})"""
     for probe in ("livenessProbe", "readinessProbe", "startupProbe")
 )
+def real_node_pod_policy(name: str, body: str) -> str:
+    """A MutatingAdmissionPolicy (and its binding) on pods created in real-node namespaces;
+    `body` is the rest of its spec (conditions, variables, mutations)."""
+    return f"""apiVersion: admissionregistration.k8s.io/v1beta1
+kind: MutatingAdmissionPolicy
+metadata:
+  name: {name}
+spec:
+  failurePolicy: Fail
+  reinvocationPolicy: Never
+  matchConstraints:
+    namespaceSelector:
+      matchLabels: {{"{REAL_NODE_LABEL}": "true"}}
+    resourceRules:
+    - apiGroups: [""]
+      apiVersions: [v1]
+      operations: [CREATE]
+      resources: [pods]
+{body}---
+apiVersion: admissionregistration.k8s.io/v1beta1
+kind: MutatingAdmissionPolicyBinding
+metadata:
+  name: {name}
+spec:
+  policyName: {name}
+"""
+
+
 # The ranks of a distributed run find rank 0 at MASTER_ADDR:MASTER_PORT. On a real cluster
 # that is rank 0's name in the run's headless Service; here every pod shares the host's
 # network and there is no cluster DNS, so the sandbox (not the operator) rewrites the
@@ -53,23 +81,7 @@ RENDEZVOUS_ENV = "[" + ", ".join(
                         ("MASTER_PORT", "string(variables.port)"), ("PET_MASTER_PORT", "string(variables.port)"))
 ) + "]"
 RANK_CONTAINER = "has(c.env) && c.env.exists(e, e.name == 'MASTER_ADDR')"
-RENDEZVOUS_POLICY = f"""---
-apiVersion: admissionregistration.k8s.io/v1beta1
-kind: MutatingAdmissionPolicy
-metadata:
-  name: sandbox-rendezvous
-spec:
-  failurePolicy: Fail
-  reinvocationPolicy: Never
-  matchConstraints:
-    namespaceSelector:
-      matchLabels: {{"{REAL_NODE_LABEL}": "true"}}
-    resourceRules:
-    - apiGroups: [""]
-      apiVersions: [v1]
-      operations: [CREATE]
-      resources: [pods]
-  matchConditions:
+RENDEZVOUS_POLICY = "---\n" + real_node_pod_policy("sandbox-rendezvous", f"""  matchConditions:
   - name: rank-of-an-indexed-job
     expression: >-
       has(object.metadata.labels) && 'batch.kubernetes.io/controller-uid' in object.metadata.labels &&
@@ -85,31 +97,9 @@ spec:
       expression: >-
         Object{{spec: Object.spec{{containers: object.spec.containers.filter(c, {RANK_CONTAINER})
           .map(c, Object.spec.containers{{name: c.name, env: {RENDEZVOUS_ENV}}})}}}}
----
-apiVersion: admissionregistration.k8s.io/v1beta1
-kind: MutatingAdmissionPolicyBinding
-metadata:
-  name: sandbox-rendezvous
-spec:
-  policyName: sandbox-rendezvous
-"""
+""")
 TOLERATION = f'Object.spec.tolerations{{key: "{REAL_NODE_LABEL}", operator: "Exists", effect: "NoSchedule"}}'
-REAL_NODE_POLICY = f"""apiVersion: admissionregistration.k8s.io/v1beta1
-kind: MutatingAdmissionPolicy
-metadata:
-  name: sandbox-real-node
-spec:
-  failurePolicy: Fail
-  reinvocationPolicy: Never
-  matchConstraints:
-    namespaceSelector:
-      matchLabels: {{"{REAL_NODE_LABEL}": "true"}}
-    resourceRules:
-    - apiGroups: [""]
-      apiVersions: [v1]
-      operations: [CREATE]
-      resources: [pods]
-  mutations:
+REAL_NODE_POLICY = real_node_pod_policy("sandbox-real-node", f"""  mutations:
   - patchType: JSONPatch
     jsonPatch:
       expression: >-
@@ -121,14 +111,7 @@ spec:
           ? [JSONPatch{{op: "add", path: "/spec/tolerations/-", value: {TOLERATION}}}]
           : [JSONPatch{{op: "add", path: "/spec/tolerations", value: [{TOLERATION}]}}]) +
 {PROBE_HOSTS}
----
-apiVersion: admissionregistration.k8s.io/v1beta1
-kind: MutatingAdmissionPolicyBinding
-metadata:
-  name: sandbox-real-node
-spec:
-  policyName: sandbox-real-node
-{RENDEZVOUS_POLICY}"""
+""") + RENDEZVOUS_POLICY
 
 
 def own_cgroup() -> str:
