@@ -134,6 +134,7 @@ ORDER = (
 )
 NODE_DIR = STATE / "node"
 CONTAINERD_SOCKET = NODE_DIR / "containerd.sock"
+MAX_UNIX_SOCKET_PATH = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
 # `make sandbox-helm`: the chart installed as the sandbox's operator, its pods on the real node.
 CHART_RELEASE = "sandbox"
 CHART_NAMESPACE = "mlflow-system"
@@ -617,6 +618,14 @@ class Sandbox:
 
     def prepare_node(self) -> None:
         """Configuration of the real node's containerd and kubelet, under .sandbox/node."""
+        # The kubelet's longest Unix socket: pod-resources/<10 digits>. Linux caps a socket
+        # path at 107 bytes; past it the kubelet exits at start with "bind: invalid argument".
+        longest_socket = NODE_DIR / "kubelet" / "pod-resources" / ("0" * 10)
+        if len(os.fsencode(longest_socket)) > MAX_UNIX_SOCKET_PATH:
+            raise SystemExit(
+                f"SANDBOX_DIR {STATE} is too long for the node's Unix sockets "
+                f"({len(os.fsencode(longest_socket))} > {MAX_UNIX_SOCKET_PATH} bytes in {longest_socket}); "
+                "choose a shorter directory")
         (NODE_DIR / "cni").mkdir(parents=True, exist_ok=True)
         (NODE_DIR / "containerd.toml").write_text(node.containerd_config(NODE_DIR, CONTAINERD_SOCKET))
         (NODE_DIR / "cni" / "10-loopback.conflist").write_text(node.CNI_LOOPBACK)

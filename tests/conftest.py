@@ -168,24 +168,35 @@ def sweeps(custom, namespace) -> Objects:
     return Objects(custom, namespace, "trainingsweeps", "TrainingSweep")
 
 
-def new_team_namespace(core, name: str) -> None:
-    """A namespace set up as a team's: its default ServiceAccount may log to MLflow."""
+def new_team_namespace(core, name: str, sandbox: SandboxInfo) -> None:
+    """A namespace set up as a team's: its default ServiceAccount may log to MLflow, and the
+    workspace server already knows it as a workspace (its namespace cache is an informer, a
+    moment behind the API server)."""
     from kubernetes import client
 
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     wait_for(lambda: _has_default_sa(core, name), timeout=30, message=f"default ServiceAccount in namespace {name}")
     bind_cluster_role(core.api_client, name, TRAINING_CLUSTER_ROLE, "default")
+    wait_for(lambda: _workspace_known(sandbox, name), timeout=30, message=f"MLflow workspace {name}")
+
+
+def _workspace_known(sandbox: SandboxInfo, name: str) -> bool:
+    import requests
+
+    reply = requests.get(f"{sandbox.tracking_uri}/api/3.0/mlflow/workspaces/{name}",
+                         headers={"Authorization": f"Bearer {sandbox.user_token}"}, timeout=5)
+    return reply.status_code == 200
 
 
 @pytest.fixture
-def namespace(core, request) -> Iterator[str]:
+def namespace(core, request, sandbox: SandboxInfo) -> Iterator[str]:
     """A fresh namespace for one test, deleted afterwards (its objects go with it). The MLflow
     client works in its workspace (mlflow.set_workspace) for the test."""
     import mlflow
 
     base = request.node.name.lower().replace("_", "-")[:40].strip("-")
     name = f"t-{base}-{uuid.uuid4().hex[:6]}"
-    new_team_namespace(core, name)
+    new_team_namespace(core, name, sandbox)
     mlflow.set_workspace(name)
     yield name
     mlflow.set_workspace(None)
@@ -193,10 +204,10 @@ def namespace(core, request) -> Iterator[str]:
 
 
 @pytest.fixture
-def other_namespace(core) -> Iterator[str]:
+def other_namespace(core, sandbox: SandboxInfo) -> Iterator[str]:
     """A second tenant's namespace, for tests where one tenant tries to reach another's."""
     name = f"t-tenant-b-{uuid.uuid4().hex[:6]}"
-    new_team_namespace(core, name)
+    new_team_namespace(core, name, sandbox)
     yield name
     core.delete_namespace(name, propagation_policy="Background")
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -177,10 +180,29 @@ def test_up_again_restarts_nothing_that_runs(sandbox):
     assert after == before
 
 
-def test_a_second_sandbox_comes_up_and_down_without_touching_the_first(sandbox, tmp_path: Path):
+@pytest.fixture
+def short_tmp_path() -> Iterator[Path]:
+    """A directory with a short path: a sandbox's node keeps Unix sockets (107 bytes at most)
+    under it, and pytest's tmp_path can be long enough to pass that."""
+    path = Path(tempfile.mkdtemp(prefix="sbx-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_sandbox_directory_too_long_for_unix_sockets_is_refused_before_anything_starts(sandbox, short_tmp_path: Path):
+    other = short_tmp_path / ("d" * 60) / "sandbox"
+    other.mkdir(parents=True)
+    (other / "bin").symlink_to(sandbox.bin, target_is_directory=True)
+    up = sandbox.sandbox("up", env={"SANDBOX_DIR": str(other)})
+    assert up.returncode != 0
+    assert "too long for the node's Unix sockets" in up.stderr
+    assert not list((other / "pids").glob("*.pid"))
+
+
+def test_a_second_sandbox_comes_up_and_down_without_touching_the_first(sandbox, short_tmp_path: Path):
     """`down` stops exactly what its own `up` started (here: a sandbox in another directory)."""
     main_pids = {p.stem: int(p.read_text()) for p in (sandbox.state / "pids").glob("*.pid")}
-    other = tmp_path / "sandbox"
+    other = short_tmp_path / "sandbox"
     env = {"SANDBOX_DIR": str(other)}
     other.mkdir()
     (other / "bin").symlink_to(sandbox.bin, target_is_directory=True)
