@@ -20,6 +20,8 @@ MODULES=(
   "helm:helm.sh/helm/v3/cmd/helm"
   # The kstatus library as Flux reads objects (tests/e2e: every kind InProgress until Ready).
   "kstatus:."
+  # The S3-compatible object store of the embedded MLflow server's artifacts (chart tests).
+  "versitygw:github.com/versity/versitygw/cmd/versitygw"
 )
 
 command -v go >/dev/null || { echo "build-binaries: 'go' is not on PATH" >&2; exit 1; }

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -35,6 +36,8 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import stores  # noqa: E402 - beside this file
+
 import node  # noqa: E402 - beside this file
 from pki import Pki, ensure_pki, write_kubeconfig  # noqa: E402
 
@@ -124,13 +127,15 @@ PORT_NAMES = (
     "kubelet", "kubelet-healthz",
     # The chart's operator and embedded MLflow server (`sandbox.py chart`), on the host network.
     "chart-mlflow", "chart-operator-health", "chart-operator-metrics",
+    # The shared stores of the embedded server's scale-out mode (sandbox/stores.py).
+    "postgres", "s3",
 )
 # Servers the sandbox's operator may call besides its default one.
 ALLOWED_SERVER_PORTS = ("mlflow-open", "mlflow-auth", "test-server", "test-server-2")
 # Components in start order; `down` stops them in reverse.
 ORDER = (
     "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok",
-    "containerd", "kubelet", "mlflow-open", "mlflow-auth", "mlflow", "operator",
+    "containerd", "kubelet", "postgres", "s3", "mlflow-open", "mlflow-auth", "mlflow", "operator",
 )
 NODE_DIR = STATE / "node"
 CONTAINERD_SOCKET = NODE_DIR / "containerd.sock"
@@ -338,6 +343,8 @@ class Sandbox:
         self.pki = Pki(STATE / "pki")
         self.apiserver_url = f"https://127.0.0.1:{self.ports['kube-apiserver']}"
         self.mlflow_url = f"http://127.0.0.1:{self.ports['mlflow']}"
+        self.postgres = stores.Postgres(STATE / "postgres", self.ports["postgres"])
+        self.object_store = stores.ObjectStore(STATE / "s3", self.ports["s3"], BIN / "versitygw")
         self.components = {c.name: c for c in self._components()}
         # The processes this run started: their exit is known from the child itself, while
         # /proc/<pid>/cmdline reads empty for an instant while a wrapper (kubelet.sh, nsenter)
@@ -364,6 +371,21 @@ class Sandbox:
         open_dir = STATE / "mlflow-open"
         common_control_plane = ["--v=1"]
         return [
+            Component(
+                # PostgreSQL for the chart's shared-store mode, as the postgres user.
+                name="postgres",
+                argv=self.postgres.argv(),
+                ready=self.postgres.ready,
+                marker=str(self.postgres.data),
+            ),
+            Component(
+                # The S3-compatible store of the chart's artifacts (versitygw over a directory).
+                name="s3",
+                argv=self.object_store.argv(),
+                env=self.object_store.env(),
+                ready=self.object_store.ready,
+                marker=f"--port=127.0.0.1:{p['s3']}",
+            ),
             Component(
                 name="etcd",
                 argv=[
@@ -613,6 +635,11 @@ class Sandbox:
             write_kubeconfig(self._kubeconfig(stem), self.apiserver_url, self.pki, stem, user)
         (STATE / "mlflow-open" / "artifacts").mkdir(parents=True, exist_ok=True)
         self.prepare_node()
+        try:
+            self.postgres.prepare()
+            self.object_store.prepare()
+        except stores.StoreError as error:
+            raise SandboxError(str(error)) from error
         self.prepare_auth_server()
         self.write_env()
 
@@ -759,6 +786,8 @@ class Sandbox:
             "mlflow-auth": self.ports["mlflow-auth"],
             "mlflow-open": self.ports["mlflow-open"],
             "operator": self.ports["operator-health"],
+            "postgres": self.ports["postgres"],
+            "s3": self.ports["s3"],
         }.get(name)
 
     def _exited(self, name: str) -> bool:
@@ -942,6 +971,9 @@ current-context: sandbox
         for server in ("mlflow-open", "mlflow-auth"):
             if self.start(server):
                 started.add(server)
+        bring_up("postgres", "s3")
+        self.postgres.ensure_mlflow_role()
+        self.object_store.ensure_bucket()
         bring_up("etcd")
         bring_up("kube-apiserver")
         bring_up("kube-controller-manager", "kube-scheduler", "kwok")
@@ -994,6 +1026,43 @@ current-context: sandbox
             },
         }
 
+    def shared_store_values(self, name: str) -> dict:
+        """The database `name` and the bucket `name` (made if missing) as the embedded server's
+        stores, their secrets in two Secrets of the release namespace, 2 workers.
+
+        One replica, replaced rather than rolled: the sandbox's pods share the host network, where
+        a second server (a surge pod or another replica) cannot bind the port (README "Not done
+        yet")."""
+        if not re.fullmatch(r"[a-z][a-z0-9-]{2,40}", name):
+            raise SandboxError(f"--shared-stores {name!r}: 3-41 lowercase letters, digits and '-', "
+                               "starting with a letter (a bucket and a database name)")
+        database = name.replace("-", "_")
+        exists = self.postgres.sql(f"SELECT 1 FROM pg_database WHERE datname = '{database}'").strip()
+        if not exists:
+            self.postgres.sql(f"CREATE DATABASE {database} OWNER {stores.MLFLOW_ROLE}")
+        self.object_store.ensure_bucket(name)
+        secrets = {
+            "sandbox-mlflow-database": {"uri": self.postgres.uri(database)},
+            "sandbox-mlflow-s3": {"AWS_ACCESS_KEY_ID": stores.S3_ACCESS_KEY,
+                                  "AWS_SECRET_ACCESS_KEY": self.object_store.secret_key},
+        }
+        for secret, data in secrets.items():
+            encoded = {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}
+            self.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=sandbox", "-f", "-",
+                         input_text=json.dumps({"apiVersion": "v1", "kind": "Secret",
+                                                "metadata": {"name": secret, "namespace": CHART_NAMESPACE},
+                                                "data": encoded}))
+        return {
+            "replicas": 1,
+            "workers": 2,
+            "updateStrategy": {"type": "Recreate"},
+            "backendStore": {"type": "external",
+                             "uriFrom": {"secretKeyRef": {"name": "sandbox-mlflow-database", "key": "uri"}}},
+            "artifacts": {"type": "s3", "s3": {
+                "bucket": name, "prefix": "artifacts", "endpointUrl": self.object_store.endpoint,
+                "credentialsSecret": {"name": "sandbox-mlflow-s3"}}},
+        }
+
     def ensure_chart_volume(self) -> None:
         """A StorageClass without a provisioner and one hostPath volume under .sandbox for the
         embedded server's PVC, owned by the chart's non-root user (hostPath ignores fsGroup)."""
@@ -1037,9 +1106,11 @@ spec:
             raise SandboxError(f"helm {' '.join(args)} failed:\n{result.stderr.strip()}")
         return result.stdout
 
-    def install_chart(self, extra_values: list[str]) -> None:
+    def install_chart(self, extra_values: list[str], shared_stores: str | None = None) -> None:
         """Install or upgrade the chart in mlflow-system and make its Deployment the sandbox's
-        operator: the local operator process stops (`up` switches back)."""
+        operator: the local operator process stops (`up` switches back). With `shared_stores`
+        (a name) the embedded server keeps its data in that PostgreSQL database and S3 bucket
+        of the sandbox and runs 2 workers."""
         began = time.monotonic()
         if stop(self.components["operator"]):
             log("stopped the local operator: the chart's Deployment takes over")
@@ -1052,7 +1123,10 @@ metadata:
   labels: {{"{node.REAL_NODE_LABEL}": "true"}}
 """)
         self.ensure_chart_volume()
-        CHART_VALUES.write_text(json.dumps(self.chart_values(), indent=2) + "\n")
+        values = self.chart_values()
+        if shared_stores:
+            values["mlflow"].update(self.shared_store_values(shared_stores))
+        CHART_VALUES.write_text(json.dumps(values, indent=2) + "\n")
         set_args = [arg for value in extra_values for arg in ("--set", value)]
         self.helm("upgrade", "--install", CHART_RELEASE, str(CHART), "--namespace", CHART_NAMESPACE,
                   "--values", str(CHART_VALUES), *set_args, "--wait", "--timeout=5m")
@@ -1121,6 +1195,9 @@ def main(argv: list[str] | None = None) -> int:
     restart.add_argument("components", nargs="+", choices=ORDER)
     chart = sub.add_parser("chart", help="install or upgrade the chart as the sandbox's operator")
     chart.add_argument("--set", action="append", default=[], dest="values", help="an extra helm --set value")
+    chart.add_argument("--shared-stores", metavar="NAME", default=None,
+                       help="keep the embedded server's data in the sandbox's PostgreSQL database and S3 "
+                            "bucket NAME (made if missing), with 2 workers")
     stop_parser = sub.add_parser("stop")
     stop_parser.add_argument("components", nargs="+", choices=ORDER)
     args = parser.parse_args(argv)
@@ -1141,7 +1218,7 @@ def run_command(sandbox: Sandbox, args: argparse.Namespace) -> int:
         case "status":
             return sandbox.status()
         case "chart":
-            sandbox.install_chart(args.values)
+            sandbox.install_chart(args.values, args.shared_stores)
         case "stop":
             for name in args.components:
                 if stop(sandbox.components[name]):

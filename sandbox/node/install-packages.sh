@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Install the real node's Debian packages if they are missing: containerd and runc (the
 # container runtime), the CNI loopback plugin, buildah and mmdebstrap (the images), skopeo and
-# umoci (the workspace server's root filesystem, unpacked from its image).
+# umoci (the workspace server's root filesystem, unpacked from its image), PostgreSQL (the
+# embedded server's shared database in the chart tests).
 # Needs root (apt-get); a failure stops here with the exact command that failed.
 set -euo pipefail
-PACKAGES=(containerd runc containernetworking-plugins buildah mmdebstrap skopeo umoci)
+PACKAGES=(containerd runc containernetworking-plugins buildah mmdebstrap skopeo umoci postgresql)
 missing=()
 for package in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -113,3 +113,70 @@ app.kubernetes.io/component: mlflow
   value: {{ .Values.kubernetesApi.port | quote }}
 {{- end }}
 {{- end -}}
+
+{{/* Whether the embedded server keeps anything on its PVC: the sqlite store or the artifacts. */}}
+{{- define "mlflow-operator.mlflowUsesVolume" -}}
+{{- if or (eq .Values.mlflow.backendStore.type "sqlite") (eq .Values.mlflow.artifacts.type "pvc") -}}true{{- end -}}
+{{- end -}}
+
+{{/* Where the server keeps artifacts (it proxies them: training pods never hold store credentials). */}}
+{{- define "mlflow-operator.mlflowArtifactsDestination" -}}
+{{- if eq .Values.mlflow.artifacts.type "s3" -}}
+{{- $s3 := .Values.mlflow.artifacts.s3 -}}
+{{- printf "s3://%s" (trimSuffix "/" (printf "%s/%s" $s3.bucket (trimAll "/" $s3.prefix))) -}}
+{{- else -}}
+/mlflow/artifacts
+{{- end -}}
+{{- end -}}
+
+{{/* The store's environment: the database URI (from the Secret for an external store, never in
+     an argument or the pod spec) and the object store's endpoint and credentials. */}}
+{{- define "mlflow-operator.mlflowStoreEnv" -}}
+{{- $store := .Values.mlflow.backendStore -}}
+{{- if eq $store.type "external" }}
+- name: MLFLOW_BACKEND_STORE_URI
+  valueFrom:
+    secretKeyRef:
+      name: {{ $store.uriFrom.secretKeyRef.name }}
+      key: {{ $store.uriFrom.secretKeyRef.key }}
+{{- else }}
+- name: MLFLOW_BACKEND_STORE_URI
+  value: sqlite:////mlflow/mlflow.db
+{{- end }}
+{{- if eq .Values.mlflow.artifacts.type "s3" }}
+{{- $s3 := .Values.mlflow.artifacts.s3 }}
+{{- with $s3.endpointUrl }}
+- name: MLFLOW_S3_ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- with $s3.region }}
+- name: AWS_DEFAULT_REGION
+  value: {{ . | quote }}
+{{- end }}
+{{- with $s3.credentialsSecret.name }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $s3.credentialsSecret.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $s3.credentialsSecret.secretAccessKeyKey }}
+{{- end }}
+{{- end }}
+- name: MLFLOW_DISABLE_TELEMETRY
+  value: "true"
+- name: HOME
+  value: /tmp
+{{- end -}}
+
+{{/* `mlflow <args>` with the placeholder {uri} replaced by the database URI read from the
+     environment inside the process, so that it is in no process's command line (mlflow db
+     upgrade takes it only as an argument). */}}
+{{- define "mlflow-operator.mlflowWithStoreUri" -}}
+- python3
+- -c
+- "import os, sys; from mlflow.cli import cli; cli([a if a != '{uri}' else os.environ['MLFLOW_BACKEND_STORE_URI'] for a in sys.argv[1:]], prog_name='mlflow')"
+{{- end -}}
