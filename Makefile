@@ -14,7 +14,7 @@ SANDBOX := $(PY) sandbox/sandbox.py
 KUBECTL := $(SANDBOX_DIR)/bin/kubectl --kubeconfig $(SANDBOX_DIR)/kubeconfig --cache-dir $(SANDBOX_DIR)/kube-cache
 PYTEST_ARGS ?=
 
-.PHONY: bench chart-crds lint help venv operator-venv binaries node-packages sandbox-up sandbox-helm sandbox-down sandbox sandbox-status sandbox-clean \
+.PHONY: bench bench-shared-stores chart-crds lint help venv operator-venv binaries node-packages sandbox-up sandbox-helm sandbox-down sandbox sandbox-status sandbox-clean \
         operator-restart test test-cluster test-unit lint
 
 help:
@@ -98,6 +98,16 @@ bench: sandbox-up
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/authorization.py
 	$(PY) benchmarks/search.py
+	$(MAKE) bench-shared-stores
+
+# The dispatch scenario against the chart's embedded server on the sandbox's PostgreSQL and
+# S3-compatible store (2 replicas x 2 workers), driven by the local operator: the chart is
+# installed, then `sandbox.py up` scales its operator to 0 and starts the local one again.
+bench-shared-stores: sandbox-up
+	$(SANDBOX) chart --shared-stores bench-shared
+	$(SANDBOX) up
+	$(PY) benchmarks/run.py --tracking-server http://127.0.0.1:$$($(PY) -c "import json; print(json.load(open('$(SANDBOX_DIR)/ports.json'))['chart-mlflow'])") \
+	  --experiments 0 --models 0 --distributed-runs 0 --output shared-stores
 
 # The chart install tests (tests marked any_cluster) against the cluster KUBECONFIG names, kind
 # say, with the images loaded into its nodes (README "Install on any cluster"); no sandbox.

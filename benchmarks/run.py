@@ -381,10 +381,11 @@ def floor_dispatch(cluster: Cluster, n: int, tracking_uri: str, nodes: int = 1) 
 
 
 def operator_dispatch(cluster: Cluster, metrics: OperatorMetrics, n: int, closed_idle_seconds: float,
-                      nodes: int = 1) -> dict:
+                      nodes: int = 1, tracking_server: str | None = None) -> dict:
     namespace = cluster.namespace("bench-runs")
     experiments = Objects(cluster.custom, namespace, "experiments", "Experiment")
-    experiments.create("bench", {"name": f"bench-{namespace}"})
+    experiments.create("bench", {"name": f"bench-{namespace}",
+                                 **({"tracking": {"uri": tracking_server}} if tracking_server else {})})
     wait(lambda: is_ready(experiments.get("bench")), 60, "Experiment bench Ready")
     runs = Objects(cluster.custom, namespace, "trainingruns", "TrainingRun")
     watched = Watched(cluster, namespace, "trainingruns", lambda item: ((item.get("status") or {}).get("runId"),
@@ -685,6 +686,9 @@ def main() -> int:
                         help="after the synced scenario's idle window, restart the operator with every object "
                              "present and measure it again once it has resumed them")
     parser.add_argument("--output", default="latest", help="results/OUTPUT.json and .md (default latest)")
+    parser.add_argument("--tracking-server", metavar="URI",
+                        help="dispatch against this MLflow server (one the operator may call; default: the "
+                             "sandbox's workspace server), e.g. the chart's server on shared stores")
     args = parser.parse_args()
 
     results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
@@ -696,10 +700,13 @@ def main() -> int:
     pid = operator_pid()
     interval = drift_interval(pid)
     results["rss_mib_idle_start"] = round(rss_mib(pid), 1)
-    tracking_uri = f"http://127.0.0.1:{json.loads((STATE / 'ports.json').read_text())['mlflow']}"
+    tracking_uri = (args.tracking_server
+                    or f"http://127.0.0.1:{json.loads((STATE / 'ports.json').read_text())['mlflow']}")
+    results["tracking_server"] = tracking_uri
     if args.training_runs:
         rounds = [(floor_dispatch(cluster, args.training_runs, tracking_uri),
-                   operator_dispatch(cluster, metrics, args.training_runs, args.closed_idle_seconds or 2 * interval))
+                   operator_dispatch(cluster, metrics, args.training_runs, args.closed_idle_seconds or 2 * interval,
+                                     tracking_server=args.tracking_server))
                   for _ in range(args.rounds)]
         results.update(dispatch_medians(rounds))
         results["rss_mib_after_runs"] = round(rss_mib(pid), 1)
@@ -707,7 +714,7 @@ def main() -> int:
         nodes = args.distributed_nodes
         rounds = [(floor_dispatch(cluster, args.distributed_runs, tracking_uri, nodes),
                    operator_dispatch(cluster, metrics, args.distributed_runs,
-                                     args.closed_idle_seconds or 2 * interval, nodes))
+                                     args.closed_idle_seconds or 2 * interval, nodes, args.tracking_server))
                   for _ in range(args.rounds)]
         results["distributed"] = {**dispatch_medians(rounds), "n": args.distributed_runs, "nodes": nodes,
                                   "rss_mib_after_runs": round(rss_mib(pid), 1)}

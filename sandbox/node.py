@@ -114,6 +114,50 @@ REAL_NODE_POLICY = real_node_pod_policy("sandbox-real-node", f"""  mutations:
 """) + RENDEZVOUS_POLICY
 
 
+# Replicas of the chart's MLflow server on the one real node all bind the same port of the
+# host network: the sandbox (not the chart) makes them share it. Its policy mounts
+# shared-port/sitecustomize.py, which binds with SO_REUSEPORT (the kernel spreads connections
+# over the listening replicas, as a Service would over pod IPs), drops the container's ports
+# (with the host network each would be a host port, and the scheduler puts no two pods with
+# one host port on a node) and gives the probes the port's number instead of its name.
+SHARED_PORT_DIR = Path(__file__).resolve().parent / "node" / "shared-port"
+SHARED_PORT_ENV = ", ".join(
+    f'Object.spec.containers.env{{name: "{name}", value: "{value}"}}'
+    for name, value in (("PYTHONPATH", "/sandbox-shared-port"), ("SANDBOX_SHARED_PORT", "1")))
+_PORT = "object.spec.containers[0].ports[0].containerPort"
+# Liveness: any replica's answer will do. Startup and readiness: this pod's own socket.
+SHARED_PORT_PROBES = f"""        (has(object.spec.containers[0].livenessProbe) && has(object.spec.containers[0].livenessProbe.httpGet)
+          ? [JSONPatch{{op: "replace", path: "/spec/containers/0/livenessProbe/httpGet/port", value: {_PORT}}}]
+          : []) +
+""" + " +\n".join(
+    f"""        (has(object.spec.containers[0].{probe})
+          ? [JSONPatch{{op: "replace", path: "/spec/containers/0/{probe}", value: Object.spec.containers.{probe}{{
+               exec: Object.spec.containers.{probe}.exec{{
+                 command: ["python3", "/sandbox-shared-port/listening.py", string({_PORT})]}},
+               initialDelaySeconds: {delay}, periodSeconds: 2, timeoutSeconds: 5, failureThreshold: {failures}}}}}]
+          : [])"""
+    for probe, delay, failures in (("startupProbe", 5, 150), ("readinessProbe", 0, 3))
+)
+SHARED_PORT_POLICY = real_node_pod_policy("sandbox-shared-port", f"""  matchConditions:
+  - name: the-charts-mlflow-server
+    expression: >-
+      has(object.metadata.labels) && object.metadata.labels.exists(k, k == 'app.kubernetes.io/component') &&
+      object.metadata.labels['app.kubernetes.io/component'] == 'mlflow' &&
+      has(object.spec.containers[0].ports) && size(object.spec.containers[0].ports) > 0
+  mutations:
+  - patchType: JSONPatch
+    jsonPatch:
+      expression: >-
+{SHARED_PORT_PROBES} +
+        [JSONPatch{{op: "remove", path: "/spec/containers/0/ports"}},
+         JSONPatch{{op: "add", path: "/spec/volumes/-", value: Object.spec.volumes{{name: "sandbox-shared-port",
+           hostPath: Object.spec.volumes.hostPath{{path: "{SHARED_PORT_DIR}", type: "Directory"}}}}}},
+         JSONPatch{{op: "add", path: "/spec/containers/0/volumeMounts/-", value: Object.spec.containers.volumeMounts{{
+           name: "sandbox-shared-port", mountPath: "/sandbox-shared-port", readOnly: true}}}}] +
+        [{SHARED_PORT_ENV}].map(e, JSONPatch{{op: "add", path: "/spec/containers/0/env/-", value: e}})
+""")
+
+
 def own_cgroup() -> str:
     """The cgroup this process runs in (cgroup v1: the memory controller's path)."""
     fallback = "/"

@@ -606,6 +606,9 @@ class Sandbox:
                     f"--tracking-uri={self.mlflow_url}",
                     *(f"--allowed-tracking-server=http://127.0.0.1:{p[name]}" for name in ALLOWED_SERVER_PORTS),
                     f"--workspace-tracking-server={self.mlflow_url}",
+                    # The chart's embedded server, when `sandbox.py chart` runs one (benchmarks
+                    # dispatch against it on shared stores with the local operator).
+                    f"--workspace-tracking-server=http://127.0.0.1:{p['chart-mlflow']}",
                     f"--workspace-token-file={OPERATOR_TOKEN}",
                     f"--drift-interval={SANDBOX_DRIFT_INTERVAL_SECONDS}",
                     f"--ownership-keys={OWNERSHIP_KEYS}",
@@ -686,7 +689,7 @@ class Sandbox:
         """The node Ready, and the admission policy that sends real-node namespaces' pods there."""
         self.kubectl("wait", "--for=condition=Ready", f"node/{node.NODE_NAME}", "--timeout=90s")
         self.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=sandbox", "-f", "-",
-                     input_text=node.REAL_NODE_POLICY)
+                     input_text=node.REAL_NODE_POLICY + "---\n" + node.SHARED_PORT_POLICY)
 
     def stop_node_leftovers(self) -> None:
         """Containers, shims and cgroups that outlive a stopped containerd and kubelet."""
@@ -1053,9 +1056,8 @@ current-context: sandbox
                                                 "metadata": {"name": secret, "namespace": CHART_NAMESPACE},
                                                 "data": encoded}))
         return {
-            "replicas": 1,
+            "replicas": 2,
             "workers": 2,
-            "updateStrategy": {"type": "Recreate"},
             "backendStore": {"type": "external",
                              "uriFrom": {"secretKeyRef": {"name": "sandbox-mlflow-database", "key": "uri"}}},
             "artifacts": {"type": "s3", "s3": {
