@@ -115,7 +115,8 @@ REAL_NODE_POLICY = real_node_pod_policy("sandbox-real-node", f"""  mutations:
 
 
 # Replicas of the chart's MLflow server on the one real node all bind the same port of the
-# host network: the sandbox (not the chart) makes them share it. Its policy mounts
+# host network: the sandbox (not the chart) makes them share it. Only servers on a shared
+# store (the database URI from a Secret) can have replicas; sqlite servers are left alone. Its policy mounts
 # shared-port/sitecustomize.py, which binds with SO_REUSEPORT (the kernel spreads connections
 # over the listening replicas, as a Service would over pod IPs), drops the container's ports
 # (with the host network each would be a host port, and the scheduler puts no two pods with
@@ -143,7 +144,9 @@ SHARED_PORT_POLICY = real_node_pod_policy("sandbox-shared-port", f"""  matchCond
     expression: >-
       has(object.metadata.labels) && object.metadata.labels.exists(k, k == 'app.kubernetes.io/component') &&
       object.metadata.labels['app.kubernetes.io/component'] == 'mlflow' &&
-      has(object.spec.containers[0].ports) && size(object.spec.containers[0].ports) > 0
+      has(object.spec.containers[0].ports) && size(object.spec.containers[0].ports) > 0 &&
+      has(object.spec.containers[0].env) && object.spec.containers[0].env.exists(e,
+        e.name == 'MLFLOW_BACKEND_STORE_URI' && has(e.valueFrom))
   mutations:
   - patchType: JSONPatch
     jsonPatch:
