@@ -185,6 +185,9 @@ def short_tmp_path() -> Iterator[Path]:
     """A directory with a short path: a sandbox's node keeps Unix sockets (107 bytes at most)
     under it, and pytest's tmp_path can be long enough to pass that."""
     path = Path(tempfile.mkdtemp(prefix="sbx-", dir="/tmp"))
+    # Traversable by others, as a sandbox directory must be: its PostgreSQL runs as `postgres`
+    # and its pods as uid 10001 (mkdtemp makes it 0700).
+    path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
