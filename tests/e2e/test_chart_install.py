@@ -117,6 +117,21 @@ def create(custom, body: dict) -> None:
     custom.create_namespaced_custom_object(GROUP, VERSION, body["metadata"]["namespace"], plural, body)
 
 
+def apply_examples(custom, namespace: str) -> tuple[str, dict]:
+    """The example Experiment, TrainingRun and RegisteredModel, the model under a name of its
+    own (a chart's server keeps its data across installs); returns that name and the run's
+    status once the run and the model are Ready."""
+    model_name = f"churn-{uuid.uuid4().hex[:8]}"
+    experiment, run, model = (example(name, namespace) for name in (
+        "01-experiment.yaml", "02-trainingrun.yaml", "03-registeredmodel.yaml"))
+    run["spec"]["registerModel"]["name"] = model["spec"]["name"] = model_name
+    for body in (experiment, run, model):
+        create(custom, body)
+    status = Objects(custom, namespace, "trainingruns", "TrainingRun").wait_ready("churn-rf-1", timeout=300)["status"]
+    Objects(custom, namespace, "registeredmodels", "RegisteredModel").wait_ready("churn-model", timeout=120)
+    return model_name, status
+
+
 def in_pod(chart: ChartTarget, pod, *command: str) -> str:
     return chart.kubectl("exec", "-n", chart.namespace, pod.metadata.name, "--", *command).stdout.strip()
 
@@ -148,21 +163,11 @@ def test_the_examples_go_end_to_end_through_the_charts_operator_and_mlflow_serve
                                                                                 chart_namespace):
     """Experiment, TrainingRun (the churn image, on the real node) and RegisteredModel, all
     against the chart's embedded MLflow server, whose data lands on its volume."""
-    # The chart's server keeps its data on the volume across installs: a model name of its own.
-    model_name = f"churn-{uuid.uuid4().hex[:8]}"
-    experiment, run, model = (example(name, chart_namespace) for name in (
-        "01-experiment.yaml", "02-trainingrun.yaml", "03-registeredmodel.yaml"))
-    run["spec"]["registerModel"]["name"] = model["spec"]["name"] = model_name
-    for body in (experiment, run, model):
-        create(custom, body)
-    runs = Objects(custom, chart_namespace, "trainingruns", "TrainingRun")
-    run = runs.wait_ready("churn-rf-1", timeout=300)["status"]
+    model_name, run = apply_examples(custom, chart_namespace)
     assert run["runStatus"] == "FINISHED" and run["trackingUri"] == chart.tracking_uri()
     [pod] = core.list_namespaced_pod(chart_namespace, label_selector="job-name=churn-rf-1").items
     if chart.node_name:
         assert pod.spec.node_name == chart.node_name
-    models = Objects(custom, chart_namespace, "registeredmodels", "RegisteredModel")
-    models.wait_ready("churn-model", timeout=120)
 
     with embedded_mlflow(chart, chart_namespace) as mlflow:
         assert mlflow.get_model_version_by_alias(model_name, "champion").version == "1"

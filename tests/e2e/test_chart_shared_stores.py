@@ -20,6 +20,7 @@ from typing import Iterator
 
 import pytest
 from test_chart_install import (  # noqa: F401
+    apply_examples,
     chart_namespace,
     create,
     embedded_mlflow,
@@ -119,16 +120,8 @@ def test_two_replicas_each_run_two_worker_processes(chart, core):
 
 def test_the_example_run_keeps_its_data_in_postgres_and_its_artifacts_in_the_bucket(chart, core, custom, sandbox,
                                                                                    chart_namespace):  # noqa: F811
-    model_name = f"churn-{uuid.uuid4().hex[:8]}"
-    experiment, run, model = (example(name, chart_namespace) for name in (
-        "01-experiment.yaml", "02-trainingrun.yaml", "03-registeredmodel.yaml"))
-    run["spec"]["registerModel"]["name"] = model["spec"]["name"] = model_name
-    for body in (experiment, run, model):
-        create(custom, body)
-    runs = Objects(custom, chart_namespace, "trainingruns", "TrainingRun")
-    status = runs.wait_ready("churn-rf-1", timeout=300)["status"]
+    model_name, status = apply_examples(custom, chart_namespace)
     assert status["runStatus"] == "FINISHED"
-    Objects(custom, chart_namespace, "registeredmodels", "RegisteredModel").wait_ready("churn-model", timeout=120)
 
     with embedded_mlflow(chart, chart_namespace) as mlflow:
         assert mlflow.get_model_version_by_alias(model_name, "champion").version == "1"
