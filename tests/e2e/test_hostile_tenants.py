@@ -55,6 +55,33 @@ def test_a_forged_job_naming_another_tenants_run_touches_no_run(custom, namespac
     assert mine.get("victim")["status"]["phase"] == "Running"
 
 
+def test_a_forged_job_naming_a_run_whose_uid_tag_was_rewritten_touches_no_run(
+        custom, namespace, other_namespace, batch, open_mlflow_client, sandbox):
+    """On a server without workspaces B's pods can also write A's run's `k8s.uid` tag to name
+    B's TrainingRun: the run is still not B's, since it is not in B's experiment."""
+    open_server = {"tracking": {"uri": sandbox.open_tracking_uri}}
+    mine = objects(custom, namespace, "TrainingRun")
+    mine.create("victim", {"experimentName": unique("a-exp"), **open_server, "template": template()})
+    victim_run = wait_phase(mine, "victim", "Running")["status"]["runId"]
+    victim_uid = mine.get("victim")["metadata"]["uid"]
+
+    theirs = objects(custom, other_namespace, "TrainingRun")
+    evil = theirs.create("evil", {"experimentRef": {"name": "later"}, "template": template()})
+    theirs.wait_reason("evil", "ExperimentNotFound")
+    open_mlflow_client.set_tag(victim_run, "k8s.uid", evil["metadata"]["uid"])  # as B's pod can
+    batch.create_namespaced_job(other_namespace, forged_job("evil", evil, {
+        "mlflow.operator.dev/training-run": "evil", RUN_ID_LABEL: victim_run}))
+    objects(custom, other_namespace, "Experiment").create("later", open_server)
+
+    condition = theirs.wait_reason("evil", "JobConflict", timeout=60)
+    assert victim_run in condition["message"]
+    assert (theirs.get("evil").get("status") or {}).get("runId") != victim_run
+    theirs.delete("evil")
+    wait_for(lambda: not theirs.exists("evil"), timeout=30, message="B's TrainingRun to go")
+    assert open_mlflow_client.get_run(victim_run).info.status == "RUNNING"
+    open_mlflow_client.set_tag(victim_run, "k8s.uid", victim_uid)  # A's run is A's again, for its cleanup
+
+
 def test_deleting_a_training_run_leaves_a_same_named_job_it_does_not_control(runs, namespace, batch):
     stranger = client.V1Job(
         metadata=client.V1ObjectMeta(name="same-name"),

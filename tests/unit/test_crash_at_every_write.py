@@ -312,6 +312,10 @@ def deleting_with_run(world: World, run_id: str) -> None:
                       "trackingUri": "http://mlflow:5000"}
 
 
+def world_uid(world: World) -> str:
+    return str(world.kube.objects[("trainingruns", NAMESPACE, NAME)]["metadata"]["uid"])
+
+
 async def delete_until_done(world: World, kind: handlers_common.Kind[Any, Any], plural: str, name: str,
                             steps: int = 10) -> None:
     """Run the kind's deletion step as kopf would: again after a retry, or after a crash in
@@ -338,6 +342,19 @@ def test_deleting_a_run_whose_status_names_another_objects_run_touches_no_run(ev
     asyncio.run(delete_until_done(world, TRAINING_RUN, "trainingruns", NAME))
     [abandoned] = [e for e in events_posted if e[1] == "CleanupAbandoned"]
     assert "RunConflict" in abandoned[2]
+    assert world.mlflow.runs[theirs.run_id].status == "RUNNING"
+
+
+def test_deleting_a_run_whose_status_names_a_run_of_another_experiment_touches_it_not_even_with_its_uid_tag(
+        events_posted):
+    """Anyone who reaches a server without workspaces can tag any run with this object's uid;
+    no tag moves a run out of another namespace's experiment, so that run is refused too."""
+    world = new_world()
+    theirs = asyncio.run(world.mlflow.create_run(TARGET, "2", "theirs", {TAG_UID: world_uid(world)}, 0))
+    deleting_with_run(world, theirs.run_id)
+    asyncio.run(delete_until_done(world, TRAINING_RUN, "trainingruns", NAME))
+    [abandoned] = [e for e in events_posted if e[1] == "CleanupAbandoned"]
+    assert "RunConflict" in abandoned[2] and "experiment 2" in abandoned[2]
     assert world.mlflow.runs[theirs.run_id].status == "RUNNING"
 
 

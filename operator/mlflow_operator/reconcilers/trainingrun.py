@@ -208,7 +208,7 @@ async def _ensure_run(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved
     known = ctx.status.run_id
     if known:
         # A recorded run id always wins, once its tags confirm it.
-        run = await owned_run(ctx.services, target, known, identity)
+        run = await owned_run(ctx.services, target, known, identity, resolved.experiment_id)
     else:
         in_job = _job_run_id(job, identity)
         runs = [] if in_job is None and no_run_can_exist(ctx) else await mlflow.find_runs_by_tag(
@@ -394,7 +394,8 @@ async def _job_run_confirmed(ctx: Context[TrainingRunSpec, TrainingRunStatus], r
     otherwise the Job is a stranger's, whatever its ownerReferences claim."""
     if run_id:
         with contextlib.suppress(ReconcileProblem):
-            return (await owned_run(ctx.services, resolved.target, run_id, ctx.identity)).run_id
+            return (await owned_run(ctx.services, resolved.target, run_id, ctx.identity,
+                                   resolved.experiment_id)).run_id
     raise ReconcileProblem(stalled(
         Reason.JOB_CONFLICT, f"Job {job.name!r} names MLflow run {run_id}, which is not this TrainingRun's run; "
         "no run is touched: delete the Job"))
@@ -525,7 +526,7 @@ async def _finish(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved: Re
         return ready(Reason.SUCCEEDED, f"MLflow run {run_id} FINISHED")
     # Worth keeping even if registration fails below.
     await ctx.checkpoint("run-closed")
-    run = run or await owned_run(ctx.services, target, run_id, ctx.identity)
+    run = run or await owned_run(ctx.services, target, run_id, ctx.identity, resolved.experiment_id)
     registration = await register_model(ctx, resolved, run, ctx.spec.register_model)
     message = f"MLflow run {run_id} FINISHED; {registration.describe()}"
     ctx.record(TrainingRunStatus(model_version=registration.version))
@@ -540,7 +541,7 @@ async def _run_to_close(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolv
     mlflow, target = ctx.services.mlflow, resolved.target
     runs = await mlflow.find_runs_by_tag(target, resolved.experiment_id, TAG_UID, ctx.identity.uid)
     run = next((r for r in runs if r.run_id == run_id and r.lifecycle_stage == "active"), None) \
-        or await owned_run(ctx.services, target, run_id, ctx.identity)
+        or await owned_run(ctx.services, target, run_id, ctx.identity, resolved.experiment_id)
     for duplicate in runs:
         if duplicate.run_id != run_id and duplicate.lifecycle_stage == "active" \
                 and duplicate.start_time == run.start_time:
@@ -577,7 +578,7 @@ async def kill_training_run(ctx: Context[TrainingRunSpec, TrainingRunStatus]) ->
         phase, reason = "Failed", Reason.KILLED
     run_status = logic.final_run_status(phase, reason)
     resolved = await _resolve(ctx)
-    run = await owned_run_to_close(services, resolved.target, run_id, identity)
+    run = await owned_run_to_close(services, resolved.target, run_id, identity, resolved.experiment_id)
     if run is not None and (run.status != run_status or run.end_time is None):
         await services.mlflow.set_run_status(resolved.target, run_id, run_status,
                                              run.end_time or int(time.time() * 1000))
