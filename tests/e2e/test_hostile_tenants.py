@@ -6,7 +6,7 @@ run the operator acts on (DESIGN.md, trust rule; docs/security.md)."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 from kubernetes import client
@@ -31,25 +31,33 @@ def forged_job(name: str, owner: dict, labels: dict[str, str]) -> client.V1Job:
             restart_policy="Never", containers=[client.V1Container(name="c", image="forged:1")]))))
 
 
+def forge_a_job_naming(custom, batch, namespace: str, run_id: str, experiment: dict,
+                       before_the_job: Callable[[dict], object] = lambda evil: None) -> None:
+    """B's attack: B's TrainingRun waits for an Experiment; meanwhile B writes its Job,
+    labelled with `run_id` (after `before_the_job(evil)`, what B's pods do first). Checks
+    that B's TrainingRun stops with JobConflict naming the run, never records it, and goes."""
+    theirs = objects(custom, namespace, "TrainingRun")
+    evil = theirs.create("evil", {"experimentRef": {"name": "later"}, "template": template()})
+    theirs.wait_reason("evil", "ExperimentNotFound")
+    before_the_job(evil)
+    batch.create_namespaced_job(namespace, forged_job("evil", evil, {
+        "mlflow.operator.dev/training-run": "evil", RUN_ID_LABEL: run_id}))
+    objects(custom, namespace, "Experiment").create("later", experiment)
+
+    condition = theirs.wait_reason("evil", "JobConflict", timeout=60)
+    assert run_id in condition["message"]
+    assert (theirs.get("evil").get("status") or {}).get("runId") != run_id
+    theirs.delete("evil")
+    wait_for(lambda: not theirs.exists("evil"), timeout=30, message="B's TrainingRun to go")
+
+
 def test_a_forged_job_naming_another_tenants_run_touches_no_run(custom, namespace, other_namespace, batch,
                                                                  mlflow_client):
     mine = objects(custom, namespace, "TrainingRun")
     mine.create("victim", {"experimentName": unique("a-exp"), "template": template()})
     victim_run = wait_phase(mine, "victim", "Running")["status"]["runId"]
 
-    # B's run waits for an Experiment; meanwhile B writes its Job, labelled with A's run id.
-    theirs = objects(custom, other_namespace, "TrainingRun")
-    evil = theirs.create("evil", {"experimentRef": {"name": "later"}, "template": template()})
-    theirs.wait_reason("evil", "ExperimentNotFound")
-    batch.create_namespaced_job(other_namespace, forged_job("evil", evil, {
-        "mlflow.operator.dev/training-run": "evil", RUN_ID_LABEL: victim_run}))
-    objects(custom, other_namespace, "Experiment").create("later", {})
-
-    condition = theirs.wait_reason("evil", "JobConflict", timeout=60)
-    assert victim_run in condition["message"]
-    assert (theirs.get("evil").get("status") or {}).get("runId") != victim_run
-    theirs.delete("evil")
-    wait_for(lambda: not theirs.exists("evil"), timeout=30, message="B's TrainingRun to go")
+    forge_a_job_naming(custom, batch, other_namespace, victim_run, {})
 
     assert mlflow_client.get_run(victim_run).info.status == "RUNNING"
     assert mine.get("victim")["status"]["phase"] == "Running"
@@ -65,19 +73,11 @@ def test_a_forged_job_naming_a_run_whose_uid_tag_was_rewritten_touches_no_run(
     victim_run = wait_phase(mine, "victim", "Running")["status"]["runId"]
     victim_uid = mine.get("victim")["metadata"]["uid"]
 
-    theirs = objects(custom, other_namespace, "TrainingRun")
-    evil = theirs.create("evil", {"experimentRef": {"name": "later"}, "template": template()})
-    theirs.wait_reason("evil", "ExperimentNotFound")
-    open_mlflow_client.set_tag(victim_run, "k8s.uid", evil["metadata"]["uid"])  # as B's pod can
-    batch.create_namespaced_job(other_namespace, forged_job("evil", evil, {
-        "mlflow.operator.dev/training-run": "evil", RUN_ID_LABEL: victim_run}))
-    objects(custom, other_namespace, "Experiment").create("later", open_server)
+    def tag_as_bs(evil: dict) -> None:  # as B's pod can
+        open_mlflow_client.set_tag(victim_run, "k8s.uid", evil["metadata"]["uid"])
 
-    condition = theirs.wait_reason("evil", "JobConflict", timeout=60)
-    assert victim_run in condition["message"]
-    assert (theirs.get("evil").get("status") or {}).get("runId") != victim_run
-    theirs.delete("evil")
-    wait_for(lambda: not theirs.exists("evil"), timeout=30, message="B's TrainingRun to go")
+    forge_a_job_naming(custom, batch, other_namespace, victim_run, open_server, before_the_job=tag_as_bs)
+
     assert open_mlflow_client.get_run(victim_run).info.status == "RUNNING"
     open_mlflow_client.set_tag(victim_run, "k8s.uid", victim_uid)  # A's run is A's again, for its cleanup
 

@@ -22,7 +22,6 @@ from mlflow_operator.tracking.choice import choose_target, credentials_from_secr
 from mlflow_operator.tracking.entities import (
     ExperimentInfo,
     RegisteredModelInfo,
-    RunInfo,
     TrackingError,
     TrackingTarget,
 )
@@ -248,40 +247,6 @@ def verified_model(services: Services, target: TrackingTarget,
 def signed_ownership(services: Services, target: TrackingTarget, entity: signing.Entity, entity_id: str,
                      tags: dict[str, str]) -> dict[str, str]:
     return signing.signed(services.config.ownership_keys, target.uri, entity, entity_id, tags)
-
-
-async def owned_run(services: Services, target: TrackingTarget, run_id: str, owner: ObjectIdentity,
-                    experiment_id: str, what: str = "MLflow run") -> RunInfo:
-    """The run `run_id`, read, only if it is in `experiment_id` (the experiment the object
-    acts in, whose ownership was checked) and its own tags name `owner`'s uid. A run id from a
-    Job's label, a status or an annotation is a claim anyone who writes those could make, and
-    on a server without workspaces any pod can write the uid tag on any run: the experiment,
-    which no tag can move a run out of, keeps another namespace's runs out of reach. Checked
-    before the id is recorded and again before every write to the run."""
-    run = await services.mlflow.get_run(target, run_id)
-    if run is None or run.lifecycle_stage == "deleted":
-        raise ReconcileProblem(stalled(Reason.RUN_DELETED_IN_MLFLOW, f"{what} {run_id} was deleted outside the operator"))
-    if run.experiment_id != experiment_id:
-        raise ReconcileProblem(stalled(
-            Reason.RUN_CONFLICT, f"{what} {run_id} is in experiment {run.experiment_id}, not in {owner.kind} "
-            f"{owner.name}'s experiment {experiment_id}; the operator leaves it untouched"))
-    if run.tags.get(TAG_UID) != owner.uid:
-        raise ReconcileProblem(stalled(
-            Reason.RUN_CONFLICT, f"{what} {run_id} is not tagged as {owner.kind} {owner.name}'s run "
-            f"({TAG_UID}); the operator leaves it untouched"))
-    return run
-
-
-async def owned_run_to_close(services: Services, target: TrackingTarget, run_id: str, owner: ObjectIdentity,
-                             experiment_id: str, what: str = "MLflow run") -> RunInfo | None:
-    """As owned_run, for an object being deleted: a run deleted in MLflow leaves nothing to
-    close (None); one tagged as another's is still refused."""
-    try:
-        return await owned_run(services, target, run_id, owner, experiment_id, what)
-    except ReconcileProblem as problem:
-        if problem.outcome.reason == Reason.RUN_DELETED_IN_MLFLOW:
-            return None
-        raise
 
 
 _PLURALS = {"Experiment": "experiments", "RegisteredModel": "registeredmodels", "TrainingRun": "trainingruns",

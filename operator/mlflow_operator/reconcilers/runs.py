@@ -10,7 +10,9 @@ from typing import Any, TypeVar
 from mlflow_operator.api.common import (
     EXPERIMENT_KIND_TAG,
     TAG_SIGNATURE,
+    TAG_UID,
     TRAINING_EXPERIMENT_KIND,
+    ObjectIdentity,
     TrackingSpec,
 )
 from mlflow_operator.api.experiment import ExperimentStatus
@@ -24,6 +26,7 @@ from mlflow_operator.logic.trainingrun import RunStatus
 from mlflow_operator.reconcilers import promotions
 from mlflow_operator.reconcilers.common import (
     Context,
+    Services,
     resolve_target_and_secret,
     signed_ownership,
     verified_experiment,
@@ -40,6 +43,40 @@ class Resolved:
     experiment_name: str
     target: TrackingTarget
     secret_name: str | None
+
+
+async def owned_run(services: Services, resolved: Resolved, run_id: str, owner: ObjectIdentity,
+                    what: str = "MLflow run") -> RunInfo:
+    """The run `run_id`, read, only if it is in the experiment the object acts in (whose
+    ownership was checked) and its own tags name `owner`'s uid. A run id from a Job's label,
+    a status or an annotation is a claim anyone who writes those could make, and on a server
+    without workspaces any pod can write the uid tag on any run: the experiment, which no tag
+    can move a run out of, keeps another namespace's runs out of reach. Checked before the id
+    is recorded and again before every write to the run."""
+    run = await services.mlflow.get_run(resolved.target, run_id)
+    if run is None or run.lifecycle_stage == "deleted":
+        raise ReconcileProblem(stalled(Reason.RUN_DELETED_IN_MLFLOW, f"{what} {run_id} was deleted outside the operator"))
+    if run.experiment_id != resolved.experiment_id:
+        raise ReconcileProblem(stalled(
+            Reason.RUN_CONFLICT, f"{what} {run_id} is in experiment {run.experiment_id}, not in {owner.kind} "
+            f"{owner.name}'s experiment {resolved.experiment_id}; the operator leaves it untouched"))
+    if run.tags.get(TAG_UID) != owner.uid:
+        raise ReconcileProblem(stalled(
+            Reason.RUN_CONFLICT, f"{what} {run_id} is not tagged as {owner.kind} {owner.name}'s run "
+            f"({TAG_UID}); the operator leaves it untouched"))
+    return run
+
+
+async def owned_run_to_close(services: Services, resolved: Resolved, run_id: str, owner: ObjectIdentity,
+                             what: str = "MLflow run") -> RunInfo | None:
+    """As owned_run, for an object being deleted: a run deleted in MLflow leaves nothing to
+    close (None); one tagged as another's is still refused."""
+    try:
+        return await owned_run(services, resolved, run_id, owner, what)
+    except ReconcileProblem as problem:
+        if problem.outcome.reason == Reason.RUN_DELETED_IN_MLFLOW:
+            return None
+        raise
 
 
 RunStatusT = TypeVar("RunStatusT", TrainingRunStatus, TrainingSweepStatus)

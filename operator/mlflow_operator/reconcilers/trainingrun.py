@@ -33,16 +33,14 @@ from mlflow_operator.logic.queueing import KUEUE_QUEUE_LABEL, queue_labels
 from mlflow_operator.logic.reasons import Reason
 from mlflow_operator.logic.trainingsweep import trial_run_tags
 from mlflow_operator.reconcilers import common
-from mlflow_operator.reconcilers.common import (
-    Context,
-    owned_run,
-    owned_run_to_close,
-)
+from mlflow_operator.reconcilers.common import Context
 from mlflow_operator.reconcilers.runs import (
     DUPLICATE_TAG,
     Resolved,
     no_run_can_exist,
     outcome_of_closed,
+    owned_run,
+    owned_run_to_close,
     register_model,
     resolve_experiment,
 )
@@ -208,7 +206,7 @@ async def _ensure_run(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved
     known = ctx.status.run_id
     if known:
         # A recorded run id always wins, once its tags confirm it.
-        run = await owned_run(ctx.services, target, known, identity, resolved.experiment_id)
+        run = await owned_run(ctx.services, resolved, known, identity)
     else:
         in_job = _job_run_id(job, identity)
         runs = [] if in_job is None and no_run_can_exist(ctx) else await mlflow.find_runs_by_tag(
@@ -394,8 +392,7 @@ async def _job_run_confirmed(ctx: Context[TrainingRunSpec, TrainingRunStatus], r
     otherwise the Job is a stranger's, whatever its ownerReferences claim."""
     if run_id:
         with contextlib.suppress(ReconcileProblem):
-            return (await owned_run(ctx.services, resolved.target, run_id, ctx.identity,
-                                   resolved.experiment_id)).run_id
+            return (await owned_run(ctx.services, resolved, run_id, ctx.identity)).run_id
     raise ReconcileProblem(stalled(
         Reason.JOB_CONFLICT, f"Job {job.name!r} names MLflow run {run_id}, which is not this TrainingRun's run; "
         "no run is touched: delete the Job"))
@@ -526,7 +523,7 @@ async def _finish(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolved: Re
         return ready(Reason.SUCCEEDED, f"MLflow run {run_id} FINISHED")
     # Worth keeping even if registration fails below.
     await ctx.checkpoint("run-closed")
-    run = run or await owned_run(ctx.services, target, run_id, ctx.identity, resolved.experiment_id)
+    run = run or await owned_run(ctx.services, resolved, run_id, ctx.identity)
     registration = await register_model(ctx, resolved, run, ctx.spec.register_model)
     message = f"MLflow run {run_id} FINISHED; {registration.describe()}"
     ctx.record(TrainingRunStatus(model_version=registration.version))
@@ -541,7 +538,7 @@ async def _run_to_close(ctx: Context[TrainingRunSpec, TrainingRunStatus], resolv
     mlflow, target = ctx.services.mlflow, resolved.target
     runs = await mlflow.find_runs_by_tag(target, resolved.experiment_id, TAG_UID, ctx.identity.uid)
     run = next((r for r in runs if r.run_id == run_id and r.lifecycle_stage == "active"), None) \
-        or await owned_run(ctx.services, target, run_id, ctx.identity, resolved.experiment_id)
+        or await owned_run(ctx.services, resolved, run_id, ctx.identity)
     for duplicate in runs:
         if duplicate.run_id != run_id and duplicate.lifecycle_stage == "active" \
                 and duplicate.start_time == run.start_time:
@@ -578,7 +575,7 @@ async def kill_training_run(ctx: Context[TrainingRunSpec, TrainingRunStatus]) ->
         phase, reason = "Failed", Reason.KILLED
     run_status = logic.final_run_status(phase, reason)
     resolved = await _resolve(ctx)
-    run = await owned_run_to_close(services, resolved.target, run_id, identity, resolved.experiment_id)
+    run = await owned_run_to_close(services, resolved, run_id, identity)
     if run is not None and (run.status != run_status or run.end_time is None):
         await services.mlflow.set_run_status(resolved.target, run_id, run_status,
                                              run.end_time or int(time.time() * 1000))

@@ -31,16 +31,14 @@ from mlflow_operator.logic import trainingsweep as logic
 from mlflow_operator.logic.conditions import Outcome, ReconcileProblem, progressing, ready, stalled
 from mlflow_operator.logic.reasons import Reason
 from mlflow_operator.reconcilers import common
-from mlflow_operator.reconcilers.common import (
-    Context,
-    owned_run,
-    owned_run_to_close,
-)
+from mlflow_operator.reconcilers.common import Context
 from mlflow_operator.reconcilers.runs import (
     DUPLICATE_TAG,
     Resolved,
     no_run_can_exist,
     outcome_of_closed,
+    owned_run,
+    owned_run_to_close,
     register_model,
     resolve_experiment,
 )
@@ -138,8 +136,7 @@ async def _reopen(ctx: Context[TrainingSweepSpec, TrainingSweepStatus], resolved
                   before: int, total: int) -> None:
     """maxTrials was raised on an ended sweep: its parent run runs again (it is closed again,
     with the best trial then, when the new trials have ended)."""
-    run = await owned_run(ctx.services, resolved.target, parent_run_id, ctx.identity, resolved.experiment_id,
-                          "parent MLflow run")
+    run = await owned_run(ctx.services, resolved, parent_run_id, ctx.identity, "parent MLflow run")
     if run.status != "RUNNING":
         await ctx.services.mlflow.set_run_status(resolved.target, parent_run_id, "RUNNING", None)
     ctx.record(TrainingSweepStatus(phase="Running", run_status=None, completion_time=None))
@@ -268,8 +265,7 @@ async def _close(ctx: Context[TrainingSweepSpec, TrainingSweepStatus], resolved:
         failure = (Reason.OBJECTIVE_MISSING, f"no succeeded trial logged the objective metric {metric!r}")
     run_status = "FAILED" if failure else "FINISHED"
     if not status.run_status:
-        run = await owned_run(ctx.services, target, parent_run_id, ctx.identity, resolved.experiment_id,
-                              "parent MLflow run")
+        run = await owned_run(ctx.services, resolved, parent_run_id, ctx.identity, "parent MLflow run")
         if best is not None and run.metrics.get(metric) != best.metrics[metric]:
             params = {k: v for k, v in best.params.items() if k not in run.params}
             await mlflow.log_params_and_tags(
@@ -290,8 +286,7 @@ async def _close(ctx: Context[TrainingSweepSpec, TrainingSweepStatus], resolved:
         await ctx.checkpoint("run-closed")  # kept even if registration fails below
         assert best.run_id is not None
         trial = ObjectIdentity(kind="TrainingRun", namespace=ctx.identity.namespace, name=best.name, uid=best.uid)
-        best_run = await owned_run(ctx.services, target, best.run_id, trial, resolved.experiment_id,
-                                   f"trial {best.name}'s MLflow run")
+        best_run = await owned_run(ctx.services, resolved, best.run_id, trial, f"trial {best.name}'s MLflow run")
         registration = await register_model(ctx, resolved, best_run, spec.register_best)
         ctx.record(TrainingSweepStatus(model_version=registration.version))
         message += f"; {registration.describe()}"
@@ -310,8 +305,7 @@ async def kill_training_sweep(ctx: Context[TrainingSweepSpec, TrainingSweepStatu
     if not run_id or status.run_status:
         return
     resolved = await resolve_experiment(ctx)
-    run = await owned_run_to_close(services, resolved.target, run_id, identity, resolved.experiment_id,
-                                   "parent MLflow run")
+    run = await owned_run_to_close(services, resolved, run_id, identity, "parent MLflow run")
     if run is not None and run.status not in run_logic.CLOSED_RUN_STATUSES:
         await services.mlflow.set_run_status(resolved.target, run_id, "KILLED", int(time.time() * 1000))
     ctx.event("Normal", "Killed", f"deleted mid-sweep: parent MLflow run {run_id} marked KILLED; its trials are "
